@@ -9,3 +9,18 @@
 //!
 //! This crate does no I/O of its own beyond `std::io::{Read, Write, Seek}` passed in by callers: it has no
 //! async runtime, socket or browser dependency, and it builds for `wasm32-unknown-unknown`.
+
+pub mod model;
+pub mod params;
+
+use std::borrow::Cow;
+
+/// The little-endian bytes of `values`: borrowed on little-endian machines, converted on big-endian ones.
+/// Every tensor DAIG stores or sends is little-endian.
+pub fn le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
