@@ -58,10 +58,10 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn model(field: &str, message: impl Into<String>) -> SpecError {
+    pub(crate) fn model(field: &str, message: impl Into<String>) -> SpecError {
         SpecError { layer: None, layer_type: None, field: Some(field.to_owned()), message: message.into() }
     }
-    fn layer(index: usize, layer_type: &str, field: Option<&str>, message: impl Into<String>) -> SpecError {
+    pub(crate) fn layer(index: usize, layer_type: &str, field: Option<&str>, message: impl Into<String>) -> SpecError {
         SpecError {
             layer: Some(index),
             layer_type: Some(layer_type.to_owned()),
