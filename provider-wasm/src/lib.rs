@@ -1,6 +1,6 @@
-//! The DAIG provider: a GPU training engine in WGSL through wgpu, and the loop that speaks the provider
-//! protocol. Built for wasm32 (WebGPU in the browser) and natively.
-//!
-//! Nothing here yet: the GPU-engine issue fills this crate.
+//! The DAIG provider: a GPU training engine in WGSL through wgpu ([`gpu`]), built for wasm32 (WebGPU in the
+//! browser) and natively (Vulkan, Metal, DX12).
+
+pub mod gpu;
 
 pub use daig_shared as shared;

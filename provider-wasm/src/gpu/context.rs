@@ -1,0 +1,267 @@
+//! The one GPU context of a provider: adapter, device, queue, and a cache of compute pipelines keyed by
+//! kernel and its parameters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+/// What went wrong on the GPU, in a form the provider can report to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter is available: {0}")]
+    NoAdapter(String),
+    #[error("the GPU device could not be created: {0}")]
+    RequestDevice(String),
+    #[error("the GPU ran out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("the GPU rejected a command: {0}")]
+    Validation(String),
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    #[error("reading a result back from the GPU failed: {0}")]
+    Readback(String),
+    #[error("the GPU failed its start-up self-check: {0}")]
+    SelfCheck(String),
+    #[error("{0} needs {1} bytes in one buffer, more than this GPU allows ({2})")]
+    TooLarge(&'static str, u64, u64),
+}
+
+impl From<wgpu::Error> for GpuError {
+    fn from(e: wgpu::Error) -> GpuError {
+        match e {
+            wgpu::Error::OutOfMemory { .. } => GpuError::OutOfMemory(e.to_string()),
+            _ => GpuError::Validation(e.to_string()),
+        }
+    }
+}
+
+/// A description of the adapter, for the provider's Hello and for choosing kernel shapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub driver: String,
+    /// A software rasteriser (lavapipe, SwiftShader, WARP): correct but slow; kernels pick small tiles.
+    pub software: bool,
+}
+
+/// The key of a cached pipeline: the kernel, its source placeholders and its override constants.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KernelKey {
+    pub name: &'static str,
+    pub placeholders: Vec<(&'static str, u32)>,
+    pub overrides: Vec<(&'static str, u32)>,
+}
+
+/// The GPU context: made once, reused for every step.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: AdapterSummary,
+    pub limits: wgpu::Limits,
+    // A std Mutex: nothing awaits while holding it.
+    pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    /// Opens the best adapter (high performance) with the limits it offers.
+    ///
+    /// # Errors
+    /// When there is no adapter or the device cannot be created.
+    pub async fn new() -> Result<Gpu, GpuError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::PRIMARY,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
+        Gpu::from_adapter(adapter).await
+    }
+
+    /// Opens a device on `adapter`.
+    ///
+    /// # Errors
+    /// When the device cannot be created.
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu, GpuError> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("daig"),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+        let lost = Arc::new(Mutex::new(None));
+        let lost_in_callback = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_in_callback.lock().expect("not poisoned") = Some(format!("{reason:?}: {message}"));
+        });
+        let software = info.device_type == wgpu::DeviceType::Cpu
+            || ["llvmpipe", "lavapipe", "SwiftShader", "WARP"].iter().any(|s| info.name.contains(s));
+        Ok(Gpu {
+            device,
+            queue,
+            adapter: AdapterSummary {
+                name: info.name,
+                backend: format!("{:?}", info.backend),
+                driver: info.driver_info,
+                software,
+            },
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+        })
+    }
+
+    /// The pipeline for `key`, compiled from `source` on first use.
+    pub fn pipeline(&self, key: &KernelKey, source: &str) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.lock().expect("not poisoned");
+        if let Some(p) = cache.get(key) {
+            return p.clone();
+        }
+        let mut code = source.to_owned();
+        for (name, value) in &key.placeholders {
+            code = code.replace(&format!("{{{{{name}}}}}"), &value.to_string());
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(key.name),
+            source: wgpu::ShaderSource::Wgsl(code.into()),
+        });
+        let constants: Vec<(&str, f64)> = key.overrides.iter().map(|(n, v)| (*n, f64::from(*v))).collect();
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key.name),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+            cache: None,
+        });
+        let pipeline = Arc::new(pipeline);
+        cache.insert(key.clone(), pipeline.clone());
+        pipeline
+    }
+
+    /// A storage buffer of `len` f32 values, zeroed.
+    ///
+    /// # Errors
+    /// When the buffer is larger than the device allows.
+    pub fn buffer(&self, label: &'static str, len: usize) -> Result<wgpu::Buffer, GpuError> {
+        let size = (len.max(1) * 4) as u64;
+        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        if size > max {
+            return Err(GpuError::TooLarge(label, size, max));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data`.
+    ///
+    /// # Errors
+    /// When the buffer is larger than the device allows.
+    pub fn buffer_from(&self, label: &'static str, data: &[f32]) -> Result<wgpu::Buffer, GpuError> {
+        let buf = self.buffer(label, data.len())?;
+        self.write(&buf, data);
+        Ok(buf)
+    }
+
+    /// Writes `data` at the start of `buffer`.
+    pub fn write(&self, buffer: &wgpu::Buffer, data: &[f32]) {
+        if !data.is_empty() {
+            self.queue.write_buffer(buffer, 0, &daig_shared::le_bytes(data));
+        }
+    }
+
+    /// A small uniform buffer of u32 words.
+    pub fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("uniform"),
+            contents: bytemuck::cast_slice(words),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    /// Reads the first `len` f32 values of `buffer` back to the CPU.
+    ///
+    /// # Errors
+    /// When mapping fails or the device was lost.
+    pub async fn read(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, GpuError> {
+        let size = (len * 4) as u64;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.await
+            .map_err(|_| GpuError::Readback("the map callback was dropped".into()))?
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let data: Vec<f32> = {
+            let view = staging.slice(..).get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?;
+            view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        };
+        staging.unmap();
+        self.check_lost()?;
+        Ok(data)
+    }
+
+    /// Waits for submitted work on native; a no-op in the browser, where the callbacks arrive on their own.
+    ///
+    /// # Errors
+    /// When the device was lost.
+    pub fn wait(&self) -> Result<(), GpuError> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        self.check_lost()
+    }
+
+    fn check_lost(&self) -> Result<(), GpuError> {
+        match self.lost.lock().expect("not poisoned").clone() {
+            Some(reason) => Err(GpuError::DeviceLost(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes, turning what they catch into a
+    /// [`GpuError`].
+    ///
+    /// # Errors
+    /// The first validation or out-of-memory error raised by the commands `f` issued.
+    pub async fn checked<T>(&self, f: impl FnOnce() -> Result<T, GpuError>) -> Result<T, GpuError> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let v = validation.pop().await;
+        let o = oom.pop().await;
+        if let Some(e) = o.or(v) {
+            return Err(e.into());
+        }
+        result
+    }
+}

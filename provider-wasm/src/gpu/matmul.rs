@@ -1,0 +1,123 @@
+//! The matmul kernel (`shaders/matmul.wgsl`): `C = act(op(A) * op(B) + bias)`, used by dense layers
+//! forward (A = X, B = W), backward for the input (dX = dY * W^T) and for the kernel (dW = X^T * dY), and
+//! by conv2d after im2col.
+
+use super::context::{Gpu, KernelKey};
+
+const SOURCE: &str = include_str!("shaders/matmul.wgsl");
+
+/// The tile shape of the matmul kernel: `wg_x * wg_y` threads, each computing `tm x tn` outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatmulTiles {
+    pub wg_x: u32,
+    pub wg_y: u32,
+    pub tm: u32,
+    pub tn: u32,
+    pub bk: u32,
+}
+
+impl MatmulTiles {
+    /// Tiles that fit the device: large register blocks on real GPUs, small ones on software adapters and
+    /// where the device allows fewer invocations or less workgroup memory.
+    pub fn for_gpu(gpu: &Gpu) -> MatmulTiles {
+        let big = MatmulTiles { wg_x: 16, wg_y: 16, tm: 8, tn: 8, bk: 8 };
+        let small = MatmulTiles { wg_x: 8, wg_y: 8, tm: 4, tn: 4, bk: 8 };
+        let fits = |t: &MatmulTiles| {
+            let l = &gpu.limits;
+            t.wg_x * t.wg_y <= l.max_compute_invocations_per_workgroup
+                && t.wg_x <= l.max_compute_workgroup_size_x
+                && t.wg_y <= l.max_compute_workgroup_size_y
+                && 4 * t.bk * (t.wg_y * t.tm + t.wg_x * t.tn) <= l.max_compute_workgroup_storage_size
+        };
+        if !gpu.adapter.software && fits(&big) { big } else { small }
+    }
+
+    pub fn block_m(&self) -> u32 {
+        self.wg_y * self.tm
+    }
+    pub fn block_n(&self) -> u32 {
+        self.wg_x * self.tn
+    }
+}
+
+/// The activation fused into a matmul's epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FusedActivation {
+    Linear = 0,
+    Relu = 1,
+    Sigmoid = 2,
+    Tanh = 3,
+}
+
+/// One matmul's shape and options. `a` is `[m, k]` (`[k, m]` when `trans_a`), `b` is `[k, n]` (`[n, k]`
+/// when `trans_b`), `c` is `[m, n]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Matmul {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub activation: FusedActivation,
+}
+
+impl Matmul {
+    pub fn new(m: usize, n: usize, k: usize) -> Matmul {
+        Matmul {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            trans_a: false,
+            trans_b: false,
+            activation: FusedActivation::Linear,
+        }
+    }
+
+    /// Records the matmul into `encoder`. `bias`, when given, has `n` values.
+    pub fn encode(
+        &self,
+        gpu: &Gpu,
+        tiles: MatmulTiles,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        c: &wgpu::Buffer,
+    ) {
+        let key = KernelKey {
+            name: "matmul",
+            placeholders: vec![
+                ("WG_X", tiles.wg_x),
+                ("WG_Y", tiles.wg_y),
+                ("TM", tiles.tm),
+                ("TN", tiles.tn),
+                ("BK", tiles.bk),
+            ],
+            overrides: vec![
+                ("TRANS_A", u32::from(self.trans_a)),
+                ("TRANS_B", u32::from(self.trans_b)),
+                ("HAS_BIAS", u32::from(bias.is_some())),
+                ("ACT", self.activation as u32),
+            ],
+        };
+        let pipeline = gpu.pipeline(&key, SOURCE);
+        let dims = gpu.uniform(&[self.m, self.n, self.k, 0]);
+        // A bias binding is required by the layout; without a bias any buffer will do (it is not read).
+        let bias = bias.unwrap_or(c);
+        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("matmul"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: dims.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: a.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 2, resource: b.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 3, resource: bias.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 4, resource: c.as_entire_binding() },
+            ],
+        });
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(self.n.div_ceil(tiles.block_n()), self.m.div_ceil(tiles.block_m()), 1);
+    }
+}

@@ -1,0 +1,147 @@
+// C[M, N] = act(op(A)[M, K] * op(B)[K, N] + bias[N])
+//
+// A tiled, register-blocked matmul: a workgroup of WG_X x WG_Y threads computes a BM x BN tile of C
+// (BM = WG_Y * TM, BN = WG_X * TN), stepping through K in slices of BK that it stages in workgroup memory;
+// each thread accumulates a TM x TN block in registers. op(A) is A, or A transposed when TRANS_A (A stored
+// as [K, M]); likewise for B (stored as [N, K] when TRANS_B). Sizes need not be multiples of the tile:
+// loads outside the matrices read zero and stores outside are skipped.
+//
+// Placeholders, replaced before compilation (the pipeline cache is keyed by them): {{WG_X}}, {{WG_Y}},
+// {{TM}}, {{TN}}, {{BK}}. Overrides: TRANS_A, TRANS_B, HAS_BIAS, ACT (0 linear, 1 relu, 2 sigmoid, 3 tanh).
+
+struct Dims {
+    m: u32,
+    n: u32,
+    k: u32,
+    _pad: u32,
+}
+
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+override HAS_BIAS: bool = false;
+override ACT: u32 = 0u;
+
+const WG_X: u32 = {{WG_X}}u;
+const WG_Y: u32 = {{WG_Y}}u;
+const TM: u32 = {{TM}}u;
+const TN: u32 = {{TN}}u;
+const BK: u32 = {{BK}}u;
+const BM: u32 = WG_Y * TM;
+const BN: u32 = WG_X * TN;
+const THREADS: u32 = WG_X * WG_Y;
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+// As is stored k-major (As[k][m]) and Bs as Bs[k][n], so that the inner loop reads rows.
+var<workgroup> As: array<f32, BK * BM>;
+var<workgroup> Bs: array<f32, BK * BN>;
+
+fn load_a(row: u32, col: u32) -> f32 {
+    if row >= dims.m || col >= dims.k {
+        return 0.0;
+    }
+    if TRANS_A {
+        return a[col * dims.m + row];
+    }
+    return a[row * dims.k + col];
+}
+
+fn load_b(row: u32, col: u32) -> f32 {
+    if row >= dims.k || col >= dims.n {
+        return 0.0;
+    }
+    if TRANS_B {
+        return b[col * dims.k + row];
+    }
+    return b[row * dims.n + col];
+}
+
+fn activate(x: f32) -> f32 {
+    switch ACT {
+        case 1u: { return max(x, 0.0); }
+        case 2u: { return 1.0 / (1.0 + exp(-x)); }
+        case 3u: { return tanh(x); }
+        default: { return x; }
+    }
+}
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let m0 = wg.y * BM;
+    let n0 = wg.x * BN;
+    var acc: array<f32, TM * TN>;
+    var a_reg: array<f32, TM>;
+    var b_reg: array<f32, TN>;
+
+    for (var k0 = 0u; k0 < dims.k; k0 += BK) {
+        // Stage the A tile (BM x BK) and the B tile (BK x BN).
+        for (var e = tid; e < BM * BK; e += THREADS) {
+            // Consecutive threads take consecutive elements along the dimension that is contiguous in memory.
+            var r: u32;
+            var kk: u32;
+            if TRANS_A {
+                r = e % BM;
+                kk = e / BM;
+            } else {
+                kk = e % BK;
+                r = e / BK;
+            }
+            As[kk * BM + r] = load_a(m0 + r, k0 + kk);
+        }
+        for (var e = tid; e < BK * BN; e += THREADS) {
+            var col: u32;
+            var kk: u32;
+            if TRANS_B {
+                kk = e % BK;
+                col = e / BK;
+            } else {
+                col = e % BN;
+                kk = e / BN;
+            }
+            Bs[kk * BN + col] = load_b(k0 + kk, n0 + col);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            // Thread rows and columns are interleaved (stride WG_Y, WG_X) so that neighbours read
+            // neighbouring workgroup memory and write neighbouring outputs.
+            for (var i = 0u; i < TM; i++) {
+                a_reg[i] = As[kk * BM + lid.y + i * WG_Y];
+            }
+            for (var j = 0u; j < TN; j++) {
+                b_reg[j] = Bs[kk * BN + lid.x + j * WG_X];
+            }
+            for (var i = 0u; i < TM; i++) {
+                for (var j = 0u; j < TN; j++) {
+                    acc[i * TN + j] = fma(a_reg[i], b_reg[j], acc[i * TN + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < TM; i++) {
+        let row = m0 + lid.y + i * WG_Y;
+        if row >= dims.m {
+            continue;
+        }
+        for (var j = 0u; j < TN; j++) {
+            let col = n0 + lid.x + j * WG_X;
+            if col >= dims.n {
+                continue;
+            }
+            var v = acc[i * TN + j];
+            if HAS_BIAS {
+                v += bias[col];
+            }
+            c[row * dims.n + col] = activate(v);
+        }
+    }
+}

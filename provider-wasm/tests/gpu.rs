@@ -1,0 +1,77 @@
+//! GPU kernels against CPU references, on whatever adapter is present (lavapipe in CI).
+
+use daig_provider::gpu::Gpu;
+use daig_provider::gpu::matmul::{FusedActivation, Matmul, MatmulTiles};
+
+fn gpu() -> Gpu {
+    pollster::block_on(Gpu::new()).expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
+}
+
+/// A deterministic xorshift generator of values in [-1, 1).
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (f64::from(*g) - w).abs() / scale;
+        assert!(err <= 1e-4, "{what}: element {i}: got {g}, want {w} (relative error {err:e})");
+    }
+}
+
+#[test]
+fn matmul_matches_reference() {
+    let gpu = gpu();
+    let shapes = [(1, 1, 1), (1, 10, 784), (3, 5, 7), (64, 128, 784), (65, 33, 17), (130, 70, 129)];
+    for tiles in [MatmulTiles::for_gpu(&gpu), MatmulTiles { wg_x: 16, wg_y: 16, tm: 8, tn: 8, bk: 8 }] {
+        for &(m, n, k) in &shapes {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                for act in [FusedActivation::Linear, FusedActivation::Relu, FusedActivation::Sigmoid, FusedActivation::Tanh] {
+                    if act != FusedActivation::Linear && (trans_a || trans_b) {
+                        continue;
+                    }
+                    let a = random(m * k, 1 + m as u64);
+                    let b = random(k * n, 2 + n as u64);
+                    let bias = random(n, 3);
+                    let mut want = vec![0f64; m * n];
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut s = f64::from(bias[j]);
+                            for p in 0..k {
+                                let av = if trans_a { a[p * m + i] } else { a[i * k + p] };
+                                let bv = if trans_b { b[j * k + p] } else { b[p * n + j] };
+                                s += f64::from(av) * f64::from(bv);
+                            }
+                            want[i * n + j] = match act {
+                                FusedActivation::Linear => s,
+                                FusedActivation::Relu => s.max(0.0),
+                                FusedActivation::Sigmoid => 1.0 / (1.0 + (-s).exp()),
+                                FusedActivation::Tanh => s.tanh(),
+                            };
+                        }
+                    }
+                    let ga = gpu.buffer_from("a", &a).unwrap();
+                    let gb = gpu.buffer_from("b", &b).unwrap();
+                    let gbias = gpu.buffer_from("bias", &bias).unwrap();
+                    let gc = gpu.buffer("c", m * n).unwrap();
+                    let mm = Matmul { trans_a, trans_b, activation: act, ..Matmul::new(m, n, k) };
+                    let mut enc = gpu.device.create_command_encoder(&Default::default());
+                    mm.encode(&gpu, tiles, &mut enc, &ga, &gb, Some(&gbias), &gc);
+                    gpu.queue.submit([enc.finish()]);
+                    let got = pollster::block_on(gpu.read(&gc, m * n)).unwrap();
+                    assert_close(&got, &want, &format!("{m}x{n}x{k} ta={trans_a} tb={trans_b} {act:?} {tiles:?}"));
+                }
+            }
+        }
+    }
+}
