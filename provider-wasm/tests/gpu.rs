@@ -65,9 +65,8 @@ fn matmul_matches_reference() {
                     let gbias = gpu.buffer_from("bias", &bias).unwrap();
                     let gc = gpu.buffer("c", m * n).unwrap();
                     let mm = Matmul { trans_a, trans_b, activation: act, ..Matmul::new(m, n, k) };
-                    let mut enc = gpu.device.create_command_encoder(&Default::default());
-                    mm.encode(&gpu, tiles, &mut enc, &ga, &gb, Some(&gbias), &gc);
-                    gpu.queue.submit([enc.finish()]);
+                    let dims = mm.dims(&gpu);
+                    gpu.run(&[&mm.prepare(&gpu, tiles, &dims, &ga, &gb, Some(&gbias), &gc)]);
                     let got = pollster::block_on(gpu.read(&gc, m * n)).unwrap();
                     assert_close(&got, &want, &format!("{m}x{n}x{k} ta={trans_a} tb={trans_b} {act:?} {tiles:?}"));
                 }

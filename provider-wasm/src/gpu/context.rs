@@ -46,12 +46,61 @@ pub struct AdapterSummary {
     pub software: bool,
 }
 
+/// How a kernel uses one of its bindings (all in group 0, numbered in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// A WGSL kernel: its source (from `shaders/`) and the bindings its entry point `main` declares.
+#[derive(Debug)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub bindings: &'static [Access],
+}
+
 /// The key of a cached pipeline: the kernel, its source placeholders and its override constants.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KernelKey {
     pub name: &'static str,
     pub placeholders: Vec<(&'static str, u32)>,
     pub overrides: Vec<(&'static str, u32)>,
+}
+
+/// A compiled kernel with its bind-group layout.
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// One kernel launch with its buffers bound: made once, encoded as often as needed.
+pub struct Dispatch {
+    pipeline: Arc<Pipeline>,
+    bind_group: wgpu::BindGroup,
+    pub workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Threads per workgroup of the element-wise kernels (the WebGPU default limit is 256).
+pub const LINEAR_WORKGROUP: u32 = 256;
+
+/// Workgroups for `n` threads in groups of [`LINEAR_WORKGROUP`], split over x and y so that neither exceeds
+/// the 65535 limit. Kernels compute their index as `(wg.y * num_workgroups.x + wg.x) * 256 + local.x`.
+pub fn linear_workgroups(n: usize) -> [u32; 3] {
+    let groups = n.div_ceil(LINEAR_WORKGROUP as usize).max(1);
+    let x = groups.min(65_535);
+    [x as u32, groups.div_ceil(x) as u32, 1]
 }
 
 /// The GPU context: made once, reused for every step.
@@ -61,7 +110,7 @@ pub struct Gpu {
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
     // A std Mutex: nothing awaits while holding it.
-    pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<KernelKey, Arc<Pipeline>>>,
     lost: Arc<Mutex<Option<String>>>,
 }
 
@@ -122,32 +171,97 @@ impl Gpu {
         })
     }
 
-    /// The pipeline for `key`, compiled from `source` on first use.
-    pub fn pipeline(&self, key: &KernelKey, source: &str) -> Arc<wgpu::ComputePipeline> {
+    fn pipeline(&self, kernel: &Kernel, key: KernelKey) -> Arc<Pipeline> {
         let mut cache = self.pipelines.lock().expect("not poisoned");
-        if let Some(p) = cache.get(key) {
+        if let Some(p) = cache.get(&key) {
             return p.clone();
         }
-        let mut code = source.to_owned();
+        let mut code = kernel.source.to_owned();
         for (name, value) in &key.placeholders {
             code = code.replace(&format!("{{{{{name}}}}}"), &value.to_string());
         }
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(key.name),
+            label: Some(kernel.name),
             source: wgpu::ShaderSource::Wgsl(code.into()),
+        });
+        let entries: Vec<_> = kernel
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match access {
+                        Access::Uniform => wgpu::BufferBindingType::Uniform,
+                        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(kernel.name),
+            entries: &entries,
+        });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(kernel.name),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
         });
         let constants: Vec<(&str, f64)> = key.overrides.iter().map(|(n, v)| (*n, f64::from(*v))).collect();
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(key.name),
-            layout: None,
+            label: Some(kernel.name),
+            layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some("main"),
             compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
             cache: None,
         });
-        let pipeline = Arc::new(pipeline);
-        cache.insert(key.clone(), pipeline.clone());
+        let pipeline = Arc::new(Pipeline { pipeline, layout });
+        cache.insert(key, pipeline.clone());
         pipeline
+    }
+
+    /// Prepares one launch of `kernel` (compiled with the given placeholders and overrides, cached) over
+    /// `buffers`, bound in order.
+    pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        placeholders: &[(&'static str, u32)],
+        overrides: &[(&'static str, u32)],
+        buffers: &[&wgpu::Buffer],
+        workgroups: [u32; 3],
+    ) -> Dispatch {
+        assert_eq!(buffers.len(), kernel.bindings.len(), "kernel {} binds {} buffers", kernel.name, kernel.bindings.len());
+        let key = KernelKey { name: kernel.name, placeholders: placeholders.to_vec(), overrides: overrides.to_vec() };
+        let pipeline = self.pipeline(kernel, key);
+        let entries: Vec<_> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.name),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        Dispatch { pipeline, bind_group, workgroups }
+    }
+
+    /// Encodes `dispatches` in order into one compute pass and submits it.
+    pub fn run(&self, dispatches: &[&Dispatch]) {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for d in dispatches {
+                d.encode(&mut pass);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
     }
 
     /// A storage buffer of `len` f32 values, zeroed.
@@ -185,13 +299,32 @@ impl Gpu {
         }
     }
 
-    /// A small uniform buffer of u32 words.
+    /// A small uniform buffer of u32 words (f32 values go in as their bits), rewritable with
+    /// [`Gpu::write_words`].
     pub fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
+        let mut padded = words.to_vec();
+        padded.resize(words.len().next_multiple_of(4).max(4), 0);
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("uniform"),
-            contents: bytemuck::cast_slice(words),
-            usage: wgpu::BufferUsages::UNIFORM,
+            contents: bytemuck::cast_slice(&padded),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         })
+    }
+
+    /// A storage buffer of u32 values (sample indices, labels, argmax positions).
+    ///
+    /// # Errors
+    /// When the buffer is larger than the device allows.
+    pub fn u32_buffer(&self, label: &'static str, len: usize) -> Result<wgpu::Buffer, GpuError> {
+        self.buffer(label, len)
+    }
+
+    /// Writes u32 words at the start of `buffer`.
+    pub fn write_words(&self, buffer: &wgpu::Buffer, words: &[u32]) {
+        if !words.is_empty() {
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            self.queue.write_buffer(buffer, 0, &bytes);
+        }
     }
 
     /// Reads the first `len` f32 values of `buffer` back to the CPU.

@@ -2,9 +2,13 @@
 //! forward (A = X, B = W), backward for the input (dX = dY * W^T) and for the kernel (dW = X^T * dY), and
 //! by conv2d after im2col.
 
-use super::context::{Gpu, KernelKey};
+use super::context::{Access, Dispatch, Gpu, Kernel};
 
-const SOURCE: &str = include_str!("shaders/matmul.wgsl");
+const KERNEL: Kernel = Kernel {
+    name: "matmul",
+    source: include_str!("shaders/matmul.wgsl"),
+    bindings: &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+};
 
 /// The tile shape of the matmul kernel: `wg_x * wg_y` threads, each computing `tm x tn` outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,51 +77,35 @@ impl Matmul {
         }
     }
 
-    /// Records the matmul into `encoder`. `bias`, when given, has `n` values.
-    pub fn encode(
+    /// Prepares the launch. `bias`, when given, has `n` values; `dims` is a uniform made by
+    /// [`Matmul::dims`] (rewritable when the batch size changes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare(
         &self,
         gpu: &Gpu,
         tiles: MatmulTiles,
-        encoder: &mut wgpu::CommandEncoder,
+        dims: &wgpu::Buffer,
         a: &wgpu::Buffer,
         b: &wgpu::Buffer,
         bias: Option<&wgpu::Buffer>,
         c: &wgpu::Buffer,
-    ) {
-        let key = KernelKey {
-            name: "matmul",
-            placeholders: vec![
-                ("WG_X", tiles.wg_x),
-                ("WG_Y", tiles.wg_y),
-                ("TM", tiles.tm),
-                ("TN", tiles.tn),
-                ("BK", tiles.bk),
-            ],
-            overrides: vec![
-                ("TRANS_A", u32::from(self.trans_a)),
-                ("TRANS_B", u32::from(self.trans_b)),
-                ("HAS_BIAS", u32::from(bias.is_some())),
-                ("ACT", self.activation as u32),
-            ],
-        };
-        let pipeline = gpu.pipeline(&key, SOURCE);
-        let dims = gpu.uniform(&[self.m, self.n, self.k, 0]);
-        // A bias binding is required by the layout; without a bias any buffer will do (it is not read).
-        let bias = bias.unwrap_or(c);
-        let bind = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("matmul"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: dims.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: a.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: b.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 3, resource: bias.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 4, resource: c.as_entire_binding() },
-            ],
-        });
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(self.n.div_ceil(tiles.block_n()), self.m.div_ceil(tiles.block_m()), 1);
+    ) -> Dispatch {
+        let placeholders =
+            [("WG_X", tiles.wg_x), ("WG_Y", tiles.wg_y), ("TM", tiles.tm), ("TN", tiles.tn), ("BK", tiles.bk)];
+        let overrides = [
+            ("TRANS_A", u32::from(self.trans_a)),
+            ("TRANS_B", u32::from(self.trans_b)),
+            ("HAS_BIAS", u32::from(bias.is_some())),
+            ("ACT", self.activation as u32),
+        ];
+        // The layout always has a bias binding; without a bias any buffer will do (it is not read).
+        let bias = bias.unwrap_or(a);
+        let groups = [self.n.div_ceil(tiles.block_n()), self.m.div_ceil(tiles.block_m()), 1];
+        gpu.dispatch(&KERNEL, &placeholders, &overrides, &[dims, a, b, bias, c], groups)
+    }
+
+    /// The uniform holding this matmul's sizes.
+    pub fn dims(&self, gpu: &Gpu) -> wgpu::Buffer {
+        gpu.uniform(&[self.m, self.n, self.k, 0])
     }
 }
