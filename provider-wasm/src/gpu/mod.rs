@@ -2,6 +2,8 @@
 //! browser (WebGPU). Each kernel's WGSL lives in `shaders/` beside the Rust that dispatches it.
 
 pub mod context;
+pub mod kernels;
 pub mod matmul;
+pub mod trainer;
 
 pub use context::{AdapterSummary, Gpu, GpuError, KernelKey};

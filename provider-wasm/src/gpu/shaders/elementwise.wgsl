@@ -14,16 +14,21 @@ struct Params {
     layer: u32,
     rate: f32,
     scale: f32,
-    seed_lo: u32,
-    seed_hi: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
+// Per-step values, rewritten before each step of a training call.
 struct Step {
     step_lo: u32,
     step_hi: u32,
+    seed_lo: u32,
+    seed_hi: u32,
     lr: f32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override OP: u32 = 0u;
@@ -45,8 +50,8 @@ fn mix32(v: u32) -> u32 {
 }
 
 fn dropout_keep(element: u32) -> bool {
-    var h = mix32(params.seed_lo ^ 0x9e3779b9u);
-    h = mix32(h ^ params.seed_hi);
+    var h = mix32(step.seed_lo ^ 0x9e3779b9u);
+    h = mix32(h ^ step.seed_hi);
     h = mix32(h ^ step.step_lo);
     h = mix32(h ^ step.step_hi);
     h = mix32(h ^ params.layer);

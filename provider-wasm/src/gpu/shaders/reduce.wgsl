@@ -1,5 +1,5 @@
 // Column sums of a [rows, cols] tensor: out[c] = sum_r x[r * cols + c] (bias gradients, loss totals).
-// One workgroup per column; its threads stride over the rows, then add their partial sums in a tree.
+// With ACCUM, the sums are added to out instead of replacing it. One workgroup per column; its threads stride over the rows, then add their partial sums in a tree.
 
 struct Params {
     rows: u32,
@@ -7,6 +7,8 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
 }
+
+override ACCUM: bool = false;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -33,6 +35,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         workgroupBarrier();
     }
     if lid.x == 0u && c < params.cols {
-        out[c] = partial[0];
+        if ACCUM {
+            out[c] += partial[0];
+        } else {
+            out[c] = partial[0];
+        }
     }
 }
