@@ -169,6 +169,11 @@ impl GpuTrainer {
         &self.gpu
     }
 
+    /// Gives the GPU context back, for another model.
+    pub fn into_gpu(self) -> Gpu {
+        self.gpu
+    }
+
     pub fn model(&self) -> &Model {
         &self.model
     }
@@ -212,27 +217,38 @@ impl GpuTrainer {
         Ok(())
     }
 
-    /// Runs one SGD step at learning rate `lr` per chunk of `batch_size` indices (the last may be
-    /// smaller), and returns the parameter delta, the mean loss and the sample count.
+    /// Runs `local_steps` plain SGD steps at learning rate `lr` and returns the parameter delta, the
+    /// mean loss and the sample count, exactly as the reference trainer's `train_local`: minibatch `s`
+    /// holds `indices[(s * b + j) % len]` for `j < b = min(batch_size, len)`.
     ///
     /// # Errors
-    /// GPU errors; an index outside the shard; a batch size above the trainer's maximum.
+    /// GPU errors; no indices or steps; an index outside the shard; a batch size above the trainer's
+    /// maximum.
     pub async fn train(
         &mut self,
         indices: &[u32],
         batch_size: usize,
+        local_steps: usize,
         lr: f32,
         dropout: DropoutSeed,
     ) -> Result<StepResult, GpuError> {
-        self.check_indices(indices, batch_size)?;
+        if indices.is_empty() || local_steps == 0 {
+            return Err(GpuError::Validation("a training call needs sample indices and at least one step".into()));
+        }
+        let b = batch_size.min(indices.len());
+        self.check_indices(indices, b)?;
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         for (src, dst) in self.params.iter().zip(&self.start) {
             encoder.copy_buffer_to_buffer(src, 0, dst, 0, src.size());
         }
         encoder.clear_buffer(&self.totals, 0, None);
         self.gpu.queue.submit([encoder.finish()]);
-        for (k, chunk) in indices.chunks(batch_size).enumerate() {
-            let step = dropout.first_step + k as u64;
+        let mut chunk = Vec::with_capacity(b);
+        for k in 0..local_steps {
+            chunk.clear();
+            chunk.extend((0..b).map(|j| indices[(k * b + j) % indices.len()]));
+            let chunk = &chunk[..];
+            let step = dropout.first_step.wrapping_add(k as u64);
             let seed = dropout.seed;
             let words = [step as u32, (step >> 32) as u32, seed as u32, (seed >> 32) as u32, lr.to_bits(), 0, 0, 0];
             self.gpu.write_words(&self.step, &words);
@@ -269,8 +285,13 @@ impl GpuTrainer {
         self.gpu.run(&deltas.iter().collect::<Vec<_>>());
         let delta = self.read_tensors(&self.grads).await?;
         let totals = self.gpu.read(&self.totals, 2).await?;
-        let n = indices.len().max(1) as f32;
-        Ok(StepResult { delta, mean_loss: totals[0] / n, accuracy: totals[1] / n, samples: indices.len() })
+        let samples = b * local_steps;
+        Ok(StepResult {
+            delta,
+            mean_loss: totals[0] / samples as f32,
+            accuracy: totals[1] / (samples * judged_per_sample(&self.model)).max(1) as f32,
+            samples,
+        })
     }
 
     /// The mean loss and accuracy over the given samples, without dropout and without changing anything.
@@ -291,8 +312,8 @@ impl GpuTrainer {
             self.gpu.run(&all);
         }
         let totals = self.gpu.read(&self.totals, 2).await?;
-        let n = indices.len().max(1) as f32;
-        Ok((totals[0] / n, totals[1] / n))
+        let n = indices.len().max(1);
+        Ok((totals[0] / n as f32, totals[1] / (n * judged_per_sample(&self.model)).max(1) as f32))
     }
 
     fn check_indices(&self, indices: &[u32], batch_size: usize) -> Result<(), GpuError> {
@@ -505,6 +526,16 @@ fn label_width(model: &Model) -> usize {
     match model.spec.loss {
         Loss::CrossEntropy => 1,
         _ => model.output_shape().elements().unwrap_or(0),
+    }
+}
+
+/// Predictions judged for accuracy per sample: 1 for cross-entropy, every output for binary
+/// cross-entropy, none for mean squared error.
+fn judged_per_sample(model: &Model) -> usize {
+    match model.spec.loss {
+        Loss::CrossEntropy => 1,
+        Loss::BinaryCrossEntropy => model.output_shape().elements().unwrap_or(0),
+        Loss::MeanSquaredError => 0,
     }
 }
 

@@ -4,8 +4,9 @@
 //   1 mean squared error: loss = mean_j (z - t)^2, dz = 2 (z - t) / (batch * outputs)
 //   2 binary cross-entropy, sigmoid fused: loss = mean_j max(z,0) - z t + log(1 + exp(-|z|)),
 //     dz = (sigmoid(z) - t) / (batch * outputs)
-// stats[2 r] = loss of sample r, stats[2 r + 1] = 1 if sample r is classified right (argmax for
-// cross-entropy; every output's z > 0 agreeing with t >= 0.5 for binary cross-entropy), else 0.
+// stats[2 r] = loss of sample r; stats[2 r + 1] = its right predictions: 1 or 0 for cross-entropy (argmax,
+// the first maximum on ties), the number of outputs whose z > 0 agrees with t >= 0.5 for binary
+// cross-entropy, 0 for mean squared error.
 // Labels are f32: the class index for cross-entropy, the targets otherwise.
 
 struct Params {
@@ -34,7 +35,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let base = r * n;
     let inv_batch = 1.0 / f32(params.batch);
     var loss = 0.0;
-    var correct = 1.0;
+    var correct = 0.0;
     switch LOSS {
         case 0u: {
             let label = u32(labels[r]);
@@ -73,9 +74,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                 let t = labels[base + j];
                 loss += max(v, 0.0) - v * t + log(1.0 + exp(-abs(v)));
                 dz[base + j] = scale * (1.0 / (1.0 + exp(-v)) - t);
-                if (v > 0.0) != (t >= 0.5) {
-                    correct = 0.0;
-                }
+                correct += select(0.0, 1.0, (v > 0.0) == (t >= 0.5));
             }
             loss /= f32(n);
         }
