@@ -3,8 +3,9 @@
 use super::messages::Frame;
 use super::{MAX_CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 
-/// The variant index postcard writes for [`Frame::Hello`]: a one-byte varint 0.
-const HELLO_TAG: u8 = 0;
+/// The variant index postcard writes for [`Frame::Hello`], as a varint (normally the byte 0, but postcard
+/// also reads longer encodings of 0 such as `80 00`).
+const HELLO_TAG: u32 = 0;
 
 /// Why bytes are not a frame.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -80,14 +81,12 @@ impl From<postcard::Error> for DecodeError {
 /// [`DecodeError::Incomplete`] when the bytes end inside the version, [`DecodeError::Malformed`] when the
 /// version is not a valid `u16` varint.
 pub fn peek_hello_version(bytes: &[u8]) -> Result<Option<u16>, DecodeError> {
-    match bytes.split_first() {
-        None => Err(DecodeError::Incomplete),
-        Some((&HELLO_TAG, rest)) => {
-            let (version, _) = postcard::take_from_bytes::<u16>(rest)?;
-            Ok(Some(version))
-        }
-        Some(_) => Ok(None),
+    let (tag, rest) = postcard::take_from_bytes::<u32>(bytes)?;
+    if tag != HELLO_TAG {
+        return Ok(None);
     }
+    let (version, _) = postcard::take_from_bytes::<u16>(rest)?;
+    Ok(Some(version))
 }
 
 impl<'a> Frame<'a> {
@@ -128,6 +127,15 @@ impl<'a> Frame<'a> {
         let (frame, rest) = postcard::take_from_bytes::<Frame<'a>>(bytes)?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes { count: rest.len() });
+        }
+        // The peek above sees the same version; this only guards against the two ever disagreeing.
+        if let Frame::Hello(hello) = &frame
+            && hello.protocol_version != PROTOCOL_VERSION
+        {
+            return Err(DecodeError::UnsupportedVersion {
+                got: hello.protocol_version,
+                supported: PROTOCOL_VERSION,
+            });
         }
         Ok(frame)
     }
