@@ -12,15 +12,4 @@
 
 pub mod model;
 pub mod params;
-
-use std::borrow::Cow;
-
-/// The little-endian bytes of `values`: borrowed on little-endian machines, converted on big-endian ones.
-/// Every tensor DAIG stores or sends is little-endian.
-pub fn le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
-    if cfg!(target_endian = "little") {
-        Cow::Borrowed(bytemuck::cast_slice(values))
-    } else {
-        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-}
+pub mod wire;

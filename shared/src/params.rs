@@ -162,7 +162,7 @@ pub fn to_safetensors(
     if data.len() != layout.total {
         return Err(SafetensorsError::Length { expected: layout.total, found: data.len() });
     }
-    let bytes = crate::le_bytes(data);
+    let bytes = crate::wire::f32s_to_le_bytes(data);
     let views = layout
         .tensors
         .iter()

@@ -295,7 +295,7 @@ impl Gpu {
     /// Writes `data` at the start of `buffer`.
     pub fn write(&self, buffer: &wgpu::Buffer, data: &[f32]) {
         if !data.is_empty() {
-            self.queue.write_buffer(buffer, 0, &daig_shared::le_bytes(data));
+            self.queue.write_buffer(buffer, 0, &daig_shared::wire::f32s_to_le_bytes(data));
         }
     }
 
