@@ -7,6 +7,8 @@
 //! (a flat 784 for a 28x28x1 input, or 28x28 for 28x28x1) are accepted and read in C order as the model's shape.
 //! The same rule applies to value labels. Any other difference is an error.
 
+use std::borrow::Cow;
+
 use super::{ArrayInfo, ByteOrder, DataError, RawArray, ShapeDisplay, checked_product, swap_bytes};
 
 /// What the model needs from a dataset. The model module builds one from its input shape and loss.
@@ -153,10 +155,13 @@ impl Labels {
                 ),
             });
         }
-        let mut data = array.data.clone();
-        if info.byte_order == ByteOrder::Big {
-            swap_bytes(&mut data, info.dtype.size());
-        }
+        let data: Cow<'_, [u8]> = if info.byte_order == ByteOrder::Big {
+            let mut swapped = array.data.clone();
+            swap_bytes(&mut swapped, info.dtype.size());
+            Cow::Owned(swapped)
+        } else {
+            Cow::Borrowed(&array.data)
+        };
         let n = info.len();
         match req {
             LabelRequirement::Classes { count } => {

@@ -82,7 +82,7 @@ pub fn read(
     while reader.read_record(&mut record).map_err(csv_error)? {
         let row = record.position().map_or(0, |p| p.line());
         if options.has_header && names.is_none() {
-            names = Some(record.iter().map(|s| s.trim().to_owned()).collect());
+            names = Some(record.iter().map(|s| clean(s).to_owned()).collect());
             width = record.len();
             continue;
         }
@@ -128,7 +128,7 @@ pub fn read(
         row_bytes.clear();
         for (i, cell) in record.iter().enumerate() {
             let column = || column_name(i, names.as_deref());
-            let text = cell.trim();
+            let text = clean(cell);
             if i == label_at {
                 let value: f64 = text
                     .parse()
@@ -195,6 +195,11 @@ pub fn read(
         feature_names,
         labels,
     })
+}
+
+/// A cell without surrounding whitespace or the byte order mark some spreadsheets write first.
+fn clean(cell: &str) -> &str {
+    cell.trim_start_matches('\u{feff}').trim()
 }
 
 fn resolve_label(
