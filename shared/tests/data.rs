@@ -1366,8 +1366,13 @@ fn damaged_inputs_give_errors_not_panics() {
         let _ = npy::read(Cursor::new(bytes), &limits);
         let _ = SampleSource::idx(Cursor::new(bytes), &limits).map(|mut s| all_samples_f32(&mut s));
         let _ = idx::read(Cursor::new(bytes), &limits);
-        let _ = ShardView::decode(bytes)
-            .map(|v| (0..v.len()).map(|i| v.label(i).map(|l| l.values())).count());
+        if let Ok(view) = ShardView::decode(bytes) {
+            let mut values = vec![0f32; view.sample_elements()];
+            for i in 0..view.len() {
+                let _ = view.label(i).map(|l| l.values());
+                let _ = view.sample_f32(i, &Normalization::None, &mut values);
+            }
+        }
         if let Ok(mut archive) = NpzArchive::new(Cursor::new(bytes), &limits) {
             for name in ["x", "y"] {
                 let _ = archive.read_array(name);
