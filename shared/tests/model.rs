@@ -462,3 +462,21 @@ print(json.dumps({"tensors": out, "has_model": "daig.model" in meta}))
         assert_eq!(py["hex"].as_str().unwrap(), hex, "{}", t.name);
     }
 }
+
+#[test]
+fn data_requirements_follow_the_model() {
+    use daig_shared::data::{ArrayInfo, ByteOrder, DataRequirements, Dtype, LabelRequirement, check};
+    let m = model(MLP);
+    assert_eq!(
+        m.data_requirements(),
+        DataRequirements { sample_shape: vec![784], labels: LabelRequirement::Classes { count: 10 } }
+    );
+    // MNIST as shipped: (8000, 28, 28) u8 images and (8000,) u8 labels fit the flat MLP input.
+    let images = ArrayInfo { dtype: Dtype::U8, shape: vec![8000, 28, 28], byte_order: ByteOrder::Little };
+    let labels = ArrayInfo { dtype: Dtype::U8, shape: vec![8000], byte_order: ByteOrder::Little };
+    check(&images, &labels, &m.data_requirements()).unwrap();
+    let small = ArrayInfo { shape: vec![8000, 14, 14], ..images.clone() };
+    assert!(check(&small, &labels, &m.data_requirements()).is_err());
+    let bce = model(r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 3}], "loss": "binary_cross_entropy"}"#);
+    assert_eq!(bce.data_requirements().labels, LabelRequirement::Values { shape: vec![3] });
+}

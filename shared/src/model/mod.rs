@@ -16,6 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use self::spec::{Activation, Layer, Loss, ModelSpec, Padding, Shape, Size2};
+use crate::data::{DataRequirements, LabelRequirement};
 use crate::params::ParamLayout;
 
 /// Upper bounds that keep a model within what a server and a visitor's browser can handle.
@@ -184,6 +185,17 @@ impl Model {
 
     pub fn param_count(&self) -> usize {
         self.params.total
+    }
+
+    /// What a dataset must provide to train this model: samples of the input shape, and class labels
+    /// for cross-entropy or float targets of the output's shape otherwise.
+    pub fn data_requirements(&self) -> DataRequirements {
+        let output = self.output_shape();
+        let labels = match self.spec.loss {
+            Loss::CrossEntropy => LabelRequirement::Classes { count: output.elements().unwrap_or(0) },
+            Loss::MeanSquaredError | Loss::BinaryCrossEntropy => LabelRequirement::Values { shape: output.0.clone() },
+        };
+        DataRequirements { sample_shape: self.spec.input_shape.clone(), labels }
     }
 
     /// FLOPs per sample of one training step (forward and backward), about three forward passes.
