@@ -12,6 +12,7 @@
 
 pub mod model;
 pub mod params;
+pub mod train;
 
 use std::borrow::Cow;
 
