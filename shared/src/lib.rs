@@ -13,16 +13,5 @@
 pub mod data;
 pub mod model;
 pub mod params;
-
-        Cow::Borrowed(bytemuck::cast_slice(values))
-        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
-    if cfg!(target_endian = "little") {
-    }
-    } else {
-/// Every tensor DAIG stores or sends is little-endian.
-/// The little-endian bytes of `values`: borrowed on little-endian machines, converted on big-endian ones.
-pub fn le_bytes(values: &[f32]) -> Cow<'_, [u8]> {
 pub mod train;
 pub mod wire;
-use std::borrow::Cow;
-}
