@@ -99,14 +99,14 @@ fn grad_check(json: &str, n: usize, mode: Mode, seed: u64) {
     assert!(err < 1e-6, "{json}: parameter {at}: analytic {} numeric {} (rel error {err:e})", grad[at], numeric[at]);
 
     let mut numeric = vec![0.0; n * width];
-    for i in 0..n * width {
+    for (i, slot) in numeric.iter_mut().enumerate() {
         let v = x.as_slice().unwrap()[i];
         x.as_slice_mut().unwrap()[i] = v + h;
         let up = loss_at(&mut net, &params, x.view());
         x.as_slice_mut().unwrap()[i] = v - h;
         let down = loss_at(&mut net, &params, x.view());
         x.as_slice_mut().unwrap()[i] = v;
-        numeric[i] = (up - down) / (2.0 * h);
+        *slot = (up - down) / (2.0 * h);
     }
     let (err, at) = max_rel_error(&input_grad, &numeric);
     assert!(err < 1e-6, "{json}: input {at}: analytic {} numeric {} (rel error {err:e})", input_grad[at], numeric[at]);
@@ -406,7 +406,10 @@ fn bad_inputs_are_refused_with_their_reason() {
     let wide = Array2::<f32>::zeros((2, 4));
     let classes = Labels::Classes(&[0, 1]);
     assert_eq!(run(wide.view(), classes, &params, &mut grad), TrainError::InputWidth { expected: 3, found: 4 });
-    assert_eq!(run(x.view(), Labels::Classes(&[0]), &params, &mut grad), TrainError::LabelCount { samples: 2, labels: 1 });
+    assert_eq!(
+        run(x.view(), Labels::Classes(&[0]), &params, &mut grad),
+        TrainError::LabelCount { samples: 2, labels: 1 }
+    );
     assert_eq!(
         run(x.view(), Labels::Classes(&[0, 2]), &params, &mut grad),
         TrainError::ClassOutOfRange { sample: 1, class: 2, classes: 2 }
@@ -424,7 +427,10 @@ fn bad_inputs_are_refused_with_their_reason() {
     let mut trainer = Trainer::new(&m);
     let data = Batch { x: x.view(), y: classes };
     let config = LocalConfig { batch_size: 2, local_steps: 1, learning_rate: 0.1, dropout: DropoutKey::default() };
-    assert_eq!(trainer.train_local(&data, &[0, 2], &config).unwrap_err(), TrainError::SampleIndex { index: 2, samples: 2 });
+    assert_eq!(
+        trainer.train_local(&data, &[0, 2], &config).unwrap_err(),
+        TrainError::SampleIndex { index: 2, samples: 2 }
+    );
     assert_eq!(
         trainer.train_local(&data, &[0], &LocalConfig { batch_size: 0, ..config }).unwrap_err().to_string(),
         "batch_size must be at least 1"
@@ -432,8 +438,9 @@ fn bad_inputs_are_refused_with_their_reason() {
     assert_eq!(trainer.load_params(&[0.0; 3]).unwrap_err(), TrainError::ParamCount { expected: 8, found: 3 });
     let mse = model(r#"{"input_shape": [3], "layers": [{"type": "dense", "units": 2}], "loss": "mse"}"#);
     let t = Array2::<f32>::zeros((2, 3));
-    let err =
-        Network::<f32>::new(&mse).loss(&params, &Batch { x: x.view(), y: Labels::Values(t.view()) }, Mode::Eval).unwrap_err();
+    let err = Network::<f32>::new(&mse)
+        .loss(&params, &Batch { x: x.view(), y: Labels::Values(t.view()) }, Mode::Eval)
+        .unwrap_err();
     assert_eq!(err.to_string(), "the targets have 3 values per sample, but the model's output has 2 elements");
 }
 
@@ -721,7 +728,10 @@ fn train_mnist(json: &str, epochs: usize, lr: f32) -> f64 {
         let params = trainer.params().to_vec();
         let eval = trainer.evaluate(&params, &test).unwrap();
         accuracy = eval.accuracy.unwrap();
-        eprintln!("epoch {epoch}: train loss {:.4}, held-out loss {:.4}, accuracy {accuracy:.4}", result.mean_loss, eval.loss);
+        eprintln!(
+            "epoch {epoch}: train loss {:.4}, held-out loss {:.4}, accuracy {accuracy:.4}",
+            result.mean_loss, eval.loss
+        );
     }
     accuracy
 }
@@ -744,6 +754,6 @@ fn mnist_convnet_reaches_95_percent() {
         {"type": "max_pool2d", "pool_size": 2},
         {"type": "flatten"},
         {"type": "dense", "units": 10, "activation": "softmax"}], "loss": "cross_entropy"}"#;
-    let accuracy = train_mnist(json, 4, 0.1);
+    let accuracy = train_mnist(json, 5, 0.1);
     assert!(accuracy >= 0.95, "held-out accuracy {accuracy}");
 }

@@ -7,20 +7,49 @@ use ndarray::{ArrayView2, ArrayViewMut2, linalg::general_mat_mul};
 
 use super::dropout::{dropout_keep, dropout_scale};
 use super::loss::{check_labels, loss_and_grad, sigmoid};
-use super::{Batch, BatchStats, DropoutKey, Mode, Real, TrainError};
+use super::{Batch, BatchStats, DropoutKey, Labels, Mode, Real, TrainError};
 use crate::model::{Activation, Layer, Loss, Model, Window2d};
+
+/// Where a forward pass takes its samples from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Input<'a, A> {
+    /// All rows of the view.
+    Rows(ArrayView2<'a, A>),
+    /// The rows `indices` of the view (checked by the caller), gathered straight into the input buffer.
+    Picked(ArrayView2<'a, A>, &'a [u32]),
+}
 
 /// One layer, resolved for computation.
 #[derive(Debug, Clone)]
 enum Op {
-    Dense { inputs: usize, units: usize, activation: Activation, kernel: Range<usize>, bias: Range<usize> },
-    Conv { win: Window2d, activation: Activation, kernel: Range<usize>, bias: Range<usize> },
-    MaxPool { win: Window2d },
-    AvgPool { win: Window2d },
+    Dense {
+        inputs: usize,
+        units: usize,
+        activation: Activation,
+        kernel: Range<usize>,
+        bias: Range<usize>,
+    },
+    Conv {
+        win: Window2d,
+        activation: Activation,
+        kernel: Range<usize>,
+        bias: Range<usize>,
+    },
+    MaxPool {
+        win: Window2d,
+    },
+    AvgPool {
+        win: Window2d,
+    },
     /// Flatten only renames the shape: the data is copied as is.
     Flatten,
-    Dropout { rate: f32, layer: u32 },
-    Activation { activation: Activation },
+    Dropout {
+        rate: f32,
+        layer: u32,
+    },
+    Activation {
+        activation: Activation,
+    },
 }
 
 /// A model's forward and backward passes over the float type `A`.
@@ -121,7 +150,7 @@ impl<A: Real> Network<A> {
     /// # Errors
     /// A parameter buffer of the wrong length, or samples of the wrong width or none.
     pub fn predict(&mut self, params: &[A], x: ArrayView2<'_, A>) -> Result<ArrayView2<'_, A>, TrainError> {
-        self.forward(params, x, Mode::Eval)?;
+        self.forward(params, Input::Rows(x), Mode::Eval)?;
         let k = self.output_elements();
         let last = self.ops.len();
         if self.output_fused {
@@ -138,7 +167,7 @@ impl<A: Real> Network<A> {
     /// fit the model's loss and output.
     pub fn loss(&mut self, params: &[A], batch: &Batch<'_, A>, mode: Mode) -> Result<BatchStats, TrainError> {
         check_labels(self.loss, self.output_elements(), batch.x.nrows(), &batch.y)?;
-        self.forward(params, batch.x, mode)?;
+        self.forward(params, Input::Rows(batch.x), mode)?;
         let last = self.ops.len();
         Ok(loss_and_grad(self.loss, &self.acts[last], self.output_elements(), &batch.y, None))
     }
@@ -155,7 +184,7 @@ impl<A: Real> Network<A> {
         mode: Mode,
         grad: &mut [A],
     ) -> Result<BatchStats, TrainError> {
-        self.gradients(params, batch, mode, grad, None)
+        self.gradients(params, Input::Rows(batch.x), &batch.y, mode, grad, false)
     }
 
     /// Like [`Network::gradient`], also writing the gradient with respect to the inputs into `input_grad`
@@ -175,28 +204,35 @@ impl<A: Real> Network<A> {
         if input_grad.len() != expected {
             return Err(TrainError::InputGradientLength { expected, found: input_grad.len() });
         }
-        let stats = self.gradients(params, batch, mode, grad, Some(()))?;
+        let stats = self.gradients(params, Input::Rows(batch.x), &batch.y, mode, grad, true)?;
         input_grad.copy_from_slice(&self.grads[0]);
         Ok(stats)
     }
 
-    fn gradients(
+    /// The loss and gradients of the samples `x` labelled `y`; the input gradient is left in `grads[0]`
+    /// when `input_grad`.
+    pub(crate) fn gradients(
         &mut self,
         params: &[A],
-        batch: &Batch<'_, A>,
+        x: Input<'_, A>,
+        y: &Labels<'_>,
         mode: Mode,
         grad: &mut [A],
-        input_grad: Option<()>,
+        input_grad: bool,
     ) -> Result<BatchStats, TrainError> {
         if grad.len() != self.n_params {
             return Err(TrainError::GradientLength { expected: self.n_params, found: grad.len() });
         }
-        check_labels(self.loss, self.output_elements(), batch.x.nrows(), &batch.y)?;
-        self.forward(params, batch.x, mode)?;
+        let samples = match x {
+            Input::Rows(x) => x.nrows(),
+            Input::Picked(_, indices) => indices.len(),
+        };
+        check_labels(self.loss, self.output_elements(), samples, y)?;
+        self.forward(params, x, mode)?;
         let last = self.ops.len();
         let k = self.output_elements();
-        let stats = loss_and_grad(self.loss, &self.acts[last], k, &batch.y, Some(&mut self.grads[last]));
-        self.backward(params, grad, input_grad.is_some());
+        let stats = loss_and_grad(self.loss, &self.acts[last], k, y, Some(&mut self.grads[last]));
+        self.backward(params, grad, input_grad);
         Ok(stats)
     }
 
@@ -233,27 +269,25 @@ impl<A: Real> Network<A> {
     }
 
     /// Runs the training forward pass (logits when the output activation is fused) into `acts`.
-    fn forward(&mut self, params: &[A], x: ArrayView2<'_, A>, mode: Mode) -> Result<(), TrainError> {
+    fn forward(&mut self, params: &[A], input: Input<'_, A>, mode: Mode) -> Result<(), TrainError> {
+        let (x, n) = match input {
+            Input::Rows(x) => (x, x.nrows()),
+            Input::Picked(x, indices) => (x, indices.len()),
+        };
         if params.len() != self.n_params {
             return Err(TrainError::ParamCount { expected: self.n_params, found: params.len() });
         }
         if x.ncols() != self.sizes[0] {
             return Err(TrainError::InputWidth { expected: self.sizes[0], found: x.ncols() });
         }
-        let n = x.nrows();
         if n == 0 {
             return Err(TrainError::EmptyBatch);
         }
         self.resize(n);
-        match x.as_slice() {
-            Some(s) => self.acts[0].copy_from_slice(s),
-            None => {
-                for (dst, src) in self.acts[0].chunks_exact_mut(self.sizes[0]).zip(x.rows()) {
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = s;
-                    }
-                }
-            }
+        let rows = self.acts[0].chunks_exact_mut(self.sizes[0]);
+        match input {
+            Input::Rows(x) => rows.zip(x.rows()).for_each(|(dst, src)| copy_row(dst, src)),
+            Input::Picked(x, indices) => rows.zip(indices).for_each(|(dst, &i)| copy_row(dst, x.row(i as usize))),
         }
         self.dropout = match mode {
             Mode::Eval => None,
@@ -318,12 +352,12 @@ impl<A: Real> Network<A> {
             let out_size = self.sizes[i + 1];
             match &self.ops[i] {
                 Op::Dense { inputs, units, activation, kernel, bias } => {
-                    activation_backward(effective(*activation), y, dy, out_size);
+                    activation_backward_bias(effective(*activation), y, dy, &mut grad[bias.clone()]);
                     let dyv = ArrayView2::from_shape((n, *units), &*dy).expect("sized");
                     let xv = ArrayView2::from_shape((n, *inputs), x).expect("sized");
-                    let mut dw = ArrayViewMut2::from_shape((*inputs, *units), &mut grad[kernel.clone()]).expect("layout");
+                    let mut dw =
+                        ArrayViewMut2::from_shape((*inputs, *units), &mut grad[kernel.clone()]).expect("layout");
                     general_mat_mul(A::one(), &xv.t(), &dyv, A::zero(), &mut dw);
-                    column_sums(dy, &mut grad[bias.clone()]);
                     if need_dx {
                         let w = ArrayView2::from_shape((*inputs, *units), &params[kernel.clone()]).expect("layout");
                         let mut dxv = ArrayViewMut2::from_shape((n, *inputs), dx).expect("sized");
@@ -331,14 +365,14 @@ impl<A: Real> Network<A> {
                     }
                 }
                 Op::Conv { win, activation, kernel, bias } => {
-                    activation_backward(effective(*activation), y, dy, out_size);
+                    activation_backward_bias(effective(*activation), y, dy, &mut grad[bias.clone()]);
                     let taps = win.kernel.h * win.kernel.w * win.in_c;
                     let rows = n * win.out_h * win.out_w;
                     let dyv = ArrayView2::from_shape((rows, win.out_c), &*dy).expect("sized");
                     let cv = ArrayView2::from_shape((rows, taps), &self.cols[i][..]).expect("sized");
-                    let mut dw = ArrayViewMut2::from_shape((taps, win.out_c), &mut grad[kernel.clone()]).expect("layout");
+                    let mut dw =
+                        ArrayViewMut2::from_shape((taps, win.out_c), &mut grad[kernel.clone()]).expect("layout");
                     general_mat_mul(A::one(), &cv.t(), &dyv, A::zero(), &mut dw);
-                    column_sums(dy, &mut grad[bias.clone()]);
                     if need_dx {
                         let w = ArrayView2::from_shape((taps, win.out_c), &params[kernel.clone()]).expect("layout");
                         let dcols = &mut self.dcols[i];
@@ -350,7 +384,9 @@ impl<A: Real> Network<A> {
                 Op::MaxPool { .. } if need_dx => {
                     dx.fill(A::zero());
                     let in_size = self.sizes[i];
-                    for (b, (dy, idx)) in dy.chunks_exact(out_size).zip(self.argmax[i].chunks_exact(out_size)).enumerate() {
+                    for (b, (dy, idx)) in
+                        dy.chunks_exact(out_size).zip(self.argmax[i].chunks_exact(out_size)).enumerate()
+                    {
                         let dx = &mut dx[b * in_size..(b + 1) * in_size];
                         for (&g, &j) in dy.iter().zip(idx) {
                             dx[j as usize] = dx[j as usize] + g;
@@ -376,6 +412,13 @@ impl<A: Real> Network<A> {
                 _ => {}
             }
         }
+    }
+}
+
+fn copy_row<A: Real>(dst: &mut [A], src: ndarray::ArrayView1<'_, A>) {
+    match src.as_slice() {
+        Some(s) => dst.copy_from_slice(s),
+        None => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s),
     }
 }
 
@@ -452,11 +495,32 @@ fn activation_backward<A: Real>(activation: Activation, y: &[A], dy: &mut [A], r
     }
 }
 
-/// Sums the rows of `dy` (rows of `out.len()` elements) into `out`.
-fn column_sums<A: Real>(dy: &[A], out: &mut [A]) {
-    out.fill(A::zero());
-    for r in dy.chunks_exact(out.len()) {
-        out.iter_mut().zip(r).for_each(|(o, &v)| *o = *o + v);
+/// [`activation_backward`] for a layer with a bias, also summing the resulting rows of `dy` (rows of
+/// `bias_grad.len()` elements: one per unit or filter) into `bias_grad`, in the same pass for the
+/// element-wise activations.
+fn activation_backward_bias<A: Real>(activation: Activation, y: &[A], dy: &mut [A], bias_grad: &mut [A]) {
+    let units = bias_grad.len();
+    bias_grad.fill(A::zero());
+    if activation == Activation::Softmax {
+        activation_backward(activation, y, dy, units);
+    }
+    for (g, y) in dy.chunks_exact_mut(units).zip(y.chunks_exact(units)) {
+        let rows = bias_grad.iter_mut().zip(g).zip(y);
+        match activation {
+            Activation::Relu => rows.for_each(|((b, g), &y)| {
+                *g = if y > A::zero() { *g } else { A::zero() };
+                *b = *b + *g;
+            }),
+            Activation::Sigmoid => rows.for_each(|((b, g), &y)| {
+                *g = *g * y * (A::one() - y);
+                *b = *b + *g;
+            }),
+            Activation::Tanh => rows.for_each(|((b, g), &y)| {
+                *g = *g * (A::one() - y * y);
+                *b = *b + *g;
+            }),
+            Activation::Linear | Activation::Softmax => rows.for_each(|((b, g), _)| *b = *b + *g),
+        }
     }
 }
 
@@ -523,7 +587,9 @@ fn col2im<A: Real>(win: &Window2d, dcols: &[A], n: usize, dx: &mut [A]) {
 /// took (the first maximum on ties).
 fn max_pool<A: Real>(win: &Window2d, x: &[A], in_size: usize, y: &mut [A], out_size: usize, argmax: &mut [u32]) {
     let c = win.in_c;
-    for ((xb, yb), ab) in x.chunks_exact(in_size).zip(y.chunks_exact_mut(out_size)).zip(argmax.chunks_exact_mut(out_size)) {
+    for ((xb, yb), ab) in
+        x.chunks_exact(in_size).zip(y.chunks_exact_mut(out_size)).zip(argmax.chunks_exact_mut(out_size))
+    {
         for oy in 0..win.out_h {
             for ox in 0..win.out_w {
                 let o = (oy * win.out_w + ox) * c;

@@ -306,7 +306,7 @@ impl Optimizer {
 /// The lengths of the first and second moment buffers of `method`.
 fn moment_lengths(method: &Method, n_params: usize) -> (usize, usize) {
     match *method {
-        Method::Sgd { momentum, .. } if momentum == 0.0 => (0, 0),
+        Method::Sgd { momentum: 0.0, .. } => (0, 0),
         Method::Sgd { .. } => (n_params, 0),
         Method::Adam { .. } => (n_params, n_params),
     }

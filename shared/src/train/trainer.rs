@@ -2,6 +2,7 @@
 
 use ndarray::{Array2, ArrayView2, s};
 
+use super::network::Input;
 use super::{Batch, BatchStats, DropoutKey, Evaluation, Labels, Mode, Network, TrainError};
 use crate::model::Model;
 
@@ -40,8 +41,7 @@ pub struct Trainer {
     net: Network<f32>,
     params: Vec<f32>,
     grad: Vec<f32>,
-    /// The gathered features of one minibatch, reused across steps.
-    x: Vec<f32>,
+    /// The gathered labels of one minibatch, reused across steps.
     classes: Vec<u32>,
     values: Vec<f32>,
 }
@@ -54,7 +54,7 @@ impl Trainer {
     pub fn new(model: &Model) -> Trainer {
         let net = Network::new(model);
         let n = net.param_count();
-        Trainer { net, params: vec![0.0; n], grad: vec![0.0; n], x: Vec::new(), classes: Vec::new(), values: Vec::new() }
+        Trainer { net, params: vec![0.0; n], grad: vec![0.0; n], classes: Vec::new(), values: Vec::new() }
     }
 
     /// Replaces the parameters.
@@ -141,15 +141,6 @@ impl Trainer {
         if indices.is_empty() {
             return Err(TrainError::EmptyBatch);
         }
-        let width = data.x.ncols();
-        self.x.clear();
-        for &i in indices {
-            let row = data.x.row(i as usize);
-            match row.as_slice() {
-                Some(r) => self.x.extend_from_slice(r),
-                None => self.x.extend(row.iter()),
-            }
-        }
         let labels = match data.y {
             Labels::Classes(c) => {
                 self.classes.clear();
@@ -168,8 +159,7 @@ impl Trainer {
                 )
             }
         };
-        let x = ArrayView2::from_shape((indices.len(), width), &self.x).expect("whole rows");
-        self.net.gradient(&self.params, &Batch { x, y: labels }, mode, &mut self.grad)
+        self.net.gradients(&self.params, Input::Picked(data.x, indices), &labels, mode, &mut self.grad, false)
     }
 
     /// The mean loss and the accuracy of `params` on all of `data`, without dropout, in chunks of 256
@@ -197,7 +187,11 @@ impl Trainer {
             correct += stats.correct;
             judged += stats.judged;
         }
-        Ok(Evaluation { loss: loss / n as f64, accuracy: (judged > 0).then(|| correct as f64 / judged as f64), samples: n })
+        Ok(Evaluation {
+            loss: loss / n as f64,
+            accuracy: (judged > 0).then(|| correct as f64 / judged as f64),
+            samples: n,
+        })
     }
 
     /// The model's predictions for `x` (`[samples, input elements]`), with the output activation applied.
