@@ -3,7 +3,7 @@
 //!
 //! Every other engine (the WGSL GPU engine, the server's validation) is checked against this module, so
 //! it favours plain, documented arithmetic over cleverness; it is still fast enough to train MNIST models
-//! in seconds (matrix products go through ndarray's `general_mat_mul` into reused buffers).
+//! in seconds (matrix products go through the `gemm` crate into reused buffers).
 //!
 //! - [`Network`] is the model's computation, generic over the float type ([`Real`]: `f32` for training,
 //!   `f64` for gradient checks). It takes the flat parameter buffer laid out as
@@ -32,6 +32,7 @@
 
 pub mod dropout;
 mod loss;
+mod matmul;
 mod network;
 pub mod optim;
 mod trainer;

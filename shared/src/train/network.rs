@@ -3,7 +3,9 @@
 
 use std::ops::Range;
 
-use ndarray::{ArrayView2, ArrayViewMut2, linalg::general_mat_mul};
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::matmul::mat_mul;
 
 use super::dropout::{dropout_keep, dropout_scale};
 use super::loss::{check_labels, loss_and_grad, sigmoid};
@@ -303,7 +305,7 @@ impl<A: Real> Network<A> {
                     let w = ArrayView2::from_shape((*inputs, *units), &params[kernel.clone()]).expect("layout");
                     let xv = ArrayView2::from_shape((n, *inputs), x).expect("sized");
                     let mut yv = ArrayViewMut2::from_shape((n, *units), &mut *y).expect("sized");
-                    general_mat_mul(A::one(), &xv, &w, A::zero(), &mut yv);
+                    mat_mul(&xv, &w, &mut yv);
                     bias_activation(y, &params[bias.clone()], effective(*activation));
                 }
                 Op::Conv { win, activation, kernel, bias } => {
@@ -314,7 +316,7 @@ impl<A: Real> Network<A> {
                     let cv = ArrayView2::from_shape((rows, taps), &cols[..]).expect("sized");
                     let w = ArrayView2::from_shape((taps, win.out_c), &params[kernel.clone()]).expect("layout");
                     let mut yv = ArrayViewMut2::from_shape((rows, win.out_c), &mut *y).expect("sized");
-                    general_mat_mul(A::one(), &cv, &w, A::zero(), &mut yv);
+                    mat_mul(&cv, &w, &mut yv);
                     bias_activation(y, &params[bias.clone()], effective(*activation));
                 }
                 Op::MaxPool { win } => max_pool(win, x, in_size, y, out_size, &mut self.argmax[i]),
@@ -357,11 +359,11 @@ impl<A: Real> Network<A> {
                     let xv = ArrayView2::from_shape((n, *inputs), x).expect("sized");
                     let mut dw =
                         ArrayViewMut2::from_shape((*inputs, *units), &mut grad[kernel.clone()]).expect("layout");
-                    general_mat_mul(A::one(), &xv.t(), &dyv, A::zero(), &mut dw);
+                    mat_mul(&xv.t(), &dyv, &mut dw);
                     if need_dx {
                         let w = ArrayView2::from_shape((*inputs, *units), &params[kernel.clone()]).expect("layout");
                         let mut dxv = ArrayViewMut2::from_shape((n, *inputs), dx).expect("sized");
-                        general_mat_mul(A::one(), &dyv, &w.t(), A::zero(), &mut dxv);
+                        mat_mul(&dyv, &w.t(), &mut dxv);
                     }
                 }
                 Op::Conv { win, activation, kernel, bias } => {
@@ -372,12 +374,12 @@ impl<A: Real> Network<A> {
                     let cv = ArrayView2::from_shape((rows, taps), &self.cols[i][..]).expect("sized");
                     let mut dw =
                         ArrayViewMut2::from_shape((taps, win.out_c), &mut grad[kernel.clone()]).expect("layout");
-                    general_mat_mul(A::one(), &cv.t(), &dyv, A::zero(), &mut dw);
+                    mat_mul(&cv.t(), &dyv, &mut dw);
                     if need_dx {
                         let w = ArrayView2::from_shape((taps, win.out_c), &params[kernel.clone()]).expect("layout");
                         let dcols = &mut self.dcols[i];
                         let mut dcv = ArrayViewMut2::from_shape((rows, taps), &mut dcols[..]).expect("sized");
-                        general_mat_mul(A::one(), &dyv, &w.t(), A::zero(), &mut dcv);
+                        mat_mul(&dyv, &w.t(), &mut dcv);
                         col2im(win, dcols, n, dx);
                     }
                 }
