@@ -71,7 +71,8 @@ fn main() {
         let b = random(n * n, 2);
         let flops = 2.0 * (n as f64).powi(3);
         let mm = Matmul::new(n, n, n);
-        let (ga, gb, gc) = (gpu.buffer("a", n * n).unwrap(), gpu.buffer("b", n * n).unwrap(), gpu.buffer("c", n * n).unwrap());
+        let (ga, gb, gc) =
+            (gpu.buffer("a", n * n).unwrap(), gpu.buffer("b", n * n).unwrap(), gpu.buffer("c", n * n).unwrap());
         let upload = time(budget, 3, || {
             gpu.write(&ga, &a);
             gpu.write(&gb, &b);
@@ -90,7 +91,10 @@ fn main() {
         });
         let gpu_gflops = flops / kernel.as_secs_f64() / 1e9;
         let cpu_gflops = if cpu && n <= 1024 {
-            let (x, y) = (Array2::from_shape_vec((n, n), a.clone()).unwrap(), Array2::from_shape_vec((n, n), b.clone()).unwrap());
+            let (x, y) = (
+                Array2::from_shape_vec((n, n), a.clone()).unwrap(),
+                Array2::from_shape_vec((n, n), b.clone()).unwrap(),
+            );
             let t = time(budget, 2, || {
                 std::hint::black_box(x.dot(&y));
             });
@@ -125,7 +129,14 @@ fn main() {
             trainer.load_shard(&x, &y).unwrap();
             let mut first = 0;
             let t = time(budget, 3, || {
-                pollster::block_on(trainer.train(&indices, batch, steps, 0.01, DropoutSeed { seed: 1, first_step: first })).unwrap();
+                pollster::block_on(trainer.train(
+                    &indices,
+                    batch,
+                    steps,
+                    0.01,
+                    DropoutSeed { seed: 1, first_step: first },
+                ))
+                .unwrap();
                 first += steps as u64;
             });
             let gpu_rate = (batch * steps) as f64 / t.as_secs_f64();

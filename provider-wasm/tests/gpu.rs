@@ -36,7 +36,9 @@ fn matmul_matches_reference() {
     for tiles in [MatmulTiles::for_gpu(&gpu), MatmulTiles { wg_x: 16, wg_y: 16, tm: 8, tn: 8, bk: 8 }] {
         for &(m, n, k) in &shapes {
             for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
-                for act in [FusedActivation::Linear, FusedActivation::Relu, FusedActivation::Sigmoid, FusedActivation::Tanh] {
+                for act in
+                    [FusedActivation::Linear, FusedActivation::Relu, FusedActivation::Sigmoid, FusedActivation::Tanh]
+                {
                     if act != FusedActivation::Linear && (trans_a || trans_b) {
                         continue;
                     }

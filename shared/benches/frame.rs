@@ -12,8 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use daig_shared::wire::{
-    Frame, MAX_CHUNK_BYTES, Reassembler, TransferId, TransferKind, f32s_to_le_bytes,
-    transfer_frames,
+    Frame, MAX_CHUNK_BYTES, Reassembler, TransferId, TransferKind, f32s_to_le_bytes, transfer_frames,
 };
 
 const PAYLOAD_BYTES: usize = 4 << 20;
@@ -119,33 +118,18 @@ fn main() {
     assert_eq!(chunked.len(), 1 + PAYLOAD_BYTES / MAX_CHUNK_BYTES);
     // The whole payload in one frame: not what the protocol sends, but it shows the cost per frame.
     let mut whole: Vec<Frame<'_>> = transfer_frames(TransferId(1), kind, &[]).collect();
-    let Frame::TransferStart(start) = &mut whole[0] else {
-        unreachable!("transfer_frames starts with TransferStart")
-    };
+    let Frame::TransferStart(start) = &mut whole[0] else { unreachable!("transfer_frames starts with TransferStart") };
     start.total_bytes = PAYLOAD_BYTES as u64;
-    let Frame::Chunk(mut one) = chunked[1].clone() else {
-        unreachable!("the second frame is a chunk")
-    };
+    let Frame::Chunk(mut one) = chunked[1].clone() else { unreachable!("the second frame is a chunk") };
     one.bytes = payload.clone();
     whole.push(Frame::Chunk(one));
 
-    let rows = [
-        measure("4 x 1 MiB chunks", &chunked, &payload),
-        measure("1 x 4 MiB frame", &whole, &payload),
-    ];
+    let rows = [measure("4 x 1 MiB chunks", &chunked, &payload), measure("1 x 4 MiB frame", &whole, &payload)];
 
-    println!(
-        "payload: {PAYLOAD_BYTES} bytes of f32 parameters; GB/s = 1e9 bytes/s; ratio = case / memcpy"
-    );
+    println!("payload: {PAYLOAD_BYTES} bytes of f32 parameters; GB/s = 1e9 bytes/s; ratio = case / memcpy");
     println!(
         "{:<18} {:>6} {:>7} {:>19} {:>19} {:>19} {:>19}",
-        "case",
-        "frames",
-        "memcpy",
-        "encode reused",
-        "encode new",
-        "decode (borrows)",
-        "decode+reassemble"
+        "case", "frames", "memcpy", "encode reused", "encode new", "decode (borrows)", "decode+reassemble"
     );
     for row in rows {
         let cell = |gbps: f64| format!("{gbps:8.2} ({:6.2}x)", gbps / row.memcpy);

@@ -9,17 +9,14 @@ use std::path::{Path, PathBuf};
 use daig_shared::data::csv::{CsvOptions, LabelColumn};
 use daig_shared::data::npz::NpzArchive;
 use daig_shared::data::{
-    ArrayInfo, ByteOrder, DataError, DataRequirements, Dtype, LabelRef, LabelRequirement, Labels,
-    Limits, Normalization, RawArray, RunningStats, SampleSource, ShardHeader, ShardLabel,
-    ShardLabels, ShardPlan, ShardRole, ShardView, ShardWriter, check, idx, npy, permutation,
-    shard_dataset, split, to_f32,
+    ArrayInfo, ByteOrder, DataError, DataRequirements, Dtype, LabelRef, LabelRequirement, Labels, Limits,
+    Normalization, RawArray, RunningStats, SampleSource, ShardHeader, ShardLabel, ShardLabels, ShardPlan, ShardRole,
+    ShardView, ShardWriter, check, idx, npy, permutation, shard_dataset, split, to_f32,
 };
 use expect_test::{Expect, expect};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/data/testdata")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/data/testdata").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -89,17 +86,8 @@ fn npy_reads_every_dtype_in_both_byte_orders() {
         };
         for &(tag, order) in orders {
             let file = format!("{name}_{tag}.npy");
-            let mut source =
-                SampleSource::npy(Cursor::new(fixture(&file)), &Limits::default()).unwrap();
-            assert_eq!(
-                source.info(),
-                &ArrayInfo {
-                    dtype,
-                    shape: vec![2, 3],
-                    byte_order: order
-                },
-                "{file}"
-            );
+            let mut source = SampleSource::npy(Cursor::new(fixture(&file)), &Limits::default()).unwrap();
+            assert_eq!(source.info(), &ArrayInfo { dtype, shape: vec![2, 3], byte_order: order }, "{file}");
             assert_eq!(source.info().sample_shape(), &[3]);
             assert_eq!(source.info().len(), 2);
             assert_eq!(all_samples_f32(&mut source), expected, "{file}");
@@ -122,11 +110,7 @@ fn npy_reads_version_2_and_3_headers() {
 #[test]
 fn npy_written_headers_read_back() {
     for shape in [vec![5], vec![2, 3], vec![1, 28, 28, 1]] {
-        let info = ArrayInfo {
-            dtype: Dtype::I16,
-            shape,
-            byte_order: ByteOrder::Big,
-        };
+        let info = ArrayInfo { dtype: Dtype::I16, shape, byte_order: ByteOrder::Big };
         let data = vec![7u8; usize::try_from(info.byte_len().unwrap()).unwrap()];
         let bytes = npy_bytes(&info, &data);
         let header = npy::read_header(&mut Cursor::new(&bytes), &Limits::default()).unwrap();
@@ -151,9 +135,7 @@ fn npy_refuses_pickles_and_object_arrays() {
         ]],
     );
     check_err(
-        NpzArchive::new(Cursor::new(fixture("object.npz")), &limits)
-            .unwrap()
-            .read_array("y"),
+        NpzArchive::new(Cursor::new(fixture("object.npz")), &limits).unwrap().read_array("y"),
         expect![[
             r#"pickled/object arrays are refused: loading a pickle lets an upload run code (the entry 'y.npy': the array has dtype '|O' (Python objects)); save plain numeric arrays, e.g. np.save(path, x.astype(np.float32))"#
         ]],
@@ -202,71 +184,48 @@ fn npy_malformed_headers_are_explained() {
     );
     check_err(
         read(b"\x93NUM".to_vec()),
-        expect![
-            "the data is truncated: the .npy magic and version needs 8 bytes but the input has 4"
-        ],
+        expect!["the data is truncated: the .npy magic and version needs 8 bytes but the input has 4"],
     );
     check_err(
         read(npy_with_dict("{'descr': '<f4', 'fortran_order': False}")),
         expect![[r#"not a valid .npy file: the header has no 'shape'"#]],
     );
     check_err(
-        read(npy_with_dict(
-            "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (1,)}",
-        )),
+        read(npy_with_dict("{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (1,)}")),
         expect![[r#"not a valid .npy file: the header has the key 'descr' twice"#]],
     );
     check_err(
-        read(npy_with_dict(
-            "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 1}",
-        )),
+        read(npy_with_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 1}")),
         expect![[r#"not a valid .npy file: unexpected key 'x' in the header"#]],
     );
     check_err(
-        read(npy_with_dict(
-            "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}",
-        )),
+        read(npy_with_dict("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}")),
         expect![[
             r#"unsupported .npy data: the array has a structured dtype (a list of fields); save one plain numeric array per name"#
         ]],
     );
     check_err(
-        read(npy_with_dict(
-            "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}",
-        )),
-        expect![
-            "not a valid .npy file: expected a non-negative integer in 'shape' at byte 51 of the header dict"
-        ],
+        read(npy_with_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}")),
+        expect!["not a valid .npy file: expected a non-negative integer in 'shape' at byte 51 of the header dict"],
     );
     check_err(
-        read(npy_with_dict(
-            "{'descr': '<f4', 'fortran_order': __import__('os'), 'shape': (1,)}",
-        )),
+        read(npy_with_dict("{'descr': '<f4', 'fortran_order': __import__('os'), 'shape': (1,)}")),
         expect![[r#"not a valid .npy file: 'fortran_order' is not True or False"#]],
     );
     check_err(
-        read(npy_with_dict(
-            "{'descr': '<i4', 'fortran_order': False, 'shape': ()}",
-        )),
+        read(npy_with_dict("{'descr': '<i4', 'fortran_order': False, 'shape': ()}")),
         expect![[
             r#"not a valid .npy file: the array is a scalar (shape ()); a dataset needs the samples along a first axis"#
         ]],
     );
     check_err(
-        read(npy_with_dict(
-            "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3)}",
-        )),
-        expect![[
-            r#"the data is truncated: .npy data (int32 of shape 2x3) needs 24 bytes but the input has 0"#
-        ]],
+        read(npy_with_dict("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3)}")),
+        expect![[r#"the data is truncated: .npy data (int32 of shape 2x3) needs 24 bytes but the input has 0"#]],
     );
     let mut long = npy::MAGIC.to_vec();
     long.extend_from_slice(&[2, 0]);
     long.extend_from_slice(&u32::MAX.to_le_bytes());
-    check_err(
-        read(long),
-        expect![[r#"the .npy header is too large: 4294967295 bytes, the limit is 65536"#]],
-    );
+    check_err(read(long), expect![[r#"the .npy header is too large: 4294967295 bytes, the limit is 65536"#]]);
     let mut trailing = fixture("u8_le.npy");
     trailing.push(0);
     check_err(
@@ -279,9 +238,7 @@ fn npy_malformed_headers_are_explained() {
     truncated.truncate(truncated.len() - 3);
     check_err(
         npy::read(Cursor::new(truncated), &limits),
-        expect![[
-            r#"the data is truncated: the float64 array of shape 2x3 needs 48 bytes but the input has 45"#
-        ]],
+        expect![[r#"the data is truncated: the float64 array of shape 2x3 needs 48 bytes but the input has 45"#]],
     );
 }
 
@@ -291,9 +248,7 @@ fn npy_huge_declared_shapes_are_refused_before_allocating() {
     let read = |dict: &str| npy::read(Cursor::new(npy_with_dict(dict)), &limits);
     check_err(
         read("{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000, 1000000000000)}"),
-        expect![[
-            r#"the shape 1000000000000x1000000000000 is too large to address: its size overflows 64 bits"#
-        ]],
+        expect![[r#"the shape 1000000000000x1000000000000 is too large to address: its size overflows 64 bits"#]],
     );
     check_err(
         read("{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999999999999,)}"),
@@ -326,18 +281,9 @@ fn npy_huge_declared_shapes_are_refused_before_allocating() {
             r#"the data is truncated: the uint8 array of shape 400000000 needs 400000000 bytes but the input has 0"#
         ]],
     );
-    let small = Limits {
-        max_array_bytes: 1000,
-        ..Limits::default()
-    };
+    let small = Limits { max_array_bytes: 1000, ..Limits::default() };
     check_err(
-        SampleSource::npy(
-            Cursor::new(fixture("f64_le.npy")),
-            &Limits {
-                max_array_bytes: 40,
-                ..small
-            },
-        ),
+        SampleSource::npy(Cursor::new(fixture("f64_le.npy")), &Limits { max_array_bytes: 40, ..small }),
         expect![[r#"a float64 array of shape 2x3 is too large: 48 bytes, the limit is 40"#]],
     );
 }
@@ -351,29 +297,15 @@ fn npz_reads_stored_entries_in_place_and_spools_deflated_ones() {
     for (file, stored) in [("stored.npz", true), ("deflated.npz", false)] {
         let mut archive = NpzArchive::new(Cursor::new(fixture(file)), &limits).unwrap();
         assert_eq!(archive.names(), ["x", "y"]);
-        assert_eq!(
-            archive
-                .find(&daig_shared::data::npz::FEATURE_NAMES)
-                .unwrap(),
-            "x"
-        );
-        assert_eq!(
-            archive.find(&daig_shared::data::npz::LABEL_NAMES).unwrap(),
-            "y"
-        );
+        assert_eq!(archive.find(&daig_shared::data::npz::FEATURE_NAMES).unwrap(), "x");
+        assert_eq!(archive.find(&daig_shared::data::npz::LABEL_NAMES).unwrap(), "y");
         let entry = archive.entry("x").unwrap();
         assert_eq!(entry.stored, stored);
         assert_eq!(entry.info.shape, [4, 2, 2]);
         let y = archive.read_array("y").unwrap();
         assert_eq!(y.info.dtype, Dtype::I64);
         let labels = Labels::from_array(&y, &LabelRequirement::Classes { count: 3 }).unwrap();
-        assert_eq!(
-            labels,
-            Labels::Classes {
-                count: 3,
-                values: vec![0, 1, 2, 1]
-            }
-        );
+        assert_eq!(labels, Labels::Classes { count: 3, values: vec![0, 1, 2, 1] });
 
         let mut spooled = tempfile::tempfile().unwrap();
         let info = archive.spool("x", &mut spooled).unwrap();
@@ -393,15 +325,10 @@ fn npz_reads_stored_entries_in_place_and_spools_deflated_ones() {
         }
     }
     let archive = NpzArchive::new(Cursor::new(fixture("stored.npz")), &limits).unwrap();
-    check_err(
-        archive.find(&["images"]),
-        expect![[r#"the .npz has no array named 'images'; it has 'x', 'y'"#]],
-    );
+    check_err(archive.find(&["images"]), expect![[r#"the .npz has no array named 'images'; it has 'x', 'y'"#]]);
     check_err(
         NpzArchive::new(Cursor::new(fixture("u8_le.npy")), &limits),
-        expect![
-            "not a valid .npz file: the zip archive is unreadable: invalid Zip archive: Could not find EOCD"
-        ],
+        expect!["not a valid .npz file: the zip archive is unreadable: invalid Zip archive: Could not find EOCD"],
     );
 }
 
@@ -409,65 +336,36 @@ fn npz_reads_stored_entries_in_place_and_spools_deflated_ones() {
 
 const CSV: &str = "age,height,label\n30,1.80,1\n41,1.65,0\n25, 1.70 ,2\n";
 
-fn read_csv(
-    text: &str,
-    options: &CsvOptions,
-) -> Result<(daig_shared::data::csv::CsvData, Vec<f32>), DataError> {
+fn read_csv(text: &str, options: &CsvOptions) -> Result<(daig_shared::data::csv::CsvData, Vec<f32>), DataError> {
     let mut out = Vec::new();
-    let data =
-        daig_shared::data::csv::read(text.as_bytes(), options, &mut out, &Limits::default())?;
-    let mut source = SampleSource::raw(
-        Cursor::new(out),
-        data.features.clone(),
-        0,
-        &Limits::default(),
-    )?;
+    let data = daig_shared::data::csv::read(text.as_bytes(), options, &mut out, &Limits::default())?;
+    let mut source = SampleSource::raw(Cursor::new(out), data.features.clone(), 0, &Limits::default())?;
     let features = all_samples_f32(&mut source);
     Ok((data, features))
 }
 
 #[test]
 fn csv_reads_labels_by_name_index_or_last() {
-    let by_name = CsvOptions {
-        label: LabelColumn::Name("label".into()),
-        ..CsvOptions::default()
-    };
+    let by_name = CsvOptions { label: LabelColumn::Name("label".into()), ..CsvOptions::default() };
     let (data, features) = read_csv(CSV, &by_name).unwrap();
     assert_eq!(data.features.shape, [3, 2]);
     assert_eq!(data.feature_names, ["1 ('age')", "2 ('height')"]);
     assert_eq!(features, [30.0, 1.8, 41.0, 1.65, 25.0, 1.7]);
     assert_eq!(data.labels.info.dtype, Dtype::I64);
     let labels = Labels::from_array(&data.labels, &LabelRequirement::Classes { count: 3 }).unwrap();
-    assert_eq!(
-        labels,
-        Labels::Classes {
-            count: 3,
-            values: vec![1, 0, 2]
-        }
-    );
+    assert_eq!(labels, Labels::Classes { count: 3, values: vec![1, 0, 2] });
 
     let (last, _) = read_csv(CSV, &CsvOptions::default()).unwrap();
     assert_eq!(last, data);
     let (with_bom, _) = read_csv(&format!("\u{feff}{CSV}"), &by_name).unwrap();
     assert_eq!(with_bom, data);
 
-    let no_header = CsvOptions {
-        has_header: false,
-        label: LabelColumn::Index(0),
-        delimiter: b';',
-    };
+    let no_header = CsvOptions { has_header: false, label: LabelColumn::Index(0), delimiter: b';' };
     let (data, features) = read_csv("0.5;1;2\n1.5;3;4\n", &no_header).unwrap();
     assert_eq!(features, [1.0, 2.0, 3.0, 4.0]);
     assert_eq!(data.labels.info.dtype, Dtype::F64);
-    let labels =
-        Labels::from_array(&data.labels, &LabelRequirement::Values { shape: vec![1] }).unwrap();
-    assert_eq!(
-        labels,
-        Labels::Values {
-            shape: vec![1],
-            values: vec![0.5, 1.5]
-        }
-    );
+    let labels = Labels::from_array(&data.labels, &LabelRequirement::Values { shape: vec![1] }).unwrap();
+    assert_eq!(labels, Labels::Values { shape: vec![1], values: vec![0.5, 1.5] });
 }
 
 #[test]
@@ -482,13 +380,7 @@ fn csv_errors_name_the_row_and_column() {
         expect![[r#"CSV row 3: the row has 2 fields but the header has 3"#]],
     );
     check_err(
-        read_csv(
-            "1,2,0\n3,4\n",
-            &CsvOptions {
-                has_header: false,
-                ..options.clone()
-            },
-        ),
+        read_csv("1,2,0\n3,4\n", &CsvOptions { has_header: false, ..options.clone() }),
         expect![[r#"CSV row 2: the row has 2 fields but the first row has 3"#]],
     );
     check_err(
@@ -500,46 +392,21 @@ fn csv_errors_name_the_row_and_column() {
         expect![[r#"CSV row 2, column 3 ('label'): 'cat' is not a finite number"#]],
     );
     check_err(
-        read_csv(
-            CSV,
-            &CsvOptions {
-                label: LabelColumn::Name("y".into()),
-                ..options.clone()
-            },
-        ),
+        read_csv(CSV, &CsvOptions { label: LabelColumn::Name("y".into()), ..options.clone() }),
         expect![[r#"the CSV has no column named 'y'; its columns are 'age', 'height', 'label'"#]],
     );
     check_err(
-        read_csv(
-            CSV,
-            &CsvOptions {
-                label: LabelColumn::Index(3),
-                ..options.clone()
-            },
-        ),
-        expect![[
-            r#"invalid option: the label column index 3 (from 0) is past the CSV's 3 columns"#
-        ]],
+        read_csv(CSV, &CsvOptions { label: LabelColumn::Index(3), ..options.clone() }),
+        expect![[r#"invalid option: the label column index 3 (from 0) is past the CSV's 3 columns"#]],
     );
-    check_err(
-        read_csv("a,b,label\n", &options),
-        expect![[r#"not a valid CSV file: the file has no data rows"#]],
-    );
+    check_err(read_csv("a,b,label\n", &options), expect![[r#"not a valid CSV file: the file has no data rows"#]]);
 }
 
 // ---- IDX ----
 
 fn idx_bytes(dtype: Dtype, shape: &[usize], data_be: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    idx::write_header(
-        &mut out,
-        &ArrayInfo {
-            dtype,
-            shape: shape.to_vec(),
-            byte_order: ByteOrder::Big,
-        },
-    )
-    .unwrap();
+    idx::write_header(&mut out, &ArrayInfo { dtype, shape: shape.to_vec(), byte_order: ByteOrder::Big }).unwrap();
     out.extend_from_slice(data_be);
     out
 }
@@ -555,30 +422,14 @@ fn idx_reads_mnist_style_files() {
     source.read_samples_le(2, &mut sample).unwrap();
     assert_eq!(sample, [8, 9, 10, 11]);
 
-    let values: Vec<u8> = [-2i16, 300, 7]
-        .iter()
-        .flat_map(|v| v.to_be_bytes())
-        .collect();
-    let mut source =
-        SampleSource::idx(Cursor::new(idx_bytes(Dtype::I16, &[3], &values)), &limits).unwrap();
+    let values: Vec<u8> = [-2i16, 300, 7].iter().flat_map(|v| v.to_be_bytes()).collect();
+    let mut source = SampleSource::idx(Cursor::new(idx_bytes(Dtype::I16, &[3], &values)), &limits).unwrap();
     assert_eq!(all_samples_f32(&mut source), [-2.0, 300.0, 7.0]);
-    let values: Vec<u8> = [0.25f32, -1.5]
-        .iter()
-        .flat_map(|v| v.to_be_bytes())
-        .collect();
-    let mut source = SampleSource::idx(
-        Cursor::new(idx_bytes(Dtype::F32, &[2, 1], &values)),
-        &limits,
-    )
-    .unwrap();
+    let values: Vec<u8> = [0.25f32, -1.5].iter().flat_map(|v| v.to_be_bytes()).collect();
+    let mut source = SampleSource::idx(Cursor::new(idx_bytes(Dtype::F32, &[2, 1], &values)), &limits).unwrap();
     assert_eq!(all_samples_f32(&mut source), [0.25, -1.5]);
     let labels = idx::read(Cursor::new(idx_bytes(Dtype::U8, &[3], &[4, 0, 9])), &limits).unwrap();
-    assert_eq!(
-        Labels::from_array(&labels, &LabelRequirement::Classes { count: 10 })
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(Labels::from_array(&labels, &LabelRequirement::Classes { count: 10 }).unwrap().len(), 3);
 }
 
 #[test]
@@ -587,33 +438,23 @@ fn idx_bad_headers_are_explained() {
     let read = |bytes: &[u8]| SampleSource::idx(Cursor::new(bytes.to_vec()), &limits);
     check_err(
         read(&[0, 0, 0x0A, 1, 0, 0, 0, 1, 0]),
-        expect![[
-            r#"unsupported IDX data: dtype code 0x0A; IDX codes are 0x08, 0x09, 0x0B, 0x0C, 0x0D and 0x0E"#
-        ]],
+        expect![[r#"unsupported IDX data: dtype code 0x0A; IDX codes are 0x08, 0x09, 0x0B, 0x0C, 0x0D and 0x0E"#]],
     );
     check_err(
         read(&[1, 2, 8, 1]),
-        expect![[
-            r#"not a valid IDX file: it starts with 01 02, not the two zero bytes of the IDX magic"#
-        ]],
+        expect![[r#"not a valid IDX file: it starts with 01 02, not the two zero bytes of the IDX magic"#]],
     );
     check_err(
         read(&[0, 0, 8, 0]),
-        expect![[
-            r#"not a valid IDX file: it declares 0 dimensions; between 1 and 32 are accepted"#
-        ]],
+        expect![[r#"not a valid IDX file: it declares 0 dimensions; between 1 and 32 are accepted"#]],
     );
     check_err(
         read(&[0, 0, 8, 2, 0, 0]),
         expect![[r#"the data is truncated: the IDX dimensions needs 4 bytes but the input has 2"#]],
     );
     check_err(
-        read(&[
-            0, 0, 0x0E, 3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-        ]),
-        expect![
-            "the shape 4294967295x4294967295x4294967295 is too large to address: its size overflows 64 bits"
-        ],
+        read(&[0, 0, 0x0E, 3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255]),
+        expect!["the shape 4294967295x4294967295x4294967295 is too large to address: its size overflows 64 bits"],
     );
     check_err(
         read(&idx_bytes(Dtype::U8, &[60000, 28, 28], &[1, 2, 3])),
@@ -626,94 +467,46 @@ fn idx_bad_headers_are_explained() {
 // ---- checks against the model ----
 
 fn info(dtype: Dtype, shape: &[usize]) -> ArrayInfo {
-    ArrayInfo {
-        dtype,
-        shape: shape.to_vec(),
-        byte_order: ByteOrder::Little,
-    }
+    ArrayInfo { dtype, shape: shape.to_vec(), byte_order: ByteOrder::Little }
 }
 
 fn classes(count: usize, sample_shape: &[usize]) -> DataRequirements {
-    DataRequirements {
-        sample_shape: sample_shape.to_vec(),
-        labels: LabelRequirement::Classes { count },
-    }
+    DataRequirements { sample_shape: sample_shape.to_vec(), labels: LabelRequirement::Classes { count } }
 }
 
 #[test]
 fn check_accepts_matching_and_reshapeable_data() {
     let labels = info(Dtype::U8, &[100]);
-    check(
-        &info(Dtype::U8, &[100, 28, 28, 1]),
-        &labels,
-        &classes(10, &[28, 28, 1]),
-    )
-    .unwrap();
-    check(
-        &info(Dtype::U8, &[100, 784]),
-        &labels,
-        &classes(10, &[28, 28, 1]),
-    )
-    .unwrap();
-    check(
-        &info(Dtype::F32, &[100, 28, 28]),
-        &info(Dtype::I64, &[100, 1]),
-        &classes(10, &[28, 28, 1]),
-    )
-    .unwrap();
-    let values = DataRequirements {
-        sample_shape: vec![3],
-        labels: LabelRequirement::Values { shape: vec![1] },
-    };
+    check(&info(Dtype::U8, &[100, 28, 28, 1]), &labels, &classes(10, &[28, 28, 1])).unwrap();
+    check(&info(Dtype::U8, &[100, 784]), &labels, &classes(10, &[28, 28, 1])).unwrap();
+    check(&info(Dtype::F32, &[100, 28, 28]), &info(Dtype::I64, &[100, 1]), &classes(10, &[28, 28, 1])).unwrap();
+    let values = DataRequirements { sample_shape: vec![3], labels: LabelRequirement::Values { shape: vec![1] } };
     check(&info(Dtype::F32, &[5, 3]), &info(Dtype::F32, &[5]), &values).unwrap();
-    check(
-        &info(Dtype::F32, &[5, 3]),
-        &info(Dtype::F64, &[5, 1]),
-        &values,
-    )
-    .unwrap();
+    check(&info(Dtype::F32, &[5, 3]), &info(Dtype::F64, &[5, 1]), &values).unwrap();
 }
 
 #[test]
 fn check_explains_mismatches() {
     let req = classes(10, &[32, 32, 3]);
     check_err(
-        check(
-            &info(Dtype::U8, &[100, 28, 28]),
-            &info(Dtype::U8, &[100]),
-            &req,
-        ),
+        check(&info(Dtype::U8, &[100, 28, 28]), &info(Dtype::U8, &[100]), &req),
         expect![[
             r#"the data does not fit the model: the features have sample shape 28x28 (784 values) but the model's input is 32x32x3 (3072 values)"#
         ]],
     );
     let req = classes(10, &[28, 28]);
     check_err(
-        check(
-            &info(Dtype::U8, &[100, 28, 28]),
-            &info(Dtype::U8, &[99]),
-            &req,
-        ),
-        expect![[
-            r#"the data does not fit the model: there are 100 samples of features but 99 labels"#
-        ]],
+        check(&info(Dtype::U8, &[100, 28, 28]), &info(Dtype::U8, &[99]), &req),
+        expect![[r#"the data does not fit the model: there are 100 samples of features but 99 labels"#]],
     );
     check_err(
-        check(
-            &info(Dtype::U8, &[100, 28, 28]),
-            &info(Dtype::F32, &[100]),
-            &req,
-        ),
+        check(&info(Dtype::U8, &[100, 28, 28]), &info(Dtype::F32, &[100]), &req),
         expect![[
             r#"the data does not fit the model: the model's loss needs integer class labels (0 to 9) but these are float32; convert them, e.g. y.astype(np.int64)"#
         ]],
     );
     check_err(
-        check(
-            &info(Dtype::U8, &[100, 28, 28]),
-            &info(Dtype::U8, &[100, 10]),
-            &req,
-        ),
+        check(&info(Dtype::U8, &[100, 28, 28]), &info(Dtype::U8, &[100, 10]), &req),
         expect![[
             r#"the data does not fit the model: class labels must have shape (n,) or (n, 1) but these have shape 100x10; for one-hot labels pass the class indices, e.g. y.argmax(axis=1)"#
         ]],
@@ -722,26 +515,15 @@ fn check_explains_mismatches() {
         check(&info(Dtype::U8, &[0, 28, 28]), &info(Dtype::U8, &[0]), &req),
         expect![[r#"the data does not fit the model: the features have no samples"#]],
     );
-    let values = DataRequirements {
-        sample_shape: vec![3],
-        labels: LabelRequirement::Values { shape: vec![2] },
-    };
+    let values = DataRequirements { sample_shape: vec![3], labels: LabelRequirement::Values { shape: vec![2] } };
     check_err(
-        check(
-            &info(Dtype::F32, &[5, 3]),
-            &info(Dtype::U8, &[5, 2]),
-            &values,
-        ),
+        check(&info(Dtype::F32, &[5, 3]), &info(Dtype::U8, &[5, 2]), &values),
         expect![[
             r#"the data does not fit the model: the model's loss needs float targets but these labels are uint8; convert them, e.g. y.astype(np.float32)"#
         ]],
     );
     check_err(
-        check(
-            &info(Dtype::F32, &[5, 3]),
-            &info(Dtype::F32, &[5, 3]),
-            &values,
-        ),
+        check(&info(Dtype::F32, &[5, 3]), &info(Dtype::F32, &[5, 3]), &values),
         expect![[
             r#"the data does not fit the model: the labels have sample shape 3 (3 values) but the model's output is 2 (2 values)"#
         ]],
@@ -749,10 +531,7 @@ fn check_explains_mismatches() {
 }
 
 fn raw_labels<T: Copy>(dtype: Dtype, values: &[T], to_le: impl Fn(T) -> Vec<u8>) -> RawArray {
-    RawArray {
-        info: info(dtype, &[values.len()]),
-        data: values.iter().flat_map(|&v| to_le(v)).collect(),
-    }
+    RawArray { info: info(dtype, &[values.len()]), data: values.iter().flat_map(|&v| to_le(v)).collect() }
 }
 
 #[test]
@@ -760,39 +539,20 @@ fn label_values_are_range_checked() {
     let req = LabelRequirement::Classes { count: 10 };
     check_err(
         Labels::from_array(&raw_labels(Dtype::U8, &[3u8, 9, 10, 1], |v| vec![v]), &req),
-        expect![[
-            r#"label of sample 2: 10 is not a class of the model, whose 10 classes are 0 to 9"#
-        ]],
+        expect![[r#"label of sample 2: 10 is not a class of the model, whose 10 classes are 0 to 9"#]],
     );
     check_err(
-        Labels::from_array(
-            &raw_labels(Dtype::I32, &[0i32, -1], |v| v.to_le_bytes().to_vec()),
-            &req,
-        ),
-        expect![[
-            r#"label of sample 1: -1 is not a class of the model, whose 10 classes are 0 to 9"#
-        ]],
+        Labels::from_array(&raw_labels(Dtype::I32, &[0i32, -1], |v| v.to_le_bytes().to_vec()), &req),
+        expect![[r#"label of sample 1: -1 is not a class of the model, whose 10 classes are 0 to 9"#]],
     );
     let big_endian = RawArray {
-        info: ArrayInfo {
-            dtype: Dtype::I64,
-            shape: vec![2],
-            byte_order: ByteOrder::Big,
-        },
+        info: ArrayInfo { dtype: Dtype::I64, shape: vec![2], byte_order: ByteOrder::Big },
         data: [7i64, 2].iter().flat_map(|v| v.to_be_bytes()).collect(),
     };
-    assert_eq!(
-        Labels::from_array(&big_endian, &req).unwrap(),
-        Labels::Classes {
-            count: 10,
-            values: vec![7, 2]
-        }
-    );
+    assert_eq!(Labels::from_array(&big_endian, &req).unwrap(), Labels::Classes { count: 10, values: vec![7, 2] });
     check_err(
         Labels::from_array(
-            &raw_labels(Dtype::F64, &[0.5f64, f64::INFINITY], |v| {
-                v.to_le_bytes().to_vec()
-            }),
+            &raw_labels(Dtype::F64, &[0.5f64, f64::INFINITY], |v| v.to_le_bytes().to_vec()),
             &LabelRequirement::Values { shape: vec![] },
         ),
         expect![[r#"label of sample 1: the target inf is not a finite float32"#]],
@@ -804,77 +564,24 @@ fn label_values_are_range_checked() {
 #[test]
 fn normalisation_maps_raw_values_to_f32() {
     let mut out = [0f32; 3];
-    to_f32(
-        Dtype::U8,
-        &[0, 51, 255],
-        &Normalization::Scale {
-            min: None,
-            max: None,
-        },
-        &mut out,
-    )
-    .unwrap();
+    to_f32(Dtype::U8, &[0, 51, 255], &Normalization::Scale { min: None, max: None }, &mut out).unwrap();
     assert_eq!(out, [0.0, 0.2, 1.0]);
-    let raw: Vec<u8> = [-10i16, 0, 10]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    to_f32(
-        Dtype::I16,
-        &raw,
-        &Normalization::Scale {
-            min: Some(-10.0),
-            max: Some(10.0),
-        },
-        &mut out,
-    )
-    .unwrap();
+    let raw: Vec<u8> = [-10i16, 0, 10].iter().flat_map(|v| v.to_le_bytes()).collect();
+    to_f32(Dtype::I16, &raw, &Normalization::Scale { min: Some(-10.0), max: Some(10.0) }, &mut out).unwrap();
     assert_eq!(out, [0.0, 0.5, 1.0]);
-    let raw: Vec<u8> = [1.0f64, 3.0, 5.0]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    to_f32(
-        Dtype::F64,
-        &raw,
-        &Normalization::Standardize {
-            mean: 3.0,
-            std: 2.0,
-        },
-        &mut out,
-    )
-    .unwrap();
+    let raw: Vec<u8> = [1.0f64, 3.0, 5.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    to_f32(Dtype::F64, &raw, &Normalization::Standardize { mean: 3.0, std: 2.0 }, &mut out).unwrap();
     assert_eq!(out, [-1.0, 0.0, 1.0]);
     to_f32(Dtype::F64, &raw, &Normalization::None, &mut out).unwrap();
     assert_eq!(out, [1.0, 3.0, 5.0]);
 
     check_err(
-        to_f32(
-            Dtype::F32,
-            &[0; 12],
-            &Normalization::Scale {
-                min: None,
-                max: Some(1.0),
-            },
-            &mut out,
-        ),
-        expect![[
-            r#"invalid option: scaling float32 data needs both min and max: floats have no fixed range"#
-        ]],
+        to_f32(Dtype::F32, &[0; 12], &Normalization::Scale { min: None, max: Some(1.0) }, &mut out),
+        expect![[r#"invalid option: scaling float32 data needs both min and max: floats have no fixed range"#]],
     );
     check_err(
-        to_f32(
-            Dtype::U8,
-            &[0; 3],
-            &Normalization::Standardize {
-                mean: 0.0,
-                std: 0.0,
-            },
-            &mut out,
-        ),
-        expect![[
-            r#"invalid option: standardising needs a finite mean and a positive std, not 0 and 0"#
-        ]],
+        to_f32(Dtype::U8, &[0; 3], &Normalization::Standardize { mean: 0.0, std: 0.0 }, &mut out),
+        expect![[r#"invalid option: standardising needs a finite mean and a positive std, not 0 and 0"#]],
     );
     check_err(
         to_f32(Dtype::U16, &[0; 5], &Normalization::None, &mut out),
@@ -886,18 +593,9 @@ fn normalisation_maps_raw_values_to_f32() {
 fn normalisation_is_serialisable() {
     let options = [
         Normalization::None,
-        Normalization::Scale {
-            min: None,
-            max: None,
-        },
-        Normalization::Scale {
-            min: Some(-1.0),
-            max: Some(1.0),
-        },
-        Normalization::Standardize {
-            mean: 0.1307,
-            std: 0.3081,
-        },
+        Normalization::Scale { min: None, max: None },
+        Normalization::Scale { min: Some(-1.0), max: Some(1.0) },
+        Normalization::Standardize { mean: 0.1307, std: 0.3081 },
     ];
     let json = serde_json::to_string(&options).unwrap();
     expect![[r#"[{"kind":"none"},{"kind":"scale"},{"kind":"scale","min":-1.0,"max":1.0},{"kind":"standardize","mean":0.1307,"std":0.3081}]"#]]
@@ -908,9 +606,7 @@ fn normalisation_is_serialisable() {
 
 #[test]
 fn running_stats_match_a_direct_computation() {
-    let values: Vec<f64> = (0..1000)
-        .map(|i| f64::from((i * 37) % 101) * 0.5 + 3.0)
-        .collect();
+    let values: Vec<f64> = (0..1000).map(|i| f64::from((i * 37) % 101) * 0.5 + 3.0).collect();
     let mean = values.iter().sum::<f64>() / values.len() as f64;
     let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
     let mut stats = RunningStats::default();
@@ -927,9 +623,7 @@ fn running_stats_match_a_direct_computation() {
     constant.push_raw(Dtype::U8, &[4, 4, 4]);
     check_err(
         constant.standardize(),
-        expect![[
-            r#"invalid option: cannot standardise 3 values with standard deviation 0: they need to vary"#
-        ]],
+        expect![[r#"invalid option: cannot standardise 3 values with standard deviation 0: they need to vary"#]],
     );
 }
 
@@ -946,9 +640,7 @@ fn class_header(count: usize) -> ShardHeader {
 
 fn small_shard() -> Vec<u8> {
     let mut writer = ShardWriter::new(Vec::new(), class_header(2)).unwrap();
-    writer
-        .push(&[1, 0, 0xFF, 0xFF], LabelRef::Class(4))
-        .unwrap();
+    writer.push(&[1, 0, 0xFF, 0xFF], LabelRef::Class(4)).unwrap();
     writer.push(&[0, 1, 2, 0], LabelRef::Class(0)).unwrap();
     writer.finish().unwrap()
 }
@@ -956,10 +648,7 @@ fn small_shard() -> Vec<u8> {
 #[test]
 fn shard_layout_is_stable() {
     let bytes = small_shard();
-    let hex: Vec<String> = bytes
-        .chunks(8)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
+    let hex: Vec<String> = bytes.chunks(8).map(|c| c.iter().map(|b| format!("{b:02x}")).collect()).collect();
     expect![[r#"
         4441494753484431
         0100040102000000
@@ -980,22 +669,11 @@ fn shard_round_trips() {
     let mut out = [0f32; 2];
     view.sample_f32(0, &Normalization::None, &mut out).unwrap();
     assert_eq!(out, [1.0, -1.0]);
-    view.sample_f32(
-        1,
-        &Normalization::Scale {
-            min: Some(0.0),
-            max: Some(512.0),
-        },
-        &mut out,
-    )
-    .unwrap();
+    view.sample_f32(1, &Normalization::Scale { min: Some(0.0), max: Some(512.0) }, &mut out).unwrap();
     assert_eq!(out, [0.5, 0.00390625]);
     assert_eq!(view.label(0).unwrap(), ShardLabel::Class(4));
     assert_eq!(view.label(1).unwrap().class(), Some(0));
-    check_err(
-        view.label(2),
-        expect![[r#"invalid option: sample 2 is past the shard's 2 samples"#]],
-    );
+    check_err(view.label(2), expect![[r#"invalid option: sample 2 is past the shard's 2 samples"#]]);
     check_err(
         view.sample_f32(2, &Normalization::None, &mut out),
         expect![[r#"invalid option: sample 2 is past the shard's 2 samples"#]],
@@ -1008,9 +686,7 @@ fn shard_round_trips() {
         labels: ShardLabels::Values { shape: vec![3] },
     };
     let mut writer = ShardWriter::new(Vec::new(), header.clone()).unwrap();
-    writer
-        .push(&2.5f64.to_le_bytes(), LabelRef::Values(&[0.5, -1.0, 2.0]))
-        .unwrap();
+    writer.push(&2.5f64.to_le_bytes(), LabelRef::Values(&[0.5, -1.0, 2.0])).unwrap();
     let bytes = writer.finish().unwrap();
     assert_eq!(bytes.len(), header.total_bytes().unwrap());
     let view = ShardView::decode(&bytes).unwrap();
@@ -1027,14 +703,10 @@ fn shard_writer_refuses_what_does_not_fit_its_header() {
     );
     check_err(
         writer.push(&[0; 4], LabelRef::Class(5)),
-        expect![[
-            r#"invalid shard: label Class(5) does not fit the header's Classes { count: 5 }"#
-        ]],
+        expect![[r#"invalid shard: label Class(5) does not fit the header's Classes { count: 5 }"#]],
     );
     check_err(
-        ShardWriter::new(Vec::new(), class_header(2))
-            .unwrap()
-            .finish(),
+        ShardWriter::new(Vec::new(), class_header(2)).unwrap().finish(),
         expect![[r#"invalid shard: 0 samples were written but the header declares 2"#]],
     );
     check_err(
@@ -1052,42 +724,20 @@ fn shard_decode_refuses_bad_blobs() {
         b
     };
     let decode = |b: &[u8]| ShardView::decode(b).map(|v| v.len());
-    check_err(
-        decode(&good[..10]),
-        expect![[r#"invalid shard: 10 bytes is shorter than the 24-byte header"#]],
-    );
+    check_err(decode(&good[..10]), expect![[r#"invalid shard: 10 bytes is shorter than the 24-byte header"#]]);
     check_err(
         decode(&good[..good.len() - 1]),
-        expect![
-            "invalid shard: the blob has 43 bytes but its header declares 44 (2 int16 samples of shape 2)"
-        ],
+        expect!["invalid shard: the blob has 43 bytes but its header declares 44 (2 int16 samples of shape 2)"],
     );
     check_err(
         decode(&[good.clone(), vec![0]].concat()),
-        expect![
-            "invalid shard: the blob has 45 bytes but its header declares 44 (2 int16 samples of shape 2)"
-        ],
+        expect!["invalid shard: the blob has 45 bytes but its header declares 44 (2 int16 samples of shape 2)"],
     );
-    check_err(
-        decode(&edit(0, b"X")),
-        expect![[r#"invalid shard: it does not start with the magic DAIGSHD1"#]],
-    );
-    check_err(
-        decode(&edit(8, &[2, 0])),
-        expect![[r#"invalid shard: format version 2; this build reads version 1"#]],
-    );
-    check_err(
-        decode(&edit(10, &[9])),
-        expect![[r#"invalid shard: unknown feature dtype code 9"#]],
-    );
-    check_err(
-        decode(&edit(11, &[3])),
-        expect![[r#"invalid shard: unknown label kind 3"#]],
-    );
-    check_err(
-        decode(&edit(20, &[9])),
-        expect![[r#"invalid shard: ranks 9 and 0; at most 8 are supported"#]],
-    );
+    check_err(decode(&edit(0, b"X")), expect![[r#"invalid shard: it does not start with the magic DAIGSHD1"#]]);
+    check_err(decode(&edit(8, &[2, 0])), expect![[r#"invalid shard: format version 2; this build reads version 1"#]]);
+    check_err(decode(&edit(10, &[9])), expect![[r#"invalid shard: unknown feature dtype code 9"#]]);
+    check_err(decode(&edit(11, &[3])), expect![[r#"invalid shard: unknown label kind 3"#]]);
+    check_err(decode(&edit(20, &[9])), expect![[r#"invalid shard: ranks 9 and 0; at most 8 are supported"#]]);
     check_err(
         decode(&edit(24, &[0, 0, 0, 0])),
         expect![[r#"invalid shard: sample dimensions must be 1 to 2^32-1, not 0 and ()"#]],
@@ -1104,13 +754,7 @@ fn shard_decode_refuses_bad_blobs() {
         ],
     );
     check_err(
-        decode(
-            &edit(12, &[255; 4])
-                .into_iter()
-                .take(24)
-                .chain(u32::MAX.to_le_bytes())
-                .collect::<Vec<_>>(),
-        ),
+        decode(&edit(12, &[255; 4]).into_iter().take(24).chain(u32::MAX.to_le_bytes()).collect::<Vec<_>>()),
         expect!["invalid shard: the declared sizes overflow"],
     );
 }
@@ -1133,15 +777,10 @@ fn split_sizes() {
     assert_eq!(split(8000, 0.1).unwrap(), (7200, 800));
     assert_eq!(split(10, 0.0).unwrap(), (10, 0));
     assert_eq!(split(3, 0.5).unwrap(), (1, 2));
-    check_err(
-        split(10, 1.0),
-        expect![[r#"invalid option: the validation fraction must be in [0, 1), not 1"#]],
-    );
+    check_err(split(10, 1.0), expect![[r#"invalid option: the validation fraction must be in [0, 1), not 1"#]]);
     check_err(
         split(1, 0.6),
-        expect![[
-            r#"invalid option: a validation fraction of 0.6 leaves none of the 1 samples for training"#
-        ]],
+        expect![[r#"invalid option: a validation fraction of 0.6 leaves none of the 1 samples for training"#]],
     );
 }
 
@@ -1150,25 +789,11 @@ fn split_sizes() {
 #[test]
 fn shard_dataset_emits_every_sample_once() {
     let n = 103usize;
-    let data: Vec<u8> = (0..n as i16)
-        .flat_map(|i| [i.to_be_bytes(), (-i).to_be_bytes()])
-        .flatten()
-        .collect();
-    let info = ArrayInfo {
-        dtype: Dtype::I16,
-        shape: vec![n, 2],
-        byte_order: ByteOrder::Big,
-    };
+    let data: Vec<u8> = (0..n as i16).flat_map(|i| [i.to_be_bytes(), (-i).to_be_bytes()]).flatten().collect();
+    let info = ArrayInfo { dtype: Dtype::I16, shape: vec![n, 2], byte_order: ByteOrder::Big };
     let file = npy_bytes(&info, &data);
-    let labels = Labels::Classes {
-        count: 3,
-        values: (0..n as u32).map(|i| i % 3).collect(),
-    };
-    let plan = ShardPlan {
-        seed: 5,
-        validation_fraction: 0.2,
-        samples_per_shard: 10,
-    };
+    let labels = Labels::Classes { count: 3, values: (0..n as u32).map(|i| i % 3).collect() };
+    let plan = ShardPlan { seed: 5, validation_fraction: 0.2, samples_per_shard: 10 };
     let run = || {
         let mut source = SampleSource::npy(Cursor::new(file.clone()), &Limits::default()).unwrap();
         let mut shards = Vec::new();
@@ -1180,21 +805,13 @@ fn shard_dataset_emits_every_sample_once() {
         (summary, shards)
     };
     let (summary, shards) = run();
-    assert_eq!(
-        (summary.train_samples, summary.validation_samples),
-        (82, 21)
-    );
+    assert_eq!((summary.train_samples, summary.validation_samples), (82, 21));
     assert_eq!((summary.train_shards, summary.validation_shards), (9, 3));
     let roles: Vec<ShardRole> = shards.iter().map(|s| s.0).collect();
     assert_eq!(roles[..2], [ShardRole::Train(0), ShardRole::Train(1)]);
     assert_eq!(
         roles[8..],
-        [
-            ShardRole::Train(8),
-            ShardRole::Validation(0),
-            ShardRole::Validation(1),
-            ShardRole::Validation(2)
-        ]
+        [ShardRole::Train(8), ShardRole::Validation(0), ShardRole::Validation(1), ShardRole::Validation(2)]
     );
     assert_eq!(run().1, shards, "the same seed gives the same shards");
 
@@ -1205,8 +822,7 @@ fn shard_dataset_emits_every_sample_once() {
         assert_eq!(view.header().sample_shape, [2]);
         for i in 0..view.len() {
             let mut values = [0f32; 2];
-            view.sample_f32(i, &Normalization::None, &mut values)
-                .unwrap();
+            view.sample_f32(i, &Normalization::None, &mut values).unwrap();
             assert_eq!(values[1], -values[0]);
             let index = values[0] as u32;
             assert_eq!(view.label(i).unwrap(), ShardLabel::Class(index % 3));
@@ -1217,22 +833,13 @@ fn shard_dataset_emits_every_sample_once() {
         }
     }
     assert_eq!(seen.len(), n);
-    assert_eq!(
-        train_order,
-        permutation(n, 5).unwrap()[..82],
-        "shards follow the seeded permutation"
-    );
+    assert_eq!(train_order, permutation(n, 5).unwrap()[..82], "shards follow the seeded permutation");
 
-    let short = Labels::Classes {
-        count: 3,
-        values: vec![0; 5],
-    };
+    let short = Labels::Classes { count: 3, values: vec![0; 5] };
     let mut source = SampleSource::npy(Cursor::new(file.clone()), &Limits::default()).unwrap();
     check_err(
         shard_dataset(&mut source, &short, &plan, |_, _| Ok::<_, DataError>(())),
-        expect![[
-            r#"the data does not fit the model: there are 103 samples of features but 5 labels"#
-        ]],
+        expect![[r#"the data does not fit the model: there are 103 samples of features but 5 labels"#]],
     );
 }
 
@@ -1240,66 +847,32 @@ fn shard_dataset_emits_every_sample_once() {
 fn mnist_subset_reads_checks_and_shards() {
     let dir = mnist_dir();
     let limits = Limits::default();
-    let mut images = SampleSource::npy(
-        std::fs::File::open(dir.join("images.npy")).unwrap(),
-        &limits,
-    )
-    .unwrap();
-    let labels = npy::read(
-        std::fs::File::open(dir.join("labels.npy")).unwrap(),
-        &limits,
-    )
-    .unwrap();
+    let mut images = SampleSource::npy(std::fs::File::open(dir.join("images.npy")).unwrap(), &limits).unwrap();
+    let labels = npy::read(std::fs::File::open(dir.join("labels.npy")).unwrap(), &limits).unwrap();
     assert_eq!(
         images.info(),
-        &ArrayInfo {
-            dtype: Dtype::U8,
-            shape: vec![8000, 28, 28],
-            byte_order: ByteOrder::Little
-        }
+        &ArrayInfo { dtype: Dtype::U8, shape: vec![8000, 28, 28], byte_order: ByteOrder::Little }
     );
     assert_eq!(labels.info.shape, [8000]);
     let req = classes(10, &[28, 28, 1]);
     check(images.info(), &labels.info, &req).unwrap();
     let labels = Labels::from_array(&labels, &req.labels).unwrap();
-    let Labels::Classes { values, .. } = &labels else {
-        panic!("class labels expected")
-    };
-    assert_eq!(
-        values.iter().copied().collect::<HashSet<u32>>().len(),
-        10,
-        "every digit occurs"
-    );
+    let Labels::Classes { values, .. } = &labels else { panic!("class labels expected") };
+    assert_eq!(values.iter().copied().collect::<HashSet<u32>>().len(), 10, "every digit occurs");
 
     let mut stats = RunningStats::default();
     stats.push_source(&mut images, 8000).unwrap();
     // MNIST's well-known statistics, in raw units.
-    assert!(
-        (stats.mean() / 255.0 - 0.1307).abs() < 0.01,
-        "{}",
-        stats.mean()
-    );
-    assert!(
-        (stats.std() / 255.0 - 0.3081).abs() < 0.01,
-        "{}",
-        stats.std()
-    );
+    assert!((stats.mean() / 255.0 - 0.1307).abs() < 0.01, "{}", stats.mean());
+    assert!((stats.std() / 255.0 - 0.3081).abs() < 0.01, "{}", stats.std());
 
-    let plan = ShardPlan {
-        seed: 1,
-        validation_fraction: 0.1,
-        samples_per_shard: 1000,
-    };
+    let plan = ShardPlan { seed: 1, validation_fraction: 0.1, samples_per_shard: 1000 };
     let mut sizes = Vec::new();
     let mut sample = vec![0u8; 784];
     let mut checked = 0;
     let order = permutation(8000, 1).unwrap();
     let mut position = 0;
-    let mut source = SampleSource::npy(
-        std::fs::File::open(dir.join("images.npy")).unwrap(),
-        &limits,
-    )
-    .unwrap();
+    let mut source = SampleSource::npy(std::fs::File::open(dir.join("images.npy")).unwrap(), &limits).unwrap();
     let summary = shard_dataset(&mut images, &labels, &plan, |role, bytes| {
         let view = ShardView::decode(&bytes)?;
         sizes.push((role, view.len()));
@@ -1317,12 +890,7 @@ fn mnist_subset_reads_checks_and_shards() {
     .unwrap();
     assert_eq!(checked, 8000);
     assert_eq!(
-        (
-            summary.train_samples,
-            summary.validation_samples,
-            summary.train_shards,
-            summary.validation_shards
-        ),
+        (summary.train_samples, summary.validation_samples, summary.train_shards, summary.validation_shards),
         (7200, 800, 8, 1)
     );
     assert_eq!(sizes[7], (ShardRole::Train(7), 200));
@@ -1336,16 +904,8 @@ fn mnist_subset_reads_checks_and_shards() {
 #[test]
 fn damaged_inputs_give_errors_not_panics() {
     let limits = Limits::default();
-    let mut files: Vec<Vec<u8>> = [
-        "u8_le.npy",
-        "i64_be.npy",
-        "f32_v3.npy",
-        "stored.npz",
-        "deflated.npz",
-    ]
-    .iter()
-    .map(|f| fixture(f))
-    .collect();
+    let mut files: Vec<Vec<u8>> =
+        ["u8_le.npy", "i64_be.npy", "f32_v3.npy", "stored.npz", "deflated.npz"].iter().map(|f| fixture(f)).collect();
     files.push(idx_bytes(Dtype::I32, &[2, 3], &[1; 24]));
     files.push(small_shard());
     let mut damaged = Vec::new();
@@ -1400,11 +960,7 @@ fn sharding_a_large_file_stays_under_100_mb() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let peak_kb: u64 = stdout
         .split("PEAK_RSS_KB=")
         .nth(1)
@@ -1413,11 +969,7 @@ fn sharding_a_large_file_stays_under_100_mb() {
         .parse()
         .unwrap();
     assert!(stdout.contains(&format!("SHARDED={SAMPLES}")), "{stdout}");
-    assert!(
-        peak_kb < 100 * 1024,
-        "peak RSS {peak_kb} kB while sharding a {} MiB file",
-        (SAMPLES * SAMPLE_BYTES) >> 20
-    );
+    assert!(peak_kb < 100 * 1024, "peak RSS {peak_kb} kB while sharding a {} MiB file", (SAMPLES * SAMPLE_BYTES) >> 20);
 }
 
 /// The child side of `sharding_a_large_file_stays_under_100_mb`: does nothing unless that test started it.
@@ -1429,11 +981,7 @@ fn memory_child() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.npy");
     {
-        let info = ArrayInfo {
-            dtype: Dtype::U8,
-            shape: vec![SAMPLES, 32, 32, 3],
-            byte_order: ByteOrder::Little,
-        };
+        let info = ArrayInfo { dtype: Dtype::U8, shape: vec![SAMPLES, 32, 32, 3], byte_order: ByteOrder::Little };
         let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
         npy::write_header(&mut file, &info).unwrap();
         let mut sample = vec![0u8; SAMPLE_BYTES];
@@ -1446,15 +994,8 @@ fn memory_child() {
     }
     let limits = Limits::default();
     let mut source = SampleSource::npy(std::fs::File::open(&path).unwrap(), &limits).unwrap();
-    let labels = Labels::Classes {
-        count: 10,
-        values: (0..SAMPLES as u32).map(|i| i % 10).collect(),
-    };
-    let plan = ShardPlan {
-        seed: 9,
-        validation_fraction: 0.05,
-        samples_per_shard: 4096,
-    };
+    let labels = Labels::Classes { count: 10, values: (0..SAMPLES as u32).map(|i| i % 10).collect() };
+    let plan = ShardPlan { seed: 9, validation_fraction: 0.05, samples_per_shard: 4096 };
     let mut seen = vec![false; SAMPLES];
     let mut count = 0;
     shard_dataset(&mut source, &labels, &plan, |_, bytes| {
@@ -1462,15 +1003,9 @@ fn memory_child() {
         for i in 0..view.len() {
             let raw = view.features_raw(i).unwrap();
             let index = u32::from_le_bytes(raw[..4].try_into().unwrap()) as usize;
-            assert!(
-                raw[4..].iter().all(|&b| b == index as u8),
-                "sample {index} corrupted"
-            );
+            assert!(raw[4..].iter().all(|&b| b == index as u8), "sample {index} corrupted");
             assert_eq!(view.label(i)?.class(), Some(index as u32 % 10));
-            assert!(
-                !std::mem::replace(&mut seen[index], true),
-                "sample {index} twice"
-            );
+            assert!(!std::mem::replace(&mut seen[index], true), "sample {index} twice");
             count += 1;
         }
         Ok::<_, DataError>(())
@@ -1479,12 +1014,7 @@ fn memory_child() {
     drop(source);
     std::fs::remove_file(&path).unwrap();
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let peak = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB");
+    let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB");
     println!("PEAK_RSS_KB={peak}");
     println!("SHARDED={count}");
 }

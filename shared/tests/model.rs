@@ -179,7 +179,9 @@ fn loss_and_output_must_agree() {
         .assert_eq(&errors(
             r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 3, "activation": "softmax"}], "loss": "binary_cross_entropy"}"#,
         ));
-    let bce = model(r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 1, "activation": "sigmoid"}], "loss": "binary_crossentropy"}"#);
+    let bce = model(
+        r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 1, "activation": "sigmoid"}], "loss": "binary_crossentropy"}"#,
+    );
     assert!(bce.output_activation_fused);
     assert!(Loss::BinaryCrossEntropy.has_accuracy() && !Loss::MeanSquaredError.has_accuracy());
     expect![[r#"layer 0 (conv2d): softmax needs a 1-D output, not 2x2x1: use it after flatten and dense"#]].assert_eq(&errors(
@@ -213,8 +215,11 @@ fn validation_never_panics_on_mutated_specs() {
     // A small deterministic mutator over valid specs: every mutated text must give Ok or Err, never panic.
     let seeds = [
         MLP.to_owned(),
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keras/mnist_convnet_tf_keras2.json"))
-            .unwrap(),
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keras/mnist_convnet_tf_keras2.json"
+        ))
+        .unwrap(),
     ];
     let numbers = ["0", "1", "-1", "1e308", "18446744073709551615", "3.5", "null", "[]", "\"x\"", "[0,0]"];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -309,9 +314,15 @@ fn keras_mnist_convnet_imports_from_tf_keras_2_and_keras_3() {
 #[test]
 fn keras_unsupported_layers_and_options_are_named() {
     let src = keras_fixture("mnist_convnet_tf_keras2.json")
-        .replace(r#""dilation_rate": [1, 1], "groups": 1, "activation": "relu""#, r#""dilation_rate": [2, 2], "groups": 1, "activation": "relu""#)
+        .replace(
+            r#""dilation_rate": [1, 1], "groups": 1, "activation": "relu""#,
+            r#""dilation_rate": [2, 2], "groups": 1, "activation": "relu""#,
+        )
         .replace(r#""class_name": "Flatten""#, r#""class_name": "BatchNormalization""#)
-        .replace(r#""units": 10, "activation": "softmax", "use_bias": true"#, r#""units": 10, "activation": "gelu", "use_bias": false"#);
+        .replace(
+            r#""units": 10, "activation": "softmax", "use_bias": true"#,
+            r#""units": 10, "activation": "gelu", "use_bias": false"#,
+        );
     let e = from_keras_json(&src, Loss::CrossEntropy).unwrap_err().to_string();
     expect![[r#"
         layer 0 (Conv2D): option `dilation_rate` = [2,2] is not supported
@@ -391,7 +402,8 @@ fn safetensors_round_trip_and_header_layout() {
     let t = &header["0.dense.bias"];
     assert_eq!(t["dtype"], "F32");
     assert_eq!(t["shape"], serde_json::json!([128]));
-    let [start, end] = [t["data_offsets"][0].as_u64().unwrap() as usize, t["data_offsets"][1].as_u64().unwrap() as usize];
+    let [start, end] =
+        [t["data_offsets"][0].as_u64().unwrap() as usize, t["data_offsets"][1].as_u64().unwrap() as usize];
     assert_eq!(end - start, 128 * 4);
     let k = &header["0.dense.kernel"];
     let ks = k["data_offsets"][0].as_u64().unwrap() as usize;
@@ -407,7 +419,10 @@ fn safetensors_import_checks_names_shapes_and_dtypes() {
     let file = safetensors_file(&m, &data);
     let other = model(&MLP.replace("128", "64"));
     assert!(matches!(params::from_safetensors(&other.params, &file), Err(SafetensorsError::Shape { .. })));
-    let bigger = model(&MLP.replace(r#"{"type": "dense", "units": 10}"#, r#"{"type": "dense", "units": 10}, {"type": "dense", "units": 2}"#));
+    let bigger = model(&MLP.replace(
+        r#"{"type": "dense", "units": 10}"#,
+        r#"{"type": "dense", "units": 10}, {"type": "dense", "units": 2}"#,
+    ));
     expect![[r#"tensor `2.dense.kernel` is missing from the file"#]]
         .assert_eq(&params::from_safetensors(&bigger.params, &file).unwrap_err().to_string());
     let e = params::from_safetensors(&m.params, &file[..file.len() - 1]).unwrap_err();
@@ -477,6 +492,7 @@ fn data_requirements_follow_the_model() {
     check(&images, &labels, &m.data_requirements()).unwrap();
     let small = ArrayInfo { shape: vec![8000, 14, 14], ..images.clone() };
     assert!(check(&small, &labels, &m.data_requirements()).is_err());
-    let bce = model(r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 3}], "loss": "binary_cross_entropy"}"#);
+    let bce =
+        model(r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 3}], "loss": "binary_cross_entropy"}"#);
     assert_eq!(bce.data_requirements().labels, LabelRequirement::Values { shape: vec![3] });
 }

@@ -6,11 +6,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use daig_shared::wire::{
-    Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DecodeError, Frame, Goodbye,
-    GoodbyeReason, Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES,
-    MAX_FRAME_BYTES, Normalisation, PROTOCOL_VERSION, PayloadError, ProjectId, ProviderId,
-    Reassembler, ReassemblyError, RefusalReason, SampleSelection, ShardHash, ShardRequest,
-    ShardSamples, TrainingInfo, Transfer, TransferId, TransferKind, TransferStart, Welcome,
+    Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DecodeError, Frame, Goodbye, GoodbyeReason,
+    Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, MAX_FRAME_BYTES, Normalisation, PROTOCOL_VERSION,
+    PayloadError, ProjectId, ProviderId, Reassembler, ReassemblyError, RefusalReason, SampleSelection, ShardHash,
+    ShardRequest, ShardSamples, TrainingInfo, Transfer, TransferId, TransferKind, TransferStart, Welcome,
     f32s_from_le_bytes, f32s_to_le_bytes, peek_hello_version, transfer_frames,
 };
 use expect_test::expect;
@@ -116,10 +115,7 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
                     param_count: 101_770,
                     batch_size: 32,
                     heartbeat_interval_ms: 5000,
-                    normalisation: Normalisation::Global {
-                        offset: 0.0,
-                        scale: 1.0 / 255.0,
-                    },
+                    normalisation: Normalisation::Global { offset: 0.0, scale: 1.0 / 255.0 },
                 },
             }),
         ),
@@ -133,10 +129,7 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
                     param_count: 3,
                     batch_size: 1,
                     heartbeat_interval_ms: 1,
-                    normalisation: Normalisation::PerFeature {
-                        offset: vec![1.0, -1.0],
-                        scale: vec![0.5, 2.0],
-                    },
+                    normalisation: Normalisation::PerFeature { offset: vec![1.0, -1.0], scale: vec![0.5, 2.0] },
                 },
             }),
         ),
@@ -158,10 +151,7 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
                 lease_id: LeaseId(10),
                 project_id: ProjectId(7),
                 params_version: 3,
-                samples: SampleSelection::Shards(vec![ShardSamples {
-                    shard: hash(0x10),
-                    indices: vec![5, 6],
-                }]),
+                samples: SampleSelection::Shards(vec![ShardSamples { shard: hash(0x10), indices: vec![5, 6] }]),
                 local_steps: 1,
                 learning_rate: 0.5,
                 deadline_ms: 1,
@@ -169,48 +159,17 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
         ),
         (
             "heartbeat",
-            Frame::Heartbeat(Heartbeat {
-                leases: vec![LeaseProgress {
-                    lease_id: LeaseId(9),
-                    steps_done: 2,
-                }],
-            }),
+            Frame::Heartbeat(Heartbeat { leases: vec![LeaseProgress { lease_id: LeaseId(9), steps_done: 2 }] }),
         ),
-        (
-            "shard_request",
-            Frame::ShardRequest(ShardRequest { shard: hash(0x10) }),
-        ),
-        (
-            "cancel_lease",
-            Frame::CancelLease(CancelLease {
-                lease_id: LeaseId(9),
-                reason: "expired".into(),
-            }),
-        ),
-        (
-            "ack_applied",
-            Frame::Ack(Ack {
-                lease_id: LeaseId(9),
-                outcome: AckOutcome::Applied { new_version: 4 },
-            }),
-        ),
-        (
-            "ack_stale",
-            Frame::Ack(Ack {
-                lease_id: LeaseId(9),
-                outcome: AckOutcome::Stale {
-                    current_version: 12,
-                },
-            }),
-        ),
+        ("shard_request", Frame::ShardRequest(ShardRequest { shard: hash(0x10) })),
+        ("cancel_lease", Frame::CancelLease(CancelLease { lease_id: LeaseId(9), reason: "expired".into() })),
+        ("ack_applied", Frame::Ack(Ack { lease_id: LeaseId(9), outcome: AckOutcome::Applied { new_version: 4 } })),
+        ("ack_stale", Frame::Ack(Ack { lease_id: LeaseId(9), outcome: AckOutcome::Stale { current_version: 12 } })),
         (
             "ack_refused",
             Frame::Ack(Ack {
                 lease_id: LeaseId(9),
-                outcome: AckOutcome::Refused {
-                    reason: RefusalReason::NonFinite,
-                    detail: "NaN".into(),
-                },
+                outcome: AckOutcome::Refused { reason: RefusalReason::NonFinite, detail: "NaN".into() },
             }),
         ),
         (
@@ -250,19 +209,11 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
                 bytes: Cow::Owned(f32s_to_le_bytes(&[1.0, -2.0]).into_owned()),
             }),
         ),
-        (
-            "goodbye",
-            Frame::Goodbye(Goodbye {
-                reason: GoodbyeReason::Normal,
-                detail: String::new(),
-            }),
-        ),
+        ("goodbye", Frame::Goodbye(Goodbye { reason: GoodbyeReason::Normal, detail: String::new() })),
         (
             "goodbye_version",
             Frame::Goodbye(Goodbye {
-                reason: GoodbyeReason::UnsupportedVersion {
-                    supported: PROTOCOL_VERSION,
-                },
+                reason: GoodbyeReason::UnsupportedVersion { supported: PROTOCOL_VERSION },
                 detail: "update".into(),
             }),
         ),
@@ -292,12 +243,10 @@ fn every_frame_round_trips() {
 fn encoded_frames_match_snapshot() {
     // A change here is a change of the wire format: bump PROTOCOL_VERSION unless it only adds variants at
     // the end of an enum. Then refresh with UPDATE_EXPECT=1 (which also rewrites the fuzz seed corpus).
-    let listing = sample_frames()
-        .iter()
-        .fold(String::new(), |mut out, (name, frame)| {
-            let _ = writeln!(out, "{name:<22} {}", hex(&frame.encode()));
-            out
-        });
+    let listing = sample_frames().iter().fold(String::new(), |mut out, (name, frame)| {
+        let _ = writeln!(out, "{name:<22} {}", hex(&frame.encode()));
+        out
+    });
     expect![[r#"
         hello                  000100036770750080bb4401a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf01036b65790107
         hello_minimal          0001050000000000000000
@@ -323,16 +272,10 @@ fn encoded_frames_match_snapshot() {
 
 /// The fuzz target's seed corpus: every sample frame and a small parameter transfer.
 fn corpus_frames() -> Vec<(String, Frame<'static>)> {
-    let mut frames: Vec<(String, Frame<'static>)> = sample_frames()
-        .into_iter()
-        .map(|(name, frame)| (name.to_owned(), frame))
-        .collect();
+    let mut frames: Vec<(String, Frame<'static>)> =
+        sample_frames().into_iter().map(|(name, frame)| (name.to_owned(), frame)).collect();
     let transfer = transfer_frames(TransferId(5), TransferKind::Params { version: 1 }, &[7; 12]);
-    frames.extend(
-        transfer
-            .enumerate()
-            .map(|(i, frame)| (format!("transfer_small_{i}"), frame.into_owned())),
-    );
+    frames.extend(transfer.enumerate().map(|(i, frame)| (format!("transfer_small_{i}"), frame.into_owned())));
     frames
 }
 
@@ -349,17 +292,9 @@ fn fuzz_seed_corpus_matches_sample_frames() {
             std::fs::write(&path, frame.encode()).unwrap();
         } else {
             let stored = std::fs::read(&path).unwrap_or_else(|e| {
-                panic!(
-                    "cannot read {}: {e}; run with UPDATE_EXPECT=1 to write the corpus",
-                    path.display()
-                )
+                panic!("cannot read {}: {e}; run with UPDATE_EXPECT=1 to write the corpus", path.display())
             });
-            assert_eq!(
-                stored,
-                frame.encode(),
-                "{} is stale; run with UPDATE_EXPECT=1",
-                path.display()
-            );
+            assert_eq!(stored, frame.encode(), "{} is stale; run with UPDATE_EXPECT=1", path.display());
         }
     }
 }
@@ -368,69 +303,25 @@ fn fuzz_seed_corpus_matches_sample_frames() {
 fn error_messages_match_snapshot() {
     let errors: Vec<String> = [
         DecodeError::Incomplete,
-        DecodeError::Malformed {
-            reason: "a bool is neither 0 nor 1".into(),
-        },
-        DecodeError::TooLarge {
-            len: 2_000_000,
-            max: MAX_FRAME_BYTES,
-        },
-        DecodeError::UnsupportedVersion {
-            got: 2,
-            supported: 1,
-        },
+        DecodeError::Malformed { reason: "a bool is neither 0 nor 1".into() },
+        DecodeError::TooLarge { len: 2_000_000, max: MAX_FRAME_BYTES },
+        DecodeError::UnsupportedVersion { got: 2, supported: 1 },
         DecodeError::TrailingBytes { count: 3 },
     ]
     .iter()
     .map(ToString::to_string)
     .chain(
         [
-            ReassemblyError::TooLarge {
-                transfer_id: TransferId(1),
-                declared_bytes: 1 << 40,
-                limit_bytes: 1 << 30,
-            },
-            ReassemblyError::NotF32 {
-                transfer_id: TransferId(1),
-                declared_bytes: 7,
-            },
-            ReassemblyError::OutOfMemory {
-                transfer_id: TransferId(1),
-                declared_bytes: 1 << 30,
-            },
-            ReassemblyError::AlreadyOpen {
-                open: TransferId(1),
-                new: TransferId(2),
-            },
-            ReassemblyError::NoOpenTransfer {
-                transfer_id: TransferId(1),
-                index: 0,
-            },
-            ReassemblyError::WrongTransfer {
-                expected: TransferId(1),
-                got: TransferId(2),
-            },
-            ReassemblyError::BadChunkLength {
-                transfer_id: TransferId(1),
-                index: 0,
-                len: 0,
-            },
-            ReassemblyError::Duplicate {
-                transfer_id: TransferId(1),
-                index: 0,
-                expected: 1,
-            },
-            ReassemblyError::OutOfOrder {
-                transfer_id: TransferId(1),
-                index: 2,
-                expected: 1,
-            },
-            ReassemblyError::Overflow {
-                transfer_id: TransferId(1),
-                index: 1,
-                would_be_bytes: 12,
-                declared_bytes: 8,
-            },
+            ReassemblyError::TooLarge { transfer_id: TransferId(1), declared_bytes: 1 << 40, limit_bytes: 1 << 30 },
+            ReassemblyError::NotF32 { transfer_id: TransferId(1), declared_bytes: 7 },
+            ReassemblyError::OutOfMemory { transfer_id: TransferId(1), declared_bytes: 1 << 30 },
+            ReassemblyError::AlreadyOpen { open: TransferId(1), new: TransferId(2) },
+            ReassemblyError::NoOpenTransfer { transfer_id: TransferId(1), index: 0 },
+            ReassemblyError::WrongTransfer { expected: TransferId(1), got: TransferId(2) },
+            ReassemblyError::BadChunkLength { transfer_id: TransferId(1), index: 0, len: 0 },
+            ReassemblyError::Duplicate { transfer_id: TransferId(1), index: 0, expected: 1 },
+            ReassemblyError::OutOfOrder { transfer_id: TransferId(1), index: 2, expected: 1 },
+            ReassemblyError::Overflow { transfer_id: TransferId(1), index: 1, would_be_bytes: 12, declared_bytes: 8 },
         ]
         .iter()
         .map(ToString::to_string),
@@ -465,16 +356,9 @@ fn send_through(kind: TransferKind, payload: &[u8]) -> (usize, Transfer) {
     for frame in transfer_frames(TransferId(42), kind, payload) {
         frames += 1;
         let bytes = frame.encode();
-        assert!(
-            bytes.len() <= MAX_FRAME_BYTES,
-            "a chunk frame of {} bytes is over the limit",
-            bytes.len()
-        );
+        assert!(bytes.len() <= MAX_FRAME_BYTES, "a chunk frame of {} bytes is over the limit", bytes.len());
         let decoded = Frame::decode(&bytes).unwrap();
-        assert!(
-            done.is_none(),
-            "the transfer completed before its last frame"
-        );
+        assert!(done.is_none(), "the transfer completed before its last frame");
         done = reassembler.feed(&decoded).unwrap();
     }
     assert!(reassembler.open_transfer().is_none());
@@ -519,26 +403,15 @@ fn f32_payloads_need_whole_values_and_any_alignment() {
     // The payload starts at an odd address: a cast in place would fail, the copy does not.
     assert_eq!(f32s_from_le_bytes(&padded[1..]).unwrap(), values);
     assert_eq!(f32s_to_le_bytes(&[1.0]).as_ref(), &[0x00, 0x00, 0x80, 0x3f]);
-    assert_eq!(
-        f32s_from_le_bytes(&padded[..6]),
-        Err(PayloadError::NotF32 { len: 6 })
-    );
+    assert_eq!(f32s_from_le_bytes(&padded[..6]), Err(PayloadError::NotF32 { len: 6 }));
 }
 
 fn start(id: u32, total_bytes: u64) -> TransferStart {
-    TransferStart {
-        transfer_id: TransferId(id),
-        kind: TransferKind::Shard { shard: hash(0) },
-        total_bytes,
-    }
+    TransferStart { transfer_id: TransferId(id), kind: TransferKind::Shard { shard: hash(0) }, total_bytes }
 }
 
 fn chunk(id: u32, index: u32, bytes: &[u8]) -> Chunk<'_> {
-    Chunk {
-        transfer_id: TransferId(id),
-        index,
-        bytes: Cow::Borrowed(bytes),
-    }
+    Chunk { transfer_id: TransferId(id), index, bytes: Cow::Borrowed(bytes) }
 }
 
 #[test]
@@ -547,27 +420,18 @@ fn declared_size_over_limit_fails_before_allocating() {
     let (result, largest) = largest_allocation(|| reassembler.start(&start(1, 1 << 40)));
     assert_eq!(
         result,
-        Err(ReassemblyError::TooLarge {
-            transfer_id: TransferId(1),
-            declared_bytes: 1 << 40,
-            limit_bytes: 1 << 20,
-        })
+        Err(ReassemblyError::TooLarge { transfer_id: TransferId(1), declared_bytes: 1 << 40, limit_bytes: 1 << 20 })
     );
     assert_eq!(largest, 0, "refusing a transfer allocates nothing");
     assert!(reassembler.open_transfer().is_none());
     // Just over and exactly at the limit.
-    assert!(matches!(
-        reassembler.start(&start(2, (1 << 20) + 1)),
-        Err(ReassemblyError::TooLarge { .. })
-    ));
+    assert!(matches!(reassembler.start(&start(2, (1 << 20) + 1)), Err(ReassemblyError::TooLarge { .. })));
     // A transfer within the limit reserves its size at once, which also shows that the probe works.
     let (result, largest) = largest_allocation(|| reassembler.start(&start(3, 1 << 20)));
     assert_eq!(result, Ok(None));
     assert_eq!(largest, 1 << 20);
     assert_eq!(
-        reassembler
-            .open_transfer()
-            .map(|(id, _, got, total)| (id, got, total)),
+        reassembler.open_transfer().map(|(id, _, got, total)| (id, got, total)),
         Some((TransferId(3), 0, 1 << 20))
     );
 }
@@ -575,17 +439,11 @@ fn declared_size_over_limit_fails_before_allocating() {
 #[test]
 fn f32_transfers_must_declare_whole_values() {
     let mut reassembler = Reassembler::new(1 << 20);
-    let params = TransferStart {
-        transfer_id: TransferId(1),
-        kind: TransferKind::Params { version: 1 },
-        total_bytes: 6,
-    };
+    let params =
+        TransferStart { transfer_id: TransferId(1), kind: TransferKind::Params { version: 1 }, total_bytes: 6 };
     assert_eq!(
         reassembler.start(&params),
-        Err(ReassemblyError::NotF32 {
-            transfer_id: TransferId(1),
-            declared_bytes: 6
-        })
+        Err(ReassemblyError::NotF32 { transfer_id: TransferId(1), declared_bytes: 6 })
     );
 }
 
@@ -596,56 +454,32 @@ fn chunk_rule_violations_are_refused_and_discard_the_transfer() {
         (
             "overflow",
             vec![chunk(1, 0, &data), chunk(1, 1, &data[..3])],
-            ReassemblyError::Overflow {
-                transfer_id: TransferId(1),
-                index: 1,
-                would_be_bytes: 11,
-                declared_bytes: 10,
-            },
+            ReassemblyError::Overflow { transfer_id: TransferId(1), index: 1, would_be_bytes: 11, declared_bytes: 10 },
         ),
         (
             "out of order",
             vec![chunk(1, 1, &data)],
-            ReassemblyError::OutOfOrder {
-                transfer_id: TransferId(1),
-                index: 1,
-                expected: 0,
-            },
+            ReassemblyError::OutOfOrder { transfer_id: TransferId(1), index: 1, expected: 0 },
         ),
         (
             "gap",
             vec![chunk(1, 0, &data[..2]), chunk(1, 2, &data[..2])],
-            ReassemblyError::OutOfOrder {
-                transfer_id: TransferId(1),
-                index: 2,
-                expected: 1,
-            },
+            ReassemblyError::OutOfOrder { transfer_id: TransferId(1), index: 2, expected: 1 },
         ),
         (
             "duplicate",
             vec![chunk(1, 0, &data[..2]), chunk(1, 0, &data[..2])],
-            ReassemblyError::Duplicate {
-                transfer_id: TransferId(1),
-                index: 0,
-                expected: 1,
-            },
+            ReassemblyError::Duplicate { transfer_id: TransferId(1), index: 0, expected: 1 },
         ),
         (
             "wrong transfer id",
             vec![chunk(2, 0, &data)],
-            ReassemblyError::WrongTransfer {
-                expected: TransferId(1),
-                got: TransferId(2),
-            },
+            ReassemblyError::WrongTransfer { expected: TransferId(1), got: TransferId(2) },
         ),
         (
             "empty chunk",
             vec![chunk(1, 0, &[])],
-            ReassemblyError::BadChunkLength {
-                transfer_id: TransferId(1),
-                index: 0,
-                len: 0,
-            },
+            ReassemblyError::BadChunkLength { transfer_id: TransferId(1), index: 0, len: 0 },
         ),
     ];
     for (name, chunks, expected) in cases {
@@ -656,16 +490,10 @@ fn chunk_rule_violations_are_refused_and_discard_the_transfer() {
             assert_eq!(reassembler.push(c), Ok(None), "{name}");
         }
         assert_eq!(reassembler.push(last), Err(expected), "{name}");
-        assert!(
-            reassembler.open_transfer().is_none(),
-            "{name}: the transfer is discarded"
-        );
+        assert!(reassembler.open_transfer().is_none(), "{name}: the transfer is discarded");
         // The stream goes on with a fresh transfer.
         assert_eq!(reassembler.start(&start(7, 1)), Ok(None), "{name}");
-        assert!(
-            reassembler.push(&chunk(7, 0, &[9])).unwrap().is_some(),
-            "{name}"
-        );
+        assert!(reassembler.push(&chunk(7, 0, &[9])).unwrap().is_some(), "{name}");
     }
 }
 
@@ -676,11 +504,7 @@ fn oversized_chunk_is_refused() {
     reassembler.start(&start(1, 2 << 20)).unwrap();
     assert_eq!(
         reassembler.push(&chunk(1, 0, &big)),
-        Err(ReassemblyError::BadChunkLength {
-            transfer_id: TransferId(1),
-            index: 0,
-            len: MAX_CHUNK_BYTES + 1
-        })
+        Err(ReassemblyError::BadChunkLength { transfer_id: TransferId(1), index: 0, len: MAX_CHUNK_BYTES + 1 })
     );
 }
 
@@ -689,18 +513,12 @@ fn transfers_are_one_at_a_time_and_need_a_start() {
     let mut reassembler = Reassembler::new(1 << 20);
     assert_eq!(
         reassembler.push(&chunk(1, 0, &[1])),
-        Err(ReassemblyError::NoOpenTransfer {
-            transfer_id: TransferId(1),
-            index: 0
-        })
+        Err(ReassemblyError::NoOpenTransfer { transfer_id: TransferId(1), index: 0 })
     );
     reassembler.start(&start(1, 4)).unwrap();
     assert_eq!(
         reassembler.start(&start(2, 4)),
-        Err(ReassemblyError::AlreadyOpen {
-            open: TransferId(1),
-            new: TransferId(2)
-        })
+        Err(ReassemblyError::AlreadyOpen { open: TransferId(1), new: TransferId(2) })
     );
     assert!(reassembler.open_transfer().is_none());
     reassembler.start(&start(3, 4)).unwrap();
@@ -728,48 +546,25 @@ fn decode_errors_are_told_apart() {
     let hello = sample_frames()[0].1.encode();
     assert_eq!(Frame::decode(&[]), Err(DecodeError::Incomplete));
     for len in 1..hello.len() {
-        assert_eq!(
-            Frame::decode(&hello[..len]),
-            Err(DecodeError::Incomplete),
-            "truncated to {len}"
-        );
+        assert_eq!(Frame::decode(&hello[..len]), Err(DecodeError::Incomplete), "truncated to {len}");
     }
     // Tag 0x7f is no frame.
     assert_eq!(
         Frame::decode(&[0x7f]),
-        Err(DecodeError::Malformed {
-            reason: "a value is out of range, e.g. an unknown frame or enum variant".into()
-        })
+        Err(DecodeError::Malformed { reason: "a value is out of range, e.g. an unknown frame or enum variant".into() })
     );
     // A Goodbye whose detail is not UTF-8.
     assert_eq!(
         Frame::decode(&[0x09, 0x00, 0x01, 0xff]),
-        Err(DecodeError::Malformed {
-            reason: "a string is not valid UTF-8".into()
-        })
+        Err(DecodeError::Malformed { reason: "a string is not valid UTF-8".into() })
     );
     let mut trailing = hello.clone();
     trailing.extend_from_slice(&[0, 0]);
-    assert_eq!(
-        Frame::decode(&trailing),
-        Err(DecodeError::TrailingBytes { count: 2 })
-    );
+    assert_eq!(Frame::decode(&trailing), Err(DecodeError::TrailingBytes { count: 2 }));
 
     let too_long = vec![0u8; MAX_FRAME_BYTES + 1];
-    assert_eq!(
-        Frame::decode(&too_long),
-        Err(DecodeError::TooLarge {
-            len: MAX_FRAME_BYTES + 1,
-            max: MAX_FRAME_BYTES
-        })
-    );
-    assert_eq!(
-        Frame::decode_with_limit(&hello, 4),
-        Err(DecodeError::TooLarge {
-            len: hello.len(),
-            max: 4
-        })
-    );
+    assert_eq!(Frame::decode(&too_long), Err(DecodeError::TooLarge { len: MAX_FRAME_BYTES + 1, max: MAX_FRAME_BYTES }));
+    assert_eq!(Frame::decode_with_limit(&hello, 4), Err(DecodeError::TooLarge { len: hello.len(), max: 4 }));
 }
 
 #[test]
@@ -777,39 +572,19 @@ fn a_hello_of_another_version_is_recognised_whatever_follows() {
     // Version 2 as a varint after the Hello tag, then a layout this version cannot read.
     let future = [0x00, 0x02, 0xff, 0xff, 0xff];
     assert_eq!(peek_hello_version(&future), Ok(Some(2)));
-    assert_eq!(
-        Frame::decode(&future),
-        Err(DecodeError::UnsupportedVersion {
-            got: 2,
-            supported: PROTOCOL_VERSION
-        })
-    );
+    assert_eq!(Frame::decode(&future), Err(DecodeError::UnsupportedVersion { got: 2, supported: PROTOCOL_VERSION }));
     // A large version number takes three varint bytes.
-    assert_eq!(
-        peek_hello_version(&[0x00, 0xff, 0xff, 0x03]),
-        Ok(Some(u16::MAX))
-    );
-    assert_eq!(
-        peek_hello_version(&[0x00, 0xff]),
-        Err(DecodeError::Incomplete)
-    );
-    assert_eq!(
-        peek_hello_version(&sample_frames()[0].1.encode()),
-        Ok(Some(PROTOCOL_VERSION))
-    );
+    assert_eq!(peek_hello_version(&[0x00, 0xff, 0xff, 0x03]), Ok(Some(u16::MAX)));
+    assert_eq!(peek_hello_version(&[0x00, 0xff]), Err(DecodeError::Incomplete));
+    assert_eq!(peek_hello_version(&sample_frames()[0].1.encode()), Ok(Some(PROTOCOL_VERSION)));
     assert_eq!(peek_hello_version(&sample_frames()[2].1.encode()), Ok(None));
     // Found by the fuzz target: `80 00` is a longer encoding of the Hello tag that postcard accepts, so
     // the version check must read the tag as a varint, not compare the first byte.
-    let overlong_tag = [
-        0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x07, 0x0b, 0x00, 0x00, 0x00,
-    ];
+    let overlong_tag = [0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x07, 0x0b, 0x00, 0x00, 0x00];
     assert_eq!(peek_hello_version(&overlong_tag), Ok(Some(0)));
     assert_eq!(
         Frame::decode(&overlong_tag),
-        Err(DecodeError::UnsupportedVersion {
-            got: 0,
-            supported: PROTOCOL_VERSION
-        })
+        Err(DecodeError::UnsupportedVersion { got: 0, supported: PROTOCOL_VERSION })
     );
 }
 
@@ -832,39 +607,17 @@ fn hostile_length_prefixes_allocate_nothing_large() {
     let huge = varint(4_000_000_000);
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     // Chunk { transfer_id: 1, index: 0, bytes: <4 GB> } in a few bytes.
-    cases.push((
-        "chunk bytes",
-        [&[0x08, 0x01, 0x00][..], &huge, &[0xaa; 12]].concat(),
-    ));
+    cases.push(("chunk bytes", [&[0x08, 0x01, 0x00][..], &huge, &[0xaa; 12]].concat()));
     // Hello with 4 G cached shard hashes.
-    cases.push((
-        "hello shards",
-        [
-            &[0x00, 0x01, 0x00, 0x00, 0, 0, 0, 0][..],
-            &huge,
-            &[0x11; 40],
-        ]
-        .concat(),
-    ));
+    cases.push(("hello shards", [&[0x00, 0x01, 0x00, 0x00, 0, 0, 0, 0][..], &huge, &[0x11; 40]].concat()));
     // Hello with a 4 GB adapter string.
-    cases.push((
-        "hello adapter",
-        [&[0x00, 0x01, 0x00][..], &huge, b"abcdefgh"].concat(),
-    ));
+    cases.push(("hello adapter", [&[0x00, 0x01, 0x00][..], &huge, b"abcdefgh"].concat()));
     // Lease with 4 G sample indices: lease id, project id, version, Indices tag, then the length.
-    cases.push((
-        "lease indices",
-        [&[0x02, 0x01, 0x01, 0x01, 0x00][..], &huge, &[0x05; 16]].concat(),
-    ));
+    cases.push(("lease indices", [&[0x02, 0x01, 0x01, 0x01, 0x00][..], &huge, &[0x05; 16]].concat()));
     // Welcome with per-feature normalisation of 4 G values.
     cases.push((
         "welcome offsets",
-        [
-            &[0x01, 0x01, 0x01, 0x00, 0x01, 0x01, 0x01, 0x02][..],
-            &huge,
-            &[0x00; 16],
-        ]
-        .concat(),
+        [&[0x01, 0x01, 0x01, 0x00, 0x01, 0x01, 0x01, 0x02][..], &huge, &[0x00; 16]].concat(),
     ));
     // Heartbeat with 4 G lease progress entries.
     cases.push(("heartbeat", [&[0x03][..], &huge, &[0x01; 16]].concat()));
@@ -872,30 +625,18 @@ fn hostile_length_prefixes_allocate_nothing_large() {
         assert!(bytes.len() <= 64, "{name}");
         let (result, largest) = largest_allocation(|| Frame::decode(&bytes));
         assert_eq!(result, Err(DecodeError::Incomplete), "{name}");
-        assert!(
-            largest <= 4096,
-            "{name}: decoding {} bytes allocated {largest} bytes at once",
-            bytes.len()
-        );
+        assert!(largest <= 4096, "{name}: decoding {} bytes allocated {largest} bytes at once", bytes.len());
     }
 }
 
 #[test]
 fn decoding_a_chunk_borrows_its_bytes() {
     let payload = vec![3u8; MAX_CHUNK_BYTES];
-    let frame = transfer_frames(
-        TransferId(1),
-        TransferKind::Shard { shard: hash(0) },
-        &payload,
-    )
-    .nth(1)
-    .unwrap();
+    let frame = transfer_frames(TransferId(1), TransferKind::Shard { shard: hash(0) }, &payload).nth(1).unwrap();
     let bytes = frame.encode();
     let (decoded, largest) = largest_allocation(|| Frame::decode(&bytes).unwrap());
     assert_eq!(largest, 0, "decoding a chunk copies nothing");
-    let Frame::Chunk(chunk) = decoded else {
-        panic!("not a chunk: {}", decoded.name())
-    };
+    let Frame::Chunk(chunk) = decoded else { panic!("not a chunk: {}", decoded.name()) };
     assert!(matches!(chunk.bytes, Cow::Borrowed(_)));
     assert_eq!(chunk.bytes.len(), MAX_CHUNK_BYTES);
 }
@@ -919,8 +660,7 @@ fn mutate(rng: &mut ChaCha8Rng, bytes: &mut Vec<u8>) {
             3 if len > 0 => {
                 // Overwrite a byte with a long varint, as a tampered length prefix.
                 let at = rng.random_range(0..len);
-                let prefix =
-                    varint(rng.random_range(0..=u64::from(u32::MAX)) << rng.random_range(0..32));
+                let prefix = varint(rng.random_range(0..=u64::from(u32::MAX)) << rng.random_range(0..32));
                 bytes.splice(at..=at, prefix);
             }
             4 if len > 0 => {
@@ -937,12 +677,7 @@ fn random_and_mutated_input_never_panics() {
     let mut rng = ChaCha8Rng::seed_from_u64(0xda16);
     let mut bases: Vec<Vec<u8>> = sample_frames().iter().map(|(_, f)| f.encode()).collect();
     bases.extend(
-        transfer_frames(
-            TransferId(4),
-            TransferKind::Params { version: 2 },
-            &[0x42; 4 * 300],
-        )
-        .map(|f| f.encode()),
+        transfer_frames(TransferId(4), TransferKind::Params { version: 2 }, &[0x42; 4 * 300]).map(|f| f.encode()),
     );
     let mut reassembler = Reassembler::new(1 << 20);
     let (mut decoded, mut transfers) = (0, 0);
@@ -962,11 +697,7 @@ fn random_and_mutated_input_never_panics() {
             _ => input,
         };
         let (result, largest) = largest_allocation(|| Frame::decode(&input));
-        assert!(
-            largest <= 64 << 10,
-            "round {round}: {} bytes allocated {largest} at once",
-            input.len()
-        );
+        assert!(largest <= 64 << 10, "round {round}: {} bytes allocated {largest} at once", input.len());
         if let Ok(frame) = result {
             decoded += 1;
             // Whatever decodes re-encodes to bytes that decode and encode the same; compared as bytes

@@ -203,10 +203,9 @@ impl Gpu {
                 count: None,
             })
             .collect();
-        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(kernel.name),
-            entries: &entries,
-        });
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(kernel.name), entries: &entries });
         let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(kernel.name),
             bind_group_layouts: &[Some(&layout)],
@@ -236,7 +235,13 @@ impl Gpu {
         buffers: &[&wgpu::Buffer],
         workgroups: [u32; 3],
     ) -> Dispatch {
-        assert_eq!(buffers.len(), kernel.bindings.len(), "kernel {} binds {} buffers", kernel.name, kernel.bindings.len());
+        assert_eq!(
+            buffers.len(),
+            kernel.bindings.len(),
+            "kernel {} binds {} buffers",
+            kernel.name,
+            kernel.bindings.len()
+        );
         let key = KernelKey { name: kernel.name, placeholders: placeholders.to_vec(), overrides: overrides.to_vec() };
         let pipeline = self.pipeline(kernel, key);
         let entries: Vec<_> = buffers
@@ -368,9 +373,7 @@ impl Gpu {
     /// When the device was lost.
     pub fn wait(&self) -> Result<(), GpuError> {
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::DeviceLost(e.to_string()))?;
         self.check_lost()
     }
 

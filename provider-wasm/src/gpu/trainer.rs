@@ -351,10 +351,7 @@ impl GpuTrainer {
 
     fn build_plan(&self, batch: usize, training: bool) -> Result<Plan, GpuError> {
         let gpu = &self.gpu;
-        let shard = self
-            .shard
-            .as_ref()
-            .ok_or_else(|| GpuError::Validation("no shard is loaded".into()))?;
+        let shard = self.shard.as_ref().ok_or_else(|| GpuError::Validation("no shard is loaded".into()))?;
         let model = &self.model;
         let b = batch as u32;
         let in_elems = model.input_shape().elements().unwrap_or(0);
@@ -409,7 +406,15 @@ impl GpuTrainer {
                     let mm = Matmul { activation: fused, ..Matmul::new(rows, units, k) };
                     let target = lb.pre.as_ref().unwrap_or(&lb.out);
                     let dims = mm.dims(gpu);
-                    forward.push(mm.prepare(gpu, self.tiles, &dims, x, &self.params[ki], Some(&self.params[bi]), target));
+                    forward.push(mm.prepare(
+                        gpu,
+                        self.tiles,
+                        &dims,
+                        x,
+                        &self.params[ki],
+                        Some(&self.params[bi]),
+                        target,
+                    ));
                     if act == Activation::Softmax {
                         forward.push(softmax(gpu, 0, b, units as u32, target, &self.dummy, &lb.out));
                     }
@@ -421,7 +426,16 @@ impl GpuTrainer {
                         }
                         (Activation::Linear, _) | (_, None) => &lb.d_out,
                         (a, Some(d_pre)) => {
-                            back.push(elementwise(gpu, op::ACTIVATE_BACKWARD, (rows * units) as u32, a, &self.step, &lb.d_out, &lb.out, d_pre));
+                            back.push(elementwise(
+                                gpu,
+                                op::ACTIVATE_BACKWARD,
+                                (rows * units) as u32,
+                                a,
+                                &self.step,
+                                &lb.d_out,
+                                &lb.out,
+                                d_pre,
+                            ));
                             d_pre
                         }
                     };
@@ -461,19 +475,43 @@ impl GpuTrainer {
                     } else {
                         (window_op::AVG_POOL, window_op::AVG_POOL_BACKWARD)
                     };
-                    forward.push(gpu.dispatch(&kernels::WINDOW, &[], &[("OP", fwd_op)], &[&geo, input, &lb.out, arg], linear_workgroups(out_n as usize)));
+                    forward.push(gpu.dispatch(
+                        &kernels::WINDOW,
+                        &[],
+                        &[("OP", fwd_op)],
+                        &[&geo, input, &lb.out, arg],
+                        linear_workgroups(out_n as usize),
+                    ));
                     if let Some(d_input) = d_input {
                         let in_n = b as usize * w.in_h * w.in_w * w.in_c;
-                        back.push(gpu.dispatch(&kernels::WINDOW, &[], &[("OP", bwd_op)], &[&geo, &lb.d_out, d_input, arg], linear_workgroups(in_n)));
+                        back.push(gpu.dispatch(
+                            &kernels::WINDOW,
+                            &[],
+                            &[("OP", bwd_op)],
+                            &[&geo, &lb.d_out, d_input, arg],
+                            linear_workgroups(in_n),
+                        ));
                     }
                 }
                 Layer::Flatten => {}
                 Layer::Dropout { rate } => {
                     let rate = if training { *rate } else { 0.0 };
                     let p = gpu.uniform(&elementwise_params(out_n, 0, i as u32, rate));
-                    forward.push(gpu.dispatch(&kernels::ELEMENTWISE, &[], &[("OP", op::DROPOUT)], &[&p, &self.step, input, input, &lb.out], linear_workgroups(out_n as usize)));
+                    forward.push(gpu.dispatch(
+                        &kernels::ELEMENTWISE,
+                        &[],
+                        &[("OP", op::DROPOUT)],
+                        &[&p, &self.step, input, input, &lb.out],
+                        linear_workgroups(out_n as usize),
+                    ));
                     if let Some(d_input) = d_input {
-                        back.push(gpu.dispatch(&kernels::ELEMENTWISE, &[], &[("OP", op::DROPOUT)], &[&p, &self.step, &lb.d_out, &lb.d_out, d_input], linear_workgroups(out_n as usize)));
+                        back.push(gpu.dispatch(
+                            &kernels::ELEMENTWISE,
+                            &[],
+                            &[("OP", op::DROPOUT)],
+                            &[&p, &self.step, &lb.d_out, &lb.d_out, d_input],
+                            linear_workgroups(out_n as usize),
+                        ));
                     }
                 }
                 Layer::Activation { activation } => {
@@ -485,9 +523,27 @@ impl GpuTrainer {
                                 back.push(softmax(gpu, 1, b, cols, &lb.d_out, &lb.out, d_input));
                             }
                         } else {
-                            forward.push(elementwise(gpu, op::ACTIVATE, out_n, *activation, &self.step, input, input, &lb.out));
+                            forward.push(elementwise(
+                                gpu,
+                                op::ACTIVATE,
+                                out_n,
+                                *activation,
+                                &self.step,
+                                input,
+                                input,
+                                &lb.out,
+                            ));
                             if let Some(d_input) = d_input {
-                                back.push(elementwise(gpu, op::ACTIVATE_BACKWARD, out_n, *activation, &self.step, &lb.d_out, &lb.out, d_input));
+                                back.push(elementwise(
+                                    gpu,
+                                    op::ACTIVATE_BACKWARD,
+                                    out_n,
+                                    *activation,
+                                    &self.step,
+                                    &lb.d_out,
+                                    &lb.out,
+                                    d_input,
+                                ));
                             }
                         }
                     }
@@ -506,7 +562,13 @@ impl GpuTrainer {
         };
         let lp = gpu.uniform(&[b, outputs, 0, 0]);
         let loss = vec![
-            gpu.dispatch(&kernels::LOSS, &[], &[("LOSS", loss_kind)], &[&lp, &last.out, &self.labels, &last.d_out, &self.stats], linear_workgroups(batch)),
+            gpu.dispatch(
+                &kernels::LOSS,
+                &[],
+                &[("LOSS", loss_kind)],
+                &[&lp, &last.out, &self.labels, &last.d_out, &self.stats],
+                linear_workgroups(batch),
+            ),
             reduce(gpu, b, 2, true, &self.stats, &self.totals),
         ];
 
@@ -514,7 +576,13 @@ impl GpuTrainer {
         if training {
             for (i, t) in model.params.tensors.iter().enumerate() {
                 let p = gpu.uniform(&elementwise_params(t.len as u32, 0, 0, 0.0));
-                update.push(gpu.dispatch(&kernels::ELEMENTWISE, &[], &[("OP", op::SGD)], &[&p, &self.step, &self.grads[i], &self.grads[i], &self.params[i]], linear_workgroups(t.len)));
+                update.push(gpu.dispatch(
+                    &kernels::ELEMENTWISE,
+                    &[],
+                    &[("OP", op::SGD)],
+                    &[&p, &self.step, &self.grads[i], &self.grads[i], &self.params[i]],
+                    linear_workgroups(t.len),
+                ));
             }
         }
         Ok(Plan { gather, forward, loss, backward, update })
@@ -568,7 +636,15 @@ fn elementwise(
     gpu.dispatch(&kernels::ELEMENTWISE, &[], &[("OP", op)], &[&p, step, x, y, out], linear_workgroups(n as usize))
 }
 
-fn softmax(gpu: &Gpu, op: u32, rows: u32, cols: u32, x: &wgpu::Buffer, y: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
+fn softmax(
+    gpu: &Gpu,
+    op: u32,
+    rows: u32,
+    cols: u32,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Dispatch {
     let p = gpu.uniform(&[rows, cols, 0, 0]);
     gpu.dispatch(&kernels::SOFTMAX, &[], &[("OP", op)], &[&p, x, y, out], linear_workgroups(rows as usize))
 }
@@ -579,7 +655,14 @@ fn reduce(gpu: &Gpu, rows: u32, cols: u32, accumulate: bool, x: &wgpu::Buffer, o
     gpu.dispatch(&kernels::REDUCE, &[], &[("ACCUM", u32::from(accumulate))], &[&p, x, out], groups)
 }
 
-fn gather(gpu: &Gpu, rows: u32, width: u32, indices: &wgpu::Buffer, src: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
+fn gather(
+    gpu: &Gpu,
+    rows: u32,
+    width: u32,
+    indices: &wgpu::Buffer,
+    src: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Dispatch {
     let p = gpu.uniform(&[rows, width, 0, 0]);
     gpu.dispatch(&kernels::GATHER, &[], &[], &[&p, indices, src, out], linear_workgroups((rows * width) as usize))
 }

@@ -37,11 +37,7 @@ pub enum LabelRequirement {
 /// # Errors
 ///
 /// [`DataError::Mismatch`] saying what the data has and what the model expects.
-pub fn check(
-    features: &ArrayInfo,
-    labels: &ArrayInfo,
-    req: &DataRequirements,
-) -> Result<(), DataError> {
+pub fn check(features: &ArrayInfo, labels: &ArrayInfo, req: &DataRequirements) -> Result<(), DataError> {
     if features.is_empty() {
         return Err(DataError::Mismatch("the features have no samples".into()));
     }
@@ -71,9 +67,7 @@ fn check_label_info(labels: &ArrayInfo, req: &LabelRequirement) -> Result<(), Da
     match req {
         LabelRequirement::Classes { count } => {
             if *count == 0 || u32::try_from(*count).is_err() {
-                return Err(DataError::Mismatch(format!(
-                    "the model has {count} classes; 1 to 2^32-1 are possible"
-                )));
+                return Err(DataError::Mismatch(format!("the model has {count} classes; 1 to 2^32-1 are possible")));
             }
             if !matches!(labels.sample_shape(), [] | [1]) {
                 return Err(DataError::Mismatch(format!(
@@ -101,8 +95,8 @@ fn check_label_info(labels: &ArrayInfo, req: &LabelRequirement) -> Result<(), Da
             }
             if labels.sample_shape() != shape.as_slice() {
                 let have = labels.sample_elements()?;
-                let want = checked_product(shape)
-                    .ok_or_else(|| DataError::ShapeOverflow(ShapeDisplay(shape).to_string()))?;
+                let want =
+                    checked_product(shape).ok_or_else(|| DataError::ShapeOverflow(ShapeDisplay(shape).to_string()))?;
                 if have != want {
                     return Err(DataError::Mismatch(format!(
                         "the labels have sample shape {} ({have} values) but the model's output is {} ({want} values)",
@@ -148,11 +142,7 @@ impl Labels {
         if array.data.len() as u64 != info.byte_len()? {
             return Err(DataError::Malformed {
                 format: "label",
-                reason: format!(
-                    "{} bytes of data for shape {}",
-                    array.data.len(),
-                    ShapeDisplay(&info.shape)
-                ),
+                reason: format!("{} bytes of data for shape {}", array.data.len(), ShapeDisplay(&info.shape)),
             });
         }
         let data: Cow<'_, [u8]> = if info.byte_order == ByteOrder::Big {
@@ -200,10 +190,7 @@ impl Labels {
                     }
                     values.push(v);
                 }
-                Ok(Labels::Values {
-                    shape: shape.clone(),
-                    values,
-                })
+                Ok(Labels::Values { shape: shape.clone(), values })
             }
         }
     }
@@ -212,10 +199,9 @@ impl Labels {
     pub fn len(&self) -> usize {
         match self {
             Labels::Classes { values, .. } => values.len(),
-            Labels::Values { shape, values } => values
-                .len()
-                .checked_div(checked_product(shape).unwrap_or(0))
-                .unwrap_or(0),
+            Labels::Values { shape, values } => {
+                values.len().checked_div(checked_product(shape).unwrap_or(0)).unwrap_or(0)
+            }
         }
     }
 
@@ -230,9 +216,7 @@ impl Labels {
             Labels::Classes { values, .. } => values.get(i).map(|&c| LabelRef::Class(c)),
             Labels::Values { shape, values } => {
                 let per = checked_product(shape)?;
-                values
-                    .get(i.checked_mul(per)?..i.checked_add(1)?.checked_mul(per)?)
-                    .map(LabelRef::Values)
+                values.get(i.checked_mul(per)?..i.checked_add(1)?.checked_mul(per)?).map(LabelRef::Values)
             }
         }
     }

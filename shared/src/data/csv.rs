@@ -32,11 +32,7 @@ pub struct CsvOptions {
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        CsvOptions {
-            has_header: true,
-            label: LabelColumn::Last,
-            delimiter: b',',
-        }
+        CsvOptions { has_header: true, label: LabelColumn::Last, delimiter: b',' }
     }
 }
 
@@ -65,11 +61,8 @@ pub fn read(
     features_out: impl Write,
     limits: &Limits,
 ) -> Result<CsvData, DataError> {
-    let mut reader = ::csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(options.delimiter)
-        .from_reader(input);
+    let mut reader =
+        ::csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(options.delimiter).from_reader(input);
     let mut out = BufWriter::new(features_out);
     let mut record = ::csv::StringRecord::new();
     let mut names: Option<Vec<String>> = None;
@@ -90,18 +83,11 @@ pub fn read(
             width = record.len();
         }
         if record.len() != width {
-            let against = if options.has_header {
-                "the header"
-            } else {
-                "the first row"
-            };
+            let against = if options.has_header { "the header" } else { "the first row" };
             return Err(DataError::Csv {
                 row,
                 column: None,
-                reason: format!(
-                    "the row has {} fields but {against} has {width}",
-                    record.len()
-                ),
+                reason: format!("the row has {} fields but {against} has {width}", record.len()),
             });
         }
         let label_at = match label_index {
@@ -130,18 +116,14 @@ pub fn read(
             let column = || column_name(i, names.as_deref());
             let text = clean(cell);
             if i == label_at {
-                let value: f64 = text
-                    .parse()
-                    .map_err(|_| not_a_number(row, column(), text))?;
+                let value: f64 = text.parse().map_err(|_| not_a_number(row, column(), text))?;
                 if !value.is_finite() {
                     return Err(not_a_number(row, column(), text));
                 }
                 all_integers &= value.fract() == 0.0 && value.abs() < 9.0e15;
                 labels.push(value);
             } else {
-                let value: f32 = text
-                    .parse()
-                    .map_err(|_| not_a_number(row, column(), text))?;
+                let value: f32 = text.parse().map_err(|_| not_a_number(row, column(), text))?;
                 if !value.is_finite() {
                     return Err(not_a_number(row, column(), text));
                 }
@@ -152,46 +134,25 @@ pub fn read(
     }
     out.flush()?;
     if labels.is_empty() {
-        return Err(DataError::Malformed {
-            format: "CSV",
-            reason: "the file has no data rows".into(),
-        });
+        return Err(DataError::Malformed { format: "CSV", reason: "the file has no data rows".into() });
     }
     let label_at = label_index.unwrap_or(0);
-    let feature_names = (0..width)
-        .filter(|&i| i != label_at)
-        .map(|i| column_name(i, names.as_deref()))
-        .collect();
+    let feature_names = (0..width).filter(|&i| i != label_at).map(|i| column_name(i, names.as_deref())).collect();
     let n = labels.len();
     let labels = if all_integers {
         // Whole numbers below 2^53 in magnitude convert exactly.
         RawArray {
-            info: ArrayInfo {
-                dtype: Dtype::I64,
-                shape: vec![n],
-                byte_order: ByteOrder::Little,
-            },
-            data: labels
-                .iter()
-                .flat_map(|&v| (v as i64).to_le_bytes())
-                .collect(),
+            info: ArrayInfo { dtype: Dtype::I64, shape: vec![n], byte_order: ByteOrder::Little },
+            data: labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect(),
         }
     } else {
         RawArray {
-            info: ArrayInfo {
-                dtype: Dtype::F64,
-                shape: vec![n],
-                byte_order: ByteOrder::Little,
-            },
+            info: ArrayInfo { dtype: Dtype::F64, shape: vec![n], byte_order: ByteOrder::Little },
             data: labels.iter().flat_map(|v| v.to_le_bytes()).collect(),
         }
     };
     Ok(CsvData {
-        features: ArrayInfo {
-            dtype: Dtype::F32,
-            shape: vec![n, width - 1],
-            byte_order: ByteOrder::Little,
-        },
+        features: ArrayInfo { dtype: Dtype::F32, shape: vec![n, width - 1], byte_order: ByteOrder::Little },
         feature_names,
         labels,
     })
@@ -202,17 +163,13 @@ fn clean(cell: &str) -> &str {
     cell.trim_start_matches('\u{feff}').trim()
 }
 
-fn resolve_label(
-    label: &LabelColumn,
-    names: Option<&[String]>,
-    width: usize,
-) -> Result<usize, DataError> {
+fn resolve_label(label: &LabelColumn, names: Option<&[String]>, width: usize) -> Result<usize, DataError> {
     match label {
         LabelColumn::Last => Ok(width.saturating_sub(1)),
         LabelColumn::Index(i) if *i < width => Ok(*i),
-        LabelColumn::Index(i) => Err(DataError::Option(format!(
-            "the label column index {i} (from 0) is past the CSV's {width} columns"
-        ))),
+        LabelColumn::Index(i) => {
+            Err(DataError::Option(format!("the label column index {i} (from 0) is past the CSV's {width} columns")))
+        }
         LabelColumn::Name(name) => {
             let names = names.ok_or_else(|| {
                 DataError::Option(format!(
@@ -222,11 +179,7 @@ fn resolve_label(
             names.iter().position(|n| n == name).ok_or_else(|| {
                 DataError::Missing(format!(
                     "the CSV has no column named '{name}'; its columns are {}",
-                    names
-                        .iter()
-                        .map(|n| format!("'{n}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
                 ))
             })
         }
@@ -242,11 +195,7 @@ fn column_name(i: usize, names: Option<&[String]>) -> String {
 
 fn not_a_number(row: u64, column: String, text: &str) -> DataError {
     let shown: String = text.chars().take(40).collect();
-    DataError::Csv {
-        row,
-        column: Some(column),
-        reason: format!("'{shown}' is not a finite number"),
-    }
+    DataError::Csv { row, column: Some(column), reason: format!("'{shown}' is not a finite number") }
 }
 
 fn csv_error(e: ::csv::Error) -> DataError {
@@ -258,10 +207,6 @@ fn csv_error(e: ::csv::Error) -> DataError {
             column: Some(format!("{}", err.field() + 1)),
             reason: "the cell is not valid UTF-8".into(),
         },
-        other => DataError::Csv {
-            row,
-            column: None,
-            reason: format!("{other:?}"),
-        },
+        other => DataError::Csv { row, column: None, reason: format!("{other:?}") },
     }
 }

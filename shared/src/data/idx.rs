@@ -42,9 +42,7 @@ pub fn read_header(r: &mut impl Read, limits: &Limits) -> Result<IdxHeader, Data
     let mut magic = [0u8; 4];
     read_exact_or_truncated(r, &mut magic[..1], "the IDX magic")?;
     if magic[0] == super::npy::PICKLE_PROTO {
-        return Err(DataError::Pickle(
-            "the file starts with the pickle opcode 0x80, not the IDX magic".into(),
-        ));
+        return Err(DataError::Pickle("the file starts with the pickle opcode 0x80, not the IDX magic".into()));
     }
     read_exact_or_truncated(r, &mut magic[1..], "the IDX magic")?;
     if magic[..2] != [0, 0] {
@@ -66,9 +64,7 @@ pub fn read_header(r: &mut impl Read, limits: &Limits) -> Result<IdxHeader, Data
         code => {
             return Err(DataError::Unsupported {
                 format: FORMAT,
-                reason: format!(
-                    "dtype code 0x{code:02X}; IDX codes are 0x08, 0x09, 0x0B, 0x0C, 0x0D and 0x0E"
-                ),
+                reason: format!("dtype code 0x{code:02X}; IDX codes are 0x08, 0x09, 0x0B, 0x0C, 0x0D and 0x0E"),
             });
         }
     };
@@ -76,10 +72,7 @@ pub fn read_header(r: &mut impl Read, limits: &Limits) -> Result<IdxHeader, Data
     if ndim == 0 || ndim > limits.max_ndim {
         return Err(DataError::Malformed {
             format: FORMAT,
-            reason: format!(
-                "it declares {ndim} dimensions; between 1 and {} are accepted",
-                limits.max_ndim
-            ),
+            reason: format!("it declares {ndim} dimensions; between 1 and {} are accepted", limits.max_ndim),
         });
     }
     let mut shape = Vec::with_capacity(ndim);
@@ -89,16 +82,9 @@ pub fn read_header(r: &mut impl Read, limits: &Limits) -> Result<IdxHeader, Data
         // A u32 always fits in usize on the 32- and 64-bit targets DAIG builds for.
         shape.push(u32::from_be_bytes(dim) as usize);
     }
-    let info = ArrayInfo {
-        dtype,
-        shape,
-        byte_order: ByteOrder::Big,
-    };
+    let info = ArrayInfo { dtype, shape, byte_order: ByteOrder::Big };
     info.validate(FORMAT, limits)?;
-    Ok(IdxHeader {
-        info,
-        data_offset: 4 + 4 * ndim as u64,
-    })
+    Ok(IdxHeader { info, data_offset: 4 + 4 * ndim as u64 })
 }
 
 /// Reads a whole IDX array into memory (labels), checking its size against `limits.max_in_memory_bytes` first.
@@ -121,16 +107,12 @@ pub fn write_header(w: &mut impl Write, info: &ArrayInfo) -> Result<(), DataErro
         format: FORMAT,
         reason: format!("IDX has no code for {}", info.dtype),
     })?;
-    let ndim = u8::try_from(info.shape.len()).map_err(|_| DataError::Unsupported {
-        format: FORMAT,
-        reason: "more than 255 dimensions".into(),
-    })?;
+    let ndim = u8::try_from(info.shape.len())
+        .map_err(|_| DataError::Unsupported { format: FORMAT, reason: "more than 255 dimensions".into() })?;
     w.write_all(&[0, 0, code, ndim])?;
     for &d in &info.shape {
-        let d = u32::try_from(d).map_err(|_| DataError::Unsupported {
-            format: FORMAT,
-            reason: format!("dimension {d} exceeds u32"),
-        })?;
+        let d = u32::try_from(d)
+            .map_err(|_| DataError::Unsupported { format: FORMAT, reason: format!("dimension {d} exceeds u32") })?;
         w.write_all(&d.to_be_bytes())?;
     }
     Ok(())

@@ -56,8 +56,8 @@ use std::io::{self, Read};
 pub use check::{DataRequirements, LabelRef, LabelRequirement, Labels, check};
 pub use normalize::{Normalization, RunningStats, to_f32};
 pub use shard::{
-    ShardHeader, ShardLabel, ShardLabels, ShardPlan, ShardRole, ShardSummary, ShardView,
-    ShardWriter, permutation, shard_dataset, split,
+    ShardHeader, ShardLabel, ShardLabels, ShardPlan, ShardRole, ShardSummary, ShardView, ShardWriter, permutation,
+    shard_dataset, split,
 };
 pub use source::{SampleSource, read_array, spool_to_raw};
 
@@ -76,16 +76,8 @@ pub enum Dtype {
 
 impl Dtype {
     /// Every supported dtype, in the order of their shard codes.
-    pub const ALL: [Dtype; 8] = [
-        Dtype::U8,
-        Dtype::I8,
-        Dtype::U16,
-        Dtype::I16,
-        Dtype::I32,
-        Dtype::I64,
-        Dtype::F32,
-        Dtype::F64,
-    ];
+    pub const ALL: [Dtype; 8] =
+        [Dtype::U8, Dtype::I8, Dtype::U16, Dtype::I16, Dtype::I32, Dtype::I64, Dtype::F32, Dtype::F64];
 
     /// Bytes per element.
     pub fn size(self) -> usize {
@@ -223,9 +215,7 @@ impl ArrayInfo {
     ///
     /// [`DataError::ShapeOverflow`] when the size overflows `usize`.
     pub fn sample_bytes(&self) -> Result<usize, DataError> {
-        self.sample_elements()?
-            .checked_mul(self.dtype.size())
-            .ok_or_else(|| too_large_shape(&self.shape))
+        self.sample_elements()?.checked_mul(self.dtype.size()).ok_or_else(|| too_large_shape(&self.shape))
     }
 
     /// Bytes of the whole array.
@@ -236,9 +226,7 @@ impl ArrayInfo {
     pub fn byte_len(&self) -> Result<u64, DataError> {
         self.shape
             .iter()
-            .try_fold(self.dtype.size() as u64, |acc, &d| {
-                acc.checked_mul(d as u64)
-            })
+            .try_fold(self.dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(|| too_large_shape(&self.shape))
     }
 
@@ -269,11 +257,7 @@ impl ArrayInfo {
         let bytes = self.byte_len()?;
         if bytes > limits.max_array_bytes {
             return Err(DataError::TooLarge {
-                what: format!(
-                    "a {} array of shape {}",
-                    self.dtype,
-                    ShapeDisplay(&self.shape)
-                ),
+                what: format!("a {} array of shape {}", self.dtype, ShapeDisplay(&self.shape)),
                 bytes,
                 limit: limits.max_array_bytes,
             });
@@ -298,12 +282,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_header_bytes: 64 * 1024,
-            max_ndim: 32,
-            max_array_bytes: 64 << 30,
-            max_in_memory_bytes: 512 << 20,
-        }
+        Limits { max_header_bytes: 64 * 1024, max_ndim: 32, max_array_bytes: 64 << 30, max_in_memory_bytes: 512 << 20 }
     }
 }
 
@@ -330,45 +309,25 @@ pub enum DataError {
     Pickle(String),
     /// The input is not in the format it claims to be.
     #[error("not a valid {format} file: {reason}")]
-    Malformed {
-        format: &'static str,
-        reason: String,
-    },
+    Malformed { format: &'static str, reason: String },
     /// The input is valid but uses something DAIG does not read.
     #[error("unsupported {format} data: {reason}")]
-    Unsupported {
-        format: &'static str,
-        reason: String,
-    },
+    Unsupported { format: &'static str, reason: String },
     /// The input ends before the data its header declares.
     #[error("the data is truncated: {what} needs {expected} bytes but the input has {actual}")]
-    Truncated {
-        what: String,
-        expected: u64,
-        actual: u64,
-    },
+    Truncated { what: String, expected: u64, actual: u64 },
     /// The input has bytes after the data its header declares.
-    #[error(
-        "{what} is followed by {extra} unexpected bytes; is the dtype or shape in the header wrong?"
-    )]
+    #[error("{what} is followed by {extra} unexpected bytes; is the dtype or shape in the header wrong?")]
     TrailingBytes { what: String, extra: u64 },
     /// A declared size is over a limit (or overflows).
     #[error("{what} is too large: {bytes} bytes, the limit is {limit}")]
-    TooLarge {
-        what: String,
-        bytes: u64,
-        limit: u64,
-    },
+    TooLarge { what: String, bytes: u64, limit: u64 },
     /// A shape whose size does not fit in 64 bits.
     #[error("the shape {0} is too large to address: its size overflows 64 bits")]
     ShapeOverflow(String),
     /// A CSV cell or row is wrong. `row` and `column` count from 1, as a spreadsheet shows them.
     #[error("CSV row {row}{at}: {reason}", at = column.as_ref().map(|c| format!(", column {c}")).unwrap_or_default())]
-    Csv {
-        row: u64,
-        column: Option<String>,
-        reason: String,
-    },
+    Csv { row: u64, column: Option<String>, reason: String },
     /// A named array or column is missing.
     #[error("{0}")]
     Missing(String),
@@ -413,11 +372,7 @@ fn too_large_shape(shape: &[usize]) -> DataError {
 }
 
 /// Reads exactly `buf.len()` bytes, turning an early end into [`DataError::Truncated`] that names `what`.
-pub(crate) fn read_exact_or_truncated(
-    r: &mut impl Read,
-    buf: &mut [u8],
-    what: &str,
-) -> Result<(), DataError> {
+pub(crate) fn read_exact_or_truncated(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), DataError> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {

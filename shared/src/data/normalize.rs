@@ -41,17 +41,13 @@ impl Normalization {
             Normalization::None => Ok((0.0, 1.0)),
             Normalization::Scale { min, max } => {
                 let range = dtype_range(dtype);
-                let (Some(min), Some(max)) =
-                    (min.or(range.map(|r| r.0)), max.or(range.map(|r| r.1)))
-                else {
+                let (Some(min), Some(max)) = (min.or(range.map(|r| r.0)), max.or(range.map(|r| r.1))) else {
                     return Err(DataError::Option(format!(
                         "scaling {dtype} data needs both min and max: floats have no fixed range"
                     )));
                 };
                 if !(min.is_finite() && max.is_finite() && max > min) {
-                    return Err(DataError::Option(format!(
-                        "scaling needs finite min < max, not {min} and {max}"
-                    )));
+                    return Err(DataError::Option(format!("scaling needs finite min < max, not {min} and {max}")));
                 }
                 Ok((min, max - min))
             }
@@ -86,19 +82,10 @@ fn dtype_range(dtype: Dtype) -> Option<(f32, f32)> {
 ///
 /// [`DataError::Option`] when `raw` does not hold exactly `out.len()` elements or the normalisation is invalid
 /// for `dtype` (see [`Normalization::affine`]).
-pub fn to_f32(
-    dtype: Dtype,
-    raw: &[u8],
-    normalization: &Normalization,
-    out: &mut [f32],
-) -> Result<(), DataError> {
+pub fn to_f32(dtype: Dtype, raw: &[u8], normalization: &Normalization, out: &mut [f32]) -> Result<(), DataError> {
     let (sub, div) = normalization.affine(dtype)?;
     if out.len().checked_mul(dtype.size()) != Some(raw.len()) {
-        return Err(DataError::Option(format!(
-            "{} bytes of {dtype} do not make {} values",
-            raw.len(),
-            out.len()
-        )));
+        return Err(DataError::Option(format!("{} bytes of {dtype} do not make {} values", raw.len(), out.len())));
     }
     macro_rules! convert {
         ($n:literal, $f:expr) => {
@@ -186,11 +173,7 @@ impl RunningStats {
 
     /// The population standard deviation (0 when empty).
     pub fn std(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            (self.m2 / self.count as f64).sqrt()
-        }
+        if self.count == 0 { 0.0 } else { (self.m2 / self.count as f64).sqrt() }
     }
 
     /// The standardisation these statistics call for.

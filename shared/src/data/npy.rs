@@ -39,28 +39,16 @@ pub fn read_header(r: &mut impl Read, limits: &Limits) -> Result<NpyHeader, Data
     let mut prefix = [0u8; 8];
     read_exact_or_truncated(r, &mut prefix[..1], "the .npy magic")?;
     if prefix[0] == PICKLE_PROTO {
-        return Err(DataError::Pickle(
-            "the file starts with the pickle opcode 0x80, not the .npy magic".into(),
-        ));
+        return Err(DataError::Pickle("the file starts with the pickle opcode 0x80, not the .npy magic".into()));
     }
-    read_exact_or_truncated(r, &mut prefix[1..], "the .npy magic and version").map_err(
-        |e| match e {
-            DataError::Truncated {
-                what,
-                expected,
-                actual,
-            } => DataError::Truncated {
-                what,
-                expected: expected + 1,
-                actual: actual + 1,
-            },
-            other => other,
-        },
-    )?;
+    read_exact_or_truncated(r, &mut prefix[1..], "the .npy magic and version").map_err(|e| match e {
+        DataError::Truncated { what, expected, actual } => {
+            DataError::Truncated { what, expected: expected + 1, actual: actual + 1 }
+        }
+        other => other,
+    })?;
     if &prefix[..6] != MAGIC {
-        return Err(malformed(
-            "it does not start with the .npy magic \\x93NUMPY",
-        ));
+        return Err(malformed("it does not start with the .npy magic \\x93NUMPY"));
     }
     let version = (prefix[6], prefix[7]);
     let header_len = match version.0 {
@@ -77,10 +65,7 @@ pub fn read_header(r: &mut impl Read, limits: &Limits) -> Result<NpyHeader, Data
         major => {
             return Err(DataError::Unsupported {
                 format: FORMAT,
-                reason: format!(
-                    "format version {major}.{}; versions 1.0, 2.0 and 3.0 are read",
-                    version.1
-                ),
+                reason: format!("format version {major}.{}; versions 1.0, 2.0 and 3.0 are read", version.1),
             });
         }
     };
@@ -103,11 +88,7 @@ pub fn read_header(r: &mut impl Read, limits: &Limits) -> Result<NpyHeader, Data
     let info = parse_header_dict(&text)?;
     info.validate(FORMAT, limits)?;
     let data_offset = 8 + if version.0 == 1 { 2 } else { 4 } + header_len;
-    Ok(NpyHeader {
-        info,
-        version,
-        data_offset,
-    })
+    Ok(NpyHeader { info, version, data_offset })
 }
 
 /// Reads a whole `.npy` array into memory (for labels and other small arrays), checking the size against
@@ -128,10 +109,7 @@ pub fn read(mut r: impl Read, limits: &Limits) -> Result<RawArray, DataError> {
 ///
 /// As [`read_header`] for the dict's content.
 pub fn parse_header_dict(text: &str) -> Result<ArrayInfo, DataError> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        pos: 0,
-    };
+    let mut p = Parser { s: text.as_bytes(), pos: 0 };
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     p.skip_ws();
     p.expect(b'{')?;
@@ -149,9 +127,7 @@ pub fn parse_header_dict(text: &str) -> Result<ArrayInfo, DataError> {
             "fortran_order" => fortran.replace(p.boolean()?).is_some(),
             "shape" => shape.replace(p.shape()?).is_some(),
             other => {
-                return Err(malformed(&format!(
-                    "unexpected key '{other}' in the header"
-                )));
+                return Err(malformed(&format!("unexpected key '{other}' in the header")));
             }
         };
         if slot_taken {
@@ -177,11 +153,7 @@ pub fn parse_header_dict(text: &str) -> Result<ArrayInfo, DataError> {
                 .into(),
         });
     }
-    Ok(ArrayInfo {
-        dtype,
-        shape,
-        byte_order,
-    })
+    Ok(ArrayInfo { dtype, shape, byte_order })
 }
 
 /// Parses a dtype string such as `<f4`, `>i2` or `|u1`.
@@ -195,9 +167,7 @@ pub fn parse_descr(descr: &str) -> Result<(Dtype, ByteOrder), DataError> {
         _ => ("", descr),
     };
     if code.starts_with('O') {
-        return Err(DataError::Pickle(format!(
-            "the array has dtype '{descr}' (Python objects)"
-        )));
+        return Err(DataError::Pickle(format!("the array has dtype '{descr}' (Python objects)")));
     }
     let dtype = match code {
         "u1" | "B" => Dtype::U8,
@@ -243,11 +213,7 @@ pub fn descr(dtype: Dtype, byte_order: ByteOrder) -> String {
         Dtype::F32 => "f4",
         Dtype::F64 => "f8",
     };
-    let order = if byte_order == ByteOrder::Big {
-        '>'
-    } else {
-        '<'
-    };
+    let order = if byte_order == ByteOrder::Big { '>' } else { '<' };
     format!("{order}{code}")
 }
 
@@ -264,15 +230,9 @@ pub fn write_header(w: &mut impl Write, info: &ArrayInfo) -> Result<u64, DataErr
         [one] => format!("({one},)"),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut dict = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
-        descr(info.dtype, info.byte_order)
-    );
-    let (version, len_field) = if dict.len() + 1 + 64 <= usize::from(u16::MAX) {
-        (1u8, 2usize)
-    } else {
-        (2, 4)
-    };
+    let mut dict =
+        format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", descr(info.dtype, info.byte_order));
+    let (version, len_field) = if dict.len() + 1 + 64 <= usize::from(u16::MAX) { (1u8, 2usize) } else { (2, 4) };
     let unpadded = MAGIC.len() + 2 + len_field + dict.len() + 1;
     let padding = (64 - unpadded % 64) % 64;
     dict.extend(std::iter::repeat_n(' ', padding));
@@ -283,8 +243,7 @@ pub fn write_header(w: &mut impl Write, info: &ArrayInfo) -> Result<u64, DataErr
         // Fits: checked when choosing the version.
         w.write_all(&(dict.len() as u16).to_le_bytes())?;
     } else {
-        let len = u32::try_from(dict.len())
-            .map_err(|_| malformed("the header would not fit in 4 GiB"))?;
+        let len = u32::try_from(dict.len()).map_err(|_| malformed("the header would not fit in 4 GiB"))?;
         w.write_all(&len.to_le_bytes())?;
     }
     w.write_all(dict.as_bytes())?;
@@ -292,10 +251,7 @@ pub fn write_header(w: &mut impl Write, info: &ArrayInfo) -> Result<u64, DataErr
 }
 
 fn malformed(reason: &str) -> DataError {
-    DataError::Malformed {
-        format: FORMAT,
-        reason: reason.to_owned(),
-    }
+    DataError::Malformed { format: FORMAT, reason: reason.to_owned() }
 }
 
 /// A cursor over the header dict. It reads only the few literal forms NumPy writes.
@@ -332,21 +288,14 @@ impl Parser<'_> {
             Some(f) => format!("'{}'", char::from(f).escape_default()),
             None => "the end".to_owned(),
         };
-        Err(malformed(&format!(
-            "expected '{}' at byte {} of the header dict, found {found}",
-            char::from(c),
-            self.pos
-        )))
+        Err(malformed(&format!("expected '{}' at byte {} of the header dict, found {found}", char::from(c), self.pos)))
     }
 
     fn string(&mut self) -> Result<String, DataError> {
         let quote = match self.peek() {
             Some(q @ (b'\'' | b'"')) => q,
             _ => {
-                return Err(malformed(&format!(
-                    "expected a quoted string at byte {} of the header dict",
-                    self.pos
-                )));
+                return Err(malformed(&format!("expected a quoted string at byte {} of the header dict", self.pos)));
             }
         };
         self.pos += 1;
@@ -421,7 +370,6 @@ impl Parser<'_> {
         }
         // Python 2 wrote long integers with an `L` suffix.
         self.eat(b'L');
-        usize::try_from(value)
-            .map_err(|_| malformed("a dimension in 'shape' does not fit in this platform's usize"))
+        usize::try_from(value).map_err(|_| malformed("a dimension in 'shape' does not fit in this platform's usize"))
     }
 }

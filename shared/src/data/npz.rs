@@ -38,9 +38,7 @@ pub struct NpzArchive<R> {
 
 impl<R: Read + Seek> std::fmt::Debug for NpzArchive<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NpzArchive")
-            .field("entries", &self.zip.len())
-            .finish_non_exhaustive()
+        f.debug_struct("NpzArchive").field("entries", &self.zip.len()).finish_non_exhaustive()
     }
 }
 
@@ -53,16 +51,11 @@ impl<R: Read + Seek> NpzArchive<R> {
     pub fn new(mut reader: R, limits: &Limits) -> Result<Self, DataError> {
         let mut first = [0u8; 1];
         if reader.read(&mut first)? == 1 && first[0] == super::npy::PICKLE_PROTO {
-            return Err(DataError::Pickle(
-                "the file starts with the pickle opcode 0x80, not a zip header".into(),
-            ));
+            return Err(DataError::Pickle("the file starts with the pickle opcode 0x80, not a zip header".into()));
         }
         reader.rewind()?;
         let zip = zip::ZipArchive::new(reader).map_err(zip_error)?;
-        Ok(NpzArchive {
-            zip,
-            limits: limits.clone(),
-        })
+        Ok(NpzArchive { zip, limits: limits.clone() })
     }
 
     /// The names of the arrays, without `.npy`, sorted.
@@ -84,25 +77,13 @@ impl<R: Read + Seek> NpzArchive<R> {
     /// [`DataError::Missing`] naming the candidates and what the archive has instead.
     pub fn find(&self, candidates: &[&str]) -> Result<String, DataError> {
         let names = self.names();
-        candidates
-            .iter()
-            .find(|c| names.iter().any(|n| n == *c))
-            .map(|c| (*c).to_owned())
-            .ok_or_else(|| {
-                DataError::Missing(format!(
-                    "the .npz has no array named {}; it has {}",
-                    candidates
-                        .iter()
-                        .map(|c| format!("'{c}'"))
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                    names
-                        .iter()
-                        .map(|c| format!("'{c}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })
+        candidates.iter().find(|c| names.iter().any(|n| n == *c)).map(|c| (*c).to_owned()).ok_or_else(|| {
+            DataError::Missing(format!(
+                "the .npz has no array named {}; it has {}",
+                candidates.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(" or "),
+                names.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ")
+            ))
+        })
     }
 
     /// Reads the `.npy` header of the array `name` (without `.npy`).
@@ -119,11 +100,7 @@ impl<R: Read + Seek> NpzArchive<R> {
         let size = file.size();
         let header = super::npy::read_header(&mut file, &limits).map_err(|e| in_entry(e, name))?;
         check_entry_size(name, &header.info, header.data_offset, size)?;
-        Ok(NpzEntry {
-            name: name.to_owned(),
-            info: header.info,
-            stored,
-        })
+        Ok(NpzEntry { name: name.to_owned(), info: header.info, stored })
     }
 
     /// Reads the array `name` whole into memory (labels), under `limits.max_in_memory_bytes`.
@@ -170,44 +147,27 @@ impl<R: Read + Seek> NpzArchive<R> {
         if file.compression() != CompressionMethod::Stored {
             return Err(DataError::Unsupported {
                 format: FORMAT,
-                reason: format!(
-                    "the array '{name}' is compressed, so it cannot be read in place; spool it first"
-                ),
+                reason: format!("the array '{name}' is compressed, so it cannot be read in place; spool it first"),
             });
         }
         let size = file.size();
-        let start = file
-            .data_start()
-            .ok_or_else(|| malformed(&format!("the entry '{name}.npy' has no data offset")))?;
+        let start =
+            file.data_start().ok_or_else(|| malformed(&format!("the entry '{name}.npy' has no data offset")))?;
         let header = super::npy::read_header(&mut file, &limits).map_err(|e| in_entry(e, name))?;
         check_entry_size(name, &header.info, header.data_offset, size)?;
         drop(file);
         let offset = start
             .checked_add(header.data_offset)
             .ok_or_else(|| malformed(&format!("the entry '{name}.npy' starts past 2^64")))?;
-        SampleSource::new(
-            self.zip.into_inner(),
-            header.info,
-            offset,
-            End::AtLeast,
-            &format!("the array '{name}'"),
-        )
+        SampleSource::new(self.zip.into_inner(), header.info, offset, End::AtLeast, &format!("the array '{name}'"))
     }
 
-    fn open(
-        &mut self,
-        name: &str,
-        names: &[String],
-    ) -> Result<zip::read::ZipFile<'_, R>, DataError> {
+    fn open(&mut self, name: &str, names: &[String]) -> Result<zip::read::ZipFile<'_, R>, DataError> {
         let file = match self.zip.by_name(&format!("{name}.npy")) {
             Err(ZipError::FileNotFound) => {
                 return Err(DataError::Missing(format!(
                     "the .npz has no array named '{name}'; it has {}",
-                    names
-                        .iter()
-                        .map(|c| format!("'{c}'"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    names.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ")
                 )));
             }
             other => other.map_err(zip_error)?,
@@ -218,10 +178,7 @@ impl<R: Read + Seek> NpzArchive<R> {
                 reason: format!("the entry '{name}.npy' is encrypted"),
             });
         }
-        if !matches!(
-            file.compression(),
-            CompressionMethod::Stored | CompressionMethod::Deflated
-        ) {
+        if !matches!(file.compression(), CompressionMethod::Stored | CompressionMethod::Deflated) {
             return Err(DataError::Unsupported {
                 format: FORMAT,
                 reason: format!(
@@ -234,18 +191,9 @@ impl<R: Read + Seek> NpzArchive<R> {
     }
 }
 
-fn check_entry_size(
-    name: &str,
-    info: &ArrayInfo,
-    data_offset: u64,
-    size: u64,
-) -> Result<(), DataError> {
+fn check_entry_size(name: &str, info: &ArrayInfo, data_offset: u64, size: u64) -> Result<(), DataError> {
     let expected = info.byte_len()?.saturating_add(data_offset);
-    let what = format!(
-        "the array '{name}' ({} of shape {})",
-        info.dtype,
-        super::ShapeDisplay(&info.shape)
-    );
+    let what = format!("the array '{name}' ({} of shape {})", info.dtype, super::ShapeDisplay(&info.shape));
     if size < expected {
         return Err(DataError::Truncated {
             what,
@@ -254,23 +202,17 @@ fn check_entry_size(
         });
     }
     if size > expected {
-        return Err(DataError::TrailingBytes {
-            what,
-            extra: size - expected,
-        });
+        return Err(DataError::TrailingBytes { what, extra: size - expected });
     }
     Ok(())
 }
 
 fn in_entry(e: DataError, name: &str) -> DataError {
     match e {
-        DataError::Malformed { reason, .. } => {
-            malformed(&format!("the entry '{name}.npy': {reason}"))
+        DataError::Malformed { reason, .. } => malformed(&format!("the entry '{name}.npy': {reason}")),
+        DataError::Unsupported { reason, .. } => {
+            DataError::Unsupported { format: FORMAT, reason: format!("the entry '{name}.npy': {reason}") }
         }
-        DataError::Unsupported { reason, .. } => DataError::Unsupported {
-            format: FORMAT,
-            reason: format!("the entry '{name}.npy': {reason}"),
-        },
         DataError::Pickle(reason) => DataError::Pickle(format!("the entry '{name}.npy': {reason}")),
         other => other,
     }
@@ -284,8 +226,5 @@ fn zip_error(e: ZipError) -> DataError {
 }
 
 fn malformed(reason: &str) -> DataError {
-    DataError::Malformed {
-        format: FORMAT,
-        reason: reason.to_owned(),
-    }
+    DataError::Malformed { format: FORMAT, reason: reason.to_owned() }
 }

@@ -37,10 +37,7 @@ use std::io::{Read, Seek, Write};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{
-    DataError, Dtype, LabelRef, Labels, Normalization, SampleSource, ShapeDisplay, checked_product,
-    to_f32,
-};
+use super::{DataError, Dtype, LabelRef, Labels, Normalization, SampleSource, ShapeDisplay, checked_product, to_f32};
 
 /// The eight bytes every shard starts with.
 pub const MAGIC: &[u8; 8] = b"DAIGSHD1";
@@ -66,9 +63,7 @@ impl ShardLabels {
     pub fn of(labels: &Labels) -> ShardLabels {
         match labels {
             Labels::Classes { count, .. } => ShardLabels::Classes { count: *count },
-            Labels::Values { shape, .. } => ShardLabels::Values {
-                shape: shape.clone(),
-            },
+            Labels::Values { shape, .. } => ShardLabels::Values { shape: shape.clone() },
         }
     }
 
@@ -109,16 +104,9 @@ impl ShardHeader {
     fn sizes(&self) -> Result<Sizes, DataError> {
         let label_shape = self.labels.shape();
         if self.sample_shape.len() > MAX_RANK || label_shape.len() > MAX_RANK {
-            return Err(DataError::Shard(format!(
-                "sample ranks above {MAX_RANK} are not supported"
-            )));
+            return Err(DataError::Shard(format!("sample ranks above {MAX_RANK} are not supported")));
         }
-        if self
-            .sample_shape
-            .iter()
-            .chain(label_shape)
-            .any(|&d| d == 0 || u32::try_from(d).is_err())
-        {
+        if self.sample_shape.iter().chain(label_shape).any(|&d| d == 0 || u32::try_from(d).is_err()) {
             return Err(DataError::Shard(format!(
                 "sample dimensions must be 1 to 2^32-1, not {} and {}",
                 ShapeDisplay(&self.sample_shape),
@@ -126,10 +114,7 @@ impl ShardHeader {
             )));
         }
         if self.sample_count == 0 || u32::try_from(self.sample_count).is_err() {
-            return Err(DataError::Shard(format!(
-                "a shard holds 1 to 2^32-1 samples, not {}",
-                self.sample_count
-            )));
+            return Err(DataError::Shard(format!("a shard holds 1 to 2^32-1 samples, not {}", self.sample_count)));
         }
         if let ShardLabels::Classes { count: 0 } = self.labels {
             return Err(DataError::Shard("the class count is 0".into()));
@@ -140,25 +125,11 @@ impl ShardHeader {
             .and_then(|e| e.checked_mul(self.feature_dtype.size()))
             .ok_or_else(overflow)?;
         let label_elements = checked_product(label_shape).ok_or_else(overflow)?;
-        let features = sample_bytes
-            .checked_mul(self.sample_count)
-            .ok_or_else(overflow)?;
-        let labels = label_elements
-            .checked_mul(4)
-            .and_then(|b| b.checked_mul(self.sample_count))
-            .ok_or_else(overflow)?;
-        let total = header
-            .checked_add(features)
-            .and_then(|t| t.checked_add(labels))
-            .ok_or_else(overflow)?;
-        Ok(Sizes {
-            header,
-            sample_bytes,
-            label_elements,
-            features,
-            labels,
-            total,
-        })
+        let features = sample_bytes.checked_mul(self.sample_count).ok_or_else(overflow)?;
+        let labels =
+            label_elements.checked_mul(4).and_then(|b| b.checked_mul(self.sample_count)).ok_or_else(overflow)?;
+        let total = header.checked_add(features).and_then(|t| t.checked_add(labels)).ok_or_else(overflow)?;
+        Ok(Sizes { header, sample_bytes, label_elements, features, labels, total })
     }
 
     /// The length of the whole shard this header describes.
@@ -208,71 +179,45 @@ impl ShardHeader {
     /// [`DataError::Shard`] saying what is wrong: magic, version, codes, ranks, dimensions or a short input.
     pub fn decode(bytes: &[u8]) -> Result<(ShardHeader, usize), DataError> {
         let fixed = bytes.get(..FIXED_HEADER_BYTES).ok_or_else(|| {
-            DataError::Shard(format!(
-                "{} bytes is shorter than the {FIXED_HEADER_BYTES}-byte header",
-                bytes.len()
-            ))
+            DataError::Shard(format!("{} bytes is shorter than the {FIXED_HEADER_BYTES}-byte header", bytes.len()))
         })?;
         if &fixed[..8] != MAGIC {
-            return Err(DataError::Shard(
-                "it does not start with the magic DAIGSHD1".into(),
-            ));
+            return Err(DataError::Shard("it does not start with the magic DAIGSHD1".into()));
         }
         let version = u16::from_le_bytes([fixed[8], fixed[9]]);
         if version != VERSION {
-            return Err(DataError::Shard(format!(
-                "format version {version}; this build reads version {VERSION}"
-            )));
+            return Err(DataError::Shard(format!("format version {version}; this build reads version {VERSION}")));
         }
         let feature_dtype = Dtype::from_code(fixed[10])
             .ok_or_else(|| DataError::Shard(format!("unknown feature dtype code {}", fixed[10])))?;
-        let sample_count =
-            u32::from_le_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
+        let sample_count = u32::from_le_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
         let classes = u32::from_le_bytes([fixed[16], fixed[17], fixed[18], fixed[19]]);
         let (rank, label_rank) = (usize::from(fixed[20]), usize::from(fixed[21]));
         if fixed[22..24] != [0, 0] {
-            return Err(DataError::Shard(
-                "the reserved bytes 22..24 are not zero".into(),
-            ));
+            return Err(DataError::Shard("the reserved bytes 22..24 are not zero".into()));
         }
         if rank > MAX_RANK || label_rank > MAX_RANK {
-            return Err(DataError::Shard(format!(
-                "ranks {rank} and {label_rank}; at most {MAX_RANK} are supported"
-            )));
+            return Err(DataError::Shard(format!("ranks {rank} and {label_rank}; at most {MAX_RANK} are supported")));
         }
         let header_len = FIXED_HEADER_BYTES + 4 * (rank + label_rank);
         let dims = bytes.get(FIXED_HEADER_BYTES..header_len).ok_or_else(|| {
-            DataError::Shard(format!(
-                "{} bytes is shorter than the {header_len}-byte header",
-                bytes.len()
-            ))
+            DataError::Shard(format!("{} bytes is shorter than the {header_len}-byte header", bytes.len()))
         })?;
-        let dims: Vec<usize> = dims
-            .chunks_exact(4)
-            .map(|d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]) as usize)
-            .collect();
+        let dims: Vec<usize> =
+            dims.chunks_exact(4).map(|d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]) as usize).collect();
         let (sample_shape, label_shape) = dims.split_at(rank);
         let labels = match fixed[11] {
             LABEL_KIND_CLASSES if label_rank == 0 => ShardLabels::Classes { count: classes },
             LABEL_KIND_CLASSES => {
-                return Err(DataError::Shard(
-                    "class labels with a label rank above 0".into(),
-                ));
+                return Err(DataError::Shard("class labels with a label rank above 0".into()));
             }
-            LABEL_KIND_VALUES if classes == 0 => ShardLabels::Values {
-                shape: label_shape.to_vec(),
-            },
+            LABEL_KIND_VALUES if classes == 0 => ShardLabels::Values { shape: label_shape.to_vec() },
             LABEL_KIND_VALUES => {
                 return Err(DataError::Shard("value labels with a class count".into()));
             }
             kind => return Err(DataError::Shard(format!("unknown label kind {kind}"))),
         };
-        let header = ShardHeader {
-            feature_dtype,
-            sample_shape: sample_shape.to_vec(),
-            sample_count,
-            labels,
-        };
+        let header = ShardHeader { feature_dtype, sample_shape: sample_shape.to_vec(), sample_count, labels };
         header.sizes()?;
         Ok((header, header_len))
     }
@@ -298,13 +243,7 @@ impl<W: Write> ShardWriter<W> {
     pub fn new(mut out: W, header: ShardHeader) -> Result<Self, DataError> {
         let sizes = header.sizes()?;
         header.encode(&mut out)?;
-        Ok(ShardWriter {
-            out,
-            header,
-            sizes,
-            written: 0,
-            labels: Vec::with_capacity(sizes.labels),
-        })
+        Ok(ShardWriter { out, header, sizes, written: 0, labels: Vec::with_capacity(sizes.labels) })
     }
 
     /// Appends one sample: its features as little-endian raw bytes of the header's dtype, and its label.
@@ -315,10 +254,7 @@ impl<W: Write> ShardWriter<W> {
     /// wrong kind, shape or range; [`DataError::Io`] when the writer fails.
     pub fn push(&mut self, features_le: &[u8], label: LabelRef<'_>) -> Result<(), DataError> {
         if self.written == self.header.sample_count {
-            return Err(DataError::Shard(format!(
-                "the shard is full at {} samples",
-                self.written
-            )));
+            return Err(DataError::Shard(format!("the shard is full at {} samples", self.written)));
         }
         if features_le.len() != self.sizes.sample_bytes {
             return Err(DataError::Shard(format!(
@@ -331,15 +267,11 @@ impl<W: Write> ShardWriter<W> {
             (ShardLabels::Classes { count }, LabelRef::Class(c)) if c < *count => {
                 self.labels.extend_from_slice(&c.to_le_bytes());
             }
-            (ShardLabels::Values { .. }, LabelRef::Values(v))
-                if v.len() == self.sizes.label_elements =>
-            {
+            (ShardLabels::Values { .. }, LabelRef::Values(v)) if v.len() == self.sizes.label_elements => {
                 self.labels.extend(v.iter().flat_map(|x| x.to_le_bytes()));
             }
             (expected, got) => {
-                return Err(DataError::Shard(format!(
-                    "label {got:?} does not fit the header's {expected:?}"
-                )));
+                return Err(DataError::Shard(format!("label {got:?} does not fit the header's {expected:?}")));
             }
         }
         self.out.write_all(features_le)?;
@@ -412,9 +344,8 @@ impl<'a> ShardView<'a> {
                 }
             }
             ShardLabels::Values { .. } => {
-                if let Some(i) = labels
-                    .chunks_exact(4)
-                    .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+                if let Some(i) =
+                    labels.chunks_exact(4).position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
                 {
                     return Err(DataError::Shard(format!(
                         "sample {} has a target that is not finite",
@@ -423,12 +354,7 @@ impl<'a> ShardView<'a> {
                 }
             }
         }
-        Ok(ShardView {
-            header,
-            sizes,
-            features,
-            labels,
-        })
+        Ok(ShardView { header, sizes, features, labels })
     }
 
     /// The header.
@@ -454,8 +380,7 @@ impl<'a> ShardView<'a> {
     /// Sample `i`'s raw little-endian features, or `None` past the end.
     pub fn features_raw(&self, i: usize) -> Option<&'a [u8]> {
         let start = i.checked_mul(self.sizes.sample_bytes)?;
-        self.features
-            .get(start..start.checked_add(self.sizes.sample_bytes)?)
+        self.features.get(start..start.checked_add(self.sizes.sample_bytes)?)
     }
 
     /// All the features, raw and little-endian, sample after sample.
@@ -469,12 +394,7 @@ impl<'a> ShardView<'a> {
     ///
     /// [`DataError::Option`] for an index past the end, a wrong `out` length or a normalisation that does not
     /// suit the dtype.
-    pub fn sample_f32(
-        &self,
-        i: usize,
-        normalization: &Normalization,
-        out: &mut [f32],
-    ) -> Result<(), DataError> {
+    pub fn sample_f32(&self, i: usize, normalization: &Normalization, out: &mut [f32]) -> Result<(), DataError> {
         let raw = self.features_raw(i).ok_or_else(|| self.out_of_range(i))?;
         to_f32(self.header.feature_dtype, raw, normalization, out)
     }
@@ -486,10 +406,7 @@ impl<'a> ShardView<'a> {
     /// [`DataError::Option`] for an index past the end.
     pub fn label(&self, i: usize) -> Result<ShardLabel<'a>, DataError> {
         let per = self.sizes.label_elements * 4;
-        let start = i
-            .checked_mul(per)
-            .filter(|_| i < self.len())
-            .ok_or_else(|| self.out_of_range(i))?;
+        let start = i.checked_mul(per).filter(|_| i < self.len()).ok_or_else(|| self.out_of_range(i))?;
         let bytes = &self.labels[start..start + per];
         Ok(match self.header.labels {
             ShardLabels::Classes { .. } => {
@@ -500,10 +417,7 @@ impl<'a> ShardView<'a> {
     }
 
     fn out_of_range(&self, i: usize) -> DataError {
-        DataError::Option(format!(
-            "sample {i} is past the shard's {} samples",
-            self.len()
-        ))
+        DataError::Option(format!("sample {i} is past the shard's {} samples", self.len()))
     }
 }
 
@@ -529,10 +443,7 @@ impl ShardLabel<'_> {
     pub fn values(&self) -> Vec<f32> {
         match self {
             ShardLabel::Class(c) => vec![*c as f32],
-            ShardLabel::Values(b) => b
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
+            ShardLabel::Values(b) => b.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         }
     }
 }
@@ -571,8 +482,7 @@ pub struct ShardSummary {
 ///
 /// [`DataError::Option`] when `n` exceeds `u32::MAX`.
 pub fn permutation(n: usize, seed: u64) -> Result<Vec<u32>, DataError> {
-    let n32 = u32::try_from(n)
-        .map_err(|_| DataError::Option(format!("{n} samples; at most 2^32-1 are supported")))?;
+    let n32 = u32::try_from(n).map_err(|_| DataError::Option(format!("{n} samples; at most 2^32-1 are supported")))?;
     let mut order: Vec<u32> = (0..n32).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for i in (1..n).rev() {
@@ -590,9 +500,7 @@ pub fn permutation(n: usize, seed: u64) -> Result<Vec<u32>, DataError> {
 /// [`DataError::Option`] when `fraction` is not in `0.0..1.0` or leaves no training sample.
 pub fn split(n: usize, validation_fraction: f64) -> Result<(usize, usize), DataError> {
     if !(0.0..1.0).contains(&validation_fraction) {
-        return Err(DataError::Option(format!(
-            "the validation fraction must be in [0, 1), not {validation_fraction}"
-        )));
+        return Err(DataError::Option(format!("the validation fraction must be in [0, 1), not {validation_fraction}")));
     }
     // Below n, since the fraction is below 1, up to rounding that the `min` catches.
     let validation = ((n as f64 * validation_fraction).round() as usize).min(n);
@@ -626,11 +534,9 @@ where
 {
     let n = features.info().len();
     if labels.len() != n {
-        return Err(DataError::Mismatch(format!(
-            "there are {n} samples of features but {} labels",
-            labels.len()
-        ))
-        .into());
+        return Err(
+            DataError::Mismatch(format!("there are {n} samples of features but {} labels", labels.len())).into()
+        );
     }
     if n == 0 {
         return Err(DataError::Mismatch("the features have no samples".into()).into());
@@ -647,25 +553,14 @@ where
         sample_count: 0,
         labels: ShardLabels::of(labels),
     };
-    let mut summary = ShardSummary {
-        train_samples: train,
-        validation_samples: validation,
-        train_shards: 0,
-        validation_shards: 0,
-    };
+    let mut summary =
+        ShardSummary { train_samples: train, validation_samples: validation, train_shards: 0, validation_shards: 0 };
     for (part, is_train) in [(train_order, true), (validation_order, false)] {
         for (number, chunk) in part.chunks(plan.samples_per_shard).enumerate() {
-            let header = ShardHeader {
-                sample_count: chunk.len(),
-                ..template.clone()
-            };
+            let header = ShardHeader { sample_count: chunk.len(), ..template.clone() };
             let bytes = build_shard(features, labels, &header, chunk)?;
             // Fewer shards than samples, and samples fit in u32.
-            let role = if is_train {
-                ShardRole::Train(number as u32)
-            } else {
-                ShardRole::Validation(number as u32)
-            };
+            let role = if is_train { ShardRole::Train(number as u32) } else { ShardRole::Validation(number as u32) };
             emit(role, bytes)?;
             if is_train {
                 summary.train_shards += 1;
@@ -688,18 +583,11 @@ fn build_shard<R: Read + Seek>(
     header.encode(&mut bytes)?;
     bytes.resize(sizes.header + sizes.features, 0);
     // Read in file order, so that a shard's samples are fetched with forward seeks only.
-    let mut by_position: Vec<(u32, usize)> = indices
-        .iter()
-        .enumerate()
-        .map(|(slot, &i)| (i, slot))
-        .collect();
+    let mut by_position: Vec<(u32, usize)> = indices.iter().enumerate().map(|(slot, &i)| (i, slot)).collect();
     by_position.sort_unstable();
     for (index, slot) in by_position {
         let start = sizes.header + slot * sizes.sample_bytes;
-        features.read_samples_le(
-            index as usize,
-            &mut bytes[start..start + sizes.sample_bytes],
-        )?;
+        features.read_samples_le(index as usize, &mut bytes[start..start + sizes.sample_bytes])?;
     }
     for &index in indices {
         match labels.get(index as usize) {

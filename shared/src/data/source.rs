@@ -3,10 +3,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use super::{
-    ArrayInfo, ByteOrder, DataError, Limits, RawArray, ShapeDisplay, read_exact_or_truncated,
-    swap_bytes,
-};
+use super::{ArrayInfo, ByteOrder, DataError, Limits, RawArray, ShapeDisplay, read_exact_or_truncated, swap_bytes};
 
 /// Samples at known offsets in a `Read + Seek` input: a `.npy` or IDX file, a stored `.npz` entry, or a raw
 /// file written by [`spool_to_raw`]. Only the sample asked for is read, so the input may be larger than memory.
@@ -29,13 +26,7 @@ impl<R: Read + Seek> SampleSource<R> {
     pub fn npy(mut reader: R, limits: &Limits) -> Result<Self, DataError> {
         reader.seek(SeekFrom::Start(0))?;
         let header = super::npy::read_header(&mut reader, limits)?;
-        Self::new(
-            reader,
-            header.info,
-            header.data_offset,
-            End::Exact,
-            ".npy data",
-        )
+        Self::new(reader, header.info, header.data_offset, End::Exact, ".npy data")
     }
 
     /// Opens an IDX file, checking that its length is exactly what the header declares.
@@ -46,13 +37,7 @@ impl<R: Read + Seek> SampleSource<R> {
     pub fn idx(mut reader: R, limits: &Limits) -> Result<Self, DataError> {
         reader.seek(SeekFrom::Start(0))?;
         let header = super::idx::read_header(&mut reader, limits)?;
-        Self::new(
-            reader,
-            header.info,
-            header.data_offset,
-            End::Exact,
-            "IDX data",
-        )
+        Self::new(reader, header.info, header.data_offset, End::Exact, "IDX data")
     }
 
     /// Opens raw samples described by `info` at `data_offset`, e.g. the output of [`spool_to_raw`]. The input
@@ -62,12 +47,7 @@ impl<R: Read + Seek> SampleSource<R> {
     ///
     /// [`DataError::TooLarge`] or [`DataError::Malformed`] when `info` breaks `limits`, [`DataError::Truncated`]
     /// when the input is shorter than the data.
-    pub fn raw(
-        reader: R,
-        info: ArrayInfo,
-        data_offset: u64,
-        limits: &Limits,
-    ) -> Result<Self, DataError> {
+    pub fn raw(reader: R, info: ArrayInfo, data_offset: u64, limits: &Limits) -> Result<Self, DataError> {
         info.validate("raw sample", limits)?;
         Self::new(reader, info, data_offset, End::AtLeast, "the raw samples")
     }
@@ -86,31 +66,18 @@ impl<R: Read + Seek> SampleSource<R> {
         let actual_end = reader.seek(SeekFrom::End(0))?;
         if actual_end < expected_end {
             return Err(DataError::Truncated {
-                what: format!(
-                    "{what} ({} of shape {})",
-                    info.dtype,
-                    ShapeDisplay(&info.shape)
-                ),
+                what: format!("{what} ({} of shape {})", info.dtype, ShapeDisplay(&info.shape)),
                 expected: expected_end - data_offset,
                 actual: actual_end.saturating_sub(data_offset),
             });
         }
         if end == End::Exact && actual_end > expected_end {
             return Err(DataError::TrailingBytes {
-                what: format!(
-                    "{what} ({} of shape {})",
-                    info.dtype,
-                    ShapeDisplay(&info.shape)
-                ),
+                what: format!("{what} ({} of shape {})", info.dtype, ShapeDisplay(&info.shape)),
                 extra: actual_end - expected_end,
             });
         }
-        Ok(SampleSource {
-            reader,
-            info,
-            data_offset,
-            sample_bytes,
-        })
+        Ok(SampleSource { reader, info, data_offset, sample_bytes })
     }
 
     /// What the samples are.
@@ -131,11 +98,7 @@ impl<R: Read + Seek> SampleSource<R> {
     /// [`DataError::Io`] or [`DataError::Truncated`] when the input fails or shrank since it was opened.
     pub fn read_samples_le(&mut self, first: usize, out: &mut [u8]) -> Result<(), DataError> {
         let count = out.len().checked_div(self.sample_bytes).unwrap_or(0);
-        if count * self.sample_bytes != out.len()
-            || first
-                .checked_add(count)
-                .is_none_or(|end| end > self.info.len())
-        {
+        if count * self.sample_bytes != out.len() || first.checked_add(count).is_none_or(|end| end > self.info.len()) {
             return Err(DataError::Option(format!(
                 "samples {first}..{first}+{count} (buffer {} bytes) are outside the {} samples of {} bytes",
                 out.len(),
@@ -180,11 +143,7 @@ pub fn read_array(info: ArrayInfo, r: impl Read, limits: &Limits) -> Result<RawA
     let expected = info.byte_len()?;
     if expected > limits.max_in_memory_bytes {
         return Err(DataError::TooLarge {
-            what: format!(
-                "a {} array of shape {} read into memory",
-                info.dtype,
-                ShapeDisplay(&info.shape)
-            ),
+            what: format!("a {} array of shape {} read into memory", info.dtype, ShapeDisplay(&info.shape)),
             bytes: expected,
             limit: limits.max_in_memory_bytes,
         });
@@ -192,26 +151,13 @@ pub fn read_array(info: ArrayInfo, r: impl Read, limits: &Limits) -> Result<RawA
     let mut data = Vec::new();
     let mut r = r.take(expected + 1);
     r.read_to_end(&mut data)?;
-    let what = || {
-        format!(
-            "the {} array of shape {}",
-            info.dtype,
-            ShapeDisplay(&info.shape)
-        )
-    };
+    let what = || format!("the {} array of shape {}", info.dtype, ShapeDisplay(&info.shape));
     if (data.len() as u64) < expected {
-        return Err(DataError::Truncated {
-            what: what(),
-            expected,
-            actual: data.len() as u64,
-        });
+        return Err(DataError::Truncated { what: what(), expected, actual: data.len() as u64 });
     }
     if data.len() as u64 > expected {
         let extra = 1 + io::copy(&mut r.into_inner(), &mut io::sink())?;
-        return Err(DataError::TrailingBytes {
-            what: what(),
-            extra,
-        });
+        return Err(DataError::TrailingBytes { what: what(), extra });
     }
     Ok(RawArray { info, data })
 }
@@ -241,11 +187,7 @@ pub fn spool_to_raw(
         let chunk = &mut buf[..want];
         read_exact_or_truncated(&mut r, chunk, "spooling").map_err(|e| match e {
             DataError::Truncated { actual, .. } => DataError::Truncated {
-                what: format!(
-                    "the {} array of shape {}",
-                    info.dtype,
-                    ShapeDisplay(&info.shape)
-                ),
+                what: format!("the {} array of shape {}", info.dtype, ShapeDisplay(&info.shape)),
                 expected,
                 actual: copied + actual,
             },
@@ -260,17 +202,10 @@ pub fn spool_to_raw(
     let extra = io::copy(&mut r, &mut io::sink())?;
     if extra > 0 {
         return Err(DataError::TrailingBytes {
-            what: format!(
-                "the {} array of shape {}",
-                info.dtype,
-                ShapeDisplay(&info.shape)
-            ),
+            what: format!("the {} array of shape {}", info.dtype, ShapeDisplay(&info.shape)),
             extra,
         });
     }
     out.flush()?;
-    Ok(ArrayInfo {
-        byte_order: ByteOrder::Little,
-        ..info.clone()
-    })
+    Ok(ArrayInfo { byte_order: ByteOrder::Little, ..info.clone() })
 }

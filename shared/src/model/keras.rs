@@ -180,7 +180,8 @@ impl Options<'_> {
     fn weighted(&mut self) {
         self.common();
         self.expect_absent_or("use_bias", &[Value::Bool(true)]);
-        for key in ["kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint"]
+        for key in
+            ["kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint"]
         {
             self.expect_absent_or(key, &[]);
         }

@@ -370,10 +370,7 @@ fn analyze(spec: &ModelSpec, limits: &Limits, errors: &mut Vec<SpecError>) -> Op
     if flops > limits.max_flops_per_sample {
         errors.push(SpecError::model(
             "layers",
-            format!(
-                "the model needs {flops} FLOPs per sample, more than the limit of {}",
-                limits.max_flops_per_sample
-            ),
+            format!("the model needs {flops} FLOPs per sample, more than the limit of {}", limits.max_flops_per_sample),
         ));
     }
     current.map(|_| infos)
@@ -419,7 +416,10 @@ fn layer_info(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<SpecEr
     let (output, window, param_count, flops) = match layer {
         Layer::Dense { units, activation } => {
             if input.0.len() != 1 {
-                err(None, format!("its input has shape {input}; dense needs a 1-D input: add a flatten layer before it"));
+                err(
+                    None,
+                    format!("its input has shape {input}; dense needs a 1-D input: add a flatten layer before it"),
+                );
                 return None;
             }
             let fan_in = input.0[0];
@@ -495,7 +495,10 @@ fn layer_info(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<SpecEr
         Layer::Dropout { .. } => (input.clone(), None, 0, in_elems),
         Layer::Activation { activation } => {
             if *activation == Activation::Softmax && input.0.len() != 1 {
-                err(Some("activation"), format!("softmax needs a 1-D input, not {input}: add a flatten layer before it"));
+                err(
+                    Some("activation"),
+                    format!("softmax needs a 1-D input, not {input}: add a flatten layer before it"),
+                );
                 return None;
             }
             (input.clone(), None, 0, activation_flops(*activation, in_elems))

@@ -87,9 +87,9 @@ impl Layer {
     /// The activation the layer applies, if it applies one.
     pub fn activation(&self) -> Option<Activation> {
         match self {
-            Layer::Dense { activation, .. }
-            | Layer::Conv2d { activation, .. }
-            | Layer::Activation { activation } => Some(*activation),
+            Layer::Dense { activation, .. } | Layer::Conv2d { activation, .. } | Layer::Activation { activation } => {
+                Some(*activation)
+            }
             _ => None,
         }
     }
@@ -201,9 +201,9 @@ impl<'de> Deserialize<'de> for Size2 {
             One(usize),
             Two([usize; 2]),
         }
-        match Repr::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a non-negative integer or a pair [height, width]")
-        })? {
+        match Repr::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a non-negative integer or a pair [height, width]"))?
+        {
             Repr::One(n) => Ok(Size2::new(n, n)),
             Repr::Two([h, w]) => Ok(Size2::new(h, w)),
         }

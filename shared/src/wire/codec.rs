@@ -62,14 +62,10 @@ impl From<postcard::Error> for DecodeError {
             // serde's derived visitors report unknown variant indices this way; postcard drops the message.
             E::SerdeDeCustom => "a value is out of range, e.g. an unknown frame or enum variant",
             _ => {
-                return DecodeError::Malformed {
-                    reason: error.to_string(),
-                };
+                return DecodeError::Malformed { reason: error.to_string() };
             }
         };
-        DecodeError::Malformed {
-            reason: reason.to_owned(),
-        }
+        DecodeError::Malformed { reason: reason.to_owned() }
     }
 }
 
@@ -110,19 +106,13 @@ impl<'a> Frame<'a> {
     /// [`DecodeError::Incomplete`], [`DecodeError::Malformed`] and [`DecodeError::TrailingBytes`].
     pub fn decode_with_limit(bytes: &'a [u8], max_frame_bytes: usize) -> Result<Self, DecodeError> {
         if bytes.len() > max_frame_bytes {
-            return Err(DecodeError::TooLarge {
-                len: bytes.len(),
-                max: max_frame_bytes,
-            });
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: max_frame_bytes });
         }
         // A truncated or broken version is left for the full decode to report.
         if let Ok(Some(got)) = peek_hello_version(bytes)
             && got != PROTOCOL_VERSION
         {
-            return Err(DecodeError::UnsupportedVersion {
-                got,
-                supported: PROTOCOL_VERSION,
-            });
+            return Err(DecodeError::UnsupportedVersion { got, supported: PROTOCOL_VERSION });
         }
         let (frame, rest) = postcard::take_from_bytes::<Frame<'a>>(bytes)?;
         if !rest.is_empty() {
@@ -132,10 +122,7 @@ impl<'a> Frame<'a> {
         if let Frame::Hello(hello) = &frame
             && hello.protocol_version != PROTOCOL_VERSION
         {
-            return Err(DecodeError::UnsupportedVersion {
-                got: hello.protocol_version,
-                supported: PROTOCOL_VERSION,
-            });
+            return Err(DecodeError::UnsupportedVersion { got: hello.protocol_version, supported: PROTOCOL_VERSION });
         }
         Ok(frame)
     }
@@ -156,8 +143,7 @@ impl<'a> Frame<'a> {
     /// frames stops allocating once it is large enough.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
-        postcard::serialize_with_flavor(self, AppendVec(out))
-            .expect("postcard can encode any Frame into a Vec");
+        postcard::serialize_with_flavor(self, AppendVec(out)).expect("postcard can encode any Frame into a Vec");
     }
 }
 

@@ -61,14 +61,14 @@ mod transfer;
 
 pub use codec::{DecodeError, peek_hello_version};
 pub use messages::{
-    Ack, AckOutcome, Backend, CancelLease, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease,
-    LeaseId, LeaseProgress, Normalisation, ProjectId, ProviderId, RefusalReason, SampleSelection,
-    ShardHash, ShardRequest, ShardSamples, TrainingInfo, Welcome,
+    Ack, AckOutcome, Backend, CancelLease, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease, LeaseId,
+    LeaseProgress, Normalisation, ProjectId, ProviderId, RefusalReason, SampleSelection, ShardHash, ShardRequest,
+    ShardSamples, TrainingInfo, Welcome,
 };
 pub use payload::{PayloadError, f32s_from_le_bytes, f32s_to_le_bytes};
 pub use transfer::{
-    Chunk, ContributionInfo, Reassembler, ReassemblyError, Transfer, TransferId, TransferKind,
-    TransferStart, transfer_frames,
+    Chunk, ContributionInfo, Reassembler, ReassemblyError, Transfer, TransferId, TransferKind, TransferStart,
+    transfer_frames,
 };
 
 /// The version of this protocol, sent first in [`Hello`]; a server accepts only its own.

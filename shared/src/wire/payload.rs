@@ -9,9 +9,7 @@ use std::borrow::Cow;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     /// The length is not a whole number of `f32` values.
-    #[error(
-        "f32 payload is {len} bytes, which is not a multiple of 4; the sender must send whole f32 values"
-    )]
+    #[error("f32 payload is {len} bytes, which is not a multiple of 4; the sender must send whole f32 values")]
     NotF32 {
         /// The payload's length in bytes.
         len: usize,
@@ -46,9 +44,6 @@ pub fn f32s_from_le_bytes(bytes: &[u8]) -> Result<Vec<f32>, PayloadError> {
     }
     #[cfg(target_endian = "big")]
     {
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 }

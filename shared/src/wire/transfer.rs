@@ -11,9 +11,7 @@ use super::messages::{Frame, LeaseId, ShardHash};
 use super::payload::{PayloadError, f32s_from_le_bytes};
 
 /// Names a transfer within one connection and direction; the sender picks it (e.g. a counter).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TransferId(pub u32);
 
@@ -54,10 +52,7 @@ pub enum TransferKind {
 impl TransferKind {
     /// Whether the payload is `f32` values, whose length must be a multiple of 4.
     pub fn is_f32(&self) -> bool {
-        matches!(
-            self,
-            TransferKind::Params { .. } | TransferKind::Contribution(_)
-        )
+        matches!(self, TransferKind::Params { .. } | TransferKind::Contribution(_))
     }
 }
 
@@ -90,11 +85,7 @@ impl Chunk<'_> {
     /// Copies borrowed bytes so that the chunk outlives its source.
     #[must_use]
     pub fn into_owned(self) -> Chunk<'static> {
-        Chunk {
-            transfer_id: self.transfer_id,
-            index: self.index,
-            bytes: Cow::Owned(self.bytes.into_owned()),
-        }
+        Chunk { transfer_id: self.transfer_id, index: self.index, bytes: Cow::Owned(self.bytes.into_owned()) }
     }
 }
 
@@ -115,26 +106,15 @@ impl fmt::Debug for Chunk<'_> {
 /// # Panics
 ///
 /// If `payload` needs more than `u32::MAX` chunks (4 PiB), which no caller can hold in memory.
-pub fn transfer_frames(
-    transfer_id: TransferId,
-    kind: TransferKind,
-    payload: &[u8],
-) -> impl Iterator<Item = Frame<'_>> {
-    let start = Frame::TransferStart(TransferStart {
-        transfer_id,
-        kind,
-        total_bytes: payload.len() as u64,
+pub fn transfer_frames(transfer_id: TransferId, kind: TransferKind, payload: &[u8]) -> impl Iterator<Item = Frame<'_>> {
+    let start = Frame::TransferStart(TransferStart { transfer_id, kind, total_bytes: payload.len() as u64 });
+    let chunks = payload.chunks(MAX_CHUNK_BYTES).enumerate().map(move |(index, bytes)| {
+        Frame::Chunk(Chunk {
+            transfer_id,
+            index: u32::try_from(index).expect("a payload has at most u32::MAX chunks"),
+            bytes: Cow::Borrowed(bytes),
+        })
     });
-    let chunks = payload
-        .chunks(MAX_CHUNK_BYTES)
-        .enumerate()
-        .map(move |(index, bytes)| {
-            Frame::Chunk(Chunk {
-                transfer_id,
-                index: u32::try_from(index).expect("a payload has at most u32::MAX chunks"),
-                bytes: Cow::Borrowed(bytes),
-            })
-        });
     std::iter::once(start).chain(chunks)
 }
 
@@ -165,9 +145,7 @@ impl Transfer {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReassemblyError {
     /// The declared size is over the receiver's limit; nothing was allocated.
-    #[error(
-        "transfer {transfer_id} declares {declared_bytes} bytes, over this side's limit of {limit_bytes} bytes"
-    )]
+    #[error("transfer {transfer_id} declares {declared_bytes} bytes, over this side's limit of {limit_bytes} bytes")]
     TooLarge {
         /// The transfer.
         transfer_id: TransferId,
@@ -177,9 +155,7 @@ pub enum ReassemblyError {
         limit_bytes: u64,
     },
     /// An `f32` payload's declared size is not a multiple of 4.
-    #[error(
-        "transfer {transfer_id} carries f32 values but declares {declared_bytes} bytes, not a multiple of 4"
-    )]
+    #[error("transfer {transfer_id} carries f32 values but declares {declared_bytes} bytes, not a multiple of 4")]
     NotF32 {
         /// The transfer.
         transfer_id: TransferId,
@@ -187,9 +163,7 @@ pub enum ReassemblyError {
         declared_bytes: u64,
     },
     /// The receiver could not allocate the declared size, though it is within the limit.
-    #[error(
-        "cannot allocate {declared_bytes} bytes for transfer {transfer_id}; lower the transfer limit"
-    )]
+    #[error("cannot allocate {declared_bytes} bytes for transfer {transfer_id}; lower the transfer limit")]
     OutOfMemory {
         /// The transfer.
         transfer_id: TransferId,
@@ -197,9 +171,7 @@ pub enum ReassemblyError {
         declared_bytes: u64,
     },
     /// A transfer started while another was still open; the sender must finish one before the next.
-    #[error(
-        "transfer {new} started while transfer {open} was still open; send one transfer at a time"
-    )]
+    #[error("transfer {new} started while transfer {open} was still open; send one transfer at a time")]
     AlreadyOpen {
         /// The open transfer, now discarded.
         open: TransferId,
@@ -207,9 +179,7 @@ pub enum ReassemblyError {
         new: TransferId,
     },
     /// A chunk arrived when no transfer was open.
-    #[error(
-        "chunk {index} of transfer {transfer_id} arrived with no transfer open; send TransferStart first"
-    )]
+    #[error("chunk {index} of transfer {transfer_id} arrived with no transfer open; send TransferStart first")]
     NoOpenTransfer {
         /// The chunk's transfer id.
         transfer_id: TransferId,
@@ -225,9 +195,7 @@ pub enum ReassemblyError {
         got: TransferId,
     },
     /// A chunk is empty or longer than [`MAX_CHUNK_BYTES`].
-    #[error(
-        "chunk {index} of transfer {transfer_id} is {len} bytes; chunks must be 1 to {MAX_CHUNK_BYTES} bytes"
-    )]
+    #[error("chunk {index} of transfer {transfer_id} is {len} bytes; chunks must be 1 to {MAX_CHUNK_BYTES} bytes")]
     BadChunkLength {
         /// The transfer.
         transfer_id: TransferId,
@@ -237,9 +205,7 @@ pub enum ReassemblyError {
         len: usize,
     },
     /// A chunk's index was already received.
-    #[error(
-        "chunk {index} of transfer {transfer_id} is a duplicate; chunk {expected} was expected next"
-    )]
+    #[error("chunk {index} of transfer {transfer_id} is a duplicate; chunk {expected} was expected next")]
     Duplicate {
         /// The transfer.
         transfer_id: TransferId,
@@ -249,9 +215,7 @@ pub enum ReassemblyError {
         expected: u32,
     },
     /// A chunk came before one it follows.
-    #[error(
-        "chunk {index} of transfer {transfer_id} arrived out of order; chunk {expected} was expected next"
-    )]
+    #[error("chunk {index} of transfer {transfer_id} arrived out of order; chunk {expected} was expected next")]
     OutOfOrder {
         /// The transfer.
         transfer_id: TransferId,
@@ -303,10 +267,7 @@ impl Reassembler {
     /// A reassembler that refuses transfers over `max_transfer_bytes`
     /// (see [`DEFAULT_MAX_TRANSFER_BYTES`](super::DEFAULT_MAX_TRANSFER_BYTES)).
     pub fn new(max_transfer_bytes: u64) -> Self {
-        Reassembler {
-            max_transfer_bytes,
-            open: None,
-        }
+        Reassembler { max_transfer_bytes, open: None }
     }
 
     /// The largest transfer it accepts.
@@ -321,14 +282,7 @@ impl Reassembler {
 
     /// The open transfer, if any: its id, kind, bytes received and bytes declared.
     pub fn open_transfer(&self) -> Option<(TransferId, &TransferKind, usize, usize)> {
-        self.open.as_ref().map(|open| {
-            (
-                open.transfer_id,
-                &open.kind,
-                open.bytes.len(),
-                open.total_bytes,
-            )
-        })
+        self.open.as_ref().map(|open| (open.transfer_id, &open.kind, open.bytes.len(), open.total_bytes))
     }
 
     /// Discards the open transfer (e.g. when its lease is cancelled) and returns its id.
@@ -361,46 +315,23 @@ impl Reassembler {
         let transfer_id = start.transfer_id;
         let declared_bytes = start.total_bytes;
         if let Some(open) = self.open.take() {
-            return Err(ReassemblyError::AlreadyOpen {
-                open: open.transfer_id,
-                new: transfer_id,
-            });
+            return Err(ReassemblyError::AlreadyOpen { open: open.transfer_id, new: transfer_id });
         }
         let total_bytes = usize::try_from(declared_bytes)
             .ok()
             .filter(|_| declared_bytes <= self.max_transfer_bytes)
-            .ok_or(ReassemblyError::TooLarge {
-                transfer_id,
-                declared_bytes,
-                limit_bytes: self.max_transfer_bytes,
-            })?;
+            .ok_or(ReassemblyError::TooLarge { transfer_id, declared_bytes, limit_bytes: self.max_transfer_bytes })?;
         if start.kind.is_f32() && !total_bytes.is_multiple_of(4) {
-            return Err(ReassemblyError::NotF32 {
-                transfer_id,
-                declared_bytes,
-            });
+            return Err(ReassemblyError::NotF32 { transfer_id, declared_bytes });
         }
         if total_bytes == 0 {
-            return Ok(Some(Transfer {
-                transfer_id,
-                kind: start.kind.clone(),
-                bytes: Vec::new(),
-            }));
+            return Ok(Some(Transfer { transfer_id, kind: start.kind.clone(), bytes: Vec::new() }));
         }
         let mut bytes = Vec::new();
         bytes
             .try_reserve_exact(total_bytes)
-            .map_err(|_| ReassemblyError::OutOfMemory {
-                transfer_id,
-                declared_bytes,
-            })?;
-        self.open = Some(OpenTransfer {
-            transfer_id,
-            kind: start.kind.clone(),
-            total_bytes,
-            next_index: 0,
-            bytes,
-        });
+            .map_err(|_| ReassemblyError::OutOfMemory { transfer_id, declared_bytes })?;
+        self.open = Some(OpenTransfer { transfer_id, kind: start.kind.clone(), total_bytes, next_index: 0, bytes });
         Ok(None)
     }
 
@@ -419,32 +350,17 @@ impl Reassembler {
             return Err(ReassemblyError::NoOpenTransfer { transfer_id, index });
         };
         if transfer_id != open.transfer_id {
-            return Err(ReassemblyError::WrongTransfer {
-                expected: open.transfer_id,
-                got: transfer_id,
-            });
+            return Err(ReassemblyError::WrongTransfer { expected: open.transfer_id, got: transfer_id });
         }
         if len == 0 || len > MAX_CHUNK_BYTES {
-            return Err(ReassemblyError::BadChunkLength {
-                transfer_id,
-                index,
-                len,
-            });
+            return Err(ReassemblyError::BadChunkLength { transfer_id, index, len });
         }
         let expected = open.next_index;
         if index < expected {
-            return Err(ReassemblyError::Duplicate {
-                transfer_id,
-                index,
-                expected,
-            });
+            return Err(ReassemblyError::Duplicate { transfer_id, index, expected });
         }
         if index > expected {
-            return Err(ReassemblyError::OutOfOrder {
-                transfer_id,
-                index,
-                expected,
-            });
+            return Err(ReassemblyError::OutOfOrder { transfer_id, index, expected });
         }
         let would_be_bytes = open.bytes.len() + len;
         if would_be_bytes > open.total_bytes {
@@ -457,11 +373,7 @@ impl Reassembler {
         }
         open.bytes.extend_from_slice(&chunk.bytes);
         if open.bytes.len() == open.total_bytes {
-            return Ok(Some(Transfer {
-                transfer_id,
-                kind: open.kind,
-                bytes: open.bytes,
-            }));
+            return Ok(Some(Transfer { transfer_id, kind: open.kind, bytes: open.bytes }));
         }
         // Indices are u32: a transfer that needs more chunks (over 4 GiB in 1-byte chunks) ends in
         // `Duplicate` rather than wrapping around.
