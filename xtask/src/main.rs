@@ -1,6 +1,7 @@
 //! Build automation that Cargo cannot express.
 //!
-//! - `cargo xtask test`: every check CI runs: the workspace's tests, clippy with warnings denied, and the
+//! - `cargo xtask test`: every check CI runs: formatting, the workspace's tests (the GPU engine's on whatever
+//!   adapter is present: Mesa's lavapipe where there is no GPU), clippy with warnings denied, and the
 //!   build of `daig-shared` for `wasm32-unknown-unknown` (an invariant: the shared crate runs in browsers).
 //! - `cargo xtask bench`: the benchmarks recorded in BENCHMARKS.md, each beside its peer in the same run.
 //!
@@ -23,6 +24,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn test() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
     cargo(&["build", "--package", "daig-shared", "--target", "wasm32-unknown-unknown"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "--deny", "warnings"])?;
     cargo(&["clippy", "--package", "daig-shared", "--target", "wasm32-unknown-unknown", "--", "--deny", "warnings"])?;
@@ -33,6 +35,7 @@ fn test() -> anyhow::Result<()> {
 fn bench() -> anyhow::Result<()> {
     cargo(&["bench", "--package", "daig-shared", "--bench", "frame"])?;
     cargo(&["bench", "--package", "daig-shared", "--bench", "trainer"])?;
+    cargo(&["run", "--release", "--package", "daig-provider", "--example", "gpu_bench", "--", "--quick"])?;
     Ok(())
 }
 
