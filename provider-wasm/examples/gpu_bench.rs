@@ -2,7 +2,9 @@
 //! matmul GFLOP/s (kernel time apart from upload and readback) and training samples/s of the MNIST MLP and
 //! a convnet at batch 64 and 256. Prints a Markdown table.
 //!
-//! `cargo run --release -p daig-provider --example gpu_bench [-- --quick] [-- --no-cpu]`
+//! `cargo run --release -p daig-provider --example gpu_bench [-- --quick] [--no-cpu] [--sweep]`
+//!
+//! `--sweep` also times the 4096^3 matmul with several tile shapes, to choose the default for large GPUs.
 //!
 //! Timings are wall-clock over repeated runs after a warm-up; kernel time is the time of back-to-back
 //! launches up to the GPU's completion, with nothing copied in or out.
@@ -14,7 +16,7 @@ use daig_provider::gpu::matmul::{Matmul, MatmulTiles};
 use daig_provider::gpu::trainer::{DropoutSeed, GpuTrainer};
 use daig_shared::model::{Limits, Model};
 use daig_shared::params::init_params;
-use daig_shared::train::{Batch, DropoutKey, Labels, LocalConfig, Trainer};
+use daig_shared::train::{Batch, DropoutKey, Labels, LocalConfig, Trainer, mat_mul};
 use ndarray::{Array2, ArrayView2};
 
 const MLP: &str = r#"{"input_shape": [784], "layers": [
@@ -63,6 +65,10 @@ fn main() {
     let tiles = MatmulTiles::for_gpu(&gpu);
     println!("matmul tiles: {tiles:?}\n");
 
+    if args.iter().any(|a| a == "--sweep") {
+        sweep(&gpu, budget);
+    }
+
     println!("| benchmark | engine (GPU) | reference (CPU) | GPU / CPU |");
     println!("|---|---|---|---|");
     let sizes: &[usize] = if quick { &[256, 1024] } else { &[256, 1024, 4096] };
@@ -95,8 +101,10 @@ fn main() {
                 Array2::from_shape_vec((n, n), a.clone()).unwrap(),
                 Array2::from_shape_vec((n, n), b.clone()).unwrap(),
             );
+            let mut z = Array2::zeros((n, n));
             let t = time(budget, 2, || {
-                std::hint::black_box(x.dot(&y));
+                mat_mul(&x.view(), &y.view(), &mut z.view_mut());
+                std::hint::black_box(&z);
             });
             Some(flops / t.as_secs_f64() / 1e9)
         } else {
@@ -164,4 +172,34 @@ fn main() {
             );
         }
     }
+}
+
+/// Times the 4096^3 matmul with several tile shapes.
+fn sweep(gpu: &Gpu, budget: Duration) {
+    let n = 4096;
+    let (a, b) = (random(n * n, 1), random(n * n, 2));
+    let (ga, gb, gc) =
+        (gpu.buffer_from("a", &a).unwrap(), gpu.buffer_from("b", &b).unwrap(), gpu.buffer("c", n * n).unwrap());
+    let mm = Matmul::new(n, n, n);
+    let dims = mm.dims(gpu);
+    println!("| tiles (wg_x, wg_y, tm, tn, bk) | matmul 4096^3 GFLOP/s (kernel) |");
+    println!("|---|---|");
+    for (wg_x, wg_y, tm, tn, bk) in [
+        (16, 16, 8, 8, 8),
+        (16, 16, 8, 8, 16),
+        (16, 16, 4, 4, 16),
+        (16, 8, 8, 8, 8),
+        (32, 8, 4, 8, 8),
+        (16, 16, 8, 4, 8),
+        (8, 8, 4, 4, 8),
+    ] {
+        let tiles = MatmulTiles { wg_x, wg_y, tm, tn, bk };
+        let d = mm.prepare(gpu, tiles, &dims, &ga, &gb, None, &gc);
+        let t = time(budget, 3, || {
+            gpu.run(&[&d, &d, &d, &d]);
+            gpu.wait().unwrap();
+        }) / 4;
+        println!("| {wg_x}, {wg_y}, {tm}, {tn}, {bk} | {:.0} |", 2.0 * (n as f64).powi(3) / t.as_secs_f64() / 1e9);
+    }
+    println!();
 }

@@ -9,7 +9,7 @@ use super::Real;
 ///
 /// # Panics
 /// When the shapes do not agree.
-pub(crate) fn mat_mul<A: Real>(a: &ArrayView2<'_, A>, b: &ArrayView2<'_, A>, c: &mut ArrayViewMut2<'_, A>) {
+pub fn mat_mul<A: Real>(a: &ArrayView2<'_, A>, b: &ArrayView2<'_, A>, c: &mut ArrayViewMut2<'_, A>) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert!(k == k2 && c.dim() == (m, n), "matmul shapes {:?} x {:?} -> {:?}", a.dim(), b.dim(), c.dim());

@@ -42,6 +42,7 @@ use std::fmt::Debug;
 use ndarray::{ArrayView2, LinalgScalar, ScalarOperand};
 
 pub use self::dropout::{DropoutKey, dropout_keep};
+pub use self::matmul::mat_mul;
 pub use self::network::Network;
 pub use self::optim::{Method, Optimizer, OptimizerConfig, OptimizerState, Schedule};
 pub use self::trainer::{LocalConfig, LocalResult, Trainer};
