@@ -12,10 +12,12 @@
 set -u
 out="${OUT:-/tmp/daig-bench}"
 mkdir -p "$out"
-if ! ldconfig -p | grep -q libvulkan; then
-    for f in .gl/*.deb; do dpkg -x "$f" /; done
-    ldconfig
-fi
+# The Vulkan loader and glvnd (the NVIDIA ICD needs them), from Debian's packages carried in `.gl/`.
+for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done
+ldconfig
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
+export VK_LOADER_DEBUG=error
 nvidia-smi -L 2>&1 | tee "$out/gpu.txt"
 echo "== engine tests on this GPU" | tee "$out/tests.txt"
 for t in .devbin/gpu-* .devbin/gpu_train-*; do

@@ -84,12 +84,12 @@ fn main() {
             gpu.write(&gb, &b);
             gpu.wait().unwrap();
         });
-        let dims = mm.dims(&gpu);
-        let dispatch = mm.prepare(&gpu, tiles, &dims, &ga, &gb, None, &gc);
+        let launches = mm.prepare(&gpu, tiles, &ga, &gb, None, &gc).unwrap();
+        let dispatch = &launches[0];
         // Several launches per submission so that submission overhead does not dominate small sizes.
         let reps = (1usize << 33).div_ceil(n * n * n).clamp(1, 64);
         let kernel = time(budget, 3, || {
-            gpu.run(&vec![&dispatch; reps]);
+            gpu.run(&vec![dispatch; reps]);
             gpu.wait().unwrap();
         }) / reps as u32;
         let readback = time(budget, 3, || {
@@ -181,25 +181,28 @@ fn sweep(gpu: &Gpu, budget: Duration) {
     let (ga, gb, gc) =
         (gpu.buffer_from("a", &a).unwrap(), gpu.buffer_from("b", &b).unwrap(), gpu.buffer("c", n * n).unwrap());
     let mm = Matmul::new(n, n, n);
-    let dims = mm.dims(gpu);
-    println!("| tiles (wg_x, wg_y, tm, tn, bk) | matmul 4096^3 GFLOP/s (kernel) |");
+    println!("| kernel: tiles (wg_x, wg_y, tm, tn, bk) | matmul 4096^3 GFLOP/s (kernel) |");
     println!("|---|---|");
-    for (wg_x, wg_y, tm, tn, bk) in [
-        (16, 16, 8, 8, 8),
-        (16, 16, 8, 8, 16),
-        (16, 16, 4, 4, 16),
-        (16, 8, 8, 8, 8),
-        (32, 8, 4, 8, 8),
-        (16, 16, 8, 4, 8),
-        (8, 8, 4, 4, 8),
+    for (wg_x, wg_y, tm, tn, bk, large) in [
+        (16, 16, 8, 8, 8, true),
+        (16, 16, 8, 8, 8, false),
+        (16, 16, 8, 8, 16, false),
+        (32, 8, 4, 8, 8, false),
+        (32, 8, 4, 8, 16, false),
+        (16, 16, 4, 8, 8, false),
+        (8, 8, 4, 4, 8, false),
     ] {
-        let tiles = MatmulTiles { wg_x, wg_y, tm, tn, bk };
-        let d = mm.prepare(gpu, tiles, &dims, &ga, &gb, None, &gc);
+        let tiles = MatmulTiles { wg_x, wg_y, tm, tn, bk, large };
+        let d = mm.prepare(gpu, tiles, &ga, &gb, None, &gc).unwrap().remove(0);
         let t = time(budget, 3, || {
             gpu.run(&[&d, &d, &d, &d]);
             gpu.wait().unwrap();
         }) / 4;
-        println!("| {wg_x}, {wg_y}, {tm}, {tn}, {bk} | {:.0} |", 2.0 * (n as f64).powi(3) / t.as_secs_f64() / 1e9);
+        let kernel = if large { "matmul_large" } else { "matmul" };
+        println!(
+            "| {kernel}: {wg_x}, {wg_y}, {tm}, {tn}, {bk} | {:.0} |",
+            2.0 * (n as f64).powi(3) / t.as_secs_f64() / 1e9
+        );
     }
     println!();
 }

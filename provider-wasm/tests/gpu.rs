@@ -33,7 +33,9 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
 fn matmul_matches_reference() {
     let gpu = gpu();
     let shapes = [(1, 1, 1), (1, 10, 784), (3, 5, 7), (64, 128, 784), (65, 33, 17), (130, 70, 129)];
-    for tiles in [MatmulTiles::for_gpu(&gpu), MatmulTiles { wg_x: 16, wg_y: 16, tm: 8, tn: 8, bk: 8 }] {
+    for tiles in
+        [MatmulTiles::SMALL, MatmulTiles::LARGE, MatmulTiles { wg_x: 32, wg_y: 8, tm: 4, tn: 8, bk: 8, large: false }]
+    {
         for &(m, n, k) in &shapes {
             for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
                 for act in
@@ -66,11 +68,18 @@ fn matmul_matches_reference() {
                     let gb = gpu.buffer_from("b", &b).unwrap();
                     let gbias = gpu.buffer_from("bias", &bias).unwrap();
                     let gc = gpu.buffer("c", m * n).unwrap();
-                    let mm = Matmul { trans_a, trans_b, activation: act, ..Matmul::new(m, n, k) };
-                    let dims = mm.dims(&gpu);
-                    gpu.run(&[&mm.prepare(&gpu, tiles, &dims, &ga, &gb, Some(&gbias), &gc)]);
+                    // Split-K (the k range cut into slices summed by a second kernel) must give the same.
+                    let splits = if k >= 17 { 1 + (m + n) as u32 % 3 } else { 1 };
+                    let mm = Matmul { trans_a, trans_b, activation: act, splits, ..Matmul::new(m, n, k) };
+                    let launches = mm.prepare(&gpu, tiles, &ga, &gb, Some(&gbias), &gc).unwrap();
+                    assert_eq!(launches.len(), if splits > 1 { 2 } else { 1 });
+                    gpu.run(&launches.iter().collect::<Vec<_>>());
                     let got = pollster::block_on(gpu.read(&gc, m * n)).unwrap();
-                    assert_close(&got, &want, &format!("{m}x{n}x{k} ta={trans_a} tb={trans_b} {act:?} {tiles:?}"));
+                    assert_close(
+                        &got,
+                        &want,
+                        &format!("{m}x{n}x{k} ta={trans_a} tb={trans_b} {act:?} {tiles:?} splits {splits}"),
+                    );
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! forward (A = X, B = W), backward for the input (dX = dY * W^T) and for the kernel (dW = X^T * dY), and
 //! by conv2d after im2col.
 
-use super::context::{Access, Dispatch, Gpu, Kernel};
+use super::context::{Access, Dispatch, Gpu, GpuError, Kernel, linear_workgroups};
 
 const KERNEL: Kernel = Kernel {
     name: "matmul",
@@ -10,7 +10,23 @@ const KERNEL: Kernel = Kernel {
     bindings: &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
 };
 
-/// The tile shape of the matmul kernel: `wg_x * wg_y` threads, each computing `tm x tn` outputs.
+const KERNEL_LARGE: Kernel = Kernel {
+    name: "matmul_large",
+    source: include_str!("shaders/matmul_large.wgsl"),
+    bindings: &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+};
+
+const SPLIT_K: Kernel = Kernel {
+    name: "splitk",
+    source: include_str!("shaders/splitk.wgsl"),
+    bindings: &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite],
+};
+
+/// Workgroups that keep a large GPU busy; split-K aims for this many when a product has fewer tiles.
+const TARGET_WORKGROUPS: u32 = 264;
+
+/// The tile shape of the matmul kernel: `wg_x * wg_y` threads, each computing `tm x tn` outputs. `large`
+/// selects `matmul_large.wgsl`, whose shape is fixed (16 x 16 threads, 8 x 8 each, k-slices of 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatmulTiles {
     pub wg_x: u32,
@@ -18,14 +34,21 @@ pub struct MatmulTiles {
     pub tm: u32,
     pub tn: u32,
     pub bk: u32,
+    pub large: bool,
+}
+
+impl MatmulTiles {
+    /// The fixed shape of `matmul_large.wgsl`.
+    pub const LARGE: MatmulTiles = MatmulTiles { wg_x: 16, wg_y: 16, tm: 8, tn: 8, bk: 8, large: true };
+    /// Small tiles for software adapters and small devices.
+    pub const SMALL: MatmulTiles = MatmulTiles { wg_x: 8, wg_y: 8, tm: 4, tn: 4, bk: 8, large: false };
 }
 
 impl MatmulTiles {
     /// Tiles that fit the device: large register blocks on real GPUs, small ones on software adapters and
     /// where the device allows fewer invocations or less workgroup memory.
     pub fn for_gpu(gpu: &Gpu) -> MatmulTiles {
-        let big = MatmulTiles { wg_x: 16, wg_y: 16, tm: 8, tn: 8, bk: 8 };
-        let small = MatmulTiles { wg_x: 8, wg_y: 8, tm: 4, tn: 4, bk: 8 };
+        let (big, small) = (MatmulTiles::LARGE, MatmulTiles::SMALL);
         let fits = |t: &MatmulTiles| {
             let l = &gpu.limits;
             t.wg_x * t.wg_y <= l.max_compute_invocations_per_workgroup
@@ -54,7 +77,9 @@ pub enum FusedActivation {
 }
 
 /// One matmul's shape and options. `a` is `[m, k]` (`[k, m]` when `trans_a`), `b` is `[k, n]` (`[n, k]`
-/// when `trans_b`), `c` is `[m, n]`.
+/// when `trans_b`), `c` is `[m, n]`. With `splits > 1` the k dimension is cut into that many slices
+/// computed by separate workgroups into a scratch buffer, then summed (split-K): for products with few
+/// output tiles and a long k, such as weight gradients (k = batch x positions) and small batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Matmul {
     pub m: u32,
@@ -63,6 +88,7 @@ pub struct Matmul {
     pub trans_a: bool,
     pub trans_b: bool,
     pub activation: FusedActivation,
+    pub splits: u32,
 }
 
 impl Matmul {
@@ -74,22 +100,34 @@ impl Matmul {
             trans_a: false,
             trans_b: false,
             activation: FusedActivation::Linear,
+            splits: 1,
         }
     }
 
-    /// Prepares the launch. `bias`, when given, has `n` values; `dims` is a uniform made by
-    /// [`Matmul::dims`] (rewritable when the batch size changes).
-    #[allow(clippy::too_many_arguments)]
+    /// Chooses `splits` so that about [`TARGET_WORKGROUPS`] workgroups run, keeping at least four k-steps
+    /// per slice. Software adapters, with a few CPU threads, gain nothing and keep one slice.
+    pub fn auto_split(self, gpu: &Gpu, tiles: MatmulTiles) -> Matmul {
+        if gpu.adapter.software {
+            return self;
+        }
+        let output_tiles = self.m.div_ceil(tiles.block_m()) * self.n.div_ceil(tiles.block_n());
+        let most = (self.k / (4 * tiles.bk)).clamp(1, 64);
+        Matmul { splits: (TARGET_WORKGROUPS / output_tiles.max(1)).clamp(1, most), ..self }
+    }
+
+    /// Prepares the launches (one, or two with split-K). `bias`, when given, has `n` values.
+    ///
+    /// # Errors
+    /// When the split-K scratch buffer is larger than the device allows.
     pub fn prepare(
         &self,
         gpu: &Gpu,
         tiles: MatmulTiles,
-        dims: &wgpu::Buffer,
         a: &wgpu::Buffer,
         b: &wgpu::Buffer,
         bias: Option<&wgpu::Buffer>,
         c: &wgpu::Buffer,
-    ) -> Dispatch {
+    ) -> Result<Vec<Dispatch>, GpuError> {
         let placeholders =
             [("WG_X", tiles.wg_x), ("WG_Y", tiles.wg_y), ("TM", tiles.tm), ("TN", tiles.tn), ("BK", tiles.bk)];
         let overrides = [
@@ -100,12 +138,26 @@ impl Matmul {
         ];
         // The layout always has a bias binding; without a bias any buffer will do (it is not read).
         let bias = bias.unwrap_or(a);
-        let groups = [self.n.div_ceil(tiles.block_n()), self.m.div_ceil(tiles.block_m()), 1];
-        gpu.dispatch(&KERNEL, &placeholders, &overrides, &[dims, a, b, bias, c], groups)
-    }
-
-    /// The uniform holding this matmul's sizes.
-    pub fn dims(&self, gpu: &Gpu) -> wgpu::Buffer {
-        gpu.uniform(&[self.m, self.n, self.k, 0])
+        let k_split = self.k.div_ceil(self.splits.max(1)).next_multiple_of(tiles.bk).max(tiles.bk);
+        let splits = self.k.div_ceil(k_split).max(1);
+        let groups = [self.n.div_ceil(tiles.block_n()), self.m.div_ceil(tiles.block_m()), splits];
+        let (kernel, placeholders): (&Kernel, &[(&str, u32)]) =
+            if tiles.large { (&KERNEL_LARGE, &[]) } else { (&KERNEL, &placeholders) };
+        let dims = gpu.uniform(&[self.m, self.n, self.k, if splits > 1 { k_split } else { self.k.max(1) }]);
+        if splits == 1 {
+            return Ok(vec![gpu.dispatch(kernel, placeholders, &overrides, &[&dims, a, b, bias, c], groups)]);
+        }
+        let partial = gpu.buffer("split-k partial", splits as usize * self.m as usize * self.n as usize)?;
+        let epilogue_dims = gpu.uniform(&[self.m, self.n, splits, 0]);
+        Ok(vec![
+            gpu.dispatch(kernel, placeholders, &overrides, &[&dims, a, b, bias, &partial], groups),
+            gpu.dispatch(
+                &SPLIT_K,
+                &[],
+                &[("HAS_BIAS", overrides[2].1), ("ACT", self.activation as u32)],
+                &[&epilogue_dims, &partial, bias, c],
+                linear_workgroups(self.m as usize * self.n as usize),
+            ),
+        ])
     }
 }

@@ -403,18 +403,9 @@ impl GpuTrainer {
                         Activation::Tanh => FusedActivation::Tanh,
                         Activation::Linear | Activation::Softmax => FusedActivation::Linear,
                     };
-                    let mm = Matmul { activation: fused, ..Matmul::new(rows, units, k) };
+                    let mm = Matmul { activation: fused, ..Matmul::new(rows, units, k) }.auto_split(gpu, self.tiles);
                     let target = lb.pre.as_ref().unwrap_or(&lb.out);
-                    let dims = mm.dims(gpu);
-                    forward.push(mm.prepare(
-                        gpu,
-                        self.tiles,
-                        &dims,
-                        x,
-                        &self.params[ki],
-                        Some(&self.params[bi]),
-                        target,
-                    ));
+                    forward.extend(mm.prepare(gpu, self.tiles, x, &self.params[ki], Some(&self.params[bi]), target)?);
                     if act == Activation::Softmax {
                         forward.push(softmax(gpu, 0, b, units as u32, target, &self.dummy, &lb.out));
                     }
@@ -439,15 +430,14 @@ impl GpuTrainer {
                             d_pre
                         }
                     };
-                    let dw = Matmul { trans_a: true, ..Matmul::new(k, units, rows) };
-                    let dims = dw.dims(gpu);
-                    back.push(dw.prepare(gpu, self.tiles, &dims, x, dz, None, &self.grads[ki]));
+                    let dw = Matmul { trans_a: true, ..Matmul::new(k, units, rows) }.auto_split(gpu, self.tiles);
+                    back.extend(dw.prepare(gpu, self.tiles, x, dz, None, &self.grads[ki])?);
                     back.push(reduce(gpu, rows as u32, units as u32, false, dz, &self.grads[bi]));
                     match (&lb.cols, info.window, d_input) {
                         (Some((_, d_cols)), Some(w), Some(d_input)) => {
-                            let dx = Matmul { trans_b: true, ..Matmul::new(rows, k, units) };
-                            let dims = dx.dims(gpu);
-                            back.push(dx.prepare(gpu, self.tiles, &dims, dz, &self.params[ki], None, d_cols));
+                            let dx =
+                                Matmul { trans_b: true, ..Matmul::new(rows, k, units) }.auto_split(gpu, self.tiles);
+                            back.extend(dx.prepare(gpu, self.tiles, dz, &self.params[ki], None, d_cols)?);
                             let geo = gpu.uniform(&window_geometry(b, &w));
                             back.push(gpu.dispatch(
                                 &kernels::WINDOW,
@@ -458,9 +448,9 @@ impl GpuTrainer {
                             ));
                         }
                         (None, _, Some(d_input)) => {
-                            let dx = Matmul { trans_b: true, ..Matmul::new(rows, k, units) };
-                            let dims = dx.dims(gpu);
-                            back.push(dx.prepare(gpu, self.tiles, &dims, dz, &self.params[ki], None, d_input));
+                            let dx =
+                                Matmul { trans_b: true, ..Matmul::new(rows, k, units) }.auto_split(gpu, self.tiles);
+                            back.extend(dx.prepare(gpu, self.tiles, dz, &self.params[ki], None, d_input)?);
                         }
                         _ => {}
                     }

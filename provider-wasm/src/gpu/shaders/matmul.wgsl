@@ -6,6 +6,10 @@
 // as [K, M]); likewise for B (stored as [N, K] when TRANS_B). Sizes need not be multiples of the tile:
 // loads outside the matrices read zero and stores outside are skipped.
 //
+// Split-K: workgroup z computes the partial product over k in [z * k_split, (z + 1) * k_split) into
+// slice z of c ([splits, M, N]); the `splitk` kernel then sums the slices and applies bias and activation.
+// Without a split (k_split >= k, one slice) the bias and activation are applied here.
+//
 // Placeholders, replaced before compilation (the pipeline cache is keyed by them): {{WG_X}}, {{WG_Y}},
 // {{TM}}, {{TN}}, {{BK}}. Overrides: TRANS_A, TRANS_B, HAS_BIAS, ACT (0 linear, 1 relu, 2 sigmoid, 3 tanh).
 
@@ -13,7 +17,7 @@ struct Dims {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    k_split: u32,
 }
 
 override TRANS_A: bool = false;
@@ -40,8 +44,8 @@ const THREADS: u32 = WG_X * WG_Y;
 var<workgroup> As: array<f32, BK * BM>;
 var<workgroup> Bs: array<f32, BK * BN>;
 
-fn load_a(row: u32, col: u32) -> f32 {
-    if row >= dims.m || col >= dims.k {
+fn load_a(row: u32, col: u32, k_end: u32) -> f32 {
+    if row >= dims.m || col >= k_end {
         return 0.0;
     }
     if TRANS_A {
@@ -50,8 +54,8 @@ fn load_a(row: u32, col: u32) -> f32 {
     return a[row * dims.k + col];
 }
 
-fn load_b(row: u32, col: u32) -> f32 {
-    if row >= dims.k || col >= dims.n {
+fn load_b(row: u32, col: u32, k_end: u32) -> f32 {
+    if row >= k_end || col >= dims.n {
         return 0.0;
     }
     if TRANS_B {
@@ -81,7 +85,10 @@ fn main(
     var a_reg: array<f32, TM>;
     var b_reg: array<f32, TN>;
 
-    for (var k0 = 0u; k0 < dims.k; k0 += BK) {
+    let k_begin = wg.z * dims.k_split;
+    let k_end = min(k_begin + dims.k_split, dims.k);
+    let split = dims.k_split < dims.k;
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         // Stage the A tile (BM x BK) and the B tile (BK x BN).
         for (var e = tid; e < BM * BK; e += THREADS) {
             // Consecutive threads take consecutive elements along the dimension that is contiguous in memory.
@@ -94,7 +101,7 @@ fn main(
                 kk = e % BK;
                 r = e / BK;
             }
-            As[kk * BM + r] = load_a(m0 + r, k0 + kk);
+            As[kk * BM + r] = load_a(m0 + r, k0 + kk, k_end);
         }
         for (var e = tid; e < BK * BN; e += THREADS) {
             var col: u32;
@@ -106,7 +113,7 @@ fn main(
                 col = e % BN;
                 kk = e / BN;
             }
-            Bs[kk * BN + col] = load_b(k0 + kk, n0 + col);
+            Bs[kk * BN + col] = load_b(k0 + kk, n0 + col, k_end);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
@@ -138,10 +145,14 @@ fn main(
                 continue;
             }
             var v = acc[i * TN + j];
-            if HAS_BIAS {
-                v += bias[col];
+            if split {
+                c[(wg.z * dims.m + row) * dims.n + col] = v;
+            } else {
+                if HAS_BIAS {
+                    v += bias[col];
+                }
+                c[row * dims.n + col] = activate(v);
             }
-            c[row * dims.n + col] = activate(v);
         }
     }
 }

@@ -1,0 +1,187 @@
+// C[M, N] = act(op(A)[M, K] * op(B)[K, N] + bias[N]), for large GPUs.
+//
+// The same contract as matmul.wgsl (transposes, split-K, bias and activation, any sizes) with a fixed
+// shape: 16 x 16 threads compute a 128 x 128 tile, each thread an 8 x 8 block held in sixteen vec4
+// registers (rows lid.y*4 + 0..3 and 64 + lid.y*4 + 0..3, the same for columns), stepping through K in
+// slices of 8 staged in workgroup memory. The accumulators are plain variables, not an array, so that no
+// compiler has to prove they fit in registers.
+
+struct Dims {
+    m: u32,
+    n: u32,
+    k: u32,
+    k_split: u32,
+}
+
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+override HAS_BIAS: bool = false;
+override ACT: u32 = 0u;
+
+const BM: u32 = 128u;
+const BN: u32 = 128u;
+const BK: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+// k-major: As[k * BM + m], Bs[k * BN + n].
+var<workgroup> As: array<f32, 1024>;
+var<workgroup> Bs: array<f32, 1024>;
+
+fn load_a(row: u32, col: u32, k_end: u32) -> f32 {
+    if row >= dims.m || col >= k_end {
+        return 0.0;
+    }
+    if TRANS_A {
+        return a[col * dims.m + row];
+    }
+    return a[row * dims.k + col];
+}
+
+fn load_b(row: u32, col: u32, k_end: u32) -> f32 {
+    if row >= k_end || col >= dims.n {
+        return 0.0;
+    }
+    if TRANS_B {
+        return b[col * dims.k + row];
+    }
+    return b[row * dims.n + col];
+}
+
+fn activate(x: f32) -> f32 {
+    switch ACT {
+        case 1u: { return max(x, 0.0); }
+        case 2u: { return 1.0 / (1.0 + exp(-x)); }
+        case 3u: { return tanh(x); }
+        default: { return x; }
+    }
+}
+
+fn store4(row: u32, col: u32, v: vec4<f32>, split: bool, z: u32) {
+    if row >= dims.m {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let cj = col + j;
+        if cj < dims.n {
+            if split {
+                c[(z * dims.m + row) * dims.n + cj] = v[j];
+            } else {
+                var x = v[j];
+                if HAS_BIAS {
+                    x += bias[cj];
+                }
+                c[row * dims.n + cj] = activate(x);
+            }
+        }
+    }
+}
+
+fn as4(i: u32) -> vec4<f32> {
+    return vec4<f32>(As[i], As[i + 1u], As[i + 2u], As[i + 3u]);
+}
+
+fn bs4(i: u32) -> vec4<f32> {
+    return vec4<f32>(Bs[i], Bs[i + 1u], Bs[i + 2u], Bs[i + 3u]);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let m0 = wg.y * BM;
+    let n0 = wg.x * BN;
+    let k_begin = wg.z * dims.k_split;
+    let k_end = min(k_begin + dims.k_split, dims.k);
+    let split = dims.k_split < dims.k;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0);
+    var c5 = vec4<f32>(0.0);
+    var c6 = vec4<f32>(0.0);
+    var c7 = vec4<f32>(0.0);
+    var c8 = vec4<f32>(0.0);
+    var c9 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c12 = vec4<f32>(0.0);
+    var c13 = vec4<f32>(0.0);
+    var c14 = vec4<f32>(0.0);
+    var c15 = vec4<f32>(0.0);
+
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+        for (var q = 0u; q < 4u; q++) {
+            let e = tid + q * 256u;
+            // Consecutive threads take consecutive elements along the dimension contiguous in memory.
+            var r: u32;
+            var kk: u32;
+            if TRANS_A {
+                r = e % BM;
+                kk = e / BM;
+            } else {
+                kk = e % BK;
+                r = e / BK;
+            }
+            As[kk * BM + r] = load_a(m0 + r, k0 + kk, k_end);
+            var col: u32;
+            var kb: u32;
+            if TRANS_B {
+                kb = e % BK;
+                col = e / BK;
+            } else {
+                col = e % BN;
+                kb = e / BN;
+            }
+            Bs[kb * BN + col] = load_b(k0 + kb, n0 + col, k_end);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = as4(kk * BM + lid.y * 4u);
+            let a1 = as4(kk * BM + 64u + lid.y * 4u);
+            let b0 = bs4(kk * BN + lid.x * 4u);
+            let b1 = bs4(kk * BN + 64u + lid.x * 4u);
+            c0 = fma(vec4<f32>(a0.x), b0, c0);
+            c1 = fma(vec4<f32>(a0.y), b0, c1);
+            c2 = fma(vec4<f32>(a0.z), b0, c2);
+            c3 = fma(vec4<f32>(a0.w), b0, c3);
+            c4 = fma(vec4<f32>(a0.x), b1, c4);
+            c5 = fma(vec4<f32>(a0.y), b1, c5);
+            c6 = fma(vec4<f32>(a0.z), b1, c6);
+            c7 = fma(vec4<f32>(a0.w), b1, c7);
+            c8 = fma(vec4<f32>(a1.x), b0, c8);
+            c9 = fma(vec4<f32>(a1.y), b0, c9);
+            c10 = fma(vec4<f32>(a1.z), b0, c10);
+            c11 = fma(vec4<f32>(a1.w), b0, c11);
+            c12 = fma(vec4<f32>(a1.x), b1, c12);
+            c13 = fma(vec4<f32>(a1.y), b1, c13);
+            c14 = fma(vec4<f32>(a1.z), b1, c14);
+            c15 = fma(vec4<f32>(a1.w), b1, c15);
+        }
+        workgroupBarrier();
+    }
+
+    store4(m0 + 0u + lid.y * 4u + 0u, n0 + 0u + lid.x * 4u, c0, split, wg.z);
+    store4(m0 + 0u + lid.y * 4u + 1u, n0 + 0u + lid.x * 4u, c1, split, wg.z);
+    store4(m0 + 0u + lid.y * 4u + 2u, n0 + 0u + lid.x * 4u, c2, split, wg.z);
+    store4(m0 + 0u + lid.y * 4u + 3u, n0 + 0u + lid.x * 4u, c3, split, wg.z);
+    store4(m0 + 0u + lid.y * 4u + 0u, n0 + 64u + lid.x * 4u, c4, split, wg.z);
+    store4(m0 + 0u + lid.y * 4u + 1u, n0 + 64u + lid.x * 4u, c5, split, wg.z);
+    store4(m0 + 0u + lid.y * 4u + 2u, n0 + 64u + lid.x * 4u, c6, split, wg.z);
+    store4(m0 + 0u + lid.y * 4u + 3u, n0 + 64u + lid.x * 4u, c7, split, wg.z);
+    store4(m0 + 64u + lid.y * 4u + 0u, n0 + 0u + lid.x * 4u, c8, split, wg.z);
+    store4(m0 + 64u + lid.y * 4u + 1u, n0 + 0u + lid.x * 4u, c9, split, wg.z);
+    store4(m0 + 64u + lid.y * 4u + 2u, n0 + 0u + lid.x * 4u, c10, split, wg.z);
+    store4(m0 + 64u + lid.y * 4u + 3u, n0 + 0u + lid.x * 4u, c11, split, wg.z);
+    store4(m0 + 64u + lid.y * 4u + 0u, n0 + 64u + lid.x * 4u, c12, split, wg.z);
+    store4(m0 + 64u + lid.y * 4u + 1u, n0 + 64u + lid.x * 4u, c13, split, wg.z);
+    store4(m0 + 64u + lid.y * 4u + 2u, n0 + 64u + lid.x * 4u, c14, split, wg.z);
+    store4(m0 + 64u + lid.y * 4u + 3u, n0 + 64u + lid.x * 4u, c15, split, wg.z);
+}
