@@ -21,8 +21,9 @@ pub struct StepResult {
     pub delta: Vec<f32>,
     /// The mean loss over the samples, each measured before the update of its minibatch.
     pub mean_loss: f32,
-    /// The share of samples classified right (0 where the loss has no accuracy).
-    pub accuracy: f32,
+    /// The share of predictions that were right during training, where the engine measures it (the GPU
+    /// does; the CPU reference trainer does not) and the loss has an accuracy.
+    pub accuracy: Option<f32>,
     pub samples: usize,
 }
 
@@ -289,7 +290,8 @@ impl GpuTrainer {
         Ok(StepResult {
             delta,
             mean_loss: totals[0] / samples as f32,
-            accuracy: totals[1] / (samples * judged_per_sample(&self.model)).max(1) as f32,
+            accuracy: (judged_per_sample(&self.model) > 0)
+                .then(|| totals[1] / (samples * judged_per_sample(&self.model)) as f32),
             samples,
         })
     }
