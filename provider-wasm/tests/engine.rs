@@ -1,5 +1,6 @@
 //! The provider's engine: the GPU when it passes its self-check, the CPU reference trainer otherwise; both
 //! train alike, and GPU training on real MNIST digits reaches the reference's accuracy.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::path::PathBuf;
 

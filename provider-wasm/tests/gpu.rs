@@ -1,4 +1,5 @@
 //! GPU kernels against CPU references, on whatever adapter is present (lavapipe in CI).
+#![cfg(not(target_arch = "wasm32"))]
 
 use daig_provider::gpu::Gpu;
 use daig_provider::gpu::matmul::{FusedActivation, Matmul, MatmulTiles};

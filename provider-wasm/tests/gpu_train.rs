@@ -1,6 +1,7 @@
 //! The GPU trainer against the CPU reference trainer of `daig-shared`: whole training steps of every layer
 //! type and loss, and a few hundred steps of MNIST training. Runs on whatever adapter is present
 //! (lavapipe in CI), so shapes stay small.
+#![cfg(not(target_arch = "wasm32"))]
 
 use daig_provider::gpu::Gpu;
 use daig_provider::gpu::trainer::{DropoutSeed, GpuTrainer};
