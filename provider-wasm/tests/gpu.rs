@@ -86,3 +86,30 @@ fn matmul_matches_reference() {
         }
     }
 }
+
+#[test]
+fn wgpu_errors_come_back_as_errors_not_panics() {
+    let gpu = gpu();
+    // Inside an error scope: an invalid buffer (mappable for reading and usable as storage) is refused.
+    let invalid = || {
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("invalid"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let scoped = pollster::block_on(gpu.checked(|| {
+        invalid();
+        Ok(())
+    }));
+    assert!(matches!(scoped, Err(daig_provider::gpu::GpuError::Validation(_))), "{scoped:?}");
+    // Outside any scope wgpu would panic by default; the context records it and reports it once.
+    invalid();
+    let reported = gpu.wait();
+    assert!(matches!(reported, Err(daig_provider::gpu::GpuError::Validation(_))), "{reported:?}");
+    gpu.wait().unwrap();
+    // A buffer beyond the device's limits is refused before wgpu sees it.
+    let too_large = gpu.buffer("huge", usize::MAX / 8);
+    assert!(matches!(too_large, Err(daig_provider::gpu::GpuError::TooLarge(..))));
+}

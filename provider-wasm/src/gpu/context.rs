@@ -112,6 +112,9 @@ pub struct Gpu {
     // A std Mutex: nothing awaits while holding it.
     pipelines: Mutex<HashMap<KernelKey, Arc<Pipeline>>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// The first error raised outside an error scope since it was last reported. wgpu's default
+    /// handler panics; a provider must report instead.
+    uncaptured: Arc<Mutex<Option<(bool, String)>>>,
 }
 
 impl Gpu {
@@ -154,6 +157,12 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             *lost_in_callback.lock().expect("not poisoned") = Some(format!("{reason:?}: {message}"));
         });
+        let uncaptured = Arc::new(Mutex::new(None));
+        let uncaptured_in_handler = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let oom = matches!(e, wgpu::Error::OutOfMemory { .. });
+            uncaptured_in_handler.lock().expect("not poisoned").get_or_insert((oom, e.to_string()));
+        }));
         let software = info.device_type == wgpu::DeviceType::Cpu
             || ["llvmpipe", "lavapipe", "SwiftShader", "WARP"].iter().any(|s| info.name.contains(s));
         Ok(Gpu {
@@ -168,6 +177,7 @@ impl Gpu {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             lost,
+            uncaptured,
         })
     }
 
@@ -274,7 +284,7 @@ impl Gpu {
     /// # Errors
     /// When the buffer is larger than the device allows.
     pub fn buffer(&self, label: &'static str, len: usize) -> Result<wgpu::Buffer, GpuError> {
-        let size = (len.max(1) * 4) as u64;
+        let size = len.max(1).checked_mul(4).map_or(u64::MAX, |b| b as u64);
         let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
         if size > max {
             return Err(GpuError::TooLarge(label, size, max));
@@ -377,9 +387,17 @@ impl Gpu {
         self.check_lost()
     }
 
-    fn check_lost(&self) -> Result<(), GpuError> {
-        match self.lost.lock().expect("not poisoned").clone() {
-            Some(reason) => Err(GpuError::DeviceLost(reason)),
+    /// Reports a lost device, or the first error raised outside an error scope since the last report.
+    ///
+    /// # Errors
+    /// [`GpuError::DeviceLost`], [`GpuError::OutOfMemory`] or [`GpuError::Validation`].
+    pub fn check_lost(&self) -> Result<(), GpuError> {
+        if let Some(reason) = self.lost.lock().expect("not poisoned").clone() {
+            return Err(GpuError::DeviceLost(reason));
+        }
+        match self.uncaptured.lock().expect("not poisoned").take() {
+            Some((true, message)) => Err(GpuError::OutOfMemory(message)),
+            Some((false, message)) => Err(GpuError::Validation(message)),
             None => Ok(()),
         }
     }
