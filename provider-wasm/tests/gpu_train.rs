@@ -98,7 +98,11 @@ fn compare(gpu: Gpu, json: &str, batch: usize, steps: usize, samples: usize) -> 
 #[test]
 fn training_steps_match_reference_for_every_layer_and_loss() {
     let models = [
-        // The MNIST MLP shape, narrowed.
+        // The MNIST MLP, and a small MNIST convnet.
+        r#"{"input_shape": [784], "layers": [{"type": "dense", "units": 128, "activation": "relu"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#,
+        r#"{"input_shape": [28, 28, 1], "layers": [{"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu"},
+            {"type": "max_pool2d", "pool_size": 2}, {"type": "flatten"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#,
+        // A narrow MLP.
         r#"{"input_shape": [20], "layers": [{"type": "dense", "units": 16, "activation": "relu"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#,
         // Softmax fused into the loss, sigmoid and tanh, dropout.
         r#"{"input_shape": [9], "layers": [{"type": "dense", "units": 7, "activation": "tanh"}, {"type": "dropout", "rate": 0.3},
