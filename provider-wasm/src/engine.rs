@@ -21,6 +21,18 @@ pub enum Backend {
     },
 }
 
+/// Which adapters the engine may train on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdapterPolicy {
+    /// Hardware adapters only: a software adapter (lavapipe, SwiftShader, WARP) emulates the GPU on the
+    /// CPU about a hundred times slower than the reference trainer (BENCHMARKS.md), so the CPU trains.
+    #[default]
+    HardwareOnly,
+    /// Any adapter that passes the self-check, software ones included (for tests on machines without a
+    /// GPU).
+    Any,
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -58,14 +70,22 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The GPU engine if an adapter opens and passes [`self_check`], else the CPU reference trainer.
+    /// The GPU engine if a hardware adapter opens and passes [`self_check`], else the CPU reference
+    /// trainer.
     pub async fn new(model: Model, max_batch: usize) -> Engine {
-        Engine::from_gpu(Gpu::new().await, model, max_batch).await
+        Engine::from_gpu(Gpu::new().await, model, max_batch, AdapterPolicy::default()).await
     }
 
-    /// Like [`Engine::new`], from the outcome of opening a GPU (or from a GPU the caller already has).
-    pub async fn from_gpu(gpu: Result<Gpu, GpuError>, model: Model, max_batch: usize) -> Engine {
+    /// Like [`Engine::new`], from the outcome of opening a GPU (or from a GPU the caller already has),
+    /// with a policy on software adapters.
+    pub async fn from_gpu(gpu: Result<Gpu, GpuError>, model: Model, max_batch: usize, policy: AdapterPolicy) -> Engine {
         let gpu = match gpu {
+            Ok(gpu) if gpu.adapter.software && policy == AdapterPolicy::HardwareOnly => {
+                return Engine::cpu(
+                    model,
+                    format!("{} is a software adapter, slower than training on the CPU", gpu.adapter.name),
+                );
+            }
             Ok(gpu) => self_check(gpu).await,
             Err(e) => Err(e),
         };

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use daig_provider::engine::{Backend, Engine, EngineError};
+use daig_provider::engine::{AdapterPolicy, Backend, Engine, EngineError};
+use daig_provider::gpu::Gpu;
 use daig_provider::gpu::GpuError;
 use daig_provider::gpu::trainer::DropoutSeed;
 use daig_shared::data::{Limits as DataLimits, Normalization, npy, to_f32};
@@ -27,12 +28,32 @@ fn small_data() -> (Vec<f32>, Vec<f32>) {
     (x, y)
 }
 
+/// The engine on whatever adapter is present, software ones included (lavapipe in CI).
+fn any_adapter(m: Model, max_batch: usize) -> Engine {
+    pollster::block_on(Engine::from_gpu(pollster::block_on(Gpu::new()), m, max_batch, AdapterPolicy::Any))
+}
+
 #[test]
 fn the_gpu_is_used_when_it_passes_its_self_check() {
-    let engine = pollster::block_on(Engine::new(model(SMALL), 8));
+    let engine = any_adapter(model(SMALL), 8);
     match engine.backend() {
         Backend::Gpu(adapter) => assert!(!adapter.name.is_empty()),
         Backend::Cpu { reason } => panic!("expected the GPU (lavapipe in CI), fell back to the CPU: {reason}"),
+    }
+}
+
+#[test]
+fn by_default_a_software_adapter_leaves_training_to_the_cpu() {
+    let gpu = pollster::block_on(Gpu::new()).unwrap();
+    let software = gpu.adapter.software;
+    let name = gpu.adapter.name.clone();
+    let engine = pollster::block_on(Engine::from_gpu(Ok(gpu), model(SMALL), 8, AdapterPolicy::HardwareOnly));
+    match engine.backend() {
+        Backend::Cpu { reason } if software => {
+            assert_eq!(reason, &format!("{name} is a software adapter, slower than training on the CPU"));
+        }
+        Backend::Gpu(_) if !software => {}
+        other => panic!("adapter {name} (software: {software}) gave {other:?}"),
     }
 }
 
@@ -44,8 +65,12 @@ fn without_an_adapter_the_cpu_trains_exactly_like_the_reference_and_like_the_gpu
     let indices = [9, 3, 5, 1, 0, 7, 2];
     let seed = DropoutSeed { seed: 17, first_step: 40 };
 
-    let mut cpu =
-        pollster::block_on(Engine::from_gpu(Err(GpuError::NoAdapter("none in this test".into())), m.clone(), 8));
+    let mut cpu = pollster::block_on(Engine::from_gpu(
+        Err(GpuError::NoAdapter("none in this test".into())),
+        m.clone(),
+        8,
+        AdapterPolicy::Any,
+    ));
     assert_eq!(cpu.backend(), &Backend::Cpu { reason: "no GPU adapter is available: none in this test".into() });
     cpu.load_params(&params).unwrap();
     cpu.load_shard(&x, &y).unwrap();
@@ -65,7 +90,7 @@ fn without_an_adapter_the_cpu_trains_exactly_like_the_reference_and_like_the_gpu
     assert_eq!(got.delta, want.delta);
     assert_eq!(got.samples, 12);
 
-    let mut gpu = pollster::block_on(Engine::new(m, 8));
+    let mut gpu = any_adapter(m, 8);
     assert!(matches!(gpu.backend(), Backend::Gpu(_)));
     gpu.load_params(&params).unwrap();
     gpu.load_shard(&x, &y).unwrap();
@@ -130,7 +155,7 @@ fn gpu_training_on_mnist_reaches_the_reference_accuracy() {
     );
     let params = init_params(&m, 3);
     let mut accuracies = Vec::new();
-    for mut engine in [pollster::block_on(Engine::new(m.clone(), 32)), Engine::cpu(m.clone(), "reference".into())] {
+    for mut engine in [any_adapter(m.clone(), 32), Engine::cpu(m.clone(), "reference".into())] {
         engine.load_params(&params).unwrap();
         engine.load_shard(&x, &y).unwrap();
         // 300 steps of batch 32 (about 1.4 epochs of the 7,000 training digits), 20 steps per call.

@@ -5,7 +5,7 @@
 //! reference. `DAIG_EXPECT_WEBGPU` (read at build time) says which run this is.
 #![cfg(target_arch = "wasm32")]
 
-use daig_provider::engine::{Backend, Engine, self_check};
+use daig_provider::engine::{AdapterPolicy, Backend, Engine, self_check};
 use daig_provider::gpu::Gpu;
 use daig_provider::gpu::trainer::{DropoutSeed, GpuTrainer};
 use daig_shared::model::{Limits, Model};
@@ -78,7 +78,8 @@ async fn the_engine_in_a_browser_worker_trains_like_the_reference() {
         let indices = [5u32, 0, 3, 1, 4];
         let want = reference_delta(&model, &params, &x, &classes, &y, &indices);
 
-        let mut engine = Engine::new(model.clone(), 3).await;
+        // SwiftShader is a software adapter: allow it, so that the GPU path runs in the browser.
+        let mut engine = Engine::from_gpu(Gpu::new().await, model.clone(), 3, AdapterPolicy::Any).await;
         match (engine.backend(), expect_webgpu()) {
             (Backend::Gpu(adapter), true) => assert!(!adapter.name.is_empty() || adapter.backend == "BrowserWebGpu"),
             (Backend::Cpu { reason }, false) => assert!(reason.contains("no GPU adapter"), "{reason}"),
