@@ -54,11 +54,12 @@ pub enum Access {
     ReadWrite,
 }
 
-/// A WGSL kernel: its source (from `shaders/`) and the bindings its entry point `main` declares.
+/// A WGSL kernel: its source (files from `shaders/`, concatenated) and the bindings its entry point
+/// `main` declares.
 #[derive(Debug)]
 pub struct Kernel {
     pub name: &'static str,
-    pub source: &'static str,
+    pub source: &'static [&'static str],
     pub bindings: &'static [Access],
 }
 
@@ -186,7 +187,7 @@ impl Gpu {
         if let Some(p) = cache.get(&key) {
             return p.clone();
         }
-        let mut code = kernel.source.to_owned();
+        let mut code = kernel.source.concat();
         for (name, value) in &key.placeholders {
             code = code.replace(&format!("{{{{{name}}}}}"), &value.to_string());
         }

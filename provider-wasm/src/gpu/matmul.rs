@@ -2,25 +2,8 @@
 //! forward (A = X, B = W), backward for the input (dX = dY * W^T) and for the kernel (dW = X^T * dY), and
 //! by conv2d after im2col.
 
-use super::context::{Access, Dispatch, Gpu, GpuError, Kernel, linear_workgroups};
-
-const KERNEL: Kernel = Kernel {
-    name: "matmul",
-    source: include_str!("shaders/matmul.wgsl"),
-    bindings: &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-};
-
-const KERNEL_LARGE: Kernel = Kernel {
-    name: "matmul_large",
-    source: include_str!("shaders/matmul_large.wgsl"),
-    bindings: &[Access::Uniform, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
-};
-
-const SPLIT_K: Kernel = Kernel {
-    name: "splitk",
-    source: include_str!("shaders/splitk.wgsl"),
-    bindings: &[Access::Uniform, Access::Read, Access::Read, Access::ReadWrite],
-};
+use super::context::{Dispatch, Gpu, GpuError, Kernel, linear_workgroups};
+use super::kernels::{MATMUL as KERNEL, MATMUL_LARGE as KERNEL_LARGE, SPLIT_K};
 
 /// Workgroups that keep a large GPU busy; split-K aims for this many when a product has fewer tiles.
 const TARGET_WORKGROUPS: u32 = 264;

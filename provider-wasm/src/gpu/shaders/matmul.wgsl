@@ -10,20 +10,10 @@
 // slice z of c ([splits, M, N]); the `splitk` kernel then sums the slices and applies bias and activation.
 // Without a split (k_split >= k, one slice) the bias and activation are applied here.
 //
+// activation.wgsl and matmul_common.wgsl are prepended.
+//
 // Placeholders, replaced before compilation (the pipeline cache is keyed by them): {{WG_X}}, {{WG_Y}},
 // {{TM}}, {{TN}}, {{BK}}. Overrides: TRANS_A, TRANS_B, HAS_BIAS, ACT (0 linear, 1 relu, 2 sigmoid, 3 tanh).
-
-struct Dims {
-    m: u32,
-    n: u32,
-    k: u32,
-    k_split: u32,
-}
-
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-override HAS_BIAS: bool = false;
-override ACT: u32 = 0u;
 
 const WG_X: u32 = {{WG_X}}u;
 const WG_Y: u32 = {{WG_Y}}u;
@@ -34,44 +24,9 @@ const BM: u32 = WG_Y * TM;
 const BN: u32 = WG_X * TN;
 const THREADS: u32 = WG_X * WG_Y;
 
-@group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-
 // As is stored k-major (As[k][m]) and Bs as Bs[k][n], so that the inner loop reads rows.
 var<workgroup> As: array<f32, BK * BM>;
 var<workgroup> Bs: array<f32, BK * BN>;
-
-fn load_a(row: u32, col: u32, k_end: u32) -> f32 {
-    if row >= dims.m || col >= k_end {
-        return 0.0;
-    }
-    if TRANS_A {
-        return a[col * dims.m + row];
-    }
-    return a[row * dims.k + col];
-}
-
-fn load_b(row: u32, col: u32, k_end: u32) -> f32 {
-    if row >= k_end || col >= dims.n {
-        return 0.0;
-    }
-    if TRANS_B {
-        return b[col * dims.k + row];
-    }
-    return b[row * dims.n + col];
-}
-
-fn activate(x: f32) -> f32 {
-    switch ACT {
-        case 1u: { return max(x, 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-x)); }
-        case 3u: { return tanh(x); }
-        default: { return x; }
-    }
-}
 
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn main(

@@ -4,62 +4,15 @@
 // shape: 16 x 16 threads compute a 128 x 128 tile, each thread an 8 x 8 block held in sixteen vec4
 // registers (rows lid.y*4 + 0..3 and 64 + lid.y*4 + 0..3, the same for columns), stepping through K in
 // slices of 8 staged in workgroup memory. The accumulators are plain variables, not an array, so that no
-// compiler has to prove they fit in registers.
-
-struct Dims {
-    m: u32,
-    n: u32,
-    k: u32,
-    k_split: u32,
-}
-
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-override HAS_BIAS: bool = false;
-override ACT: u32 = 0u;
+// compiler has to prove they fit in registers. activation.wgsl and matmul_common.wgsl are prepended.
 
 const BM: u32 = 128u;
 const BN: u32 = 128u;
 const BK: u32 = 8u;
 
-@group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-
 // k-major: As[k * BM + m], Bs[k * BN + n].
 var<workgroup> As: array<f32, 1024>;
 var<workgroup> Bs: array<f32, 1024>;
-
-fn load_a(row: u32, col: u32, k_end: u32) -> f32 {
-    if row >= dims.m || col >= k_end {
-        return 0.0;
-    }
-    if TRANS_A {
-        return a[col * dims.m + row];
-    }
-    return a[row * dims.k + col];
-}
-
-fn load_b(row: u32, col: u32, k_end: u32) -> f32 {
-    if row >= k_end || col >= dims.n {
-        return 0.0;
-    }
-    if TRANS_B {
-        return b[col * dims.k + row];
-    }
-    return b[row * dims.n + col];
-}
-
-fn activate(x: f32) -> f32 {
-    switch ACT {
-        case 1u: { return max(x, 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-x)); }
-        case 3u: { return tanh(x); }
-        default: { return x; }
-    }
-}
 
 fn store4(row: u32, col: u32, v: vec4<f32>, split: bool, z: u32) {
     if row >= dims.m {

@@ -1,5 +1,5 @@
 // The epilogue of a split-K matmul: c[i] = act(sum over s of partial[s, i] + bias[i % n]) for the
-// m x n outputs. One thread per output. ACT and HAS_BIAS as in matmul.wgsl.
+// m x n outputs. One thread per output. HAS_BIAS as in matmul.wgsl; activation.wgsl is prepended.
 
 struct Dims {
     m: u32,
@@ -9,21 +9,11 @@ struct Dims {
 }
 
 override HAS_BIAS: bool = false;
-override ACT: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> partial: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
-
-fn activate(x: f32) -> f32 {
-    switch ACT {
-        case 1u: { return max(x, 0.0); }
-        case 2u: { return 1.0 / (1.0 + exp(-x)); }
-        case 3u: { return tanh(x); }
-        default: { return x; }
-    }
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
