@@ -133,7 +133,7 @@ fn main() {
 
             let gpu_ctx = pollster::block_on(Gpu::new()).unwrap();
             let mut trainer = GpuTrainer::new(gpu_ctx, model.clone(), batch).unwrap();
-            trainer.load_params(&params);
+            trainer.load_params(&params).unwrap();
             trainer.load_shard(&x, &y).unwrap();
             let mut first = 0;
             let t = time(budget, 3, || {

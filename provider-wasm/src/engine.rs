@@ -44,22 +44,21 @@ pub enum EngineError {
     Labels(String),
 }
 
-/// The reference trainer with the shard it samples from.
-struct CpuEngine {
-    trainer: Trainer,
-    shard: CpuShard,
-}
-
+/// The shard minibatches are drawn from, kept on the host too: the CPU trainer reads it, and it lets the
+/// CPU take over from a GPU that fails mid-session.
 #[derive(Default)]
-struct CpuShard {
+struct HostShard {
     features: Vec<f32>,
+    /// Class indices for cross-entropy.
     classes: Vec<u32>,
+    /// Targets `[samples, outputs]` otherwise.
     values: Vec<f32>,
+    samples: usize,
 }
 
 enum Inner {
     Gpu(Box<GpuTrainer>),
-    Cpu(Box<CpuEngine>),
+    Cpu(Box<Trainer>),
 }
 
 /// A provider's trainer for one model.
@@ -67,6 +66,9 @@ pub struct Engine {
     inner: Inner,
     backend: Backend,
     model: Model,
+    /// The parameters as the engine holds them (loaded, plus every delta since).
+    params: Vec<f32>,
+    shard: HostShard,
 }
 
 impl Engine {
@@ -89,10 +91,16 @@ impl Engine {
             Ok(gpu) => self_check(gpu).await,
             Err(e) => Err(e),
         };
-        match gpu.and_then(|gpu| GpuTrainer::new(gpu, model.clone(), max_batch)) {
+        let trainer = match gpu {
+            Ok(gpu) => open_trainer(gpu, &model, max_batch).await,
+            Err(e) => Err(e),
+        };
+        match trainer {
             Ok(trainer) => Engine {
                 backend: Backend::Gpu(trainer.gpu().adapter.clone()),
                 inner: Inner::Gpu(Box::new(trainer)),
+                params: vec![0.0; model.params.total],
+                shard: HostShard::default(),
                 model,
             },
             Err(e) => Engine::cpu(model, e.to_string()),
@@ -101,10 +109,11 @@ impl Engine {
 
     /// The CPU reference trainer, with the reason it was chosen.
     pub fn cpu(model: Model, reason: String) -> Engine {
-        let trainer = Trainer::new(&model);
         Engine {
-            inner: Inner::Cpu(Box::new(CpuEngine { trainer, shard: CpuShard::default() })),
+            inner: Inner::Cpu(Box::new(Trainer::new(&model))),
             backend: Backend::Cpu { reason },
+            params: vec![0.0; model.params.total],
+            shard: HostShard::default(),
             model,
         }
     }
@@ -117,6 +126,14 @@ impl Engine {
         &self.model
     }
 
+    /// The GPU context, while the engine trains on the GPU (for diagnostics).
+    pub fn gpu(&self) -> Option<&Gpu> {
+        match &self.inner {
+            Inner::Gpu(t) => Some(t.gpu()),
+            Inner::Cpu(_) => None,
+        }
+    }
+
     /// Replaces the parameters (a flat buffer in the model's layout).
     ///
     /// # Errors
@@ -125,24 +142,25 @@ impl Engine {
         if params.len() != self.model.params.total {
             return Err(TrainError::ParamCount { expected: self.model.params.total, found: params.len() }.into());
         }
-        match &mut self.inner {
-            Inner::Gpu(t) => t.load_params(params),
-            Inner::Cpu(c) => c.trainer.load_params(params)?,
-        }
-        Ok(())
+        self.params.copy_from_slice(params);
+        let loaded = match &mut self.inner {
+            Inner::Gpu(t) => t.load_params(params).map_err(EngineError::from),
+            Inner::Cpu(t) => t.load_params(params).map_err(EngineError::from),
+        };
+        self.on_gpu_error(loaded)
     }
 
     /// Loads the samples minibatches are drawn from: `features` is `[n, input elements]` (normalised),
     /// `labels` is `[n, 1]` class indices for cross-entropy or `[n, output elements]` targets otherwise.
     ///
     /// # Errors
-    /// Lengths that do not fit the model, class labels that are not whole numbers in range, or a shard
-    /// larger than the GPU allows.
+    /// Lengths that do not fit the model, or class labels that are not whole numbers in range.
     pub fn load_shard(&mut self, features: &[f32], labels: &[f32]) -> Result<(), EngineError> {
         let in_elems = self.model.input_shape().elements().unwrap_or(1).max(1);
         let outputs = self.model.output_shape().elements().unwrap_or(1);
         let samples = features.len() / in_elems;
-        let width = if self.model.spec.loss == Loss::CrossEntropy { 1 } else { outputs };
+        let classes = self.model.spec.loss == Loss::CrossEntropy;
+        let width = if classes { 1 } else { outputs };
         if samples * in_elems != features.len() {
             return Err(TrainError::InputWidth { expected: in_elems, found: features.len() % in_elems }.into());
         }
@@ -152,33 +170,31 @@ impl Engine {
                 labels.len()
             )));
         }
-        if width == 1
-            && self.model.spec.loss == Loss::CrossEntropy
-            && let Some(bad) = labels.iter().find(|&&c| c < 0.0 || c.fract() != 0.0 || c as usize >= outputs)
+        if classes
+            && let Some(bad) = labels.iter().find(|&&c| !(c >= 0.0 && c.fract() == 0.0 && (c as usize) < outputs))
         {
             return Err(EngineError::Labels(format!("class {bad} is not one of the model's {outputs} classes")));
         }
-        match &mut self.inner {
-            Inner::Gpu(t) => t.load_shard(features, labels)?,
-            Inner::Cpu(c) => {
-                c.shard.features = features.to_vec();
-                if self.model.spec.loss == Loss::CrossEntropy {
-                    c.shard.classes = labels.iter().map(|&v| v as u32).collect();
-                    c.shard.values.clear();
-                } else {
-                    c.shard.values = labels.to_vec();
-                    c.shard.classes.clear();
-                }
-            }
-        }
-        Ok(())
+        self.shard = HostShard {
+            features: features.to_vec(),
+            classes: if classes { labels.iter().map(|&v| v as u32).collect() } else { Vec::new() },
+            values: if classes { Vec::new() } else { labels.to_vec() },
+            samples,
+        };
+        let loaded = match &mut self.inner {
+            Inner::Gpu(t) => t.load_shard(features, labels).map_err(EngineError::from),
+            Inner::Cpu(_) => Ok(()),
+        };
+        self.on_gpu_error(loaded)
     }
 
     /// Runs `local_steps` plain SGD steps at `lr` over minibatches of `indices` (the reference trainer's
-    /// `train_local` rules) and returns the delta, the mean loss and the sample count.
+    /// `train_local` rules) and returns the delta, the mean loss and the sample count. If the GPU fails
+    /// (device lost, out of memory, a launch the device refuses), the CPU takes over from the parameters
+    /// the call started from, and the backend says why.
     ///
     /// # Errors
-    /// Bad indices or sizes; GPU errors (device lost, out of memory, validation).
+    /// Bad indices or sizes.
     pub async fn train(
         &mut self,
         indices: &[u32],
@@ -187,72 +203,128 @@ impl Engine {
         lr: f32,
         dropout: DropoutSeed,
     ) -> Result<StepResult, EngineError> {
-        match &mut self.inner {
-            Inner::Gpu(t) => Ok(t.train(indices, batch_size, local_steps, lr, dropout).await?),
-            Inner::Cpu(c) => {
-                let model = &self.model;
-                let config = LocalConfig {
-                    batch_size,
-                    local_steps,
-                    learning_rate: lr,
-                    dropout: DropoutKey { seed: dropout.seed, step: dropout.first_step },
-                };
-                let batch = c.shard.batch(model)?;
-                let r = c.trainer.train_local(&batch, indices, &config)?;
-                Ok(StepResult { delta: r.delta, mean_loss: r.mean_loss as f32, accuracy: None, samples: r.samples })
+        self.check_indices(indices)?;
+        if let Inner::Gpu(t) = &mut self.inner {
+            match t.train(indices, batch_size, local_steps, lr, dropout).await {
+                Ok(result) => {
+                    self.apply(&result.delta);
+                    return Ok(result);
+                }
+                Err(e) => self.fall_back(&e),
             }
         }
+        let Inner::Cpu(trainer) = &mut self.inner else { unreachable!("fell back to the CPU above") };
+        let config = LocalConfig {
+            batch_size,
+            local_steps,
+            learning_rate: lr,
+            dropout: DropoutKey { seed: dropout.seed, step: dropout.first_step },
+        };
+        let r = trainer.train_local(&self.shard.batch(&self.model), indices, &config)?;
+        let result = StepResult { delta: r.delta, mean_loss: r.mean_loss as f32, accuracy: None, samples: r.samples };
+        self.apply(&result.delta);
+        Ok(result)
     }
 
     /// The mean loss and accuracy over `indices`, without dropout.
     ///
     /// # Errors
-    /// Bad indices; GPU errors.
+    /// Bad indices.
     pub async fn evaluate(&mut self, indices: &[u32]) -> Result<(f32, f32), EngineError> {
-        match &mut self.inner {
-            Inner::Gpu(t) => Ok(t.evaluate(indices).await?),
-            Inner::Cpu(c) => {
-                let model = &self.model;
-                let params = c.trainer.params().to_vec();
-                let all = c.shard.batch(model)?;
-                let in_elems = all.x.ncols();
-                let x: Vec<f32> = indices.iter().flat_map(|&i| all.x.row(i as usize).to_vec()).collect::<Vec<_>>();
-                let xs = ArrayView2::from_shape((indices.len(), in_elems), &x).expect("whole rows");
-                let (classes, values): (Vec<u32>, Vec<f32>) = match all.y {
-                    Labels::Classes(cl) => (indices.iter().map(|&i| cl[i as usize]).collect(), Vec::new()),
-                    Labels::Values(v) => {
-                        (Vec::new(), indices.iter().flat_map(|&i| v.row(i as usize).to_vec()).collect())
-                    }
-                };
-                let outputs = values.len() / indices.len().max(1);
-                let y = if model.spec.loss == Loss::CrossEntropy {
-                    Labels::Classes(&classes)
-                } else {
-                    Labels::Values(ArrayView2::from_shape((indices.len(), outputs), &values).expect("whole rows"))
-                };
-                let e = c.trainer.evaluate(&params, &Batch { x: xs, y })?;
-                Ok((e.loss as f32, e.accuracy.unwrap_or(0.0) as f32))
+        self.check_indices(indices)?;
+        if let Inner::Gpu(t) = &mut self.inner {
+            match t.evaluate(indices).await {
+                Ok(r) => return Ok(r),
+                Err(e) => self.fall_back(&e),
             }
         }
+        let Inner::Cpu(trainer) = &mut self.inner else { unreachable!("fell back to the CPU above") };
+        let all = self.shard.batch(&self.model);
+        let rows: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+        let x = all.x.select(ndarray::Axis(0), &rows);
+        let classes: Vec<u32> = if self.shard.classes.is_empty() {
+            Vec::new()
+        } else {
+            rows.iter().map(|&i| self.shard.classes[i]).collect()
+        };
+        let values = match all.y {
+            Labels::Values(v) => Some(v.select(ndarray::Axis(0), &rows)),
+            Labels::Classes(_) => None,
+        };
+        let y = match &values {
+            Some(v) => Labels::Values(v.view()),
+            None => Labels::Classes(&classes),
+        };
+        let e = trainer.evaluate(&self.params, &Batch { x: x.view(), y })?;
+        Ok((e.loss as f32, e.accuracy.unwrap_or(0.0) as f32))
+    }
+
+    /// No indices, or one outside the shard, is an error on every backend.
+    fn check_indices(&self, indices: &[u32]) -> Result<(), EngineError> {
+        if indices.is_empty() {
+            return Err(TrainError::EmptyBatch.into());
+        }
+        let samples = self.shard.samples;
+        match indices.iter().find(|&&i| i as usize >= samples) {
+            Some(&index) => Err(TrainError::SampleIndex { index, samples }.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn apply(&mut self, delta: &[f32]) {
+        for (p, d) in self.params.iter_mut().zip(delta) {
+            *p += d;
+        }
+    }
+
+    /// A GPU error during loading switches to the CPU, which then loads from the host copies.
+    fn on_gpu_error(&mut self, outcome: Result<(), EngineError>) -> Result<(), EngineError> {
+        match outcome {
+            Err(EngineError::Gpu(e)) => {
+                self.fall_back(&e);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Replaces a failed GPU trainer with the CPU reference trainer holding the engine's parameters.
+    fn fall_back(&mut self, error: &GpuError) {
+        let mut trainer = Trainer::new(&self.model);
+        trainer.load_params(&self.params).expect("the engine's parameters fit its model");
+        self.inner = Inner::Cpu(Box::new(trainer));
+        self.backend = Backend::Cpu { reason: format!("the GPU failed: {error}") };
     }
 }
 
-impl CpuShard {
-    fn batch(&self, model: &Model) -> Result<Batch<'_, f32>, EngineError> {
+impl HostShard {
+    fn batch(&self, model: &Model) -> Batch<'_, f32> {
         let in_elems = model.input_shape().elements().unwrap_or(1).max(1);
-        let samples = self.features.len() / in_elems;
-        let x = ArrayView2::from_shape((samples, in_elems), &self.features).expect("whole rows");
-        let y = if model.spec.loss == Loss::CrossEntropy {
+        let x = ArrayView2::from_shape((self.samples, in_elems), &self.features).expect("checked when loaded");
+        let y = if self.values.is_empty() && model.spec.loss == Loss::CrossEntropy {
             Labels::Classes(&self.classes)
         } else {
-            let outputs = model.output_shape().elements().unwrap_or(1);
-            Labels::Values(
-                ArrayView2::from_shape((samples, outputs), &self.values)
-                    .map_err(|e| EngineError::Labels(e.to_string()))?,
-            )
+            let outputs = self.values.len() / self.samples.max(1);
+            Labels::Values(ArrayView2::from_shape((self.samples, outputs), &self.values).expect("checked when loaded"))
         };
-        Ok(Batch { x, y })
+        Batch { x, y }
     }
+}
+
+/// Builds the GPU trainer and checks, with error scopes and a health check, that the device accepted
+/// everything (out-of-memory errors arrive asynchronously on WebGPU), so that a GPU that cannot hold
+/// the model is never chosen.
+async fn open_trainer(gpu: Gpu, model: &Model, max_batch: usize) -> Result<GpuTrainer, GpuError> {
+    let oom = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let trainer = GpuTrainer::new(gpu, model.clone(), max_batch);
+    let (v, o) = (validation.pop().await, oom.pop().await);
+    if let Some(e) = o.or(v) {
+        return Err(e.into());
+    }
+    let trainer = trainer?;
+    trainer.gpu().check_lost()?;
+    Ok(trainer)
 }
 
 /// The self-check's model: a convolution, pooling, dropout and a dense layer, small enough to run in a
@@ -292,7 +364,7 @@ pub async fn self_check(gpu: Gpu) -> Result<Gpu, GpuError> {
     let want = reference.train_local(&batch, &indices, &config).expect("the reference trains");
 
     let mut trainer = GpuTrainer::new(gpu, model, 3)?;
-    trainer.load_params(&params);
+    trainer.load_params(&params)?;
     trainer.load_shard(&x, &labels)?;
     let got = trainer.train(&indices, 3, 2, 0.1, DropoutSeed { seed: dropout.seed, first_step: dropout.step }).await?;
     agreement(&got.delta, &want.delta, SELF_CHECK_TOLERANCE).map_err(GpuError::SelfCheck)?;
@@ -307,7 +379,7 @@ fn agreement(got: &[f32], want: &[f32], tolerance: f32) -> Result<(), String> {
     let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs() / scale;
-        if !(err <= tolerance) {
+        if err.is_nan() || err > tolerance {
             return Err(format!("parameter {i} moved by {g} where the reference moved by {w}"));
         }
     }

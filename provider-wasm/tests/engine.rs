@@ -123,6 +123,10 @@ fn bad_calls_are_errors_on_both_engines() {
         let out_of_range = pollster::block_on(engine.train(&[0, 10], 2, 1, 0.1, DropoutSeed::default()));
         assert!(out_of_range.unwrap_err().to_string().contains("10"), "{:?}", engine.backend());
         assert!(pollster::block_on(engine.train(&[], 2, 1, 0.1, DropoutSeed::default())).is_err());
+        // Evaluation refuses the same, on both backends alike.
+        let e = pollster::block_on(engine.evaluate(&[3, 10])).unwrap_err();
+        assert_eq!(e.to_string(), "sample index 10 is out of range for a dataset of 10 samples");
+        assert!(matches!(pollster::block_on(engine.evaluate(&[])), Err(EngineError::Train(_))));
     }
 }
 
@@ -174,4 +178,35 @@ fn gpu_training_on_mnist_reaches_the_reference_accuracy() {
     eprintln!("held-out accuracy after 300 steps: GPU {gpu}, reference {cpu}");
     assert!(cpu >= 0.85, "the reference reached only {cpu}");
     assert!((gpu - cpu).abs() <= 0.01, "GPU accuracy {gpu} vs reference {cpu}");
+}
+
+#[test]
+fn a_gpu_that_fails_mid_session_hands_over_to_the_cpu_without_losing_state() {
+    let m = model(SMALL);
+    let (x, y) = small_data();
+    let params = init_params(&m, 8);
+    let seed = DropoutSeed { seed: 3, first_step: 0 };
+    let mut engine = any_adapter(m.clone(), 8);
+    assert!(matches!(engine.backend(), Backend::Gpu(_)));
+    engine.load_params(&params).unwrap();
+    engine.load_shard(&x, &y).unwrap();
+    let first = pollster::block_on(engine.train(&[0, 1, 2, 3], 4, 1, 0.1, seed)).unwrap();
+
+    // The device goes away (as when a browser tab's GPU process crashes).
+    engine.gpu().unwrap().device.destroy();
+    let second = pollster::block_on(engine.train(&[4, 5, 6, 7], 4, 1, 0.1, seed)).unwrap();
+    match engine.backend() {
+        Backend::Cpu { reason } => assert!(reason.starts_with("the GPU failed: "), "{reason}"),
+        other => panic!("still on {other:?}"),
+    }
+    // The CPU continued from the parameters after the first call.
+    let after_first: Vec<f32> = params.iter().zip(&first.delta).map(|(p, d)| p + d).collect();
+    let mut reference = Trainer::new(&m);
+    reference.load_params(&after_first).unwrap();
+    let classes: Vec<u32> = y.iter().map(|&c| c as u32).collect();
+    let batch = Batch { x: ArrayView2::from_shape((10, 16), &x).unwrap(), y: Labels::Classes(&classes) };
+    let config =
+        LocalConfig { batch_size: 4, local_steps: 1, learning_rate: 0.1, dropout: DropoutKey { seed: 3, step: 0 } };
+    let want = reference.train_local(&batch, &[4, 5, 6, 7], &config).unwrap();
+    assert_eq!(second.delta, want.delta);
 }

@@ -73,7 +73,7 @@ fn compare(gpu: Gpu, json: &str, batch: usize, steps: usize, samples: usize) -> 
     let want = reference.train_local(&Batch { x: xs, y: labels }, &indices, &config).unwrap();
 
     let mut trainer = GpuTrainer::new(gpu, model, batch).unwrap();
-    trainer.load_params(&params);
+    trainer.load_params(&params).unwrap();
     trainer.load_shard(&x, &y).unwrap();
     let got = pollster::block_on(trainer.train(
         &indices,

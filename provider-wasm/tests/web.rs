@@ -106,7 +106,7 @@ async fn webgpu_passes_the_self_check_and_trains_on_the_gpu() {
     let indices = [2u32, 4, 1];
     let want = reference_delta(&model, &params, &x, &classes, &y, &indices);
     let mut trainer = GpuTrainer::new(gpu, model, 3).unwrap();
-    trainer.load_params(&params);
+    trainer.load_params(&params).unwrap();
     trainer.load_shard(&x, &y).unwrap();
     let got = trainer.train(&indices, 3, 2, 0.1, DropoutSeed { seed: 5, first_step: 9 }).await.unwrap();
     assert_close(&got.delta, &want);

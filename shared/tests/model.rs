@@ -496,3 +496,31 @@ fn data_requirements_follow_the_model() {
         model(r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 3}], "loss": "binary_cross_entropy"}"#);
     assert_eq!(bce.data_requirements().labels, LabelRequirement::Values { shape: vec![3] });
 }
+
+#[test]
+fn sizes_that_overflow_are_errors_not_panics() {
+    for json in [
+        r#"{"input_shape": [8], "layers": [{"type": "dense", "units": 4611686018427387904}], "loss": "mean_squared_error"}"#,
+        r#"{"input_shape": [8, 8, 3], "layers": [{"type": "conv2d", "filters": 4611686018427387904, "kernel_size": 3}], "loss": "mean_squared_error"}"#,
+        r#"{"input_shape": [8, 8, 3], "layers": [{"type": "conv2d", "filters": 2, "kernel_size": 4611686018427387904, "padding": "same"}], "loss": "mean_squared_error"}"#,
+        r#"{"input_shape": [8, 8, 3], "layers": [{"type": "avg_pool2d", "pool_size": [4611686018427387904, 1]}], "loss": "mean_squared_error"}"#,
+    ] {
+        let e = errors(json);
+        assert!(e.starts_with("layer 0 ("), "{json}: {e}");
+    }
+}
+
+#[test]
+fn a_fused_softmax_must_be_the_last_layer() {
+    let e = errors(
+        r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 3, "activation": "softmax"},
+            {"type": "dropout", "rate": 0.5}], "loss": "cross_entropy"}"#,
+    );
+    expect![[r#"layer 0 (dense): cross_entropy computes this softmax itself: it must be the last layer, with nothing after it"#]]
+        .assert_eq(&e);
+    // With mean squared error the softmax is an ordinary layer.
+    model(
+        r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 3, "activation": "softmax"},
+            {"type": "dropout", "rate": 0.5}], "loss": "mean_squared_error"}"#,
+    );
+}

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 /// What went wrong on the GPU, in a form the provider can report to the server.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -320,11 +318,16 @@ impl Gpu {
     pub fn uniform(&self, words: &[u32]) -> wgpu::Buffer {
         let mut padded = words.to_vec();
         padded.resize(words.len().next_multiple_of(4).max(4), 0);
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        // Written through the queue rather than mapped at creation: mapping panics on a lost device,
+        // where a write is only an error that the next check reports.
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("uniform"),
-            contents: bytemuck::cast_slice(&padded),
+            size: (padded.len() * 4) as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+            mapped_at_creation: false,
+        });
+        self.write_words(&buffer, &padded);
+        buffer
     }
 
     /// A storage buffer of u32 values (sample indices, labels, argmax positions).

@@ -124,6 +124,13 @@ impl Matmul {
         let k_split = self.k.div_ceil(self.splits.max(1)).next_multiple_of(tiles.bk).max(tiles.bk);
         let splits = self.k.div_ceil(k_split).max(1);
         let groups = [self.n.div_ceil(tiles.block_n()), self.m.div_ceil(tiles.block_m()), splits];
+        let most = gpu.limits.max_compute_workgroups_per_dimension;
+        if groups[0] > most || groups[1] > most || groups[2] > most {
+            return Err(GpuError::Validation(format!(
+                "a {}x{}x{} matrix product needs {groups:?} workgroups, more than the device's {most} per dimension",
+                self.m, self.n, self.k
+            )));
+        }
         let (kernel, placeholders): (&Kernel, &[(&str, u32)]) =
             if tiles.large { (&KERNEL_LARGE, &[]) } else { (&KERNEL, &placeholders) };
         let dims = gpu.uniform(&[self.m, self.n, self.k, if splits > 1 { k_split } else { self.k.max(1) }]);

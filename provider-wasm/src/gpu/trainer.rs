@@ -14,6 +14,9 @@ use super::context::{Dispatch, Gpu, GpuError, linear_workgroups};
 use super::kernels::{self, op, window_op};
 use super::matmul::{FusedActivation, Matmul, MatmulTiles};
 
+/// Prepared plans kept at once (training and evaluation at the usual batch sizes, and a few others).
+const MAX_PLANS: usize = 6;
+
 /// What a training call returns: the change of the parameters and the loss before each update.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepResult {
@@ -98,6 +101,17 @@ impl GpuTrainer {
     /// When a buffer is larger than the device allows.
     pub fn new(gpu: Gpu, model: Model, max_batch: usize) -> Result<GpuTrainer, GpuError> {
         let max_batch = max_batch.max(1);
+        let largest = model.layers.iter().map(|l| l.output.elements().unwrap_or(usize::MAX)).max().unwrap_or(0);
+        let cols = model
+            .layers
+            .iter()
+            .filter_map(|l| l.window.map(|w| w.out_h * w.out_w * w.kernel.h * w.kernel.w * w.in_c))
+            .max()
+            .unwrap_or(0);
+        let per_sample = largest.max(cols).max(model.input_shape().elements().unwrap_or(usize::MAX));
+        if per_sample.checked_mul(max_batch).and_then(|n| n.checked_mul(4)).is_none() {
+            return Err(GpuError::TooLarge("a batch", u64::MAX, gpu.limits.max_buffer_size));
+        }
         let tiles = MatmulTiles::for_gpu(&gpu);
         let mut params = Vec::new();
         let mut grads = Vec::new();
@@ -181,13 +195,20 @@ impl GpuTrainer {
 
     /// Uploads parameters (a flat buffer in the model's layout).
     ///
-    /// # Panics
+    /// # Errors
     /// When `params` does not have the model's parameter count.
-    pub fn load_params(&mut self, params: &[f32]) {
-        assert_eq!(params.len(), self.model.params.total, "parameter count");
+    pub fn load_params(&mut self, params: &[f32]) -> Result<(), GpuError> {
+        if params.len() != self.model.params.total {
+            return Err(GpuError::Validation(format!(
+                "{} parameters given, the model has {}",
+                params.len(),
+                self.model.params.total
+            )));
+        }
         for (t, buf) in self.model.params.tensors.iter().zip(&self.params) {
             self.gpu.write(buf, &params[t.range()]);
         }
+        Ok(())
     }
 
     /// Reads the parameters back.
@@ -202,15 +223,25 @@ impl GpuTrainer {
     /// `[n, label width]` (one class index per sample for cross-entropy, the targets otherwise).
     ///
     /// # Errors
-    /// When the shard is larger than the device allows.
-    ///
-    /// # Panics
-    /// When the lengths do not agree with the model.
+    /// Lengths that do not agree with the model, class labels out of range, or a shard larger than the
+    /// device allows.
     pub fn load_shard(&mut self, features: &[f32], labels: &[f32]) -> Result<(), GpuError> {
         let in_elems = self.model.input_shape().elements().unwrap_or(1);
         let samples = features.len() / in_elems;
-        assert_eq!(samples * in_elems, features.len(), "features are not whole samples");
-        assert_eq!(labels.len(), samples * label_width(&self.model), "labels do not match the features");
+        let bad = |m: String| Err(GpuError::Validation(m));
+        if samples * in_elems != features.len() {
+            return bad(format!("{} feature values are not whole samples of {in_elems}", features.len()));
+        }
+        if labels.len() != samples * label_width(&self.model) {
+            return bad(format!("{} label values do not match {samples} samples", labels.len()));
+        }
+        let classes = self.model.output_shape().elements().unwrap_or(0);
+        if self.model.spec.loss == Loss::CrossEntropy
+            && let Some(c) = labels.iter().find(|&&c| !(c >= 0.0 && c.fract() == 0.0 && (c as usize) < classes))
+        {
+            // The loss kernel reads the logit of the label: an out-of-range class must never reach it.
+            return bad(format!("class {c} is not one of the model's {classes} classes"));
+        }
         let features_buf = self.gpu.buffer_from("shard features", features)?;
         let labels_buf = self.gpu.buffer_from("shard labels", labels)?;
         self.shard = Some(Shard { features: features_buf, labels: labels_buf, samples });
@@ -244,6 +275,28 @@ impl GpuTrainer {
         }
         encoder.clear_buffer(&self.totals, 0, None);
         self.gpu.queue.submit([encoder.finish()]);
+        let outcome = self.run_steps(indices, b, local_steps, lr, dropout).await;
+        if let Err(e) = outcome {
+            // Leave the parameters as the call found them, so that a failed call changes nothing.
+            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+            for (start, params) in self.start.iter().zip(&self.params) {
+                encoder.copy_buffer_to_buffer(start, 0, params, 0, start.size());
+            }
+            self.gpu.queue.submit([encoder.finish()]);
+            return Err(e);
+        }
+        outcome
+    }
+
+    /// The steps of [`GpuTrainer::train`] after its checks, then the delta and totals read back.
+    async fn run_steps(
+        &mut self,
+        indices: &[u32],
+        b: usize,
+        local_steps: usize,
+        lr: f32,
+        dropout: DropoutSeed,
+    ) -> Result<StepResult, GpuError> {
         let mut chunk = Vec::with_capacity(b);
         for k in 0..local_steps {
             chunk.clear();
@@ -345,6 +398,10 @@ impl GpuTrainer {
 
     fn ensure_plan(&mut self, batch: usize, training: bool) -> Result<(), GpuError> {
         if !self.plans.contains_key(&(batch, training)) {
+            // Plans hold their own uniforms and split-K buffers: keep a few, not one per batch size ever seen.
+            if self.plans.len() >= MAX_PLANS {
+                self.plans.clear();
+            }
             let plan = self.build_plan(batch, training)?;
             self.plans.insert((batch, training), plan);
         }

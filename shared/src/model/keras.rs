@@ -124,8 +124,8 @@ impl Options<'_> {
 
     fn usize(&mut self, key: &'static str) -> Option<usize> {
         let v = self.take(key);
-        match v.as_ref().and_then(Value::as_u64) {
-            Some(n) => Some(n as usize),
+        match v.as_ref().and_then(Value::as_u64).and_then(|n| usize::try_from(n).ok()) {
+            Some(n) => Some(n),
             None => {
                 let shown = v.map_or_else(|| "missing".to_owned(), |v| v.to_string());
                 self.fail(Some(key), format!("`{key}` must be a positive integer, found {shown}"));

@@ -157,7 +157,9 @@ impl Model {
         if !errors.is_empty() {
             return Err(SpecErrors(errors));
         }
-        let layers = layers.expect("analysis yields layers when it reports no error");
+        let Some(layers) = layers else {
+            return Err(SpecErrors(vec![SpecError::model("layers", "the model's shapes could not be computed")]));
+        };
         let params = ParamLayout::new(&layers);
         let flops_forward = layers.iter().map(|l| l.flops).sum();
         let output_activation_fused = matches!(
@@ -407,8 +409,23 @@ fn check_fields(index: usize, layer: &Layer, errors: &mut Vec<SpecError>) {
     }
 }
 
-/// Computes one layer's output shape and costs, or reports why it cannot.
+/// Computes one layer's output shape and costs, or reports why it cannot (sizes whose products overflow
+/// included).
 fn layer_info(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<SpecError>) -> Option<LayerInfo> {
+    let shown = input.to_string();
+    let info = resolve_layer(index, layer, input, errors);
+    if info.is_none() && !errors.iter().any(|e| e.layer == Some(index)) {
+        errors.push(SpecError::layer(
+            index,
+            layer.kind(),
+            None,
+            format!("its sizes are too large to compute (its input is {shown})"),
+        ));
+    }
+    info
+}
+
+fn resolve_layer(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<SpecError>) -> Option<LayerInfo> {
     let kind = layer.kind();
     let before = errors.len();
     let mut err = |field: Option<&str>, message: String| errors.push(SpecError::layer(index, kind, field, message));
@@ -424,7 +441,10 @@ fn layer_info(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<SpecEr
             }
             let fan_in = input.0[0];
             let params = fan_in.checked_mul(*units)?.checked_add(*units)?;
-            let flops = 2 * in_elems * *units as u64 + activation_flops(*activation, *units as u64);
+            let flops = in_elems
+                .saturating_mul(2)
+                .saturating_mul(*units as u64)
+                .saturating_add(activation_flops(*activation, *units as u64));
             (Shape(vec![*units]), None, params, flops)
         }
         Layer::Conv2d { filters, kernel_size, strides, padding, activation } => {
@@ -457,7 +477,8 @@ fn layer_info(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<SpecEr
             let params = taps.checked_mul(*filters)?.checked_add(*filters)?;
             let out = Shape(vec![out_h, out_w, *filters]);
             let out_elems = out.elements()? as u64;
-            let flops = (2 * taps as u64).saturating_mul(out_elems) + activation_flops(*activation, out_elems);
+            let flops =
+                (2 * taps as u64).saturating_mul(out_elems).saturating_add(activation_flops(*activation, out_elems));
             (out, Some(win), params, flops)
         }
         Layer::MaxPool2d { pool_size, strides } | Layer::AvgPool2d { pool_size, strides } => {
@@ -488,7 +509,8 @@ fn layer_info(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<SpecEr
                 pad_left: 0,
             };
             let out = Shape(vec![out_h, out_w, c]);
-            let flops = (out.elements()? as u64).saturating_mul((pool_size.h * pool_size.w) as u64);
+            let flops =
+                (out.elements()? as u64).saturating_mul((pool_size.h as u64).saturating_mul(pool_size.w as u64));
             (out, Some(win), 0, flops)
         }
         Layer::Flatten => (Shape(vec![in_elems as usize]), None, 0, 0),
@@ -515,6 +537,30 @@ fn layer_info(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<SpecEr
 
 fn check_loss(spec: &ModelSpec, output: &Shape, errors: &mut Vec<SpecError>) {
     let last = spec.layers.last().and_then(Layer::activation);
+    // A softmax or sigmoid that the loss would fuse must come last: after it, dropout would act on
+    // probabilities and the loss would apply the function a second time.
+    let fused = match spec.loss {
+        Loss::CrossEntropy => Some(Activation::Softmax),
+        Loss::BinaryCrossEntropy => Some(Activation::Sigmoid),
+        Loss::MeanSquaredError => None,
+    };
+    if let Some((i, layer)) =
+        spec.layers.iter().enumerate().rev().find(|(_, l)| !matches!(l, Layer::Dropout { .. } | Layer::Flatten))
+        && i + 1 < spec.layers.len()
+        && layer.activation().is_some()
+        && layer.activation() == fused
+    {
+        errors.push(SpecError::layer(
+            i,
+            layer.kind(),
+            Some("activation"),
+            format!(
+                "{} computes this {} itself: it must be the last layer, with nothing after it",
+                spec.loss.name(),
+                layer.activation().map_or("", Activation::name)
+            ),
+        ));
+    }
     match spec.loss {
         Loss::CrossEntropy => {
             if output.0.len() != 1 || output.0[0] < 2 {
@@ -566,7 +612,7 @@ fn window_dim(input: usize, kernel: usize, stride: usize, padding: Padding) -> (
         Padding::Valid => ((input.saturating_sub(kernel)) / stride + 1, 0),
         Padding::Same => {
             let out = input.div_ceil(stride);
-            let total = ((out - 1) * stride + kernel).saturating_sub(input);
+            let total = (out - 1).saturating_mul(stride).saturating_add(kernel).saturating_sub(input);
             (out, total / 2)
         }
     }

@@ -95,8 +95,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             let ox = (i / g.in_c) % g.out_w;
             let oy = (i / (g.in_c * g.out_w)) % g.out_h;
             let b = i / (g.in_c * g.out_w * g.out_h);
-            var best = -3.402823e38;
-            var best_at = 0u;
+            // Start from the window's first element, so that the position is always inside the window.
+            let y0 = oy * g.s_h;
+            let x0 = ox * g.s_w;
+            var best = src[((b * g.in_h + y0) * g.in_w + x0) * g.in_c + c];
+            var best_at = y0 * g.in_w + x0;
             var sum = 0.0;
             for (var ky = 0u; ky < g.k_h; ky++) {
                 for (var kx = 0u; kx < g.k_w; kx++) {
