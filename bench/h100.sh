@@ -6,8 +6,8 @@
 #
 # Build here first:
 #   cargo build --release -p daig-provider --example gpu_bench
-#   cargo test --release -p daig-provider --no-run   # the test binaries `gpu-*` and `gpu_train-*`
-#   mkdir -p .devbin && cp target/release/examples/gpu_bench target/release/deps/gpu{,_train}-* .devbin/
+#   cargo test --release -p daig-provider --no-run   # the test binaries `gpu-*`, `gpu_train-*`, `engine-*`
+#   mkdir -p .devbin && cp target/release/examples/gpu_bench target/release/deps/{gpu,gpu_train,engine}-* .devbin/
 # then run `bash bench/h100.sh` on the GPU machine with `.devbin` (and `.gl`) beside it.
 set -u
 out="${OUT:-/tmp/daig-bench}"
@@ -20,8 +20,9 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 export VK_LOADER_DEBUG=error
 nvidia-smi -L 2>&1 | tee "$out/gpu.txt"
 echo "== engine tests on this GPU" | tee "$out/tests.txt"
-for t in .devbin/gpu-* .devbin/gpu_train-*; do
-    [ -x "$t" ] && "$t" 2>&1 | tail -4 | tee -a "$out/tests.txt"
+# The MNIST test needs ../shared/data, which does not travel: skip it there.
+for t in .devbin/gpu-* .devbin/gpu_train-* .devbin/engine-*; do
+    [ -x "$t" ] && "$t" --skip mnist 2>&1 | tail -12 | tee -a "$out/tests.txt"
 done
 echo "== engine benchmark"
 .devbin/gpu_bench --sweep 2>&1 | tee "$out/engine.txt"
