@@ -14,6 +14,9 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState::new(settings).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), "serving the DAIG API");
+    let db = state.db().clone();
     daig_server::run(listener, state, daig_server::shutdown_signal()).await.context("server")?;
+    // Waits for open connections to finish and checkpoints the write-ahead log into the database file.
+    db.close().await;
     Ok(())
 }
