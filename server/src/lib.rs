@@ -1,6 +1,135 @@
 //! The DAIG management server: accounts, projects, datasets, object storage and training coordination.
 //!
-//! Nothing here yet: the management-server issue fills this crate. It exists so that the workspace has its
-//! designed shape and so that the server's dependency on `daig-shared` is compiled from the first commit.
+//! The binary (`src/main.rs`) is thin: it loads [`Settings`], builds [`AppState`] and calls [`run`]. Everything
+//! else is here, and tests drive [`app`] without a socket.
+//!
+//! - [`config`]: flags, environment and TOML merged and validated into [`Settings`].
+//! - [`state`]: [`AppState`], the runtime objects built from the settings.
+//! - [`db`]: the embedded SQLite database and its migrations.
+//! - [`error`]: [`AppError`] and the one JSON error shape.
+//! - [`extract`]: `Json`, `Path` and `ClientIp` extractors that reject in that shape.
+//! - [`auth`]: [`CurrentUser`] (bearer token or session cookie with CSRF), passwords, secrets, cookies.
+//! - [`api`]: the routes and their OpenAPI document.
+//! - [`limits`]: rate limits and the answers of the limit layers.
+//! - [`telemetry`]: logs and Prometheus metrics.
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod limits;
+pub mod state;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::{Extension, Router, middleware};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::CurrentUser;
+pub use config::Settings;
 pub use daig_shared as shared;
+pub use error::AppError;
+pub use state::AppState;
+
+/// How often histogram samples are folded into the Prometheus buckets when nobody scrapes `/metrics`.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The whole HTTP application: every route, the fallbacks, and the limit, metrics and trace layers.
+///
+/// Layers, outermost first: tracing, metrics, caught panics (500 in the error shape), load shedding over the
+/// global concurrency limit (503 `overloaded`), the request timeout (503 `timeout`), the body limit (413).
+pub fn app(state: AppState) -> Router {
+    let (router, openapi) = api::router().split_for_parts();
+    let openapi_json = openapi.to_pretty_json().unwrap_or_else(|e| {
+        // Serialising plain data does not fail in practice; if it ever does, the server still starts.
+        tracing::error!("cannot render the OpenAPI document: {e}");
+        "{}".to_owned()
+    });
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(limits::handle_layer_error))
+        .load_shed()
+        // Router::layer wraps each route separately; one shared semaphore makes the limit global.
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(state.concurrency()))
+        .timeout(limits::request_timeout(&state));
+    router
+        .layer(Extension(api::OpenApiJson(Arc::from(openapi_json))))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings().body_limit_bytes))
+        .layer(limits)
+        .layer(CatchPanicLayer::custom(limits::panic_response))
+        .layer(middleware::from_fn(telemetry::track_metrics))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("route")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes, then finishes the requests in flight and returns.
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let metrics = state.metrics().clone();
+    let upkeep = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            metrics.run_upkeep();
+        }
+    });
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+    upkeep.abort();
+    served
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

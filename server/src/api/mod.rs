@@ -1,0 +1,86 @@
+//! The HTTP API, one module per area, assembled into an [`OpenApiRouter`] so that the OpenAPI document
+//! (`GET /api/openapi.json`) is generated from the same handlers that serve the routes.
+
+pub mod health;
+pub mod session;
+pub mod tokens;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ErrorBody, ErrorDetail, FieldError};
+use crate::state::AppState;
+
+/// The document's fixed parts; the paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "DAIG management server",
+        description = "Accounts, API tokens and sessions of the DAIG management server. Every error is answered \
+                       as `{\"error\": {\"code\", \"message\", \"details\"?}}` (schema `ErrorBody`)."
+    ),
+    components(schemas(ErrorBody, ErrorDetail, FieldError)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "health", description = "Liveness, metrics and this document"),
+        (name = "accounts", description = "Sign-up and the current user"),
+        (name = "session", description = "Dashboard log-in with a cookie"),
+        (name = "tokens", description = "API tokens for the CLI and scripts"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the two ways to authenticate: `bearer` (an API token) and `session` (the dashboard cookie).
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("daig_<base64url>").build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::auth::cookie::SESSION,
+                "The dashboard session; writes also need `X-CSRF-Token` equal to the `daig_csrf` cookie",
+            ))),
+        );
+    }
+}
+
+/// Every API route with its documentation.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(crate::telemetry::render_metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(users::sign_up))
+        .routes(routes!(users::me))
+        .routes(routes!(session::log_in, session::log_out))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
+}
+
+/// The OpenAPI document, rendered once when the app is built.
+#[derive(Debug, Clone)]
+pub struct OpenApiJson(pub Arc<str>);
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses(
+    (status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json"),
+))]
+pub async fn openapi_json(Extension(OpenApiJson(json)): Extension<OpenApiJson>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json.to_string())
+}

@@ -1,0 +1,269 @@
+//! Configuration in two layers: the raw layers (flags and `DAIG_*` variables through clap, then an optional TOML
+//! file) are merged and validated into [`Settings`]; [`crate::AppState::new`] then turns `Settings` into the runtime
+//! objects (database pool, rate limiter, metrics handle).
+//!
+//! Precedence, highest first: a flag, its `DAIG_*` environment variable, the TOML file, the built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Command-line flags; each also reads the `DAIG_*` environment variable named beside it.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(name = "daig-server", version, about = "The DAIG management server")]
+pub struct Args {
+    /// A TOML file with any of the settings below (snake_case keys); flags and variables override it.
+    #[arg(long, env = "DAIG_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "DAIG_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the database and stored objects, created if missing [default: ./daig-data].
+    #[arg(long, env = "DAIG_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest request body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "DAIG_BODY_LIMIT_BYTES", value_name = "BYTES")]
+    pub body_limit_bytes: Option<usize>,
+    /// Time a request may take before it is answered 503, in milliseconds [default: 30000].
+    #[arg(long, env = "DAIG_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Requests handled at once; more are answered 503 [default: 512].
+    #[arg(long, env = "DAIG_CONCURRENCY_LIMIT", value_name = "N")]
+    pub concurrency_limit: Option<usize>,
+    /// Log-in and sign-up attempts allowed per client IP and minute, sustained [default: 10].
+    #[arg(long, env = "DAIG_AUTH_RATE_PER_MINUTE", value_name = "N")]
+    pub auth_rate_per_minute: Option<u32>,
+    /// Log-in and sign-up attempts a client IP may make in a burst [default: 5].
+    #[arg(long, env = "DAIG_AUTH_RATE_BURST", value_name = "N")]
+    pub auth_rate_burst: Option<u32>,
+    /// Lifetime of a dashboard session, in seconds [default: 604800, a week].
+    #[arg(long, env = "DAIG_SESSION_TTL_SECS", value_name = "SECS")]
+    pub session_ttl_secs: Option<u64>,
+    /// Longest lifetime of an API token, and the lifetime of one created without `expires_in_secs`, in seconds
+    /// [default: 31536000, a year].
+    #[arg(long, env = "DAIG_TOKEN_TTL_SECS", value_name = "SECS")]
+    pub token_ttl_secs: Option<u64>,
+    /// Mark cookies `Secure` (set this when the server is reached over HTTPS) [default: false].
+    #[arg(long, env = "DAIG_SECURE_COOKIES", value_name = "BOOL")]
+    pub secure_cookies: Option<bool>,
+    /// Take the client IP for rate limits from the last `X-Forwarded-For` entry (only behind a proxy that sets
+    /// it) [default: false].
+    #[arg(long, env = "DAIG_TRUST_FORWARDED_FOR", value_name = "BOOL")]
+    pub trust_forwarded_for: Option<bool>,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax [default: info]; `RUST_LOG` is not read.
+    #[arg(long, env = "DAIG_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// The TOML file's contents: the same settings as [`Args`], all optional.
+///
+/// Unknown keys are refused so that a misspelt setting is not silently ignored. The object store's `[store]`
+/// table joins this struct with the object-store module.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub body_limit_bytes: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub concurrency_limit: Option<usize>,
+    pub auth_rate_per_minute: Option<u32>,
+    pub auth_rate_burst: Option<u32>,
+    pub session_ttl_secs: Option<u64>,
+    pub token_ttl_secs: Option<u64>,
+    pub secure_cookies: Option<bool>,
+    pub trust_forwarded_for: Option<bool>,
+    pub log: Option<String>,
+}
+
+/// Validated settings: every value checked, every default applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Address the server listens on.
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite database (`daig.sqlite`) and, later, stored objects.
+    pub data_dir: PathBuf,
+    /// Largest request body an extractor reads; larger ones are answered 413.
+    pub body_limit_bytes: usize,
+    /// Time a request may take before it is answered 503 `timeout`.
+    pub request_timeout_ms: u64,
+    /// Requests handled at once across all routes; more are answered 503 `overloaded` at once.
+    pub concurrency_limit: usize,
+    /// Sustained log-in and sign-up attempts per client IP and minute.
+    pub auth_rate_per_minute: u32,
+    /// Attempts a client IP may make at once before the sustained rate applies.
+    pub auth_rate_burst: u32,
+    /// Lifetime of a dashboard session.
+    pub session_ttl_secs: u64,
+    /// Longest lifetime of an API token.
+    pub token_ttl_secs: u64,
+    /// Whether cookies carry `Secure` (the server is reached over HTTPS).
+    pub secure_cookies: bool,
+    /// Whether the client IP is read from `X-Forwarded-For` (behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Log filter for `tracing_subscriber::EnvFilter`.
+    pub log: String,
+}
+
+/// What can go wrong while reading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The `--config` file is not valid TOML for [`FileConfig`].
+    #[error("the configuration file {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    /// Values out of range, all of them listed.
+    #[error("invalid settings: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+const MIB: usize = 1 << 20;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./daig-data"),
+            body_limit_bytes: MIB,
+            request_timeout_ms: 30_000,
+            concurrency_limit: 512,
+            auth_rate_per_minute: 10,
+            auth_rate_burst: 5,
+            session_ttl_secs: 7 * 24 * 3600,
+            token_ttl_secs: 365 * 24 * 3600,
+            secure_cookies: false,
+            trust_forwarded_for: false,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults with the given data directory: what tests and embedders start from.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), ..Self::default() }
+    }
+
+    /// Reads the file named by `args.config`, if any, and merges it under `args`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`] for a bad file, [`ConfigError::Invalid`] listing every
+    /// value out of range.
+    pub fn load(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::from_layers(args, file)
+    }
+
+    /// Merges flags over the file over the defaults, then validates.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every value out of range.
+    pub fn from_layers(args: Args, file: FileConfig) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let settings = Self {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            body_limit_bytes: args.body_limit_bytes.or(file.body_limit_bytes).unwrap_or(d.body_limit_bytes),
+            request_timeout_ms: args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(d.request_timeout_ms),
+            concurrency_limit: args.concurrency_limit.or(file.concurrency_limit).unwrap_or(d.concurrency_limit),
+            auth_rate_per_minute: args
+                .auth_rate_per_minute
+                .or(file.auth_rate_per_minute)
+                .unwrap_or(d.auth_rate_per_minute),
+            auth_rate_burst: args.auth_rate_burst.or(file.auth_rate_burst).unwrap_or(d.auth_rate_burst),
+            session_ttl_secs: args.session_ttl_secs.or(file.session_ttl_secs).unwrap_or(d.session_ttl_secs),
+            token_ttl_secs: args.token_ttl_secs.or(file.token_ttl_secs).unwrap_or(d.token_ttl_secs),
+            secure_cookies: args.secure_cookies.or(file.secure_cookies).unwrap_or(d.secure_cookies),
+            trust_forwarded_for: args.trust_forwarded_for.or(file.trust_forwarded_for).unwrap_or(d.trust_forwarded_for),
+            log: args.log.or(file.log).unwrap_or(d.log),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value, reporting all problems at once.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every value out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, message: &str| {
+            if !ok {
+                problems.push(message.to_owned());
+            }
+        };
+        check((1024..=1024 * MIB).contains(&self.body_limit_bytes), "body_limit_bytes must be in 1024..=1073741824");
+        check((1..=3_600_000).contains(&self.request_timeout_ms), "request_timeout_ms must be in 1..=3600000");
+        check((1..=1_000_000).contains(&self.concurrency_limit), "concurrency_limit must be in 1..=1000000");
+        check(self.auth_rate_per_minute >= 1, "auth_rate_per_minute must be at least 1");
+        check(self.auth_rate_burst >= 1, "auth_rate_burst must be at least 1");
+        check(
+            (60..=10 * 365 * 24 * 3600).contains(&self.session_ttl_secs),
+            "session_ttl_secs must be in 60..=315360000",
+        );
+        check((60..=10 * 365 * 24 * 3600).contains(&self.token_ttl_secs), "token_ttl_secs must be in 60..=315360000");
+        check(!self.data_dir.as_os_str().is_empty(), "data_dir must not be empty");
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            problems.push(format!("log is not a valid filter: {e}"));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// The SQLite database file inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("daig.sqlite")
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let file: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:9000\"\nconcurrency_limit = 7\nlog = \"debug\"").unwrap();
+        let args = Args { concurrency_limit: Some(3), ..Args::default() };
+        let s = Settings::from_layers(args, file).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(s.concurrency_limit, 3);
+        assert_eq!(s.log, "debug");
+        assert_eq!(s.data_dir, PathBuf::from("./daig-data"));
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported() {
+        let args = Args { concurrency_limit: Some(0), auth_rate_burst: Some(0), ..Args::default() };
+        let Err(ConfigError::Invalid(problems)) = Settings::from_layers(args, FileConfig::default()) else {
+            panic!("expected invalid settings");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = toml::from_str::<FileConfig>("listne = \"0.0.0.0:1\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn the_file_is_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daig.toml");
+        std::fs::write(&path, "data_dir = \"/tmp/x\"\nsecure_cookies = true\n").unwrap();
+        let s = Settings::load(Args { config: Some(path), ..Args::default() }).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert!(s.secure_cookies);
+    }
+}

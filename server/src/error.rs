@@ -1,0 +1,184 @@
+//! [`AppError`], the one error type every handler and extractor returns, and the JSON shape it is sent in:
+//! `{"error": {"code": "...", "message": "...", "details": ...}}`.
+//!
+//! Server errors (5xx) keep their cause out of the response; [`AppError::Internal`] is logged here, once, when it
+//! becomes a response, and nowhere else.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request is wrong in a way no other variant names (a bad path parameter, say).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is not JSON at all.
+    #[error("the request body is not valid JSON")]
+    MalformedJson(String),
+    /// The body is JSON of the wrong shape: wrong types, missing or unknown fields.
+    #[error("the request body does not have the expected fields and types")]
+    InvalidBody(String),
+    /// The body is not declared as `application/json`.
+    #[error("expected a request with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    /// The body is larger than the configured limit.
+    #[error("the request body is larger than the server accepts")]
+    PayloadTooLarge,
+    /// Field values that break a rule; every broken rule is listed.
+    #[error("some fields are invalid")]
+    Validation(Vec<FieldError>),
+    /// No credentials, or credentials that are unknown, revoked or expired.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A log-in with a wrong login or password; which of the two is not said.
+    #[error("wrong login or password")]
+    InvalidCredentials,
+    /// A cookie-authenticated write without a matching `X-CSRF-Token` header.
+    #[error("missing or wrong X-CSRF-Token header (send the value of the daig_csrf cookie)")]
+    CsrfFailed,
+    /// The resource does not exist, or belongs to someone else.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// The route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// The resource would clash with an existing one (a taken username, say).
+    #[error("{message}")]
+    Conflict { message: String, field: &'static str },
+    /// Too many attempts from this client; retry after the given time.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// The request took longer than the configured timeout.
+    #[error("the request took too long")]
+    Timeout,
+    /// The server is handling as many requests as it is allowed to.
+    #[error("the server is busy; retry shortly")]
+    Overloaded,
+    /// Anything else: a bug or a failing dependency. Its cause is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// One broken rule in [`AppError::Validation`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// The request field, as named in the body.
+    pub field: &'static str,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`) and people (`message`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code, e.g. `validation_failed`, `unauthenticated`, `not_found`.
+    pub code: &'static str,
+    /// A sentence for a person.
+    pub message: String,
+    /// More about the error where there is more: the invalid fields, the parser's complaint, the clashing field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+}
+
+impl AppError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidBody(_) | Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthenticated(_) | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::CsrfFailed => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code in the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Validation(_) => "validation_failed",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::CsrfFailed => "csrf_failed",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict { .. } => "conflict",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Timeout => "timeout",
+            Self::Overloaded => "overloaded",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn details(&self) -> Option<serde_json::Value> {
+        match self {
+            Self::MalformedJson(reason) | Self::InvalidBody(reason) => Some(serde_json::json!({ "reason": reason })),
+            Self::Validation(fields) => Some(serde_json::json!({ "fields": fields })),
+            Self::Conflict { field, .. } => Some(serde_json::json!({ "field": field })),
+            Self::RateLimited { retry_after_secs } => Some(serde_json::json!({ "retry_after_secs": retry_after_secs })),
+            _ => None,
+        }
+    }
+
+    /// The response body for this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string(), details: self.details() } }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(cause) = &self {
+            // The one place an internal error is logged; the client sees only "internal error".
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthenticated(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Overloaded | Self::Timeout => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
+impl From<tokio::task::JoinError> for AppError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Internal(anyhow::Error::new(e).context("blocking task"))
+    }
+}

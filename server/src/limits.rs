@@ -1,0 +1,135 @@
+//! Limits: the per-IP token bucket for log-in and sign-up ([`RateLimiter`], applied by the [`AuthRateLimit`]
+//! extractor before the body is read), and the answers of the tower layers that bound every request (timeout,
+//! global concurrency limit with load shedding, caught panics).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
+use tower::BoxError;
+
+use crate::error::AppError;
+use crate::extract::ClientIp;
+use crate::state::AppState;
+
+/// Above this many tracked addresses, buckets that have refilled completely are dropped.
+const MAX_TRACKED_IPS: usize = 10_000;
+
+/// A token bucket per client IP: `burst` attempts at once, refilled at `per_minute`.
+///
+/// Uses `tokio::time::Instant` so that tests can pause time instead of sleeping.
+#[derive(Debug)]
+pub struct RateLimiter {
+    burst: f64,
+    per_sec: f64,
+    /// A std mutex: nothing awaits while it is held.
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `burst` attempts at once and `per_minute` sustained, per IP.
+    pub fn new(burst: u32, per_minute: u32) -> Self {
+        Self { burst: f64::from(burst), per_sec: f64::from(per_minute) / 60.0, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes one attempt from `ip`'s bucket.
+    ///
+    /// # Errors
+    /// [`AppError::RateLimited`] with the whole seconds until an attempt is available.
+    pub fn check(&self, ip: IpAddr) -> Result<(), AppError> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= MAX_TRACKED_IPS {
+            let (burst, per_sec) = (self.burst, self.per_sec);
+            buckets.retain(|_, b| b.tokens + per_sec * now.duration_since(b.updated).as_secs_f64() < burst);
+        }
+        let bucket = buckets.entry(ip).or_insert(Bucket { tokens: self.burst, updated: now });
+        let refilled = bucket.tokens + self.per_sec * now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = refilled.min(self.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait_secs = ((1.0 - bucket.tokens) / self.per_sec).ceil().max(1.0);
+            // Bounded by 60 s per token at the slowest allowed rate (1 per minute).
+            Err(AppError::RateLimited { retry_after_secs: wait_secs as u64 })
+        }
+    }
+}
+
+/// An extractor that spends one log-in/sign-up attempt of the client's IP, or rejects with 429 and
+/// `Retry-After`. Put it before the body extractor so that refused requests cost nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthRateLimit;
+
+impl FromRequestParts<AppState> for AuthRateLimit {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        state.auth_limiter().check(ip)?;
+        Ok(Self)
+    }
+}
+
+/// Turns the errors of the timeout and load-shed layers into responses in the error shape.
+pub async fn handle_layer_error(error: BoxError) -> Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        metrics::counter!("http_requests_refused_total", "reason" => "timeout").increment(1);
+        AppError::Timeout.into_response()
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        metrics::counter!("http_requests_refused_total", "reason" => "overloaded").increment(1);
+        AppError::Overloaded.into_response()
+    } else {
+        AppError::Internal(anyhow::anyhow!("middleware: {error}")).into_response()
+    }
+}
+
+/// Answers a handler's panic with a 500 in the error shape, logging the panic message once.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    AppError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+}
+
+/// The request timeout as a `Duration`.
+pub fn request_timeout(state: &AppState) -> Duration {
+    Duration::from_millis(state.settings().request_timeout_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn buckets_refill_at_the_sustained_rate() {
+        let limiter = RateLimiter::new(2, 6); // one attempt every 10 s
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.check(ip).is_ok());
+        let Err(AppError::RateLimited { retry_after_secs }) = limiter.check(ip) else { panic!("expected 429") };
+        assert_eq!(retry_after_secs, 10);
+        assert!(limiter.check("192.0.2.2".parse().unwrap()).is_ok(), "another IP has its own bucket");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let Err(AppError::RateLimited { retry_after_secs }) = limiter.check(ip) else { panic!("expected 429") };
+        assert_eq!(retry_after_secs, 5);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(limiter.check(ip).is_ok());
+        assert!(limiter.check(ip).is_err());
+    }
+}

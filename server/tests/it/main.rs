@@ -1,0 +1,14 @@
+//! Integration tests of `daig-server`: one target, one module per area. Most drive `app(state)` with
+//! `tower::ServiceExt::oneshot` over a real SQLite file in a temporary directory; `socket` runs the server on a
+//! real socket and `binary` runs the binary.
+
+mod accounts;
+mod binary;
+mod errors;
+mod limits;
+mod observability;
+mod routes;
+mod session;
+mod socket;
+mod support;
+mod tokens;
