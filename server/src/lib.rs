@@ -4,3 +4,4 @@
 //! designed shape and so that the server's dependency on `daig-shared` is compiled from the first commit.
 
 pub use daig_shared as shared;
+pub mod store;
