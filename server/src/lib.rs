@@ -12,6 +12,7 @@
 //! - [`api`]: the routes and their OpenAPI document.
 //! - [`limits`]: rate limits and the answers of the limit layers.
 //! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`store`]: object storage behind one trait: a local directory or S3.
 
 pub mod api;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 
 use std::net::SocketAddr;
