@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::store::StoreConfig;
+
 /// Command-line flags; each also reads the `DAIG_*` environment variable named beside it.
 #[derive(Debug, Clone, Default, clap::Parser)]
 #[command(name = "daig-server", version, about = "The DAIG management server")]
@@ -44,6 +46,10 @@ pub struct Args {
     /// [default: 31536000, a year].
     #[arg(long, env = "DAIG_TOKEN_TTL_SECS", value_name = "SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// Largest dataset upload accepted by `PUT /api/projects/{id}/dataset/{part}`, in bytes; only that route
+    /// takes more than `body_limit_bytes` [default: 2147483648, 2 GiB].
+    #[arg(long, env = "DAIG_MAX_UPLOAD_BYTES", value_name = "BYTES")]
+    pub max_upload_bytes: Option<u64>,
     /// Mark cookies `Secure` (set this when the server is reached over HTTPS) [default: false].
     #[arg(long, env = "DAIG_SECURE_COOKIES", value_name = "BOOL")]
     pub secure_cookies: Option<bool>,
@@ -58,8 +64,8 @@ pub struct Args {
 
 /// The TOML file's contents: the same settings as [`Args`], all optional.
 ///
-/// Unknown keys are refused so that a misspelt setting is not silently ignored. The object store's `[store]`
-/// table joins this struct with the object-store module.
+/// Unknown keys are refused so that a misspelt setting is not silently ignored. The `[store]` table is a
+/// [`StoreConfig`] (see `store::config`); without it objects are kept in `<data_dir>/objects`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -72,9 +78,11 @@ pub struct FileConfig {
     pub auth_rate_burst: Option<u32>,
     pub session_ttl_secs: Option<u64>,
     pub token_ttl_secs: Option<u64>,
+    pub max_upload_bytes: Option<u64>,
     pub secure_cookies: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
     pub log: Option<String>,
+    pub store: Option<StoreConfig>,
 }
 
 /// Validated settings: every value checked, every default applied.
@@ -82,7 +90,8 @@ pub struct FileConfig {
 pub struct Settings {
     /// Address the server listens on.
     pub listen: SocketAddr,
-    /// Directory holding the SQLite database (`daig.sqlite`) and, later, stored objects.
+    /// Directory holding the SQLite database (`daig.sqlite`), uploads in progress (`uploads/`) and, with the
+    /// default store, stored objects (`objects/`).
     pub data_dir: PathBuf,
     /// Largest request body an extractor reads; larger ones are answered 413.
     pub body_limit_bytes: usize,
@@ -98,6 +107,10 @@ pub struct Settings {
     pub session_ttl_secs: u64,
     /// Longest lifetime of an API token.
     pub token_ttl_secs: u64,
+    /// Largest dataset upload, for the upload route only; every other route keeps `body_limit_bytes`.
+    pub max_upload_bytes: u64,
+    /// Where objects (dataset shards, checkpoints, trained models) are kept.
+    pub store: StoreConfig,
     /// Whether cookies carry `Secure` (the server is reached over HTTPS).
     pub secure_cookies: bool,
     /// Whether the client IP is read from `X-Forwarded-For` (behind a trusted proxy).
@@ -134,6 +147,8 @@ impl Default for Settings {
             auth_rate_burst: 5,
             session_ttl_secs: 7 * 24 * 3600,
             token_ttl_secs: 365 * 24 * 3600,
+            max_upload_bytes: 2 << 30,
+            store: StoreConfig::Local { root: PathBuf::from("./daig-data/objects") },
             secure_cookies: false,
             trust_forwarded_for: false,
             log: "info".to_owned(),
@@ -144,7 +159,8 @@ impl Default for Settings {
 impl Settings {
     /// Defaults with the given data directory: what tests and embedders start from.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), ..Self::default() }
+        let data_dir = data_dir.into();
+        Self { store: default_store(&data_dir), data_dir, ..Self::default() }
     }
 
     /// Reads the file named by `args.config`, if any, and merges it under `args`.
@@ -166,9 +182,11 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every value out of range.
     pub fn from_layers(args: Args, file: FileConfig) -> Result<Self, ConfigError> {
         let d = Self::default();
+        let data_dir = args.data_dir.or(file.data_dir).unwrap_or(d.data_dir);
         let settings = Self {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            store: file.store.unwrap_or_else(|| default_store(&data_dir)),
+            data_dir,
             body_limit_bytes: args.body_limit_bytes.or(file.body_limit_bytes).unwrap_or(d.body_limit_bytes),
             request_timeout_ms: args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(d.request_timeout_ms),
             concurrency_limit: args.concurrency_limit.or(file.concurrency_limit).unwrap_or(d.concurrency_limit),
@@ -179,6 +197,7 @@ impl Settings {
             auth_rate_burst: args.auth_rate_burst.or(file.auth_rate_burst).unwrap_or(d.auth_rate_burst),
             session_ttl_secs: args.session_ttl_secs.or(file.session_ttl_secs).unwrap_or(d.session_ttl_secs),
             token_ttl_secs: args.token_ttl_secs.or(file.token_ttl_secs).unwrap_or(d.token_ttl_secs),
+            max_upload_bytes: args.max_upload_bytes.or(file.max_upload_bytes).unwrap_or(d.max_upload_bytes),
             secure_cookies: args.secure_cookies.or(file.secure_cookies).unwrap_or(d.secure_cookies),
             trust_forwarded_for: args.trust_forwarded_for.or(file.trust_forwarded_for).unwrap_or(d.trust_forwarded_for),
             log: args.log.or(file.log).unwrap_or(d.log),
@@ -209,6 +228,13 @@ impl Settings {
         );
         check((60..=10 * 365 * 24 * 3600).contains(&self.token_ttl_secs), "token_ttl_secs must be in 60..=315360000");
         check(!self.data_dir.as_os_str().is_empty(), "data_dir must not be empty");
+        check(
+            (1024..=1024 * 1024 * MIB as u64).contains(&self.max_upload_bytes),
+            "max_upload_bytes must be in 1024..=1099511627776",
+        );
+        if let Err(e) = self.store.validate() {
+            problems.push(e.to_string());
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             problems.push(format!("log is not a valid filter: {e}"));
         }
@@ -219,6 +245,16 @@ impl Settings {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("daig.sqlite")
     }
+
+    /// The directory for uploads in progress, inside the data directory.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
+    }
+}
+
+/// The store used when the configuration names none: a local directory `objects` in the data directory.
+fn default_store(data_dir: &Path) -> StoreConfig {
+    StoreConfig::Local { root: data_dir.join("objects") }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -240,6 +276,24 @@ mod tests {
         assert_eq!(s.concurrency_limit, 3);
         assert_eq!(s.log, "debug");
         assert_eq!(s.data_dir, PathBuf::from("./daig-data"));
+        assert_eq!(s.store, StoreConfig::Local { root: PathBuf::from("./daig-data/objects") });
+    }
+
+    #[test]
+    fn the_store_table_is_read_and_defaults_to_the_data_dir() {
+        let file: FileConfig = toml::from_str("data_dir = \"/srv/daig\"").unwrap();
+        let s = Settings::from_layers(Args::default(), file).unwrap();
+        assert_eq!(s.store, StoreConfig::Local { root: PathBuf::from("/srv/daig/objects") });
+        let file: FileConfig =
+            toml::from_str("[store]\nkind = \"s3\"\nbucket = \"daig\"\nendpoint = \"http://127.0.0.1:9000\"").unwrap();
+        let s = Settings::from_layers(Args::default(), file).unwrap();
+        let StoreConfig::S3(s3) = &s.store else { panic!("expected S3: {:?}", s.store) };
+        assert_eq!(s3.bucket, "daig");
+        let file: FileConfig = toml::from_str("[store]\nkind = \"s3\"\nbucket = \"No\"").unwrap();
+        let Err(ConfigError::Invalid(problems)) = Settings::from_layers(Args::default(), file) else {
+            panic!("expected an invalid bucket name to be refused");
+        };
+        assert!(problems[0].contains("store.bucket"), "{problems:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`AppState`]: the runtime objects built from [`Settings`], shared by every handler as a cheap clone.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::SqlitePool;
@@ -8,6 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::limits::RateLimiter;
+use crate::store::{ObjectStore, StoreError};
 
 /// A handle around `Arc`: cloning it is cheap and every clone sees the same database, limiter and metrics.
 #[derive(Clone)]
@@ -23,6 +25,11 @@ struct Inner {
     /// Shared by the per-route concurrency-limit layers so that the limit is global, not per route.
     concurrency: Arc<Semaphore>,
     metrics: PrometheusHandle,
+    /// Dataset shards, checkpoints and trained models.
+    store: Arc<dyn ObjectStore>,
+    /// Projects whose dataset is being validated and sharded, so that two commits of one project never run at
+    /// once. A std `Mutex`: nothing awaits while it is held.
+    ingesting: Mutex<HashSet<i64>>,
 }
 
 /// What can stop the server from starting.
@@ -37,6 +44,9 @@ pub enum StartError {
     /// A migration failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The object store could not be opened.
+    #[error("cannot open the object store: {0}")]
+    Store(#[from] StoreError),
     /// The Prometheus recorder could not be installed.
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
@@ -44,16 +54,18 @@ pub enum StartError {
 
 impl AppState {
     /// Creates the data directory if missing, opens (or creates) the SQLite database in it, applies the
-    /// migrations and installs the metrics recorder.
+    /// migrations, opens the object store and installs the metrics recorder.
     ///
     /// # Errors
     /// [`StartError`] naming what could not be set up.
     pub async fn new(settings: Settings) -> Result<Self, StartError> {
         let db = crate::db::open(&settings).await?;
+        let store = crate::store::open(&settings.store).await?;
         let metrics = crate::telemetry::metrics_handle()?;
         let auth_limiter = RateLimiter::new(settings.auth_rate_burst, settings.auth_rate_per_minute);
         let concurrency = Arc::new(Semaphore::new(settings.concurrency_limit));
-        Ok(Self { inner: Arc::new(Inner { settings, db, auth_limiter, concurrency, metrics }) })
+        let ingesting = Mutex::new(HashSet::new());
+        Ok(Self { inner: Arc::new(Inner { settings, db, auth_limiter, concurrency, metrics, store, ingesting }) })
     }
 
     /// The validated settings this state was built from.
@@ -79,5 +91,29 @@ impl AppState {
     /// The Prometheus handle that renders `/metrics`.
     pub fn metrics(&self) -> &PrometheusHandle {
         &self.inner.metrics
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// Marks `project_id` as being ingested, or returns `None` if it already is; the mark goes with the guard.
+    pub fn begin_ingest(&self, project_id: i64) -> Option<IngestGuard> {
+        let mut set = self.inner.ingesting.lock().unwrap_or_else(PoisonError::into_inner);
+        set.insert(project_id).then(|| IngestGuard { state: self.clone(), project_id })
+    }
+}
+
+/// A project's dataset ingestion in progress; see [`AppState::begin_ingest`].
+pub struct IngestGuard {
+    state: AppState,
+    project_id: i64,
+}
+
+impl Drop for IngestGuard {
+    fn drop(&mut self) {
+        let mut set = self.state.inner.ingesting.lock().unwrap_or_else(PoisonError::into_inner);
+        set.remove(&self.project_id);
     }
 }
