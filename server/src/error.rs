@@ -30,6 +30,13 @@ pub enum AppError {
     /// Field values that break a rule; every broken rule is listed.
     #[error("some fields are invalid")]
     Validation(Vec<FieldError>),
+    /// A project to create is invalid: every problem of its model (with the layer and field the shared
+    /// `SpecError` names) and of its fields, all at once.
+    #[error("the project is invalid: {} problem(s), listed in details", .model.len() + .fields.len())]
+    InvalidProject { model: Vec<daig_shared::model::SpecError>, fields: Vec<FieldError> },
+    /// An uploaded dataset was refused: `part` is `features`, `labels` or `dataset` (the two together).
+    #[error("the {part} were refused: {reason}")]
+    InvalidDataset { part: &'static str, reason: String },
     /// No credentials, or credentials that are unknown, revoked or expired.
     #[error("{0}")]
     Unauthenticated(&'static str),
@@ -42,6 +49,9 @@ pub enum AppError {
     /// The resource does not exist, or belongs to someone else.
     #[error("no such {0}")]
     NotFound(&'static str),
+    /// Something that does not exist yet, with a sentence saying why (a model whose training has not finished).
+    #[error("{0}")]
+    Missing(String),
     /// The route exists but not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
@@ -95,12 +105,14 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidBody(_) | Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidBody(_) | Self::Validation(_) | Self::InvalidProject { .. } | Self::InvalidDataset { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthenticated(_) | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
             Self::CsrfFailed => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -117,11 +129,12 @@ impl AppError {
             Self::InvalidBody(_) => "invalid_body",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
-            Self::Validation(_) => "validation_failed",
+            Self::Validation(_) | Self::InvalidProject { .. } => "validation_failed",
+            Self::InvalidDataset { .. } => "invalid_dataset",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::InvalidCredentials => "invalid_credentials",
             Self::CsrfFailed => "csrf_failed",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::Missing(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict { .. } => "conflict",
             Self::RateLimited { .. } => "rate_limited",
@@ -135,6 +148,8 @@ impl AppError {
         match self {
             Self::MalformedJson(reason) | Self::InvalidBody(reason) => Some(serde_json::json!({ "reason": reason })),
             Self::Validation(fields) => Some(serde_json::json!({ "fields": fields })),
+            Self::InvalidProject { model, fields } => Some(serde_json::json!({ "model": model, "fields": fields })),
+            Self::InvalidDataset { part, reason } => Some(serde_json::json!({ "part": part, "reason": reason })),
             Self::Conflict { field, .. } => Some(serde_json::json!({ "field": field })),
             Self::RateLimited { retry_after_secs } => Some(serde_json::json!({ "retry_after_secs": retry_after_secs })),
             _ => None,
@@ -174,6 +189,12 @@ impl IntoResponse for AppError {
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         Self::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Internal(anyhow::Error::new(e).context("object store"))
     }
 }
 

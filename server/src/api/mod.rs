@@ -1,7 +1,9 @@
 //! The HTTP API, one module per area, assembled into an [`OpenApiRouter`] so that the OpenAPI document
 //! (`GET /api/openapi.json`) is generated from the same handlers that serve the routes.
 
+pub mod datasets;
 pub mod health;
+pub mod projects;
 pub mod session;
 pub mod tokens;
 pub mod users;
@@ -24,7 +26,7 @@ use crate::state::AppState;
 #[openapi(
     info(
         title = "DAIG management server",
-        description = "Accounts, API tokens and sessions of the DAIG management server. Every error is answered \
+        description = "Accounts, API tokens, sessions, projects and datasets of the DAIG management server. Every error is answered \
                        as `{\"error\": {\"code\", \"message\", \"details\"?}}` (schema `ErrorBody`)."
     ),
     components(schemas(ErrorBody, ErrorDetail, FieldError)),
@@ -34,6 +36,8 @@ use crate::state::AppState;
         (name = "accounts", description = "Sign-up and the current user"),
         (name = "session", description = "Dashboard log-in with a cookie"),
         (name = "tokens", description = "API tokens for the CLI and scripts"),
+        (name = "projects", description = "Projects: model, settings, lifecycle and the trained model"),
+        (name = "datasets", description = "Uploading a project's dataset, which is validated and sharded"),
     )
 )]
 pub struct ApiDoc;
@@ -71,6 +75,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(session::log_in, session::log_out))
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))
+        .routes(routes!(projects::create_project, projects::list_projects))
+        .routes(routes!(projects::get_project, projects::delete_project))
+        .routes(routes!(projects::start_project))
+        .routes(routes!(projects::pause_project))
+        .routes(routes!(projects::resume_project))
+        .routes(routes!(projects::cancel_project))
+        .routes(routes!(projects::download_model))
+        .routes(routes!(projects::model_spec))
+        .routes(routes!(datasets::upload_part))
+        .routes(routes!(datasets::commit_dataset))
 }
 
 /// The OpenAPI document, rendered once when the app is built.

@@ -4,9 +4,11 @@
 
 mod accounts;
 mod binary;
+mod datasets;
 mod errors;
 mod limits;
 mod observability;
+mod projects;
 mod routes;
 mod session;
 mod socket;

@@ -163,3 +163,78 @@ pub fn with_session(mut request: Request<Body>, session: &Session, csrf: bool) -
     }
     request
 }
+
+/// A small valid DAIG JSON model: 4 input features, 3 classes.
+pub fn small_model() -> Value {
+    json!({
+        "input_shape": [4],
+        "layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 3}],
+        "loss": "cross_entropy"
+    })
+}
+
+/// A `.npy` file of `shape` with dtype `descr` (`<f4`, `<i8`, ...) and the given raw little-endian bytes.
+pub fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape = match shape {
+        [n] => format!("({n},)"),
+        dims => format!("({})", dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// `n` samples of 4 `f32` features, and their `i64` labels `i % classes`.
+pub fn small_dataset(n: usize, classes: i64) -> (Vec<u8>, Vec<u8>) {
+    let features: Vec<u8> = (0..n * 4).flat_map(|i| (i as f32 / 10.0).to_le_bytes()).collect();
+    let labels: Vec<u8> = (0..n as i64).flat_map(|i| (i % classes).to_le_bytes()).collect();
+    (npy("<f4", &[n, 4], &features), npy("<i8", &[n], &labels))
+}
+
+impl TestApp {
+    /// Creates a project with `body` as `token`'s user, expecting 201.
+    pub async fn create_project(&self, token: &str, body: &Value) -> Value {
+        let reply = self.send(with_token(json_request(Method::POST, "/api/projects", body), token)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.json()
+    }
+
+    /// Creates a project with [`small_model`] and `settings`, and returns its id.
+    pub async fn small_project(&self, token: &str, settings: Value) -> i64 {
+        let body = json!({"name": "small", "model": small_model(), "settings": settings});
+        self.create_project(token, &body).await["id"].as_i64().unwrap()
+    }
+
+    /// Uploads one dataset part.
+    pub async fn upload(&self, token: &str, id: i64, part: &str, bytes: Vec<u8>) -> Reply {
+        let uri = format!("/api/projects/{id}/dataset/{part}");
+        self.send(with_token(raw_request(Method::PUT, &uri, "application/octet-stream", bytes), token)).await
+    }
+
+    /// A project with [`small_model`] and a committed dataset of 40 samples, 10 per shard.
+    pub async fn project_with_dataset(&self, token: &str) -> i64 {
+        let id = self.small_project(token, json!({"samples_per_shard": 10, "validation_fraction": 0.25})).await;
+        let (features, labels) = small_dataset(40, 3);
+        assert_eq!(self.upload(token, id, "features", features).await.status, StatusCode::OK);
+        let reply = self.upload(token, id, "labels", labels).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        id
+    }
+
+    /// Sends `POST /api/projects/{id}/{action}`.
+    pub async fn act(&self, token: &str, id: i64, action: &str) -> Reply {
+        self.send(with_token(request(Method::POST, &format!("/api/projects/{id}/{action}")), token)).await
+    }
+
+    /// The data directory of this app.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.state.settings().data_dir.clone()
+    }
+}
