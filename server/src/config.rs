@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::store::StoreConfig;
+use crate::store::{S3Config, StoreConfig};
 
 /// Command-line flags; each also reads the `DAIG_*` environment variable named beside it.
 #[derive(Debug, Clone, Default, clap::Parser)]
@@ -50,6 +50,18 @@ pub struct Args {
     /// takes more than `body_limit_bytes` [default: 2147483648, 2 GiB].
     #[arg(long, env = "DAIG_MAX_UPLOAD_BYTES", value_name = "BYTES")]
     pub max_upload_bytes: Option<u64>,
+    /// Keep objects in this local directory [default: <data_dir>/objects, or the file's `[store]` table].
+    #[arg(long, env = "DAIG_STORE_ROOT", value_name = "DIR", conflicts_with = "store_s3_bucket")]
+    pub store_root: Option<PathBuf>,
+    /// Keep objects in this S3 bucket (credentials from the usual AWS variables); overrides the file's `[store]`.
+    #[arg(long, env = "DAIG_STORE_S3_BUCKET", value_name = "BUCKET")]
+    pub store_s3_bucket: Option<String>,
+    /// The S3-compatible service's URL, addressed path-style (omit for AWS).
+    #[arg(long, env = "DAIG_STORE_S3_ENDPOINT", value_name = "URL")]
+    pub store_s3_endpoint: Option<String>,
+    /// The S3 region [default: us-east-1].
+    #[arg(long, env = "DAIG_STORE_S3_REGION", value_name = "REGION")]
+    pub store_s3_region: Option<String>,
     /// Mark cookies `Secure` (set this when the server is reached over HTTPS) [default: false].
     #[arg(long, env = "DAIG_SECURE_COOKIES", value_name = "BOOL")]
     pub secure_cookies: Option<bool>,
@@ -182,10 +194,13 @@ impl Settings {
     /// [`ConfigError::Invalid`] listing every value out of range.
     pub fn from_layers(args: Args, file: FileConfig) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let data_dir = args.data_dir.or(file.data_dir).unwrap_or(d.data_dir);
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir);
+        let store = merge_store(&args, file.store, &data_dir);
+        let s3_flags_unused = (args.store_s3_endpoint.is_some() || args.store_s3_region.is_some())
+            && matches!(store, StoreConfig::Local { .. });
         let settings = Self {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
-            store: file.store.unwrap_or_else(|| default_store(&data_dir)),
+            store,
             data_dir,
             body_limit_bytes: args.body_limit_bytes.or(file.body_limit_bytes).unwrap_or(d.body_limit_bytes),
             request_timeout_ms: args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(d.request_timeout_ms),
@@ -202,8 +217,15 @@ impl Settings {
             trust_forwarded_for: args.trust_forwarded_for.or(file.trust_forwarded_for).unwrap_or(d.trust_forwarded_for),
             log: args.log.or(file.log).unwrap_or(d.log),
         };
-        settings.validate()?;
-        Ok(settings)
+        let mut problems = match settings.validate() {
+            Ok(()) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => problems,
+            Err(e) => return Err(e),
+        };
+        if s3_flags_unused {
+            problems.push("store_s3_endpoint and store_s3_region need an S3 store (store_s3_bucket)".to_owned());
+        }
+        if problems.is_empty() { Ok(settings) } else { Err(ConfigError::Invalid(problems)) }
     }
 
     /// Checks every value, reporting all problems at once.
@@ -252,6 +274,29 @@ impl Settings {
     }
 }
 
+/// The store from the flags over the file's `[store]` table: `--store-root` picks a local directory,
+/// `--store-s3-bucket` an S3 bucket; the endpoint and region flags also adjust an S3 store from the file.
+fn merge_store(args: &Args, file: Option<StoreConfig>, data_dir: &Path) -> StoreConfig {
+    let mut store = if let Some(root) = &args.store_root {
+        StoreConfig::Local { root: root.clone() }
+    } else if let Some(bucket) = &args.store_s3_bucket {
+        StoreConfig::S3(S3Config::new(bucket.clone()))
+    } else {
+        file.unwrap_or_else(|| default_store(data_dir))
+    };
+    if let StoreConfig::S3(s3) = &mut store {
+        if let Some(endpoint) = &args.store_s3_endpoint {
+            s3.endpoint = Some(endpoint.clone());
+            // Most S3-compatible servers need path-style addressing.
+            s3.path_style = true;
+        }
+        if let Some(region) = &args.store_s3_region {
+            s3.region = region.clone();
+        }
+    }
+    store
+}
+
 /// The store used when the configuration names none: a local directory `objects` in the data directory.
 fn default_store(data_dir: &Path) -> StoreConfig {
     StoreConfig::Local { root: data_dir.join("objects") }
@@ -294,6 +339,29 @@ mod tests {
             panic!("expected an invalid bucket name to be refused");
         };
         assert!(problems[0].contains("store.bucket"), "{problems:?}");
+    }
+
+    #[test]
+    fn store_flags_override_the_file() {
+        let file: FileConfig = toml::from_str("[store]\nkind = \"local\"\nroot = \"/a\"").unwrap();
+        let args = Args {
+            store_s3_bucket: Some("daig".into()),
+            store_s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            ..Args::default()
+        };
+        let s = Settings::from_layers(args, file.clone()).unwrap();
+        let StoreConfig::S3(s3) = &s.store else { panic!("expected S3: {:?}", s.store) };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.endpoint.as_deref(), s3.path_style),
+            ("daig", Some("http://127.0.0.1:9000"), true)
+        );
+        let args = Args { store_root: Some("/b".into()), ..Args::default() };
+        assert_eq!(Settings::from_layers(args, file.clone()).unwrap().store, StoreConfig::Local { root: "/b".into() });
+        let args = Args { store_s3_region: Some("eu-west-1".into()), ..Args::default() };
+        let Err(ConfigError::Invalid(problems)) = Settings::from_layers(args, file) else {
+            panic!("expected an S3 flag without an S3 store to be refused");
+        };
+        assert!(problems[0].contains("store_s3_bucket"), "{problems:?}");
     }
 
     #[test]

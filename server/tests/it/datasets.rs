@@ -194,3 +194,46 @@ async fn unknown_parts_and_formats_are_bad_requests() {
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri}: {}", reply.text());
     }
 }
+
+/// The directory `shared/data/mnist-8k`, searched for upward from this crate.
+fn mnist_dir() -> Option<std::path::PathBuf> {
+    let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file())
+}
+
+#[tokio::test]
+async fn the_mnist_files_are_sharded_shuffled_into_the_local_store() {
+    let Some(dir) = mnist_dir() else {
+        eprintln!("skipped: no shared/data/mnist-8k above {}", env!("CARGO_MANIFEST_DIR"));
+        return;
+    };
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let keras = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/tests/fixtures/keras/mnist_convnet_keras3.json"
+    ))
+    .unwrap();
+    let body = json!({"name": "mnist", "keras_model": keras, "loss": "cross_entropy",
+                      "settings": {"samples_per_shard": 1000, "validation_fraction": 0.1, "seed": 7}});
+    let id = app.create_project(&token, &body).await["id"].as_i64().unwrap();
+    let images = std::fs::read(dir.join("images.npy")).unwrap();
+    let labels = std::fs::read(dir.join("labels.npy")).unwrap();
+    assert_eq!(app.upload(&token, id, "features", images).await.status, StatusCode::OK);
+    let reply = app.upload(&token, id, "labels", labels).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let dataset = &reply.json()["dataset"];
+    assert_eq!(dataset["train_samples"], 7200, "{dataset}");
+    assert_eq!(dataset["validation_samples"], 800);
+    assert_eq!(dataset["train_shards"], 8);
+    assert_eq!(dataset["validation_shards"], 1);
+    // The default store is a directory in the data directory.
+    let first = app.data_dir().join(format!("objects/projects/{id}/shards/train-00000.bin"));
+    let bytes = std::fs::read(&first).unwrap();
+    let view = ShardView::decode(&bytes).unwrap();
+    assert_eq!(view.len(), 1000);
+    // The files are ordered by class; a shuffled shard holds every digit.
+    let classes: std::collections::BTreeSet<u32> =
+        (0..view.len()).map(|i| view.label(i).unwrap().class().unwrap()).collect();
+    assert_eq!(classes.len(), 10, "{classes:?}");
+}
