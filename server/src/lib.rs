@@ -50,7 +50,8 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The whole HTTP application: every route, the fallbacks, and the limit, metrics and trace layers.
 ///
 /// Layers, outermost first: tracing, metrics, caught panics (500 in the error shape), load shedding over the
-/// global concurrency limit (503 `overloaded`), the request timeout (503 `timeout`), the body limit (413).
+/// global concurrency limit (503 `overloaded`), the request timeout (503 `timeout`; not for dataset uploads),
+/// the body limit (413).
 pub fn app(state: AppState) -> Router {
     let (router, openapi) = api::router().split_for_parts();
     let openapi_json = openapi.to_pretty_json().unwrap_or_else(|e| {
@@ -63,7 +64,7 @@ pub fn app(state: AppState) -> Router {
         .load_shed()
         // Router::layer wraps each route separately; one shared semaphore makes the limit global.
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(state.concurrency()))
-        .timeout(limits::request_timeout(&state));
+        .layer(middleware::from_fn_with_state(state.clone(), limits::timeout));
     router
         .layer(Extension(api::OpenApiJson(Arc::from(openapi_json))))
         .fallback(not_found)

@@ -7,8 +7,10 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::Method;
 use axum::http::request::Parts;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 use tower::BoxError;
@@ -84,12 +86,9 @@ impl FromRequestParts<AppState> for AuthRateLimit {
     }
 }
 
-/// Turns the errors of the timeout and load-shed layers into responses in the error shape.
+/// Turns the errors of the load-shed layer into responses in the error shape ([`timeout`] answers by itself).
 pub async fn handle_layer_error(error: BoxError) -> Response {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        metrics::counter!("http_requests_refused_total", "reason" => "timeout").increment(1);
-        AppError::Timeout.into_response()
-    } else if error.is::<tower::load_shed::error::Overloaded>() {
+    if error.is::<tower::load_shed::error::Overloaded>() {
         metrics::counter!("http_requests_refused_total", "reason" => "overloaded").increment(1);
         AppError::Overloaded.into_response()
     } else {
@@ -105,6 +104,28 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     AppError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+}
+
+/// The request timeout layer: answers 503 `timeout` when a request takes longer than `request_timeout_ms`,
+/// except a dataset upload or commit (`PUT /api/projects/{id}/dataset/{part}`, `POST .../dataset/commit`),
+/// whose size is bounded by `max_upload_bytes` instead and which may take minutes.
+pub async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if is_dataset_transfer(&request) {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(request_timeout(&state), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("http_requests_refused_total", "reason" => "timeout").increment(1);
+            AppError::Timeout.into_response()
+        }
+    }
+}
+
+fn is_dataset_transfer(request: &Request) -> bool {
+    let segments: Vec<&str> = request.uri().path().split('/').collect();
+    matches!(segments.as_slice(), ["", "api", "projects", _, "dataset", _])
+        && (request.method() == Method::PUT || request.method() == Method::POST)
 }
 
 /// The request timeout as a `Duration`.

@@ -237,3 +237,45 @@ async fn the_mnist_files_are_sharded_shuffled_into_the_local_store() {
         (0..view.len()).map(|i| view.label(i).unwrap().class().unwrap()).collect();
     assert_eq!(classes.len(), 10, "{classes:?}");
 }
+
+/// A body that yields `chunks` with a pause before each.
+fn slow_body(chunks: Vec<Vec<u8>>, pause: std::time::Duration) -> Body {
+    use futures_util::StreamExt as _;
+    let stream = futures_util::stream::iter(chunks).then(move |chunk| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(Bytes::from(chunk))
+    });
+    Body::from_stream(stream)
+}
+
+#[tokio::test]
+async fn the_request_timeout_spares_uploads_only() {
+    // Long enough for sign-up and log-in (argon2), shorter than three pauses.
+    let app = TestApp::with(|s| s.request_timeout_ms = 1000).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.small_project(&token, json!({})).await;
+    let pause = std::time::Duration::from_millis(400);
+    let (features, _) = small_dataset(10, 3);
+    let chunks: Vec<Vec<u8>> = features.chunks(features.len() / 3 + 1).map(<[u8]>::to_vec).collect();
+    assert_eq!(chunks.len(), 3);
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/api/projects/{id}/dataset/features"))
+        .body(slow_body(chunks, pause))
+        .unwrap();
+    let reply = app.send(with_token(request, &token)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+
+    let body = serde_json::to_vec(&json!({"name": "slow", "model": crate::support::small_model()})).unwrap();
+    let chunks: Vec<Vec<u8>> = body.chunks(body.len() / 3 + 1).map(<[u8]>::to_vec).collect();
+    assert_eq!(chunks.len(), 3);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/projects")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(slow_body(chunks, pause))
+        .unwrap();
+    let reply = app.send(with_token(request, &token)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    assert_eq!(reply.error_code(), "timeout");
+}
