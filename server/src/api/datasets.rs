@@ -1,4 +1,4 @@
-//! Datasets: `PUT /api/projects/{id}/dataset/{features,labels}?format=npy|idx` streams one part to a file under
+//! Datasets: `PUT /api/projects/{id}/dataset/{features,labels}?format=npy|npz|idx` streams one part to a file under
 //! `<data_dir>/uploads/<id>/` (never into memory, up to `max_upload_bytes`); once both parts are there (or on
 //! `POST /api/projects/{id}/dataset/commit`) they are checked against the model and cut into shards stored under
 //! `projects/<id>/shards/`, and the dataset is registered.
@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
+use daig_shared::data::npz::{self, NpzArchive};
 use daig_shared::data::{
     self, DataError, DataRequirements, Labels, RawArray, SampleSource, ShardHeader, ShardPlan, ShardRole, check,
     shard_dataset,
@@ -41,6 +42,10 @@ const PARTS: [&str; 2] = ["features", "labels"];
 enum Format {
     Npy,
     Idx,
+    /// A `.npz` archive: the part's array is its only one, or the first of the shared reader's usual names
+    /// (`x`, `features`, `images`, ... for features; `y`, `labels`, ... for labels), so one archive holding both
+    /// can be uploaded as both parts.
+    Npz,
 }
 
 impl Format {
@@ -48,6 +53,7 @@ impl Format {
         match self {
             Self::Npy => "npy",
             Self::Idx => "idx",
+            Self::Npz => "npz",
         }
     }
 
@@ -55,6 +61,7 @@ impl Format {
         match name {
             "npy" => Some(Self::Npy),
             "idx" => Some(Self::Idx),
+            "npz" => Some(Self::Npz),
             _ => None,
         }
     }
@@ -75,7 +82,7 @@ pub struct DatasetStatus {
     params(
         ("id" = i64, Path, description = "The project's id"),
         ("part" = String, Path, description = "`features` or `labels`"),
-        ("format" = Option<String>, Query, description = "`npy` (the default) or `idx`"),
+        ("format" = Option<String>, Query, description = "`npy` (the default), `npz` or `idx`"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
                  description = "The file, up to the server's `max_upload_bytes`"),
@@ -167,8 +174,8 @@ pub async fn commit_dataset(
 }
 
 impl Format {
-    fn all() -> [Self; 2] {
-        [Self::Npy, Self::Idx]
+    fn all() -> [Self; 3] {
+        [Self::Npy, Self::Idx, Self::Npz]
     }
 }
 
@@ -178,7 +185,7 @@ fn parse_format(query: Option<&str>) -> Result<Format, AppError> {
         match pair.split_once('=') {
             Some(("format", value)) => {
                 format = Format::parse(value)
-                    .ok_or_else(|| AppError::BadRequest(format!("unknown format {value:?}: use npy or idx")))?;
+                    .ok_or_else(|| AppError::BadRequest(format!("unknown format {value:?}: use npy, npz or idx")))?;
             }
             _ => return Err(AppError::BadRequest(format!("unknown query parameter {pair:?}: only format is read"))),
         }
@@ -403,6 +410,14 @@ async fn register(
     Ok(())
 }
 
+/// The array of an archive to use for a part: its only array, or the first of `names` it holds.
+fn npz_array<R: std::io::Read + std::io::Seek>(archive: &NpzArchive<R>, names: &[&str]) -> Result<String, DataError> {
+    match archive.names().as_slice() {
+        [only] => Ok(only.clone()),
+        _ => archive.find(names),
+    }
+}
+
 /// Reads, checks and shards the two parts, storing each shard as it is made. Runs on the blocking pool; the
 /// store's async calls are driven with `handle`.
 fn ingest(
@@ -422,12 +437,32 @@ fn ingest(
     let mut features = match features_format {
         Format::Npy => SampleSource::npy(file, &limits),
         Format::Idx => SampleSource::idx(file, &limits),
+        Format::Npz => {
+            // Spooled to raw samples, since a compressed entry cannot be read at random.
+            let raw_path = features_path.with_extension("raw");
+            let raw = std::fs::File::create(&raw_path)
+                .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("creating the spool file")))?;
+            let info = NpzArchive::new(file, &limits)
+                .and_then(|mut archive| {
+                    let name = npz_array(&archive, &npz::FEATURE_NAMES)?;
+                    let mut out = std::io::BufWriter::new(raw);
+                    let info = archive.spool(&name, &mut out)?;
+                    std::io::Write::flush(&mut out)?;
+                    Ok(info)
+                })
+                .map_err(invalid("features"))?;
+            SampleSource::raw(std::io::BufReader::new(open(&raw_path)?), info, 0, &limits)
+        }
     }
     .map_err(invalid("features"))?;
     let file = std::io::BufReader::new(open(&labels_path)?);
     let labels: RawArray = match labels_format {
         Format::Npy => data::npy::read(file, &limits),
         Format::Idx => data::idx::read(file, &limits),
+        Format::Npz => NpzArchive::new(file, &limits).and_then(|mut archive| {
+            let name = npz_array(&archive, &npz::LABEL_NAMES)?;
+            archive.read_array(&name)
+        }),
     }
     .map_err(invalid("labels"))?;
     check(features.info(), &labels.info, requirements)?;

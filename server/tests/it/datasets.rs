@@ -279,3 +279,36 @@ async fn the_request_timeout_spares_uploads_only() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
     assert_eq!(reply.error_code(), "timeout");
 }
+
+/// A `.npz` archive of `.npy` files, stored or deflated.
+fn npz(arrays: &[(&str, Vec<u8>)], deflated: bool) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let method = if deflated { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+    let options = zip::write::SimpleFileOptions::default().compression_method(method);
+    for (name, bytes) in arrays {
+        zip.start_file(format!("{name}.npy"), options).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn one_npz_with_both_arrays_is_uploaded_as_both_parts() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    for deflated in [false, true] {
+        let id = app.small_project(&token, json!({"samples_per_shard": 10, "validation_fraction": 0.0})).await;
+        let (features, labels) = small_dataset(20, 3);
+        let archive = npz(&[("x", features), ("y", labels)], deflated);
+        for part in ["features", "labels"] {
+            let uri = format!("/api/projects/{id}/dataset/{part}?format=npz");
+            let request = crate::support::raw_request(Method::PUT, &uri, "application/octet-stream", archive.clone());
+            let reply = app.send(with_token(request, &token)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        }
+        assert_eq!(rows(&app, "shards", id).await, 2, "deflated: {deflated}");
+        let bytes = app.state.store().get(&format!("projects/{id}/shards/train-00000.bin"), 1 << 20).await.unwrap();
+        assert_eq!(ShardView::decode(&bytes).unwrap().len(), 10);
+    }
+}
