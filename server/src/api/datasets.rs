@@ -1,4 +1,4 @@
-//! Datasets: `PUT /api/projects/{id}/dataset/{features,labels}?format=npy|npz|idx` streams one part to a file under
+//! Datasets: `PUT /api/projects/{id}/dataset/{features,labels}?format=npy|npz|idx|csv` streams one part to a file under
 //! `<data_dir>/uploads/<id>/` (never into memory, up to `max_upload_bytes`); once both parts are there (or on
 //! `POST /api/projects/{id}/dataset/commit`) they are checked against the model and cut into shards stored under
 //! `projects/<id>/shards/`, and the dataset is registered.
@@ -42,6 +42,8 @@ const PARTS: [&str; 2] = ["features", "labels"];
 enum Format {
     Npy,
     Idx,
+    /// CSV with a header row, the label in the last column: one file holds both parts, uploaded as `features`.
+    Csv,
     /// A `.npz` archive: the part's array is its only one, or the first of the shared reader's usual names
     /// (`x`, `features`, `images`, ... for features; `y`, `labels`, ... for labels), so one archive holding both
     /// can be uploaded as both parts.
@@ -54,6 +56,7 @@ impl Format {
             Self::Npy => "npy",
             Self::Idx => "idx",
             Self::Npz => "npz",
+            Self::Csv => "csv",
         }
     }
 
@@ -62,6 +65,7 @@ impl Format {
             "npy" => Some(Self::Npy),
             "idx" => Some(Self::Idx),
             "npz" => Some(Self::Npz),
+            "csv" => Some(Self::Csv),
             _ => None,
         }
     }
@@ -82,7 +86,8 @@ pub struct DatasetStatus {
     params(
         ("id" = i64, Path, description = "The project's id"),
         ("part" = String, Path, description = "`features` or `labels`"),
-        ("format" = Option<String>, Query, description = "`npy` (the default), `npz` or `idx`"),
+        ("format" = Option<String>, Query, description = "`npy` (the default), `npz`, `idx` or `csv` (features \
+         only: a header row and the label in the last column, so the file is both parts)"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
                  description = "The file, up to the server's `max_upload_bytes`"),
@@ -111,6 +116,11 @@ pub async fn upload_part(
         return Err(AppError::BadRequest(format!("unknown dataset part {part:?}: use features or labels")));
     };
     let format = parse_format(query.as_deref())?;
+    if format == Format::Csv && part == "labels" {
+        return Err(AppError::BadRequest(
+            "a CSV file holds the labels beside the features: upload it once, as features".into(),
+        ));
+    }
     let project = load_owned(&state, &user, id).await?;
     check_open(&state, &project).await?;
     let limit = state.settings().max_upload_bytes;
@@ -133,7 +143,7 @@ pub async fn upload_part(
         .await
         .map_err(internal("moving the upload into place"))?;
     let uploads = uploaded(&dir).await;
-    if uploads.len() == PARTS.len() {
+    if complete(&uploads) {
         let dataset = commit(&state, &project, &uploads).await?;
         return Ok(Json(DatasetStatus { uploaded: Vec::new(), dataset: Some(dataset) }));
     }
@@ -162,7 +172,7 @@ pub async fn commit_dataset(
     let project = load_owned(&state, &user, id).await?;
     check_open(&state, &project).await?;
     let uploads = uploaded(&uploads_dir(&state, project.id)).await;
-    if uploads.len() < PARTS.len() {
+    if !complete(&uploads) {
         let missing: Vec<&str> = PARTS.into_iter().filter(|p| !uploads.iter().any(|(u, ..)| u == p)).collect();
         return Err(AppError::Conflict {
             message: format!("upload the {} first", missing.join(" and ")),
@@ -174,8 +184,8 @@ pub async fn commit_dataset(
 }
 
 impl Format {
-    fn all() -> [Self; 3] {
-        [Self::Npy, Self::Idx, Self::Npz]
+    fn all() -> [Self; 4] {
+        [Self::Npy, Self::Idx, Self::Npz, Self::Csv]
     }
 }
 
@@ -184,8 +194,9 @@ fn parse_format(query: Option<&str>) -> Result<Format, AppError> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("format", value)) => {
-                format = Format::parse(value)
-                    .ok_or_else(|| AppError::BadRequest(format!("unknown format {value:?}: use npy, npz or idx")))?;
+                format = Format::parse(value).ok_or_else(|| {
+                    AppError::BadRequest(format!("unknown format {value:?}: use npy, npz, idx or csv"))
+                })?;
             }
             _ => return Err(AppError::BadRequest(format!("unknown query parameter {pair:?}: only format is read"))),
         }
@@ -233,6 +244,14 @@ async fn receive(mut body: Body, path: &FsPath, limit: u64) -> Result<(), AppErr
     }
     file.sync_all().await.map_err(internal("writing the upload"))?;
     Ok(())
+}
+
+/// Whether `uploads` make a dataset: features and labels, or features in CSV (which hold the labels).
+fn complete(uploads: &[(&'static str, Format, PathBuf)]) -> bool {
+    match uploads {
+        [("features", Format::Csv, _)] => true,
+        _ => uploads.len() == PARTS.len(),
+    }
 }
 
 /// The parts present in `dir`: part name, format and path, in [`PARTS`] order.
@@ -320,7 +339,8 @@ async fn commit(
         samples_per_shard: settings.samples_per_shard as usize,
     };
     let (features, labels) = match uploads {
-        [(_, ff, fp), (_, lf, lp)] => ((*ff, fp.clone()), (*lf, lp.clone())),
+        [("features", ff, fp), ("labels", lf, lp)] => ((*ff, fp.clone()), Some((*lf, lp.clone()))),
+        [("features", Format::Csv, fp)] => ((Format::Csv, fp.clone()), None),
         _ => return Err(AppError::Internal(anyhow::anyhow!("commit without both parts"))),
     };
     let shard_prefix = format!("{}/shards", super::projects::prefix(project.id));
@@ -410,6 +430,25 @@ async fn register(
     Ok(())
 }
 
+/// Reads the labels part whole.
+fn read_labels(
+    (format, path): (Format, PathBuf),
+    limits: &data::Limits,
+    open: impl Fn(&FsPath) -> Result<std::fs::File, IngestError>,
+) -> Result<RawArray, IngestError> {
+    let file = std::io::BufReader::new(open(&path)?);
+    match format {
+        Format::Npy => data::npy::read(file, limits),
+        Format::Idx => data::idx::read(file, limits),
+        Format::Npz => NpzArchive::new(file, limits).and_then(|mut archive| {
+            let name = npz_array(&archive, &npz::LABEL_NAMES)?;
+            archive.read_array(&name)
+        }),
+        Format::Csv => return Err(IngestError::Internal(anyhow::anyhow!("CSV labels without CSV features"))),
+    }
+    .map_err(invalid("labels"))
+}
+
 /// The array of an archive to use for a part: its only array, or the first of `names` it holds.
 fn npz_array<R: std::io::Read + std::io::Seek>(archive: &NpzArchive<R>, names: &[&str]) -> Result<String, DataError> {
     match archive.names().as_slice() {
@@ -425,7 +464,7 @@ fn ingest(
     store: &dyn ObjectStore,
     prefix: &str,
     (features_format, features_path): (Format, PathBuf),
-    (labels_format, labels_path): (Format, PathBuf),
+    labels_part: Option<(Format, PathBuf)>,
     requirements: &DataRequirements,
     plan: &ShardPlan,
 ) -> Result<Ingested, IngestError> {
@@ -434,7 +473,19 @@ fn ingest(
         std::fs::File::open(path).map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("opening upload")))
     };
     let file = std::io::BufReader::new(open(&features_path)?);
+    let mut csv_labels = None;
     let mut features = match features_format {
+        Format::Csv => {
+            let raw_path = features_path.with_extension("raw");
+            let raw = std::fs::File::create(&raw_path)
+                .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("creating the spool file")))?;
+            let mut out = std::io::BufWriter::new(raw);
+            let read = data::csv::read(file, &data::csv::CsvOptions::default(), &mut out, &limits)
+                .and_then(|csv| std::io::Write::flush(&mut out).map(|()| csv).map_err(DataError::from))
+                .map_err(invalid("features"))?;
+            csv_labels = Some(read.labels);
+            SampleSource::raw(std::io::BufReader::new(open(&raw_path)?), read.features, 0, &limits)
+        }
         Format::Npy => SampleSource::npy(file, &limits),
         Format::Idx => SampleSource::idx(file, &limits),
         Format::Npz => {
@@ -455,16 +506,11 @@ fn ingest(
         }
     }
     .map_err(invalid("features"))?;
-    let file = std::io::BufReader::new(open(&labels_path)?);
-    let labels: RawArray = match labels_format {
-        Format::Npy => data::npy::read(file, &limits),
-        Format::Idx => data::idx::read(file, &limits),
-        Format::Npz => NpzArchive::new(file, &limits).and_then(|mut archive| {
-            let name = npz_array(&archive, &npz::LABEL_NAMES)?;
-            archive.read_array(&name)
-        }),
-    }
-    .map_err(invalid("labels"))?;
+    let labels: RawArray = match (csv_labels, labels_part) {
+        (Some(labels), _) => labels,
+        (None, Some(part)) => read_labels(part, &limits, open)?,
+        (None, None) => return Err(IngestError::Internal(anyhow::anyhow!("no labels to ingest"))),
+    };
     check(features.info(), &labels.info, requirements)?;
     let labels = Labels::from_array(&labels, &requirements.labels).map_err(invalid("labels"))?;
     let mut shards = Vec::new();

@@ -312,3 +312,33 @@ async fn one_npz_with_both_arrays_is_uploaded_as_both_parts() {
         assert_eq!(ShardView::decode(&bytes).unwrap().len(), 10);
     }
 }
+
+#[tokio::test]
+async fn a_csv_file_is_both_parts_and_a_bad_cell_is_named() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.small_project(&token, json!({"samples_per_shard": 8, "validation_fraction": 0.0})).await;
+    let mut csv = "a,b,c,d,label\n".to_owned();
+    for i in 0..16 {
+        csv.push_str(&format!("{i},0.5,1,2,{}\n", i % 3));
+    }
+    let upload = |csv: String, part: &'static str| {
+        let uri = format!("/api/projects/{id}/dataset/{part}?format=csv");
+        with_token(crate::support::raw_request(Method::PUT, &uri, "text/csv", csv), &token)
+    };
+    let reply = app.send(upload(csv.clone(), "labels")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+
+    let reply = app.send(upload(csv.replace("7,0.5", "7,abc"), "features")).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text());
+    let reason = reply.json()["error"]["details"]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("row 9, column 2 ('b')"), "{reason}");
+    assert_nothing_registered(&app, id).await;
+
+    let reply = app.send(upload(csv, "features")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let dataset = &reply.json()["dataset"];
+    assert_eq!(dataset["format"], "csv");
+    assert_eq!(dataset["train_samples"], 16);
+    assert_eq!(dataset["train_shards"], 2);
+}
