@@ -204,6 +204,8 @@ fn mnist_dir() -> Option<std::path::PathBuf> {
 #[tokio::test]
 async fn the_mnist_files_are_sharded_shuffled_into_the_local_store() {
     let Some(dir) = mnist_dir() else {
+        // Tests and CI read `../shared/data`; a checkout without it can still run the rest.
+        assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
         eprintln!("skipped: no shared/data/mnist-8k above {}", env!("CARGO_MANIFEST_DIR"));
         return;
     };
