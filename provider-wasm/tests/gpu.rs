@@ -1,25 +1,11 @@
 //! GPU kernels against CPU references, on whatever adapter is present (lavapipe in CI).
 #![cfg(not(target_arch = "wasm32"))]
 
-use daig_provider::gpu::Gpu;
+mod common;
+
+use common::{gpu, random};
+
 use daig_provider::gpu::matmul::{FusedActivation, Matmul, MatmulTiles};
-
-fn gpu() -> Gpu {
-    pollster::block_on(Gpu::new()).expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
-}
-
-/// A deterministic xorshift generator of values in [-1, 1).
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn assert_close(got: &[f32], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");

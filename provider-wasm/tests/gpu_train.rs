@@ -3,28 +3,16 @@
 //! (lavapipe in CI), so shapes stay small.
 #![cfg(not(target_arch = "wasm32"))]
 
+mod common;
+
+use common::{gpu, random};
+
 use daig_provider::gpu::Gpu;
 use daig_provider::gpu::trainer::{DropoutSeed, GpuTrainer};
 use daig_shared::model::{Limits, Loss, Model};
 use daig_shared::params::init_params;
 use daig_shared::train::{Batch, DropoutKey, Labels, LocalConfig, Trainer};
 use ndarray::ArrayView2;
-
-fn gpu() -> Gpu {
-    pollster::block_on(Gpu::new()).expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// Labels for `n` samples: classes for cross-entropy, targets in [0, 1] otherwise.
 fn labels(model: &Model, n: usize) -> (Vec<u32>, Vec<f32>) {

@@ -46,29 +46,10 @@ fn main(
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         // Stage the A tile (BM x BK) and the B tile (BK x BN).
         for (var e = tid; e < BM * BK; e += THREADS) {
-            // Consecutive threads take consecutive elements along the dimension that is contiguous in memory.
-            var r: u32;
-            var kk: u32;
-            if TRANS_A {
-                r = e % BM;
-                kk = e / BM;
-            } else {
-                kk = e % BK;
-                r = e / BK;
-            }
-            As[kk * BM + r] = load_a(m0 + r, k0 + kk, k_end);
+            stage_a(e, m0, k0, k_end);
         }
         for (var e = tid; e < BK * BN; e += THREADS) {
-            var col: u32;
-            var kk: u32;
-            if TRANS_B {
-                kk = e % BK;
-                col = e / BK;
-            } else {
-                col = e % BN;
-                kk = e / BN;
-            }
-            Bs[kk * BN + col] = load_b(k0 + kk, n0 + col, k_end);
+            stage_b(e, n0, k0, k_end);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {

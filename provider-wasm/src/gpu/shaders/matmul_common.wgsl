@@ -38,3 +38,33 @@ fn load_b(row: u32, col: u32, k_end: u32) -> f32 {
     }
     return b[row * dims.n + col];
 }
+
+// Stages element e of the A tile (BM x BK, stored k-major in As) for the tile rows from m0 and the
+// k-slice from k0. Consecutive e take consecutive elements along the dimension that is contiguous in
+// memory, so that neighbouring threads read neighbouring addresses. BM, BK and As are the kernel's.
+fn stage_a(e: u32, m0: u32, k0: u32, k_end: u32) {
+    var r: u32;
+    var kk: u32;
+    if TRANS_A {
+        r = e % BM;
+        kk = e / BM;
+    } else {
+        kk = e % BK;
+        r = e / BK;
+    }
+    As[kk * BM + r] = load_a(m0 + r, k0 + kk, k_end);
+}
+
+// Stages element e of the B tile (BK x BN in Bs) for the tile columns from n0, as stage_a does for A.
+fn stage_b(e: u32, n0: u32, k0: u32, k_end: u32) {
+    var col: u32;
+    var kk: u32;
+    if TRANS_B {
+        kk = e % BK;
+        col = e / BK;
+    } else {
+        col = e % BN;
+        kk = e / BN;
+    }
+    Bs[kk * BN + col] = load_b(k0 + kk, n0 + col, k_end);
+}

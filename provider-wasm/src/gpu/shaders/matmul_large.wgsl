@@ -72,28 +72,8 @@ fn main(
 
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         for (var q = 0u; q < 4u; q++) {
-            let e = tid + q * 256u;
-            // Consecutive threads take consecutive elements along the dimension contiguous in memory.
-            var r: u32;
-            var kk: u32;
-            if TRANS_A {
-                r = e % BM;
-                kk = e / BM;
-            } else {
-                kk = e % BK;
-                r = e / BK;
-            }
-            As[kk * BM + r] = load_a(m0 + r, k0 + kk, k_end);
-            var col: u32;
-            var kb: u32;
-            if TRANS_B {
-                kb = e % BK;
-                col = e / BK;
-            } else {
-                col = e % BN;
-                kb = e / BN;
-            }
-            Bs[kb * BN + col] = load_b(k0 + kb, n0 + col, k_end);
+            stage_a(tid + q * 256u, m0, k0, k_end);
+            stage_b(tid + q * 256u, n0, k0, k_end);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
