@@ -8,7 +8,7 @@ use daig_shared::params::init_params;
 use daig_shared::train::{Batch, DropoutKey, Labels, LocalConfig, TrainError, Trainer};
 use ndarray::ArrayView2;
 
-use crate::gpu::trainer::{DropoutSeed, GpuTrainer, StepResult};
+use crate::gpu::trainer::{DropoutSeed, GpuTrainer, StepResult, invalid_class};
 use crate::gpu::{AdapterSummary, Gpu, GpuError};
 
 /// Which engine trains, and why the CPU one when it is the CPU.
@@ -170,9 +170,7 @@ impl Engine {
                 labels.len()
             )));
         }
-        if classes
-            && let Some(bad) = labels.iter().find(|&&c| !(c >= 0.0 && c.fract() == 0.0 && (c as usize) < outputs))
-        {
+        if classes && let Some(bad) = invalid_class(labels, outputs) {
             return Err(EngineError::Labels(format!("class {bad} is not one of the model's {outputs} classes")));
         }
         self.shard = HostShard {

@@ -237,7 +237,7 @@ impl GpuTrainer {
         }
         let classes = self.model.output_shape().elements().unwrap_or(0);
         if self.model.spec.loss == Loss::CrossEntropy
-            && let Some(c) = labels.iter().find(|&&c| !(c >= 0.0 && c.fract() == 0.0 && (c as usize) < classes))
+            && let Some(c) = invalid_class(labels, classes)
         {
             // The loss kernel reads the logit of the label: an out-of-range class must never reach it.
             return bad(format!("class {c} is not one of the model's {classes} classes"));
@@ -636,6 +636,11 @@ impl GpuTrainer {
         }
         Ok(Plan { gather, forward, loss, backward, update })
     }
+}
+
+/// The first label that is not a class index below `classes` (a whole number in range), if any.
+pub fn invalid_class(labels: &[f32], classes: usize) -> Option<f32> {
+    labels.iter().copied().find(|&c| !(c >= 0.0 && c.fract() == 0.0 && (c as usize) < classes))
 }
 
 /// Values per sample in the labels buffer: 1 (the class) for cross-entropy, the output size otherwise.
