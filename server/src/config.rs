@@ -50,6 +50,13 @@ pub struct Args {
     /// takes more than `body_limit_bytes` [default: 2147483648, 2 GiB].
     #[arg(long, env = "DAIG_MAX_UPLOAD_BYTES", value_name = "BYTES")]
     pub max_upload_bytes: Option<u64>,
+    /// How often providers and the server exchange heartbeats, in milliseconds; a provider silent for three
+    /// intervals is dropped and its leases return to the queue [default: 5000].
+    #[arg(long, env = "DAIG_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Provider WebSocket connections held at once; more are refused [default: 20000].
+    #[arg(long, env = "DAIG_MAX_PROVIDER_CONNECTIONS", value_name = "N")]
+    pub max_provider_connections: Option<usize>,
     /// Keep objects in this local directory [default: <data_dir>/objects, or the file's `[store]` table].
     #[arg(long, env = "DAIG_STORE_ROOT", value_name = "DIR", conflicts_with = "store_s3_bucket")]
     pub store_root: Option<PathBuf>,
@@ -91,6 +98,8 @@ pub struct FileConfig {
     pub session_ttl_secs: Option<u64>,
     pub token_ttl_secs: Option<u64>,
     pub max_upload_bytes: Option<u64>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub max_provider_connections: Option<usize>,
     pub secure_cookies: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
     pub log: Option<String>,
@@ -121,6 +130,10 @@ pub struct Settings {
     pub token_ttl_secs: u64,
     /// Largest dataset upload, for the upload route only; every other route keeps `body_limit_bytes`.
     pub max_upload_bytes: u64,
+    /// How often providers and the server exchange heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// Provider connections held at once.
+    pub max_provider_connections: usize,
     /// Where objects (dataset shards, checkpoints, trained models) are kept.
     pub store: StoreConfig,
     /// Whether cookies carry `Secure` (the server is reached over HTTPS).
@@ -160,6 +173,8 @@ impl Default for Settings {
             session_ttl_secs: 7 * 24 * 3600,
             token_ttl_secs: 365 * 24 * 3600,
             max_upload_bytes: 2 << 30,
+            heartbeat_interval_ms: 5000,
+            max_provider_connections: 20_000,
             store: StoreConfig::Local { root: PathBuf::from("./daig-data/objects") },
             secure_cookies: false,
             trust_forwarded_for: false,
@@ -213,6 +228,14 @@ impl Settings {
             session_ttl_secs: args.session_ttl_secs.or(file.session_ttl_secs).unwrap_or(d.session_ttl_secs),
             token_ttl_secs: args.token_ttl_secs.or(file.token_ttl_secs).unwrap_or(d.token_ttl_secs),
             max_upload_bytes: args.max_upload_bytes.or(file.max_upload_bytes).unwrap_or(d.max_upload_bytes),
+            heartbeat_interval_ms: args
+                .heartbeat_interval_ms
+                .or(file.heartbeat_interval_ms)
+                .unwrap_or(d.heartbeat_interval_ms),
+            max_provider_connections: args
+                .max_provider_connections
+                .or(file.max_provider_connections)
+                .unwrap_or(d.max_provider_connections),
             secure_cookies: args.secure_cookies.or(file.secure_cookies).unwrap_or(d.secure_cookies),
             trust_forwarded_for: args.trust_forwarded_for.or(file.trust_forwarded_for).unwrap_or(d.trust_forwarded_for),
             log: args.log.or(file.log).unwrap_or(d.log),
@@ -250,6 +273,11 @@ impl Settings {
         );
         check((60..=10 * 365 * 24 * 3600).contains(&self.token_ttl_secs), "token_ttl_secs must be in 60..=315360000");
         check(!self.data_dir.as_os_str().is_empty(), "data_dir must not be empty");
+        check((50..=600_000).contains(&self.heartbeat_interval_ms), "heartbeat_interval_ms must be in 50..=600000");
+        check(
+            (1..=1_000_000).contains(&self.max_provider_connections),
+            "max_provider_connections must be in 1..=1000000",
+        );
         check(
             (1024..=1024 * 1024 * MIB as u64).contains(&self.max_upload_bytes),
             "max_upload_bytes must be in 1024..=1099511627776",

@@ -13,6 +13,8 @@
 //! - [`limits`]: rate limits and the answers of the limit layers.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`store`]: object storage behind one trait: a local directory or S3.
+//! - [`training`]: the provider WebSocket (`/ws/provider`), one coordinator per running project (K-batch
+//!   sync SGD, leases, checkpoints) and their registry.
 
 pub mod api;
 pub mod auth;
@@ -24,6 +26,7 @@ pub mod limits;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod training;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +68,9 @@ pub fn app(state: AppState) -> Router {
         // Router::layer wraps each route separately; one shared semaphore makes the limit global.
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(state.concurrency()))
         .layer(middleware::from_fn_with_state(state.clone(), limits::timeout));
+    // The provider socket is outside the request limits: it is long-lived and bounded by its own connection
+    // limit (`max_provider_connections`).
+    let sockets = Router::new().route("/ws/provider", axum::routing::get(training::connection::ws_provider));
     router
         .layer(Extension(api::OpenApiJson(Arc::from(openapi_json))))
         .fallback(not_found)
@@ -73,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .layer(limits)
         .layer(CatchPanicLayer::custom(limits::panic_response))
         .layer(middleware::from_fn(telemetry::track_metrics))
+        .merge(sockets)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -102,7 +109,14 @@ pub async fn run(
             metrics.run_upkeep();
         }
     });
+    training::resume_running(&state).await;
+    let training = Arc::clone(state.training_arc());
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Coordinators checkpoint and say goodbye to their providers before the listener closes.
+    let shutdown = async move {
+        shutdown.await;
+        training.shutdown().await;
+    };
     let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
     upkeep.abort();
     served

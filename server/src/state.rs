@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use crate::config::Settings;
 use crate::limits::RateLimiter;
 use crate::store::{ObjectStore, StoreError};
+use crate::training::Training;
 
 /// A handle around `Arc`: cloning it is cheap and every clone sees the same database, limiter and metrics.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ struct Inner {
     /// Projects whose dataset is being validated and sharded, so that two commits of one project never run at
     /// once. A std `Mutex`: nothing awaits while it is held.
     ingesting: Mutex<HashSet<i64>>,
+    /// The coordinators of running projects.
+    training: Arc<Training>,
 }
 
 /// What can stop the server from starting.
@@ -65,7 +68,10 @@ impl AppState {
         let auth_limiter = RateLimiter::new(settings.auth_rate_burst, settings.auth_rate_per_minute);
         let concurrency = Arc::new(Semaphore::new(settings.concurrency_limit));
         let ingesting = Mutex::new(HashSet::new());
-        Ok(Self { inner: Arc::new(Inner { settings, db, auth_limiter, concurrency, metrics, store, ingesting }) })
+        let training = Arc::new(Training::new(settings.max_provider_connections));
+        Ok(Self {
+            inner: Arc::new(Inner { settings, db, auth_limiter, concurrency, metrics, store, ingesting, training }),
+        })
     }
 
     /// The validated settings this state was built from.
@@ -96,6 +102,16 @@ impl AppState {
     /// The object store.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner.store
+    }
+
+    /// The registry of running projects.
+    pub fn training(&self) -> &Training {
+        &self.inner.training
+    }
+
+    /// The registry, shared.
+    pub fn training_arc(&self) -> &Arc<Training> {
+        &self.inner.training
     }
 
     /// Marks `project_id` as being ingested, or returns `None` if it already is; the mark goes with the guard.

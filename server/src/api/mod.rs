@@ -6,6 +6,7 @@ pub mod health;
 pub mod projects;
 pub mod session;
 pub mod tokens;
+pub mod training;
 pub mod users;
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::state::AppState;
         (name = "tokens", description = "API tokens for the CLI and scripts"),
         (name = "projects", description = "Projects: model, settings, lifecycle and the trained model"),
         (name = "datasets", description = "Uploading a project's dataset, which is validated and sharded"),
+        (name = "training", description = "What training produces: metrics, checkpoints and the credit ledger"),
     )
 )]
 pub struct ApiDoc;
@@ -85,6 +87,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(projects::model_spec))
         .routes(routes!(datasets::upload_part))
         .routes(routes!(datasets::commit_dataset))
+        .routes(routes!(training::project_metrics))
+        .routes(routes!(training::list_checkpoints))
+        .routes(routes!(training::download_checkpoint))
+        .routes(routes!(training::project_credits))
+        .routes(routes!(training::provider_credits))
 }
 
 /// The OpenAPI document, rendered once when the app is built.

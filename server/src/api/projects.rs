@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use daig_shared::data::Normalization;
 use daig_shared::model::{self, Loss, Model, ModelSpec, SpecError};
 use daig_shared::train::{Method, OptimizerConfig, Schedule};
 use serde::{Deserialize, Serialize};
@@ -165,6 +166,19 @@ pub struct TrainingSettings {
     pub samples_per_shard: u32,
     /// Who may contribute [public].
     pub access: Access,
+    /// The learning rate of the providers' local SGD steps [1]. With one local step and 1, a contribution is
+    /// minus the gradient and the server optimiser's learning rate governs; with several local steps, set it
+    /// (e.g. 0.05) and use server SGD at learning rate 1 for model averaging. (0 to 100]
+    pub local_learning_rate: f32,
+    /// How features become model inputs [null: integer features scaled from their type's range to 0..1, float
+    /// features as they are]; e.g. `{"kind": "standardize", "mean": 0.13, "std": 0.31}` or `{"kind": "scale", "min": 0, "max": 255}`.
+    #[schema(value_type = Option<Object>)]
+    pub normalization: Option<Normalization>,
+    /// Updates between two checkpoints (1..=100000) [50]; projects are also checkpointed at every epoch's end
+    /// and when paused.
+    pub checkpoint_every: u32,
+    /// Stop early once the validation accuracy reaches this (0 to 1) [null: train every epoch].
+    pub target_accuracy: Option<f64>,
 }
 
 impl Default for TrainingSettings {
@@ -188,6 +202,10 @@ impl Default for TrainingSettings {
             max_providers: 64,
             samples_per_shard: 1024,
             access: Access::Public,
+            local_learning_rate: 1.0,
+            normalization: None,
+            checkpoint_every: 50,
+            target_accuracy: None,
         }
     }
 }
@@ -208,11 +226,34 @@ impl TrainingSettings {
         range("settings.epochs", self.epochs.into(), 1, 10_000);
         range("settings.max_providers", self.max_providers.into(), 1, 100_000);
         range("settings.samples_per_shard", self.samples_per_shard.into(), 1, 65_536);
+        range("settings.checkpoint_every", self.checkpoint_every.into(), 1, 100_000);
         if !(0.0..=0.5).contains(&self.validation_fraction) {
             problems.push(FieldError {
                 field: "settings.validation_fraction",
                 message: format!("must be a number from 0 to 0.5, not {}", self.validation_fraction),
             });
+        }
+        if !(self.local_learning_rate > 0.0 && self.local_learning_rate <= 100.0) {
+            problems.push(FieldError {
+                field: "settings.local_learning_rate",
+                message: format!("must be above 0 and at most 100, not {}", self.local_learning_rate),
+            });
+        }
+        if let Some(target) = self.target_accuracy
+            && !(0.0..=1.0).contains(&target)
+        {
+            problems.push(FieldError {
+                field: "settings.target_accuracy",
+                message: format!("must be a number from 0 to 1, not {target}"),
+            });
+        }
+        if let Some(n) = &self.normalization
+            && let Err(e) = n.affine(daig_shared::data::Dtype::F32).or_else(|e| match n {
+                Normalization::Scale { min: None, .. } | Normalization::Scale { max: None, .. } => Ok((0.0, 1.0)),
+                _ => Err(e),
+            })
+        {
+            problems.push(FieldError { field: "settings.normalization", message: e.to_string() });
         }
         if let Err(e) = self.optimizer.validate() {
             problems.push(FieldError { field: "settings.optimizer", message: e.to_string() });
@@ -303,12 +344,10 @@ pub struct ProjectView {
     pub model: ModelSummary,
     /// The committed dataset, `null` until one is.
     pub dataset: Option<DatasetSummary>,
-    /// Validation metrics per epoch (filled in by training, a later issue).
-    #[schema(value_type = Vec<Object>)]
-    pub metrics: Vec<serde_json::Value>,
-    /// Providers training now (filled in by the provider loop, a later issue).
-    #[schema(value_type = Vec<Object>)]
-    pub providers: Vec<serde_json::Value>,
+    /// Validation loss and accuracy (and the training loss) over versions, oldest first.
+    pub metrics: Vec<crate::training::MetricPoint>,
+    /// Providers training the project now.
+    pub providers: Vec<crate::training::LiveProvider>,
     pub created_at_unix: i64,
     pub updated_at_unix: i64,
 }
@@ -538,13 +577,23 @@ async fn view(state: &AppState, row: &ProjectRow) -> Result<ProjectView, AppErro
             }
         }
     }
+    let live = state.training().get(row.id).map(|h| h.status.borrow().clone()).filter(|s| s.running);
+    let (epoch, version, progress) = match &live {
+        Some(live) => (
+            i64::try_from(live.epoch).unwrap_or(i64::MAX),
+            i64::try_from(live.version).unwrap_or(i64::MAX),
+            live.progress,
+        ),
+        None if row.state()? == ProjectState::Finished => (row.epoch, row.version, 1.0),
+        None => (row.epoch, row.version, row.progress()?),
+    };
     Ok(ProjectView {
         id: row.id,
         name: row.name.clone(),
         state: row.state()?,
-        epoch: row.epoch,
-        version: row.version,
-        progress: row.progress()?,
+        epoch,
+        version,
+        progress,
         settings: row.settings()?,
         site_key: row.site_key.clone(),
         model: ModelSummary {
@@ -555,8 +604,8 @@ async fn view(state: &AppState, row: &ProjectRow) -> Result<ProjectView, AppErro
             layers: model.spec.layers.len(),
         },
         dataset,
-        metrics: Vec::new(),
-        providers: Vec::new(),
+        metrics: crate::training::metrics_history(state, row.id).await?,
+        providers: live.map(|l| l.providers).unwrap_or_default(),
         created_at_unix: row.created_at,
         updated_at_unix: row.updated_at,
     })
@@ -623,6 +672,7 @@ pub async fn delete_project(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, AppError> {
     let row = load_owned(&state, &user, id).await?;
+    state.training().stop(row.id, crate::training::coordinator::Command::Cancel).await;
     // The row goes first, so that a failure while deleting objects leaves no project pointing at missing ones.
     sqlx::query("DELETE FROM projects WHERE id = ?").bind(row.id).execute(state.db()).await?;
     state.store().delete_prefix(&prefix(row.id)).await?;
@@ -656,6 +706,24 @@ async fn transition(state: &AppState, user: &CurrentUser, id: i64, action: Actio
             message: "the project's state changed while this request ran; read it again and retry".into(),
             field: "state",
         });
+    }
+    let row = load_owned(state, user, id).await?;
+    match action {
+        Action::Start | Action::Resume => {
+            if let Err(e) = crate::training::start(state, &row).await {
+                // Training cannot run: the project stays where it was.
+                sqlx::query("UPDATE projects SET state = ?, updated_at = ? WHERE id = ? AND state = ?")
+                    .bind(from.as_str())
+                    .bind(now_unix())
+                    .bind(row.id)
+                    .bind(to.as_str())
+                    .execute(state.db())
+                    .await?;
+                return Err(e);
+            }
+        }
+        Action::Pause => state.training().stop(row.id, crate::training::coordinator::Command::Pause).await,
+        Action::Cancel => state.training().stop(row.id, crate::training::coordinator::Command::Cancel).await,
     }
     let row = load_owned(state, user, id).await?;
     view(state, &row).await

@@ -1,6 +1,7 @@
 //! Integration tests of `daig-server`: one target, one module per area. Most drive `app(state)` with
 //! `tower::ServiceExt::oneshot` over a real SQLite file in a temporary directory; `socket` runs the server on a
-//! real socket and `binary` runs the binary.
+//! real socket, `training` drives providers over real WebSockets (with the protocol client of `wire_provider`),
+//! and `binary` runs the binary.
 
 mod accounts;
 mod binary;
@@ -14,3 +15,5 @@ mod session;
 mod socket;
 mod support;
 mod tokens;
+mod training;
+mod wire_provider;

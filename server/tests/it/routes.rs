@@ -31,6 +31,11 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/api/projects/{id}/model/spec"),
     ("PUT", "/api/projects/{id}/dataset/{part}"),
     ("POST", "/api/projects/{id}/dataset/commit"),
+    ("GET", "/api/projects/{id}/metrics"),
+    ("GET", "/api/projects/{id}/checkpoints"),
+    ("GET", "/api/projects/{id}/checkpoints/{version}"),
+    ("GET", "/api/projects/{id}/credits"),
+    ("GET", "/api/providers/{id}/credits"),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +85,12 @@ async fn every_route_with_no_revoked_other_and_valid_credentials() {
         ("GET", "/api/projects/{id}/model/spec", [U, U, N, S::OK]),
         ("PUT", "/api/projects/{id}/dataset/{part}", [U, U, N, S::OK]),
         ("POST", "/api/projects/{id}/dataset/commit", [U, U, N, S::OK]),
+        ("GET", "/api/projects/{id}/metrics", [U, U, N, S::OK]),
+        ("GET", "/api/projects/{id}/checkpoints", [U, U, N, S::OK]),
+        ("GET", "/api/projects/{id}/checkpoints/{version}", [U, U, N, S::OK]),
+        ("GET", "/api/projects/{id}/credits", [U, U, N, S::OK]),
+        // Public: providers have no account.
+        ("GET", "/api/providers/{id}/credits", [S::OK, S::OK, S::OK, S::OK]),
     ];
     assert_eq!(table.iter().map(|(m, p, _)| (*m, *p)).collect::<Vec<_>>(), OPERATIONS);
 
@@ -142,6 +153,20 @@ async fn build(
                 let uri = format!("/api/projects/{id}/dataset/features");
                 raw_request(method, &uri, "application/octet-stream", small_dataset(10, 3).0)
             }
+            "/checkpoints/{version}" => {
+                let key = format!("projects/{id}/checkpoints/000000000007/params.safetensors");
+                app.state.store().put(&key, bytes::Bytes::from_static(b"weights")).await.unwrap();
+                sqlx::query(
+                    "INSERT INTO checkpoints (project_id, version, epoch, params_key, state_key, size_bytes, created_at)
+                     VALUES (?, 7, 0, ?, 'unused', 7, 0)",
+                )
+                .bind(id)
+                .bind(&key)
+                .execute(app.state.db())
+                .await
+                .unwrap();
+                request(method, &format!("/api/projects/{id}/checkpoints/7"))
+            }
             "/dataset/commit" => {
                 let (features, labels) = small_dataset(10, 3);
                 assert_eq!(app.upload(token, id, "features", features).await.status, StatusCode::OK);
@@ -164,6 +189,15 @@ async fn build(
         "/api/tokens" if method == Method::POST => json_request(method, path, &json!({"name": format!("t{n}")})),
         "/api/projects" if method == Method::POST => {
             json_request(method, path, &json!({"name": format!("p{n}"), "model": small_model()}))
+        }
+        "/api/providers/{id}/credits" => {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO providers (backend, adapter, connected_at) VALUES ('Cpu', 'test', 0) RETURNING id",
+            )
+            .fetch_one(app.state.db())
+            .await
+            .unwrap();
+            request(method, &format!("/api/providers/{id}/credits"))
         }
         "/api/tokens/{id}" => {
             let id = app.create_token(session, "to delete").await["id"].as_i64().unwrap();

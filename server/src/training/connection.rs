@@ -1,0 +1,459 @@
+//! `GET /ws/provider`: one provider's WebSocket, owned by one [`Connection`] task.
+//!
+//! The first message must be a `Hello` (within [`HELLO_TIMEOUT`]); a different protocol version, a wrong site
+//! key or an unknown project is answered with a `Goodbye` saying so. The connection then joins a project (the
+//! one named, else the public project with the fewest providers) or waits, sending heartbeats, until one
+//! needs it. While joined it forwards heartbeats and contributions to the coordinator, serves shard requests
+//! from the object store, and sends the coordinator's leases, acks and cancellations and every new parameter
+//! version. A provider silent for three heartbeat intervals is dropped; its leases return to the queue. When its
+//! project finishes, pauses or is cancelled, a provider that named it is told `Goodbye(Normal)` (or waits for a
+//! resume), and any other provider joins another project (a new `Welcome`) or waits.
+//!
+//! Every frame is checked before use: its size (the WebSocket layer caps messages at `MAX_FRAME_BYTES`), its
+//! decoding, its place in the sequence, a transfer's declared size against the model's parameter count. A
+//! broken frame ends the connection with `Goodbye(ProtocolError)`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use daig_shared::wire::{
+    self, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, LeaseId, LeaseProgress, ProviderId, Reassembler, ShardHash,
+    TransferId, TransferKind, transfer_frames,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::coordinator::{Event, JoinRequest, Joined};
+use super::data::ShardObject;
+use super::{Detach, ParamsSnapshot, ProjectHandle, ToProvider};
+use crate::api::projects::Access;
+use crate::db::now_unix;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Time a new connection has to send its `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest adapter description and site key kept.
+const MAX_TEXT: usize = 256;
+/// Messages queued from the coordinator to one connection; a connection this far behind is dropped.
+const QUEUE: usize = 256;
+
+/// Upgrades to the provider protocol, within the connection limit.
+pub async fn ws_provider(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let Ok(permit) = state.training().connections().try_acquire_owned() else {
+        return AppError::Overloaded.into_response();
+    };
+    ws.max_message_size(wire::MAX_FRAME_BYTES).max_frame_size(wire::MAX_FRAME_BYTES).on_upgrade(
+        move |socket| async move {
+            let _permit = permit;
+            metrics::gauge!("daig_provider_connections").increment(1.0);
+            Connection::run(state, socket).await;
+            metrics::gauge!("daig_provider_connections").decrement(1.0);
+        },
+    )
+}
+
+/// How a joined session ended.
+enum End {
+    /// The socket is closed or must be: nothing more to send.
+    Closed,
+    /// The coordinator let the provider go.
+    Detached(Detach),
+}
+
+/// Why the connection stops: the goodbye to send, if any.
+struct Stop(Option<(GoodbyeReason, String)>);
+
+impl Stop {
+    fn protocol(detail: impl Into<String>) -> Stop {
+        Stop(Some((GoodbyeReason::ProtocolError, detail.into())))
+    }
+}
+
+struct Connection {
+    state: AppState,
+    socket: WebSocket,
+    hello: Hello,
+    id: ProviderId,
+    interval: Duration,
+    next_transfer: u32,
+}
+
+impl Connection {
+    async fn run(state: AppState, mut socket: WebSocket) {
+        let hello = match read_hello(&mut socket).await {
+            Ok(hello) => hello,
+            Err(Stop(goodbye)) => {
+                if let Some((reason, detail)) = goodbye {
+                    let _ = send_frame(&mut socket, &Frame::Goodbye(Goodbye { reason, detail })).await;
+                }
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        };
+        let id: i64 = match sqlx::query_scalar(
+            "INSERT INTO providers (backend, adapter, site_key, connected_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(format!("{:?}", hello.backend))
+        .bind(&hello.adapter)
+        .bind(&hello.site_key)
+        .bind(now_unix())
+        .fetch_one(state.db())
+        .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!("cannot register a provider: {e}");
+                let goodbye = Goodbye { reason: GoodbyeReason::InternalError, detail: "the server failed".into() };
+                let _ = send_frame(&mut socket, &Frame::Goodbye(goodbye)).await;
+                return;
+            }
+        };
+        let interval = Duration::from_millis(state.settings().heartbeat_interval_ms);
+        let mut connection = Connection {
+            state,
+            socket,
+            hello,
+            id: ProviderId(u64::try_from(id).unwrap_or(0)),
+            interval,
+            next_transfer: 0,
+        };
+        let stop = connection.serve().await;
+        if let Some((reason, detail)) = stop.0 {
+            tracing::debug!(provider = %connection.id, ?reason, "closing: {detail}");
+            let _ = connection.send(&Frame::Goodbye(Goodbye { reason, detail })).await;
+        }
+        let _ = connection.socket.send(Message::Close(None)).await;
+        let _ = sqlx::query("UPDATE providers SET disconnected_at = ? WHERE id = ?")
+            .bind(now_unix())
+            .bind(id)
+            .execute(connection.state.db())
+            .await;
+    }
+
+    async fn send(&mut self, frame: &Frame<'_>) -> Result<(), Stop> {
+        send_frame(&mut self.socket, frame).await.map_err(|_| Stop(None))
+    }
+
+    /// Joins projects one after another until the provider or the server ends the connection.
+    async fn serve(&mut self) -> Stop {
+        loop {
+            let (handle, joined, rx) = match self.assign().await {
+                Ok(assigned) => assigned,
+                Err(stop) => return stop,
+            };
+            match self.session(&handle, joined, rx).await {
+                Ok(End::Closed) => {
+                    let _ = handle.events.send(Event::Leave { provider: self.id }).await;
+                    return Stop(None);
+                }
+                Ok(End::Detached(reason)) => {
+                    tracing::info!(provider = %self.id, project = handle.id, "provider detached: {reason}");
+                    match reason {
+                        Detach::ShuttingDown => return Stop(Some((GoodbyeReason::ShuttingDown, reason.to_string()))),
+                        Detach::Finished | Detach::Cancelled | Detach::Removed(_)
+                            if self.hello.project_id.is_some() =>
+                        {
+                            return Stop(Some((GoodbyeReason::Normal, reason.to_string())));
+                        }
+                        _ => {}
+                    }
+                }
+                Err(stop) => {
+                    let _ = handle.events.send(Event::Leave { provider: self.id }).await;
+                    return stop;
+                }
+            }
+        }
+    }
+
+    /// Finds a project for the provider and joins it, waiting (with heartbeats) while none can take it.
+    async fn assign(&mut self) -> Result<(ProjectHandle, Joined, mpsc::Receiver<ToProvider>), Stop> {
+        let training = Arc::clone(self.state.training_arc());
+        let mut changed = training.subscribe();
+        loop {
+            changed.borrow_and_update();
+            let candidates = match self.hello.project_id {
+                Some(project) => {
+                    let id = i64::try_from(project.0).unwrap_or(-1);
+                    match training.get(id) {
+                        Some(handle) => {
+                            if handle.access == Access::SiteKey && handle.site_key != self.hello.site_key {
+                                return Err(Stop(Some((
+                                    GoodbyeReason::Unauthorized,
+                                    format!(
+                                        "project {id} takes providers only from its sites: the site key is missing or wrong"
+                                    ),
+                                ))));
+                            }
+                            vec![handle]
+                        }
+                        None => {
+                            self.check_waitable(id).await?;
+                            Vec::new()
+                        }
+                    }
+                }
+                None => {
+                    let mut list = training.public_by_need();
+                    if let Some(key) = &self.hello.site_key
+                        && let Some(own) = training.by_site_key(key)
+                    {
+                        list.insert(0, own);
+                    }
+                    list
+                }
+            };
+            for handle in candidates {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let (reply, answer) = oneshot::channel();
+                let request = JoinRequest {
+                    id: self.id,
+                    backend: self.hello.backend,
+                    adapter: self.hello.adapter.clone(),
+                    samples_per_sec: self.hello.samples_per_sec,
+                    cached: self.hello.cached_shards.iter().copied().collect::<HashSet<ShardHash>>(),
+                    site_key: self.hello.site_key.clone(),
+                    tx,
+                };
+                if handle.events.send(Event::Join { provider: request, reply }).await.is_err() {
+                    continue;
+                }
+                if let Ok(Ok(joined)) = answer.await {
+                    return Ok((handle, joined, rx));
+                }
+            }
+            self.wait(&mut changed).await?;
+        }
+    }
+
+    /// A project named in `Hello` that is not running: wait if it may run later, else refuse.
+    async fn check_waitable(&mut self, id: i64) -> Result<(), Stop> {
+        let row: Option<(String, Option<String>, String)> =
+            sqlx::query_as("SELECT state, site_key, settings_json FROM projects WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.state.db())
+                .await
+                .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
+        match row {
+            Some((state, site_key, _)) if state == "draft" || state == "paused" || state == "running" => {
+                if site_key.is_some() && site_key != self.hello.site_key {
+                    return Err(Stop(Some((
+                        GoodbyeReason::Unauthorized,
+                        format!("project {id} takes providers only from its sites: the site key is missing or wrong"),
+                    ))));
+                }
+                Ok(())
+            }
+            Some((state, _, _)) => Err(Stop(Some((GoodbyeReason::Normal, format!("project {id} is {state}"))))),
+            None => Err(Stop(Some((GoodbyeReason::UnknownProject, format!("there is no project {id}"))))),
+        }
+    }
+
+    /// Waits until projects change, answering heartbeats; a provider that stays silent is dropped.
+    async fn wait(&mut self, changed: &mut watch::Receiver<u64>) -> Result<(), Stop> {
+        let mut beat = tokio::time::interval(self.interval);
+        let mut silent_until = Instant::now() + 3 * self.interval;
+        // Look again now and then anyway: a paused project resumes through the same registry.
+        let recheck = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(recheck);
+        loop {
+            tokio::select! {
+                _ = changed.changed() => return Ok(()),
+                () = &mut recheck => return Ok(()),
+                _ = beat.tick() => self.send(&Frame::Heartbeat(Heartbeat::default())).await?,
+                message = tokio::time::timeout_at(silent_until, self.socket.recv()) => {
+                    let bytes = incoming(message)?;
+                    let Some(bytes) = bytes else { continue };
+                    silent_until = Instant::now() + 3 * self.interval;
+                    match Frame::decode(&bytes).map_err(|e| Stop::protocol(e.to_string()))? {
+                        Frame::Heartbeat(_) => {}
+                        Frame::Goodbye(_) => return Err(Stop(None)),
+                        other => return Err(Stop::protocol(format!("{} before Welcome", other.name()))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One project: Welcome, parameters, then frames both ways until the socket closes or the coordinator
+    /// lets the provider go.
+    async fn session(
+        &mut self,
+        handle: &ProjectHandle,
+        joined: Joined,
+        mut rx: mpsc::Receiver<ToProvider>,
+    ) -> Result<End, Stop> {
+        let Joined { welcome, mut params, shards } = joined;
+        let param_bytes = welcome.training.param_count.saturating_mul(4);
+        self.send(&Frame::Welcome(welcome)).await?;
+        let first = params.borrow_and_update().clone();
+        self.send_params(&first).await?;
+        let mut reassembler = Reassembler::new(param_bytes);
+        let mut open: HashMap<LeaseId, u32> = HashMap::new();
+        let mut beat = tokio::time::interval(self.interval);
+        let mut silent_until = Instant::now() + 3 * self.interval;
+        loop {
+            tokio::select! {
+                biased;
+                message = rx.recv() => match message {
+                    Some(ToProvider::Lease(lease)) => {
+                        open.insert(lease.lease_id, 0);
+                        self.send(&Frame::Lease(lease)).await?;
+                    }
+                    Some(ToProvider::Ack(ack)) => {
+                        open.remove(&ack.lease_id);
+                        self.send(&Frame::Ack(ack)).await?;
+                    }
+                    Some(ToProvider::Cancel(cancel)) => {
+                        open.remove(&cancel.lease_id);
+                        self.send(&Frame::CancelLease(cancel)).await?;
+                    }
+                    Some(ToProvider::Detach(reason)) => return Ok(End::Detached(reason)),
+                    None => return Ok(End::Detached(Detach::Removed("training of the project stopped".into()))),
+                },
+                changed = params.changed() => {
+                    if changed.is_err() {
+                        // The coordinator is gone; its Detach (if any) is still in the queue.
+                        continue;
+                    }
+                    let latest = params.borrow_and_update().clone();
+                    self.send_params(&latest).await?;
+                }
+                _ = beat.tick() => {
+                    let leases = open.iter().map(|(&lease_id, &steps_done)| LeaseProgress { lease_id, steps_done }).collect();
+                    self.send(&Frame::Heartbeat(Heartbeat { leases })).await?;
+                }
+                message = tokio::time::timeout_at(silent_until, self.socket.recv()) => {
+                    let bytes = match incoming(message) {
+                        Ok(Some(bytes)) => bytes,
+                        Ok(None) => continue,
+                        Err(Stop(None)) => return Ok(End::Closed),
+                        Err(stop) => return Err(stop),
+                    };
+                    silent_until = Instant::now() + 3 * self.interval;
+                    let frame = Frame::decode(&bytes).map_err(|e| Stop::protocol(format!("undecodable frame: {e}")))?;
+                    match frame {
+                        Frame::Heartbeat(beat) => {
+                            for progress in &beat.leases {
+                                if let Some(steps) = open.get_mut(&progress.lease_id) {
+                                    *steps = progress.steps_done;
+                                }
+                            }
+                            let event = Event::Heartbeat { provider: self.id, leases: beat.leases };
+                            let _ = handle.events.send(event).await;
+                        }
+                        Frame::ShardRequest(request) => {
+                            let Some(object) = shards.get(&request.shard).cloned() else {
+                                return Err(Stop::protocol(format!("shard {} is not in this project", request.shard)));
+                            };
+                            self.send_shard(request.shard, &object).await?;
+                        }
+                        frame @ (Frame::TransferStart(_) | Frame::Chunk(_)) => {
+                            let done = reassembler.feed(&frame).map_err(|e| Stop::protocol(e.to_string()))?;
+                            let Some(transfer) = done else { continue };
+                            let TransferKind::Contribution(info) = transfer.kind.clone() else {
+                                return Err(Stop::protocol("a provider sends only contributions"));
+                            };
+                            let delta = transfer.f32s().map_err(|e| Stop::protocol(e.to_string()))?;
+                            open.remove(&info.lease_id);
+                            let event = Event::Contribution { provider: self.id, info, delta };
+                            if handle.events.send(event).await.is_err() {
+                                return Ok(End::Detached(Detach::Removed("training of the project stopped".into())));
+                            }
+                        }
+                        Frame::Goodbye(goodbye) => {
+                            tracing::debug!(provider = %self.id, "provider said goodbye: {}", goodbye.detail);
+                            return Ok(End::Closed);
+                        }
+                        other => return Err(Stop::protocol(format!("a provider does not send {}", other.name()))),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_params(&mut self, snapshot: &ParamsSnapshot) -> Result<(), Stop> {
+        let id = self.transfer_id();
+        for frame in transfer_frames(id, TransferKind::Params { version: snapshot.version }, &snapshot.bytes) {
+            self.send(&frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_shard(&mut self, hash: ShardHash, object: &ShardObject) -> Result<(), Stop> {
+        let bytes = match self.state.store().get(&object.key, object.size_bytes).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(shard = %hash, "cannot read a shard for a provider: {e}");
+                return Err(Stop(Some((GoodbyeReason::InternalError, "the server cannot read the shard".into()))));
+            }
+        };
+        let id = self.transfer_id();
+        for frame in transfer_frames(id, TransferKind::Shard { shard: hash }, &bytes) {
+            self.send(&frame).await?;
+        }
+        Ok(())
+    }
+
+    fn transfer_id(&mut self) -> TransferId {
+        self.next_transfer = self.next_transfer.wrapping_add(1);
+        TransferId(self.next_transfer)
+    }
+}
+
+async fn send_frame(socket: &mut WebSocket, frame: &Frame<'_>) -> Result<(), axum::Error> {
+    socket.send(Message::Binary(frame.encode().into())).await
+}
+
+/// A received message: `Ok(Some(bytes))` for a binary frame, `Ok(None)` for control frames, `Err` when the
+/// peer is gone, silent too long, or sent text.
+fn incoming(
+    message: Result<Option<Result<Message, axum::Error>>, tokio::time::error::Elapsed>,
+) -> Result<Option<bytes::Bytes>, Stop> {
+    match message {
+        Err(_) => Err(Stop(Some((GoodbyeReason::Timeout, "no frame for three heartbeat intervals".into())))),
+        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => Err(Stop(None)),
+        Ok(Some(Ok(Message::Binary(bytes)))) => Ok(Some(bytes)),
+        Ok(Some(Ok(Message::Text(_)))) => Err(Stop::protocol("frames are binary postcard, not text")),
+        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => Ok(None),
+    }
+}
+
+async fn read_hello(socket: &mut WebSocket) -> Result<Hello, Stop> {
+    let message = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await;
+    let bytes = match incoming(message) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(Stop::protocol("the first message must be a binary Hello")),
+        Err(Stop(Some((GoodbyeReason::Timeout, _)))) => {
+            return Err(Stop(Some((GoodbyeReason::Timeout, "no Hello within 10 seconds".into()))));
+        }
+        Err(stop) => return Err(stop),
+    };
+    let mut hello = match Frame::decode(&bytes) {
+        Ok(Frame::Hello(hello)) => hello,
+        Ok(other) => return Err(Stop::protocol(format!("the first frame must be Hello, not {}", other.name()))),
+        Err(wire::DecodeError::UnsupportedVersion { .. }) => {
+            return Err(Stop(Some((
+                GoodbyeReason::UnsupportedVersion { supported: wire::PROTOCOL_VERSION },
+                format!("this server speaks protocol version {}", wire::PROTOCOL_VERSION),
+            ))));
+        }
+        Err(e) => return Err(Stop::protocol(format!("undecodable Hello: {e}"))),
+    };
+    if hello.adapter.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !hello.adapter.is_char_boundary(end) {
+            end -= 1;
+        }
+        hello.adapter.truncate(end);
+    }
+    if hello.site_key.as_ref().is_some_and(|k| k.len() > MAX_TEXT) {
+        return Err(Stop(Some((GoodbyeReason::Unauthorized, "the site key is too long".into()))));
+    }
+    Ok(hello)
+}

@@ -1,0 +1,186 @@
+//! What the coordinator loads of a project's dataset: the train shards' hashes and keys (providers fetch the
+//! bytes), and the validation split decoded to `f32` for the reference trainer.
+
+use std::collections::HashMap;
+
+use daig_shared::data::shard::ShardLabel;
+use daig_shared::data::{Dtype, Normalization, ShardView};
+use daig_shared::model::Model;
+use daig_shared::train::{Batch, Evaluation, Labels, Trainer};
+use daig_shared::wire::{Normalisation, ShardHash};
+use ndarray::{Array2, ArrayView2};
+
+use super::plan::TrainShard;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Where a shard's bytes are.
+#[derive(Debug, Clone)]
+pub struct ShardObject {
+    pub key: String,
+    pub size_bytes: u64,
+}
+
+/// The dataset as training needs it.
+pub struct ProjectData {
+    pub train: Vec<TrainShard>,
+    /// Every shard of the project by hash, train and validation: what providers may request.
+    pub objects: HashMap<ShardHash, ShardObject>,
+    pub normalization: Normalization,
+    /// The same as the wire's `x' = (x - offset) * scale`.
+    pub wire_normalisation: Normalisation,
+    pub validation: Option<Validation>,
+}
+
+/// The validation split, ready for [`Trainer::evaluate`].
+pub struct Validation {
+    pub x: Array2<f32>,
+    pub labels: ValidationLabels,
+}
+
+pub enum ValidationLabels {
+    Classes(Vec<u32>),
+    Values(Array2<f32>),
+}
+
+impl Validation {
+    /// Evaluates `params` with `trainer` on the whole split.
+    pub fn evaluate(&self, trainer: &mut Trainer, params: &[f32]) -> Result<Evaluation, String> {
+        let y = match &self.labels {
+            ValidationLabels::Classes(c) => Labels::Classes(c),
+            ValidationLabels::Values(v) => Labels::Values(v.view()),
+        };
+        trainer.evaluate(params, &Batch { x: self.x.view(), y }).map_err(|e| e.to_string())
+    }
+}
+
+fn parse_hash(hex: &str) -> Option<ShardHash> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(ShardHash(out))
+}
+
+fn internal(context: &str, e: impl std::fmt::Display) -> AppError {
+    AppError::Internal(anyhow::anyhow!("{context}: {e}"))
+}
+
+/// Loads the shard list of project `id` and decodes its validation shards.
+///
+/// # Errors
+/// A missing or corrupt shard, or a database error.
+pub async fn load(
+    state: &AppState,
+    id: i64,
+    model: &Model,
+    normalization: Option<&Normalization>,
+) -> Result<ProjectData, AppError> {
+    let rows: Vec<(String, i64, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT role, number, object_key, sha256, sample_count, size_bytes FROM shards WHERE project_id = ?
+         ORDER BY role, number",
+    )
+    .bind(id)
+    .fetch_all(state.db())
+    .await?;
+    let dtype_name: Option<String> = sqlx::query_scalar("SELECT feature_dtype FROM datasets WHERE project_id = ?")
+        .bind(id)
+        .fetch_optional(state.db())
+        .await?;
+    let dtype_name = dtype_name.ok_or_else(|| AppError::Conflict {
+        message: "the project has no dataset; upload one before training".into(),
+        field: "dataset",
+    })?;
+    let mut train = Vec::new();
+    let mut objects = HashMap::new();
+    let mut validation_keys = Vec::new();
+    let mut dtype = None;
+    for (role, number, key, sha, samples, size) in rows {
+        let hash = parse_hash(&sha).ok_or_else(|| internal("stored shard hash", &sha))?;
+        objects.insert(hash, ShardObject { key: key.clone(), size_bytes: u64::try_from(size).unwrap_or(0) });
+        if role == "train" {
+            train.push(TrainShard {
+                number: u32::try_from(number).unwrap_or(u32::MAX),
+                hash,
+                samples: u32::try_from(samples).unwrap_or(0),
+            });
+        } else {
+            validation_keys.push((key, u64::try_from(size).unwrap_or(0)));
+        }
+    }
+    if train.is_empty() {
+        return Err(internal("dataset", "no train shards are registered"));
+    }
+    let mut features: Vec<f32> = Vec::new();
+    let mut classes = Vec::new();
+    let mut values: Vec<f32> = Vec::new();
+    let mut value_width = 0;
+    let width = model.spec.input_shape.iter().product::<usize>();
+    let mut rows_read = 0usize;
+    let mut norm = None;
+    for (key, size) in &validation_keys {
+        let bytes = state.store().get(key, *size).await?;
+        let view = ShardView::decode(&bytes).map_err(|e| internal("validation shard", e))?;
+        let header_dtype = view.header().feature_dtype;
+        dtype = Some(header_dtype);
+        let n = *norm.get_or_insert_with(|| resolve(normalization, header_dtype));
+        if view.sample_elements() != width {
+            return Err(internal("validation shard", "its samples do not fit the model's input"));
+        }
+        let start = features.len();
+        features.resize(start + view.len() * width, 0.0);
+        for i in 0..view.len() {
+            view.sample_f32(i, &n, &mut features[start + i * width..start + (i + 1) * width])
+                .map_err(|e| internal("validation shard", e))?;
+            match view.label(i).map_err(|e| internal("validation shard", e))? {
+                ShardLabel::Class(c) => classes.push(c),
+                label @ ShardLabel::Values(_) => {
+                    let v = label.values();
+                    value_width = v.len();
+                    values.extend(v);
+                }
+            }
+        }
+        rows_read += view.len();
+    }
+    let dtype = match dtype {
+        Some(d) => d,
+        None => dtype_from_name(&dtype_name),
+    };
+    let normalization = norm.unwrap_or_else(|| resolve(normalization, dtype));
+    let (sub, div) = normalization.affine(dtype).map_err(|e| internal("normalisation", e))?;
+    let wire_normalisation = Normalisation::Global { offset: sub, scale: 1.0 / div };
+    let validation = (rows_read > 0)
+        .then(|| -> Result<Validation, AppError> {
+            let x = Array2::from_shape_vec((rows_read, width), features).map_err(|e| internal("validation", e))?;
+            let labels = if classes.len() == rows_read {
+                ValidationLabels::Classes(classes)
+            } else {
+                ValidationLabels::Values(
+                    ArrayView2::from_shape((rows_read, value_width), &values)
+                        .map_err(|e| internal("validation", e))?
+                        .to_owned(),
+                )
+            };
+            Ok(Validation { x, labels })
+        })
+        .transpose()?;
+    Ok(ProjectData { train, objects, normalization, wire_normalisation, validation })
+}
+
+/// The normalisation a project trains with: its setting, else integer features scaled from their dtype's range
+/// to 0..1 and floats as they are.
+pub fn resolve(setting: Option<&Normalization>, dtype: Dtype) -> Normalization {
+    match setting {
+        Some(n) => *n,
+        None if dtype.is_integer() => Normalization::Scale { min: None, max: None },
+        None => Normalization::None,
+    }
+}
+
+fn dtype_from_name(name: &str) -> Dtype {
+    Dtype::ALL.into_iter().find(|d| d.name() == name).unwrap_or(Dtype::F32)
+}

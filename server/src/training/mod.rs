@@ -1,0 +1,284 @@
+//! Training coordination: the provider WebSocket endpoint, one coordinator task per running project, and the
+//! registry that starts, stops and finds them.
+//!
+//! - [`plan`]: an epoch's batches (per shard, seeded) and their states; exactly-once bookkeeping.
+//! - [`coordinator`]: the task that owns a project's parameters, optimiser, leases and aggregation buffer
+//!   (K-batch sync SGD), evaluates, checkpoints and finishes.
+//! - [`connection`]: one provider's WebSocket: the handshake, frames, transfers, heartbeats and assignment
+//!   to projects.
+//! - [`checkpoint`]: parameters and trainer state in the object store, registered in the database.
+//! - [`data`]: the shard list and the decoded validation split.
+//!
+//! The database agrees with the latest checkpoint plus the updates applied since: a coordinator that starts
+//! from a checkpoint first deletes the records (contributions, applied batches, metrics) of later versions,
+//! whose batches are then leased again.
+
+pub mod checkpoint;
+pub mod connection;
+pub mod coordinator;
+pub mod data;
+pub mod plan;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use daig_shared::wire::{Ack, CancelLease, Lease, LeaseId};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use utoipa::ToSchema;
+
+use crate::api::projects::{Access, ProjectRow};
+use crate::error::AppError;
+use crate::state::AppState;
+use coordinator::{Command, Coordinator, Event};
+
+/// A parameter version as providers receive it: little-endian `f32` bytes, encoded once per update.
+#[derive(Debug)]
+pub struct ParamsSnapshot {
+    pub version: u64,
+    pub bytes: Bytes,
+}
+
+/// What a coordinator sends a provider's connection.
+#[derive(Debug)]
+pub enum ToProvider {
+    Lease(Lease),
+    Ack(Ack),
+    Cancel(CancelLease),
+    /// The provider no longer belongs to the project.
+    Detach(Detach),
+}
+
+/// Why a provider leaves its project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detach {
+    Finished,
+    Paused,
+    Cancelled,
+    ShuttingDown,
+    Removed(String),
+}
+
+impl fmt::Display for Detach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Detach::Finished => f.write_str("the project finished training"),
+            Detach::Paused => f.write_str("the project was paused"),
+            Detach::Cancelled => f.write_str("the project was cancelled"),
+            Detach::ShuttingDown => f.write_str("the server is shutting down"),
+            Detach::Removed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A provider working on a project, as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LiveProvider {
+    pub id: u64,
+    /// `WebGpu`, `Vulkan`, `Metal`, `Dx12`, `Gl` or `Cpu`.
+    pub backend: String,
+    pub adapter: String,
+    /// Measured training speed (its own estimate until its first contribution).
+    pub samples_per_sec: f64,
+    pub contributions_applied: u64,
+    pub site_key: Option<String>,
+    pub connected_at_unix: i64,
+}
+
+/// A running project's state, published by its coordinator.
+#[derive(Debug, Clone, Default)]
+pub struct LiveStatus {
+    pub running: bool,
+    pub version: u64,
+    pub epoch: u64,
+    pub progress: f64,
+    pub samples_applied: u64,
+    pub providers: Vec<LiveProvider>,
+    pub updates_per_sec: Option<f64>,
+}
+
+/// A running project in the registry.
+#[derive(Clone)]
+pub struct ProjectHandle {
+    pub id: i64,
+    pub events: mpsc::Sender<Event>,
+    pub status: watch::Receiver<LiveStatus>,
+    pub access: Access,
+    pub site_key: Option<String>,
+}
+
+/// The registry of running projects, owned by [`AppState`].
+pub struct Training {
+    projects: Mutex<HashMap<i64, ProjectHandle>>,
+    /// Bumped whenever a project starts, so that waiting providers look again.
+    changed: watch::Sender<u64>,
+    lease_ids: AtomicU64,
+    provider_connections: Arc<Semaphore>,
+}
+
+impl Training {
+    pub fn new(max_connections: usize) -> Training {
+        // Lease ids stay unique across restarts: they start at the current time in microseconds.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(1));
+        Training {
+            projects: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+            lease_ids: AtomicU64::new(start),
+            provider_connections: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
+
+    pub fn next_lease_id(&self) -> LeaseId {
+        LeaseId(self.lease_ids.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The semaphore bounding provider connections.
+    pub fn connections(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.provider_connections)
+    }
+
+    /// Notified when projects start.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, ProjectHandle>> {
+        self.projects.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The running project `id`.
+    pub fn get(&self, id: i64) -> Option<ProjectHandle> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// Running public projects, fewest providers first, for a provider that named none.
+    pub fn public_by_need(&self) -> Vec<ProjectHandle> {
+        let mut list: Vec<ProjectHandle> =
+            self.lock().values().filter(|p| p.access == Access::Public).cloned().collect();
+        list.sort_by_key(|p| (p.status.borrow().providers.len(), p.id));
+        list
+    }
+
+    /// The running project whose site key is `key`.
+    pub fn by_site_key(&self, key: &str) -> Option<ProjectHandle> {
+        self.lock().values().find(|p| p.site_key.as_deref() == Some(key)).cloned()
+    }
+
+    /// Removes a project that finished by itself.
+    pub fn forget(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    fn insert(&self, handle: ProjectHandle) {
+        self.lock().insert(handle.id, handle);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Stops project `id`'s coordinator with `command`, waiting until it has checkpointed.
+    pub async fn stop(&self, id: i64, command: Command) {
+        let handle = self.lock().remove(&id);
+        if let Some(handle) = handle {
+            let (reply, done) = oneshot::channel();
+            if handle.events.send(Event::Control { command, reply }).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// Stops every coordinator (checkpointing), for the server's shutdown.
+    pub async fn shutdown(&self) {
+        let ids: Vec<i64> = self.lock().keys().copied().collect();
+        for id in ids {
+            self.stop(id, Command::Shutdown).await;
+        }
+    }
+}
+
+/// Starts the coordinator of running project `row` (from its latest checkpoint).
+///
+/// # Errors
+/// The dataset or checkpoint cannot be loaded.
+pub async fn start(state: &AppState, row: &ProjectRow) -> Result<(), AppError> {
+    if state.training().get(row.id).is_some() {
+        return Ok(());
+    }
+    let settings = row.settings()?;
+    let started = Coordinator::start(state.clone(), row).await?;
+    state.training().insert(ProjectHandle {
+        id: row.id,
+        events: started.events,
+        status: started.status,
+        access: settings.access,
+        site_key: row.site_key.clone(),
+    });
+    drop(started.task);
+    Ok(())
+}
+
+/// Starts every project the database says is running: after a restart they resume from their checkpoints.
+pub async fn resume_running(state: &AppState) {
+    let rows = match sqlx::query_as::<_, ProjectRow>("SELECT * FROM projects WHERE state = 'running'")
+        .fetch_all(state.db())
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!("cannot list running projects: {e}");
+            return;
+        }
+    };
+    for row in rows {
+        match start(state, &row).await {
+            Ok(()) => tracing::info!(project = row.id, "resumed training"),
+            Err(e) => tracing::error!(project = row.id, "cannot resume training: {e}"),
+        }
+    }
+}
+
+/// The key of a finished project's metrics file.
+pub fn metrics_key(id: i64) -> String {
+    format!("projects/{id}/model/metrics.json")
+}
+
+/// One row of a project's metrics history.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct MetricPoint {
+    pub version: i64,
+    pub epoch: i64,
+    /// Training samples applied up to this version.
+    pub samples: i64,
+    /// Mean training loss of the contributions since the previous row.
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub at_unix: i64,
+}
+
+/// The project's metrics history, oldest first.
+///
+/// # Errors
+/// A database error.
+pub async fn metrics_history(state: &AppState, id: i64) -> Result<Vec<MetricPoint>, AppError> {
+    Ok(sqlx::query_as::<_, MetricPoint>(
+        "SELECT version, epoch, samples, train_loss, val_loss, val_accuracy, at AS at_unix FROM metrics
+         WHERE project_id = ? ORDER BY version",
+    )
+    .bind(id)
+    .fetch_all(state.db())
+    .await?)
+}
+
+/// The metrics history as the JSON file stored beside the final model.
+///
+/// # Errors
+/// A database error.
+pub async fn metrics_json(state: &AppState, id: i64) -> Result<Vec<u8>, AppError> {
+    let history = metrics_history(state, id).await?;
+    serde_json::to_vec_pretty(&serde_json::json!({ "project": id, "metrics": history }))
+        .map_err(|e| AppError::Internal(anyhow::Error::new(e)))
+}

@@ -1,0 +1,341 @@
+//! Training over real WebSockets: K-batch sync SGD with several providers, exactly-once batches, returned and
+//! expired leases, and hostile providers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use daig_shared::wire::{ContributionInfo, Frame, GoodbyeReason, Hello, LeaseId, PROTOCOL_VERSION, SampleSelection};
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, request, with_token};
+use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, run_honest};
+
+/// The app of `app` also served on a real socket.
+async fn serve(app: &TestApp) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(daig_server::run(listener, app.state.clone(), std::future::pending()));
+    addr
+}
+
+async fn project(app: &TestApp, token: &str, id: i64) -> Value {
+    let reply = app.send(with_token(request(Method::GET, &format!("/api/projects/{id}")), token)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()
+}
+
+async fn post(app: &TestApp, token: &str, uri: &str) -> Value {
+    let reply = app.send(with_token(request(Method::POST, uri), token)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{uri}: {}", reply.text());
+    reply.json()
+}
+
+/// Waits until project `id` is in `state`, for at most `limit`.
+async fn wait_for_state(app: &TestApp, token: &str, id: i64, state: &str, limit: Duration) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let view = project(app, token, id).await;
+        if view["state"] == state {
+            return view;
+        }
+        assert!(start.elapsed() < limit, "project {id} is still {} after {limit:?}: {view}", view["state"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn scalar(app: &TestApp, sql: &'static str, id: i64) -> i64 {
+    sqlx::query_scalar(sql).bind(id).fetch_one(app.state.db()).await.unwrap()
+}
+
+/// Every batch of every epoch applied exactly once: per epoch, as many distinct applied batches as the plan
+/// has, and the samples credited equal to the train set times the epochs.
+async fn assert_exactly_once(app: &TestApp, id: i64, epochs: i64, batch_size: i64) {
+    let shard_sizes: Vec<i64> =
+        sqlx::query_scalar("SELECT sample_count FROM shards WHERE project_id = ? AND role = 'train'")
+            .bind(id)
+            .fetch_all(app.state.db())
+            .await
+            .unwrap();
+    let per_epoch: i64 = shard_sizes.iter().map(|n| (n + batch_size - 1) / batch_size).sum();
+    let train: i64 = shard_sizes.iter().sum();
+    let counts: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT epoch, COUNT(*) FROM applied_batches WHERE project_id = ? GROUP BY epoch ORDER BY epoch",
+    )
+    .bind(id)
+    .fetch_all(app.state.db())
+    .await
+    .unwrap();
+    let expected: Vec<(i64, i64)> = (0..epochs).map(|e| (e, per_epoch)).collect();
+    assert_eq!(counts, expected, "applied batches per epoch");
+    let samples = scalar(app, "SELECT COALESCE(SUM(samples), 0) FROM contributions WHERE project_id = ?", id).await;
+    assert_eq!(samples, train * epochs, "every sample credited once per epoch");
+}
+
+/// A project with the small model of the support module and 40 samples in shards of 10.
+async fn small_running(app: &TestApp, token: &str, settings: Value) -> i64 {
+    let id = app.small_project(token, settings).await;
+    let (features, labels) = crate::support::small_dataset(40, 3);
+    assert_eq!(app.upload(token, id, "features", features).await.status, StatusCode::OK);
+    let reply = app.upload(token, id, "labels", labels).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    post(app, token, &format!("/api/projects/{id}/start")).await;
+    id
+}
+
+fn mnist_dir() -> Option<std::path::PathBuf> {
+    let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir =
+        start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file());
+    if dir.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
+        eprintln!("skipped: no shared/data/mnist-8k above {}", env!("CARGO_MANIFEST_DIR"));
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_providers_train_the_mnist_mlp_with_k_batch_sgd() {
+    let Some(dir) = mnist_dir() else { return };
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let model = json!({"input_shape": [784], "layers": [{"type": "dense", "units": 64, "activation": "relu"},
+                                                          {"type": "dense", "units": 10}], "loss": "cross_entropy"});
+    let settings = json!({"batch_size": 32, "k": 4, "epochs": 3, "samples_per_shard": 1000, "seed": 3,
+                          "optimizer": {"method": {"type": "adam"}, "learning_rate": 0.003},
+                          "checkpoint_every": 25, "max_staleness": 2});
+    let id = app.create_project(&token, &json!({"name": "mnist", "model": model, "settings": settings})).await["id"]
+        .as_i64()
+        .unwrap();
+    app.upload(&token, id, "features", std::fs::read(dir.join("images.npy")).unwrap()).await;
+    let reply = app.upload(&token, id, "labels", std::fs::read(dir.join("labels.npy")).unwrap()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    post(&app, &token, &format!("/api/projects/{id}/start")).await;
+
+    let providers: Vec<_> = (0..4).map(|_| tokio::spawn(run_honest(addr, hello(Some(id)), None))).collect();
+    let view = wait_for_state(&app, &token, id, "finished", Duration::from_secs(600)).await;
+    let outcomes: Vec<Outcome> =
+        futures_util::future::join_all(providers).await.into_iter().map(Result::unwrap).collect();
+    for outcome in &outcomes {
+        let goodbye = outcome.goodbye.as_ref().expect("told goodbye");
+        assert_eq!(goodbye.reason, GoodbyeReason::Normal, "{goodbye:?}");
+        assert!(outcome.applied > 0, "every provider contributed: {outcome:?}");
+        // Only races: a contribution crossing the cancellation of its lease (a speculative copy that lost, or the
+        // end of an epoch). Never a problem with the contribution itself.
+        assert!(
+            outcome.refused.iter().all(|r| r.starts_with("Other") || r.starts_with("UnknownLease")),
+            "{:?}",
+            outcome.refused
+        );
+    }
+    let last = view["metrics"].as_array().unwrap().last().unwrap().clone();
+    let accuracy = last["val_accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "validation accuracy {accuracy}: {last}");
+    assert_eq!(view["epoch"], 3);
+    assert_eq!(view["progress"], 1.0);
+    assert_exactly_once(&app, id, 3, 32).await;
+    let applied: u32 = outcomes.iter().map(|o| o.applied).sum();
+    let contributions = scalar(&app, "SELECT COUNT(*) FROM contributions WHERE project_id = ?", id).await;
+    assert_eq!(i64::from(applied), contributions, "each Applied ack is one ledger row");
+    // The K-batch rule: updates hold K contributions, except each epoch's last.
+    let version = view["version"].as_i64().unwrap();
+    assert!(
+        version >= contributions / 4 && version <= contributions / 4 + 3,
+        "{version} updates, {contributions} contributions"
+    );
+
+    // The final model is downloadable and is the model's parameters.
+    let reply = app.send(with_token(request(Method::GET, &format!("/api/projects/{id}/model")), &token)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let spec = project(&app, &token, id).await;
+    assert_eq!(spec["model"]["params"], 784 * 64 + 64 + 64 * 10 + 10);
+    let tensors = safetensors::SafeTensors::deserialize(&reply.body).unwrap();
+    assert_eq!(tensors.len(), 4);
+    // Checkpoints and credits.
+    let reply = app.send(with_token(request(Method::GET, &format!("/api/projects/{id}/checkpoints")), &token)).await;
+    let checkpoints = reply.json()["checkpoints"].as_array().unwrap().clone();
+    assert!(!checkpoints.is_empty() && checkpoints.len() <= 3, "{checkpoints:?}");
+    assert_eq!(checkpoints[0]["version"], version);
+    let reply = app.send(with_token(request(Method::GET, &format!("/api/projects/{id}/credits")), &token)).await;
+    let credits = reply.json();
+    assert_eq!(credits["samples"], 7200 * 3, "{credits}");
+    assert_eq!(credits["providers"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_of_a_vanished_provider_are_leased_again() {
+    let app = TestApp::with(|s| s.heartbeat_interval_ms = 200).await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 4, "k": 2,
+                          "epochs": 2, "local_steps": 1});
+    let id = small_running(&app, &token, settings).await;
+    // One provider takes leases and drops its socket without a word; another stays silent with its socket open.
+    let mut gone = WireClient::connect(addr).await;
+    gone.send(&Frame::Hello(hello(Some(id)))).await;
+    let mut silent = WireClient::connect(addr).await;
+    silent.send(&Frame::Hello(hello(Some(id)))).await;
+    for client in [&mut gone, &mut silent] {
+        let mut leases = 0;
+        while leases < 2 {
+            if let Incoming::Frame(Frame::Lease(_)) = client.recv().await {
+                leases += 1;
+            }
+        }
+    }
+    drop(gone);
+    // The honest provider finishes the project: the four leases came back.
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(120), run_honest(addr, hello(Some(id)), None)).await.unwrap();
+    assert_eq!(outcome.goodbye.unwrap().reason, GoodbyeReason::Normal);
+    wait_for_state(&app, &token, id, "finished", Duration::from_secs(10)).await;
+    assert_exactly_once(&app, id, 2, 4).await;
+    // The silent one was dropped after three heartbeat intervals.
+    let mut timed_out = false;
+    loop {
+        match silent.recv().await {
+            Incoming::Frame(Frame::Goodbye(g)) => timed_out |= g.reason == GoodbyeReason::Timeout,
+            Incoming::Closed => break,
+            _ => {}
+        }
+    }
+    assert!(timed_out, "the silent provider was told it timed out");
+}
+
+/// The next lease: one seen earlier by [`ack_of`], or the next to arrive (params and shards go to `honest`).
+async fn next_lease(client: &mut WireClient, honest: &mut Honest, outcome: &mut Outcome) -> daig_shared::wire::Lease {
+    if let Some(lease) = honest.leases.pop_front() {
+        return lease;
+    }
+    loop {
+        let incoming = client.recv().await;
+        if let Incoming::Frame(Frame::Lease(lease)) = &incoming {
+            return lease.clone();
+        }
+        assert!(honest.take(incoming, outcome), "closed: {outcome:?}");
+    }
+}
+
+/// Reads frames until the ack of `lease`, keeping the leases that arrive meanwhile in `honest`.
+async fn ack_of(client: &mut WireClient, honest: &mut Honest, lease: LeaseId) -> daig_shared::wire::AckOutcome {
+    loop {
+        match client.recv().await {
+            Incoming::Frame(Frame::Ack(ack)) if ack.lease_id == lease => return ack.outcome,
+            Incoming::Frame(Frame::Lease(l)) => honest.leases.push_back(l),
+            Incoming::Closed => panic!("closed before the ack of {lease}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_contributions_are_refused_and_change_nothing() {
+    use daig_shared::wire::{AckOutcome, RefusalReason};
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 4, "k": 1,
+                          "epochs": 50, "max_staleness": 0});
+    let a = small_running(&app, &token, settings.clone()).await;
+    let b = small_running(&app, &token, settings).await;
+    // A lease of project B, held by another provider.
+    let mut other = WireClient::connect(addr).await;
+    other.send(&Frame::Hello(hello(Some(b)))).await;
+    let (mut h, mut o) = (Honest::default(), Outcome::default());
+    let foreign = next_lease(&mut other, &mut h, &mut o).await;
+
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(hello(Some(a)))).await;
+    let mut honest = Honest::default();
+    let mut outcome = Outcome::default();
+    let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+    let n = outcome.welcome.as_ref().unwrap().training.param_count as usize;
+    let samples = match &lease.samples {
+        SampleSelection::Shards(parts) => parts.iter().map(|p| p.indices.len() as u32).sum(),
+        SampleSelection::Indices(i) => i.len() as u32,
+    };
+    let info =
+        |lease_id, samples| ContributionInfo { lease_id, base_version: 0, sample_count: samples, mean_loss: 1.0 };
+    let cases: Vec<(ContributionInfo, Vec<f32>, RefusalReason)> = vec![
+        (info(foreign.lease_id, samples), vec![0.0; n], RefusalReason::UnknownLease),
+        (info(LeaseId(12345), samples), vec![0.0; n], RefusalReason::UnknownLease),
+        (info(lease.lease_id, samples), vec![0.0; n - 1], RefusalReason::WrongShape),
+    ];
+    for (info, delta, reason) in cases {
+        let id = info.lease_id;
+        client.contribute(info, &delta).await;
+        match ack_of(&mut client, &mut honest, id).await {
+            AckOutcome::Refused { reason: got, detail } => assert_eq!(got, reason, "{detail}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Each refusal ended the lease; fresh leases for the rest.
+    for (make, reason) in [
+        (Box::new(|n: usize| vec![f32::NAN; n]) as Box<dyn Fn(usize) -> Vec<f32>>, RefusalReason::NonFinite),
+        (Box::new(|n: usize| vec![0.0; n]), RefusalReason::Rejected),
+    ] {
+        let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+        let count = if reason == RefusalReason::Rejected { samples + 1 } else { samples };
+        client.contribute(info(lease.lease_id, count), &make(n)).await;
+        match ack_of(&mut client, &mut honest, lease.lease_id).await {
+            AckOutcome::Refused { reason: got, detail } => assert_eq!(got, reason, "{detail}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let view = project(&app, &token, a).await;
+    assert_eq!(view["version"], 0, "nothing was applied");
+    assert_eq!(scalar(&app, "SELECT COUNT(*) FROM contributions WHERE project_id = ?", a).await, 0, "no credit");
+    assert_eq!(project(&app, &token, b).await["version"], 0);
+
+    // An honest contribution is applied; one made on the old version is then stale (max_staleness 0).
+    let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+    let stale_lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+    client.contribute(info(lease.lease_id, samples), &vec![0.0; n]).await;
+    assert!(matches!(ack_of(&mut client, &mut honest, lease.lease_id).await, AckOutcome::Applied { new_version: 1 }));
+    client.contribute(info(stale_lease.lease_id, samples), &vec![0.0; n]).await;
+    assert!(matches!(
+        ack_of(&mut client, &mut honest, stale_lease.lease_id).await,
+        AckOutcome::Stale { current_version: 1 }
+    ));
+    assert_eq!(scalar(&app, "SELECT COUNT(*) FROM contributions WHERE project_id = ?", a).await, 1);
+    let _ = outcome;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_handshakes_get_a_goodbye_saying_why() {
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let cases: Vec<(Vec<u8>, GoodbyeReason)> = vec![
+        (vec![0xff, 0xff, 0xff], GoodbyeReason::ProtocolError),
+        (
+            Frame::Hello(Hello { protocol_version: PROTOCOL_VERSION + 1, ..hello(None) }).encode(),
+            GoodbyeReason::UnsupportedVersion { supported: PROTOCOL_VERSION },
+        ),
+        (Frame::Heartbeat(Default::default()).encode(), GoodbyeReason::ProtocolError),
+        (Frame::Hello(hello(Some(9999))).encode(), GoodbyeReason::UnknownProject),
+    ];
+    for (bytes, reason) in cases {
+        let mut client = WireClient::connect(addr).await;
+        client.send_raw(bytes).await;
+        match client.recv().await {
+            Incoming::Frame(Frame::Goodbye(goodbye)) => assert_eq!(goodbye.reason, reason, "{}", goodbye.detail),
+            _ => panic!("expected a goodbye for {reason:?}"),
+        }
+        assert!(matches!(client.recv().await, Incoming::Closed));
+    }
+    // A site-key project refuses a provider without its key.
+    let id = small_running(
+        &app,
+        &token,
+        json!({"samples_per_shard": 10, "validation_fraction": 0.25, "access": "site_key"}),
+    )
+    .await;
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(hello(Some(id)))).await;
+    match client.recv().await {
+        Incoming::Frame(Frame::Goodbye(goodbye)) => assert_eq!(goodbye.reason, GoodbyeReason::Unauthorized),
+        _ => panic!("expected a goodbye"),
+    }
+}
