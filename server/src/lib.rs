@@ -13,9 +13,11 @@
 //! - [`limits`]: rate limits and the answers of the limit layers.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`store`]: object storage behind one trait: a local directory or S3.
+//! - [`cli`]: the requestor CLI `daig` (`src/bin/daig.rs`), a client of the HTTP API only.
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
