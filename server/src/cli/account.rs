@@ -55,8 +55,8 @@ pub async fn signup(ctx: &Context, args: SignupArgs) -> Result<(), CliError> {
         output::print_json(&json!({"user": user_json, "server": saved.server, "token_id": saved.token_id,
                                    "credentials": saved.path.display().to_string()}));
     } else {
-        println!("Signed up as {} <{}> on {}.", user.username, user.email, saved.server);
-        println!("Logged in; the API token is saved in {}.", saved.path.display());
+        say!("Signed up as {} <{}> on {}.", user.username, user.email, saved.server);
+        say!("Logged in; the API token is saved in {}.", saved.path.display());
     }
     Ok(())
 }
@@ -75,8 +75,8 @@ pub async fn login(ctx: &Context, args: LoginArgs) -> Result<(), CliError> {
                                    "expires_at_unix": saved.expires_at_unix,
                                    "credentials": saved.path.display().to_string()}));
     } else {
-        println!("Logged in to {} as {}.", saved.server, saved.username);
-        println!(
+        say!("Logged in to {} as {}.", saved.server, saved.username);
+        say!(
             "The API token (valid until {}) is saved in {}.",
             output::utc(saved.expires_at_unix),
             saved.path.display()
@@ -158,14 +158,14 @@ pub async fn logout(ctx: &Context) -> Result<(), CliError> {
         return Ok(());
     }
     if revoked {
-        println!("Revoked the token on {}.", target.server);
+        say!("Revoked the token on {}.", target.server);
     } else {
-        println!("The token was no longer valid on {}.", target.server);
+        say!("The token was no longer valid on {}.", target.server);
     }
     if forgotten {
-        println!("Removed it from {}.", config::path()?.display());
+        say!("Removed it from {}.", config::path()?.display());
     } else {
-        println!("It came from {}, which is still set.", config::TOKEN_VAR);
+        say!("It came from {}, which is still set.", config::TOKEN_VAR);
     }
     Ok(())
 }
@@ -200,7 +200,7 @@ pub async fn whoami(ctx: &Context) -> Result<(), CliError> {
     if ctx.json {
         output::print_json(&value);
     } else {
-        println!("{} <{}> (user {}) on {}", me.username, me.email, me.id, client.server());
+        say!("{} <{}> (user {}) on {}", me.username, me.email, me.id, client.server());
     }
     Ok(())
 }

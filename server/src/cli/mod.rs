@@ -12,6 +12,20 @@
 //! - [`output`]: formatting and progress bars.
 //! - [`account`], [`project`], [`transfer`]: the commands.
 
+/// Prints a line on stdout through [`output::emit`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::output::emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Prints on stdout through [`output::emit`], without adding a newline.
+macro_rules! say_part {
+    ($($arg:tt)*) => {
+        $crate::cli::output::emit(format_args!($($arg)*))
+    };
+}
+
 pub mod account;
 pub mod client;
 pub mod config;

@@ -3,6 +3,7 @@
 //! so that stdout stays for results).
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -10,10 +11,23 @@ use serde_json::Value;
 
 use super::wire::{Dataset, Metric, Project, Provider};
 
+/// Writes to stdout (the `say!` macros come here). A closed stdout (`daig project list | head -1`) ends the
+/// process quietly, as SIGPIPE ends a C program: Rust ignores SIGPIPE, so `println!` would panic instead.
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(super::error::exit::FAILURE.into());
+    }
+}
+
 /// `value` pretty-printed, for `--json`.
 pub fn print_json(value: &Value) {
     // Serialising a `Value` cannot fail.
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    say!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 /// `1234567` as `1,234,567`.
@@ -204,6 +218,15 @@ pub fn byte_bar(len: u64, prefix: &str, quiet: bool) -> ProgressBar {
     bar.set_style(style);
     bar.set_prefix(prefix.to_owned());
     bar
+}
+
+/// Turns a [`byte_bar`] whose bytes are all sent into a spinner while the server works on them.
+pub fn waiting(bar: &ProgressBar, message: &'static str) {
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>9} {spinner} {total_bytes} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
 }
 
 /// The `status --watch` bar: progress from 0 to 1 in thousandths, the message from [`watch_message`].

@@ -17,7 +17,7 @@ use super::wire::{Project, ProjectList};
 #[derive(Debug, clap::Subcommand)]
 pub enum ProjectCommand {
     /// Create a project from a model file (DAIG JSON, or Keras JSON with a loss) and training settings.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List your projects.
     List,
     /// Show a project in full: model, settings, state, dataset, metrics, providers.
@@ -163,7 +163,7 @@ impl Action {
 /// Whatever the command fails with.
 pub async fn run(ctx: &Context, command: ProjectCommand) -> Result<(), CliError> {
     match command {
-        ProjectCommand::Create(args) => create(ctx, args).await,
+        ProjectCommand::Create(args) => create(ctx, *args).await,
         ProjectCommand::List => list(ctx).await,
         ProjectCommand::Show(args) => show(ctx, args.id).await,
         ProjectCommand::Delete(args) => delete(ctx, args).await,
@@ -192,8 +192,8 @@ async fn create(ctx: &Context, args: CreateArgs) -> Result<(), CliError> {
     if ctx.json {
         output::print_json(&value);
     } else {
-        print!("{}", output::project(&project, true));
-        println!("Next: daig upload {} --features FEATURES --labels LABELS   (npy, npz, idx, or one csv)", project.id);
+        say_part!("{}", output::project(&project, true));
+        say!("Next: daig upload {} --features FEATURES --labels LABELS   (npy, npz, idx, or one csv)", project.id);
     }
     Ok(())
 }
@@ -246,13 +246,13 @@ async fn list(ctx: &Context) -> Result<(), CliError> {
         return Ok(());
     }
     if list.projects.is_empty() {
-        println!("No projects yet; create one with `daig project create`.");
+        say!("No projects yet; create one with `daig project create`.");
         return Ok(());
     }
     let name_width = list.projects.iter().map(|p| p.name.chars().count()).max().unwrap_or(0).max(4);
-    println!("{:>5}  {:<name_width$}  {:<9}  {:>5}  {:>8}  CREATED", "ID", "NAME", "STATE", "EPOCH", "PROGRESS");
+    say!("{:>5}  {:<name_width$}  {:<9}  {:>5}  {:>8}  CREATED", "ID", "NAME", "STATE", "EPOCH", "PROGRESS");
     for p in &list.projects {
-        println!(
+        say!(
             "{:>5}  {:<name_width$}  {:<9}  {:>5}  {:>7.1}%  {}",
             p.id,
             p.name,
@@ -271,7 +271,7 @@ async fn show(ctx: &Context, id: i64) -> Result<(), CliError> {
     if ctx.json {
         output::print_json(&value);
     } else {
-        print!("{}", output::project(&project, true));
+        say_part!("{}", output::project(&project, true));
     }
     Ok(())
 }
@@ -294,7 +294,7 @@ async fn delete(ctx: &Context, args: DeleteArgs) -> Result<(), CliError> {
     if ctx.json {
         output::print_json(&json!({"deleted": args.id}));
     } else {
-        println!("Deleted project {} \"{}\".", project.id, project.name);
+        say!("Deleted project {} \"{}\".", project.id, project.name);
     }
     Ok(())
 }
@@ -311,9 +311,9 @@ pub async fn act(ctx: &Context, id: i64, action: Action) -> Result<(), CliError>
         output::print_json(&value);
         return Ok(());
     }
-    println!("Project {} \"{}\" is now {}.", project.id, project.name, project.state);
+    say!("Project {} \"{}\" is now {}.", project.id, project.name, project.state);
     if matches!(action, Action::Start | Action::Resume) {
-        println!("Follow it with: daig status {} --watch", project.id);
+        say!("Follow it with: daig status {} --watch", project.id);
     }
     Ok(())
 }
@@ -330,7 +330,7 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<(), CliError> {
         if ctx.json {
             output::print_json(&value);
         } else {
-            print!("{}", output::project(&project, false));
+            say_part!("{}", output::project(&project, false));
         }
         return Ok(());
     }
@@ -349,17 +349,18 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<(), CliError> {
         };
         let message = output::watch_message(&project);
         if ctx.json {
-            println!("{value}");
+            say!("{value}");
         } else if !interactive && message != last_message {
-            println!("{message}");
+            say!("{message}");
         }
         bar.set_position((project.progress.clamp(0.0, 1.0) * 1000.0).round() as u64);
         bar.set_message(message.clone());
         last_message = message;
         if project.is_done() {
-            bar.finish();
+            // `abandon` keeps the position: `finish` would fill the bar of a project cancelled half-way.
+            bar.abandon();
             if !ctx.json {
-                print!("{}", output::project(&project, false));
+                say_part!("{}", output::project(&project, false));
             }
             return Ok(());
         }

@@ -141,11 +141,11 @@ pub async fn upload(ctx: &Context, args: UploadArgs) -> Result<(), CliError> {
     }
     match &status.dataset {
         Some(dataset) => {
-            println!("Dataset of project {} committed: {}.", args.id, output::dataset(dataset));
-            println!("Next: daig start {}", args.id);
+            say!("Dataset of project {} committed: {}.", args.id, output::dataset(dataset));
+            say!("Next: daig start {}", args.id);
         }
         // The commit answers with the dataset; a server that does not is still reported honestly.
-        None => println!("Uploaded {}; the dataset is not committed yet.", status.uploaded.join(" and ")),
+        None => say!("Uploaded {}; the dataset is not committed yet.", status.uploaded.join(" and ")),
     }
     Ok(())
 }
@@ -169,8 +169,8 @@ async fn upload_part(
     let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK_BYTES).map(move |chunk| {
         if let Ok(bytes) = &chunk {
             counter.inc(bytes.len() as u64);
-            if counter.position() >= len {
-                counter.set_message("sent; the server is checking it");
+            if counter.position() == len {
+                output::waiting(&counter, "sent, being checked");
             }
         }
         chunk
@@ -184,9 +184,9 @@ async fn upload_part(
         // Declared so that the server can refuse a file over its limit before it is sent.
         .header(CONTENT_LENGTH, len)
         .body(reqwest::Body::wrap_stream(stream));
-    match client.json(request).await {
+    match client.json::<DatasetStatus>(request).await {
         Ok(answer) => {
-            bar.finish_with_message("done");
+            bar.finish_with_message(if answer.1.dataset.is_some() { "checked and sharded" } else { "stored" });
             Ok(answer)
         }
         Err(e) => {
@@ -241,10 +241,10 @@ pub async fn download(ctx: &Context, args: DownloadArgs) -> Result<(), CliError>
             "files": ["model.safetensors", "model.json", "metrics.json"],
         }));
     } else {
-        println!("Downloaded project {} \"{}\" ({}) into {}:", project.id, project.name, project.state, dir.display());
-        println!("  model.safetensors  {}", output::bytes(size_bytes));
-        println!("  model.json         the model spec");
-        println!("  metrics.json       {} metrics entries", project.metrics.len());
+        say!("Downloaded project {} \"{}\" ({}) into {}:", project.id, project.name, project.state, dir.display());
+        say!("  model.safetensors  {}", output::bytes(size_bytes));
+        say!("  model.json         the model spec");
+        say!("  metrics.json       {} metrics entries", project.metrics.len());
     }
     Ok(())
 }
