@@ -117,10 +117,11 @@ impl Client {
     /// The error for a request that got no answer (or whose answer broke off).
     pub fn transport_error(&self, e: &reqwest::Error) -> CliError {
         let reason = chain(e);
+        let url = self.server.clone();
         if e.is_connect() {
-            CliError::Unreachable { url: self.server.clone(), reason }
+            CliError::Unreachable { url, reason, tls: is_tls_error(e) }
         } else if e.is_timeout() {
-            CliError::Unreachable { url: self.server.clone(), reason: format!("no answer in time ({reason})") }
+            CliError::Unreachable { url, reason: format!("no answer in time ({reason})"), tls: false }
         } else {
             CliError::Other(anyhow::anyhow!("the request to {} failed: {reason}", self.server))
         }
@@ -205,6 +206,22 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     if parts.is_empty() { e.to_string() } else { parts.join(": ") }
+}
+
+/// Whether a rustls error is among `e`'s causes.
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // An `io::Error`'s `source` skips the error it wraps (often another `io::Error`); `get_ref` reaches it.
+        next = match e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 /// Installs rustls's ring provider as the process default, once. Any `reqwest::Client` in this crate needs it,

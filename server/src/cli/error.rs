@@ -41,9 +41,9 @@ pub enum CliError {
         message: String,
         details: Option<Value>,
     },
-    /// The server could not be reached at `url`.
+    /// The server could not be reached at `url`; `tls` when the connection opened but TLS failed.
     #[error("cannot reach the DAIG server at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    Unreachable { url: String, reason: String, tls: bool },
     /// Anything else: local I/O, an answer that does not parse.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -71,7 +71,11 @@ impl CliError {
         match self {
             Self::Api { details: Some(details), .. } => render_details(details, &mut out),
             Self::NotLoggedIn(_) => out.push_str("hint: run `daig login --server URL --username NAME`\n"),
-            Self::Unreachable { .. } => {
+            Self::Unreachable { tls: true, .. } => out.push_str(
+                "hint: the TLS handshake failed: use an http:// URL for a server without TLS; an https server's \
+                 certificate must be trusted by this system\n",
+            ),
+            Self::Unreachable { tls: false, .. } => {
                 out.push_str("hint: is the server running? Set its address with --server or DAIG_SERVER\n");
             }
             _ => {}
@@ -179,7 +183,7 @@ mod tests {
             api(404, json!({})).exit_code(),
             api(422, json!({})).exit_code(),
             CliError::Usage("x".into()).exit_code(),
-            CliError::Unreachable { url: "u".into(), reason: "r".into() }.exit_code(),
+            CliError::Unreachable { url: "u".into(), reason: "r".into(), tls: false }.exit_code(),
         ];
         let expected = [exit::AUTH, exit::NOT_FOUND, exit::FAILURE, exit::USAGE, exit::UNREACHABLE];
         assert_eq!(codes, expected.map(ExitCode::from));

@@ -389,7 +389,8 @@ fn cli_names_a_server_it_cannot_reach() {
     // HTTPS works as a client (rustls with ring): against this plain-HTTP server it fails the handshake, cleanly.
     let https = server.url.replace("http://", "https://");
     let run = daig.run_with(&["--server", &https, "whoami"], None, &[("DAIG_TOKEN", "daig_x")]);
-    assert!(run.fails(5).contains(&https), "{run:#?}");
+    let stderr = run.fails(5);
+    assert!(stderr.contains(&https) && stderr.contains("TLS handshake failed"), "{stderr}");
 
     // A URL that is not one is a usage error.
     let run = daig.run_with(&["--server", "ftp://x", "whoami"], None, &[("DAIG_TOKEN", "daig_x")]);
