@@ -44,7 +44,7 @@ pub fn int(value: impl Into<i128>) -> String {
     if value < 0 { format!("-{out}") } else { out }
 }
 
-/// A byte count in B, KiB, MiB or GiB.
+/// A byte count in B, KiB, MiB, GiB or TiB.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
