@@ -15,9 +15,11 @@
 //! - [`store`]: object storage behind one trait: a local directory or S3.
 //! - [`training`]: the provider WebSocket (`/ws/provider`), one coordinator per running project (K-batch
 //!   sync SGD, leases, checkpoints) and their registry.
+//! - [`cli`]: the requestor CLI `daig` (`src/bin/daig.rs`), a client of the HTTP API only.
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;

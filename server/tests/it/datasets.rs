@@ -196,7 +196,7 @@ async fn unknown_parts_and_formats_are_bad_requests() {
 }
 
 /// The directory `shared/data/mnist-8k`, searched for upward from this crate.
-fn mnist_dir() -> Option<std::path::PathBuf> {
+pub fn mnist_dir() -> Option<std::path::PathBuf> {
     let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file())
 }

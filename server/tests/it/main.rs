@@ -1,10 +1,11 @@
 //! Integration tests of `daig-server`: one target, one module per area. Most drive `app(state)` with
 //! `tower::ServiceExt::oneshot` over a real SQLite file in a temporary directory; `socket` runs the server on a
 //! real socket, `training` drives providers over real WebSockets (with the protocol client of `wire_provider`),
-//! and `binary` runs the binary.
+//! `binary` runs the binary, and `cli` runs the `daig` CLI against a server on a real socket.
 
 mod accounts;
 mod binary;
+mod cli;
 mod datasets;
 mod errors;
 mod limits;
