@@ -1394,7 +1394,12 @@ mod tests {
         let (hash, bytes) = shard(4, 0);
         let mut s = ready(&bytes);
         feed(&mut s, [lease(1, 1, vec![(hash, vec![0])]), lease(2, 1, vec![(hash, vec![1])])], 0);
+        feed(&mut s, [lease(3, 1, vec![(hash, vec![2])])], 0);
+        // Lease 1's contribution is finished but not on its way, lease 2 trains, lease 3 waits.
+        let first = train_jobs(&mut s).remove(0);
+        s.training_finished(first.job_id, result(&first, 1.0));
         let old = train_jobs(&mut s).remove(0);
+        assert_eq!(old.lease_id, LeaseId(2));
         let other = ProjectId(8);
         feed(&mut s, [welcome(other, Normalisation::None)], 0);
         assert!(
@@ -1403,7 +1408,7 @@ mod tests {
         assert!(s.open_leases().is_empty());
         assert_eq!(s.joined(), Some((ProviderId(3), other)));
         s.training_finished(old.job_id, result(&old, 1.0));
-        assert_eq!(sent(&mut s), vec![], "the old project's result is discarded");
+        assert_eq!(sent(&mut s), vec![], "the old project's results are discarded");
 
         let new_lease = Frame::Lease(Lease {
             project_id: other,

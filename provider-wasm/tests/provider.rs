@@ -162,9 +162,13 @@ fn a_lease_trains_exactly_like_the_reference_trainer_on_its_samples() {
 
 /// The binary, connected to `addr`, training on the CPU with its cache in `dir`; stderr goes to a file.
 fn start_provider(addr: std::net::SocketAddr, dir: &Path, extra: &[&str]) -> Child {
+    start_provider_on(addr, dir, "cpu", extra)
+}
+
+fn start_provider_on(addr: std::net::SocketAddr, dir: &Path, backend: &str, extra: &[&str]) -> Child {
     let log = std::fs::File::create(dir.join("provider.log")).unwrap();
     Command::new(env!("CARGO_BIN_EXE_daig-provider"))
-        .args(["--server", &format!("http://{addr}"), "--backend", "cpu", "--cache-dir"])
+        .args(["--server", &format!("http://{addr}"), "--backend", backend, "--cache-dir"])
         .arg(dir.join("cache"))
         .args(extra)
         .env("RUST_LOG", "daig_provider=debug")
@@ -218,11 +222,20 @@ async fn next_frame(ws: &mut Ws) -> Option<Frame<'static>> {
 /// Accepts the provider, checks its Hello, and sends the Welcome, parameters and a lease on one shard;
 /// answers the shard request unless `serve_shard` is false. Returns the socket, the shard and its hash.
 async fn open_session(listener: &TcpListener, params: &[f32], serve_shard: bool) -> (Ws, ShardHash) {
+    open_session_on(listener, params, serve_shard, Backend::Cpu).await
+}
+
+async fn open_session_on(
+    listener: &TcpListener,
+    params: &[f32],
+    serve_shard: bool,
+    backend: Backend,
+) -> (Ws, ShardHash) {
     let (tcp, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept()).await.unwrap().unwrap();
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
     let Some(Frame::Hello(hello)) = next_frame(&mut ws).await else { panic!("the first frame is not a Hello") };
     assert_eq!(hello.protocol_version, PROTOCOL_VERSION);
-    assert_eq!(hello.backend, Backend::Cpu);
+    assert_eq!(hello.backend, backend, "adapter {}", hello.adapter);
     assert_eq!(hello.project_id, Some(PROJECT));
     assert!(hello.cached_shards.is_empty(), "a new cache holds nothing");
 
@@ -244,17 +257,11 @@ async fn open_session(listener: &TcpListener, params: &[f32], serve_shard: bool)
     (ws, hash)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_trains_a_lease_and_exits_when_its_project_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut child = start_provider(listener.local_addr().unwrap(), dir.path(), &["--project", "7"]);
-    let params = init_params(&model(), 3);
-    let (mut ws, hash) = open_session(&listener, &params, true).await;
-
-    let mut reassembler = Reassembler::new(params.len() as u64 * 4);
+/// Receives the provider's contribution for the lease of [`open_session`] and checks it.
+async fn receive_contribution(ws: &mut Ws, param_count: usize, dir: &Path) {
+    let mut reassembler = Reassembler::new(param_count as u64 * 4);
     let contribution = loop {
-        let frame = next_frame(&mut ws).await.unwrap_or_else(|| panic!("closed early:\n{}", provider_log(dir.path())));
+        let frame = next_frame(ws).await.unwrap_or_else(|| panic!("closed early:\n{}", provider_log(dir)));
         if let Some(transfer) = reassembler.feed(&frame).unwrap() {
             break transfer;
         }
@@ -263,26 +270,107 @@ async fn the_binary_trains_a_lease_and_exits_when_its_project_ends() {
     assert_eq!((info.lease_id, info.base_version, info.sample_count), (LeaseId(5), 1, 4));
     assert!(info.mean_loss.is_finite() && info.mean_loss > 0.0);
     let delta = contribution.f32s().unwrap();
-    assert_eq!(delta.len(), params.len());
+    assert_eq!(delta.len(), param_count);
     assert!(delta.iter().all(|d| d.is_finite()) && delta.iter().any(|&d| d != 0.0));
+}
+
+/// Waits (off the async threads) for the provider to exit and checks that it succeeded; returns its log.
+async fn exits_successfully(mut child: Child, dir: &Path) -> String {
+    let status = tokio::task::spawn_blocking(move || wait(&mut child, Duration::from_secs(30))).await.unwrap();
+    let log = provider_log(dir);
+    assert!(status.is_some_and(|s| s.success()), "exit {status:?}, log:\n{log}");
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_trains_a_lease_and_exits_when_its_project_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let child = start_provider(listener.local_addr().unwrap(), dir.path(), &["--project", "7"]);
+    let params = init_params(&model(), 3);
+    let (mut ws, hash) = open_session(&listener, &params, true).await;
+    receive_contribution(&mut ws, params.len(), dir.path()).await;
 
     send(&mut ws, [Frame::Ack(Ack { lease_id: LeaseId(5), outcome: AckOutcome::Applied { new_version: 2 } })]).await;
     send(&mut ws, [Frame::Goodbye(Goodbye { reason: GoodbyeReason::Normal, detail: "project 7 finished".into() })])
         .await;
     let _ = ws.close(None).await;
-    let status = tokio::task::spawn_blocking(move || wait(&mut child, Duration::from_secs(30))).await.unwrap();
-    let log = provider_log(dir.path());
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}, log:\n{log}");
+    let log = exits_successfully(child, dir.path()).await;
     assert!(log.contains("the project ended: project 7 finished"), "{log}");
     // The shard was kept for the next session.
     assert!(dir.path().join("cache").join(format!("{hash}.shard")).is_file(), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_trains_on_the_gpu_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = ["--project", "7", "--max-contributions", "1"];
+    let child = start_provider_on(listener.local_addr().unwrap(), dir.path(), "gpu", &args);
+    let params = init_params(&model(), 3);
+    // Native adapters here are Vulkan (lavapipe in CI).
+    let (mut ws, _) = open_session_on(&listener, &params, true, Backend::Vulkan).await;
+    receive_contribution(&mut ws, params.len(), dir.path()).await;
+    send(&mut ws, [Frame::Ack(Ack { lease_id: LeaseId(5), outcome: AckOutcome::Applied { new_version: 2 } })]).await;
+    assert!(matches!(next_frame(&mut ws).await, Some(Frame::Goodbye(g)) if g.reason == GoodbyeReason::Normal));
+    let log = exits_successfully(child, dir.path()).await;
+    assert!(log.contains("engine for the project's model: GPU"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_says_goodbye_after_max_contributions() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = ["--project", "7", "--max-contributions", "1"];
+    let child = start_provider(listener.local_addr().unwrap(), dir.path(), &args);
+    let params = init_params(&model(), 3);
+    let (mut ws, _) = open_session(&listener, &params, true).await;
+    receive_contribution(&mut ws, params.len(), dir.path()).await;
+    send(&mut ws, [Frame::Ack(Ack { lease_id: LeaseId(5), outcome: AckOutcome::Applied { new_version: 2 } })]).await;
+    assert_eq!(
+        next_frame(&mut ws).await,
+        Some(Frame::Goodbye(Goodbye {
+            reason: GoodbyeReason::Normal,
+            detail: "the provider reached --max-contributions 1".into()
+        }))
+    );
+    assert_eq!(next_frame(&mut ws).await, None);
+    let log = exits_successfully(child, dir.path()).await;
+    assert!(log.contains("1 contributions applied; done"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_answers_garbage_with_a_protocol_error_and_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let child = start_provider(listener.local_addr().unwrap(), dir.path(), &[]);
+    for connection in 0..2 {
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept()).await.unwrap().unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let Some(Frame::Hello(hello)) = next_frame(&mut ws).await else { panic!("connection {connection}: no Hello") };
+        assert_eq!(hello.project_id, None);
+        if connection == 0 {
+            ws.send(Message::Binary(vec![0xff; 5].into())).await.unwrap();
+            let Some(Frame::Goodbye(goodbye)) = next_frame(&mut ws).await else { panic!("no Goodbye") };
+            assert_eq!(goodbye.reason, GoodbyeReason::ProtocolError);
+            assert!(goodbye.detail.starts_with("a message from the server does not decode"), "{}", goodbye.detail);
+            assert_eq!(next_frame(&mut ws).await, None);
+        } else {
+            // Without --project, a normal Goodbye is no reason to stop: stop it with Ctrl-C.
+            let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+            assert!(status.success());
+            assert!(matches!(next_frame(&mut ws).await, Some(Frame::Goodbye(g)) if g.reason == GoodbyeReason::Normal));
+        }
+    }
+    let log = exits_successfully(child, dir.path()).await;
+    assert!(log.contains("reconnecting in"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_says_goodbye_before_closing_while_holding_a_lease() {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut child = start_provider(listener.local_addr().unwrap(), dir.path(), &["--project", "7"]);
+    let child = start_provider(listener.local_addr().unwrap(), dir.path(), &["--project", "7"]);
     let params = init_params(&model(), 3);
     // The shard is never sent: the provider holds the lease, waiting for it.
     let (mut ws, _) = open_session(&listener, &params, false).await;
@@ -297,8 +385,6 @@ async fn ctrl_c_says_goodbye_before_closing_while_holding_a_lease() {
         provider_log(dir.path())
     );
     assert_eq!(next_frame(&mut ws).await, None, "the socket closes after the Goodbye");
-    let status = tokio::task::spawn_blocking(move || wait(&mut child, Duration::from_secs(30))).await.unwrap();
-    let log = provider_log(dir.path());
-    assert!(status.is_some_and(|s| s.success()), "exit {status:?}, log:\n{log}");
+    let log = exits_successfully(child, dir.path()).await;
     assert!(log.contains("daig-provider stopped"), "{log}");
 }

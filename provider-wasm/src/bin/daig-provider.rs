@@ -12,6 +12,7 @@ fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
+    use std::io::IsTerminal as _;
     use std::path::PathBuf;
     use std::process::ExitCode;
 
@@ -59,6 +60,7 @@ mod native {
         tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
             .with_writer(LogWriter)
+            .with_ansi(std::io::stderr().is_terminal())
             .init();
         let Some(cache_dir) = args.cache_dir.or_else(|| dirs::cache_dir().map(|d| d.join("daig").join("shards")))
         else {
