@@ -1429,7 +1429,8 @@ mod tests {
     #[test]
     fn frames_out_of_sequence_end_the_session_with_a_protocol_error() {
         let (hash, bytes) = shard(4, 0);
-        let cases: Vec<(&str, Box<dyn Fn(&mut Session)>)> = vec![
+        type Script<'a> = Box<dyn Fn(&mut Session) + 'a>;
+        let cases: Vec<(&str, Script<'_>)> = vec![
             ("Lease before Welcome", Box::new(|s| feed(s, [lease(1, 1, vec![(hash, vec![0])])], 0))),
             ("bytes that are no frame", Box::new(|s| s.handle_bytes(&[0xff, 0xff, 0xff], 0))),
             (
