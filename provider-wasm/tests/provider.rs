@@ -340,11 +340,12 @@ async fn the_binary_says_goodbye_after_max_contributions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_answers_garbage_with_a_protocol_error_and_reconnects() {
+async fn the_binary_reconnects_after_a_protocol_error_and_a_silent_server() {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let child = start_provider(listener.local_addr().unwrap(), dir.path(), &[]);
-    for connection in 0..2 {
+    let param_count = model().params.total;
+    for connection in 0..3 {
         let (tcp, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept()).await.unwrap().unwrap();
         let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
         let Some(Frame::Hello(hello)) = next_frame(&mut ws).await else { panic!("connection {connection}: no Hello") };
@@ -354,6 +355,15 @@ async fn the_binary_answers_garbage_with_a_protocol_error_and_reconnects() {
             let Some(Frame::Goodbye(goodbye)) = next_frame(&mut ws).await else { panic!("no Goodbye") };
             assert_eq!(goodbye.reason, GoodbyeReason::ProtocolError);
             assert!(goodbye.detail.starts_with("a message from the server does not decode"), "{}", goodbye.detail);
+            assert_eq!(next_frame(&mut ws).await, None);
+        } else if connection == 1 {
+            // A Welcome with a 100 ms heartbeat interval, then silence: after 3 intervals the provider
+            // gives up on this server.
+            let started = Instant::now();
+            send(&mut ws, [welcome(param_count, 100)]).await;
+            let Some(Frame::Goodbye(goodbye)) = next_frame(&mut ws).await else { panic!("no Goodbye") };
+            assert_eq!(goodbye.reason, GoodbyeReason::Timeout, "{}", goodbye.detail);
+            assert!(started.elapsed() >= Duration::from_millis(300));
             assert_eq!(next_frame(&mut ws).await, None);
         } else {
             // Without --project, a normal Goodbye is no reason to stop: stop it with Ctrl-C.

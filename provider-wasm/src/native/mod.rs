@@ -258,6 +258,9 @@ impl Provider {
         self.progress.connected = true;
         // Why the socket ended before the session did, if it did.
         let mut dropped: Option<String> = None;
+        // Once the session is over, how long its last frames may take to leave: a server that stopped
+        // reading must not hold the provider forever.
+        let mut give_up_at: Option<Instant> = None;
         loop {
             while let Some(event) = session.poll_event() {
                 self.on_event(&mut session, &mut state, event).await;
@@ -268,6 +271,10 @@ impl Provider {
             let deadline = session.poll_timeout().map(|ms| self.origin + Duration::from_millis(ms));
             let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let sending = session.has_transmit();
+            if session.closed().is_some() && give_up_at.is_none() {
+                give_up_at = Some(Instant::now() + CLOSE_TIMEOUT);
+            }
+            let give_up = give_up_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 () = stopped(stop), if state.exit.is_none() => {
@@ -334,6 +341,10 @@ impl Provider {
                 },
                 () = tokio::time::sleep_until(sleep_until.into()), if deadline.is_some() => {
                     session.handle_timeout(self.now_ms());
+                }
+                () = tokio::time::sleep_until(give_up.into()), if give_up_at.is_some() => {
+                    dropped = Some("the server did not take the last frames in time".to_owned());
+                    break;
                 }
                 _ = ticker.tick() => {
                     let mut totals = self.totals;
