@@ -134,6 +134,15 @@ impl Engine {
         }
     }
 
+    /// The GPU context back from an engine that trains on the GPU, to build the engine of another model
+    /// on it without opening the device again.
+    pub fn into_gpu(self) -> Option<Gpu> {
+        match self.inner {
+            Inner::Gpu(t) => Some(t.into_gpu()),
+            Inner::Cpu(_) => None,
+        }
+    }
+
     /// Replaces the parameters (a flat buffer in the model's layout).
     ///
     /// # Errors

@@ -124,6 +124,32 @@ pub async fn run(
     served
 }
 
+/// The `daig-server` program: loads the settings from the command line, environment and file, opens the database,
+/// binds, and serves until Ctrl-C or SIGTERM. The binary is this function; the end-to-end tests (`tests/`) run
+/// a copy of the binary that calls it too.
+///
+/// # Errors
+/// Invalid settings, a database, store or listener that cannot be opened, or a server error.
+pub fn server_main() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::Parser as _;
+    let settings = Settings::load(config::Args::parse())?;
+    telemetry::init_tracing(&settings.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(async move {
+        let listen = settings.listen;
+        let data_dir = settings.data_dir.clone();
+        let state = AppState::new(settings).await?;
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), "serving the DAIG API");
+        let db = state.db().clone();
+        run(listener, state, shutdown_signal()).await.context("server")?;
+        // Waits for open connections to finish and checkpoints the write-ahead log into the database file.
+        db.close().await;
+        Ok(())
+    })
+}
+
 /// Completes on Ctrl-C or, on Unix, SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -1,2 +1,3 @@
-//! End-to-end tests that cross crates (server, providers, browser). The first of them arrive with the
-//! management-server issue; the tests of `daig-shared` live in `shared/tests/`.
+//! End-to-end tests that cross crates: the `daig-server` and `daig-provider` programs as processes
+//! (`tests/training.rs`), started from this crate's copies of the two binaries (`src/bin/`), which call the
+//! same main functions. The tests of each crate live in that crate.
