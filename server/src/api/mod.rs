@@ -85,6 +85,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(projects::model_spec))
         .routes(routes!(datasets::upload_part))
         .routes(routes!(datasets::commit_dataset))
+        .routes(routes!(datasets::delete_dataset))
 }
 
 /// The OpenAPI document, rendered once when the app is built.
