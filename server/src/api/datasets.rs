@@ -53,6 +53,10 @@ use crate::store::ObjectStore;
 /// Bytes gathered from the request body before each write of an upload to its file: fewer, larger writes.
 const UPLOAD_WRITE_BYTES: usize = 1 << 20;
 
+/// Shards being stored at once while the next ones are built. Each store write ends with an fsync; overlapping
+/// them lets the file system batch its journal commits (and S3 take several requests at once).
+const SHARD_PUTS_IN_FLIGHT: usize = 4;
+
 /// A part of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
@@ -778,14 +782,20 @@ async fn commit(
     let generation = listed.iter().filter_map(|o| generation_of(&o.key, &shards)).max().map_or(1, |g| g + 1);
     sweep_shards(state, project.id, |key| registered.contains(key)).await;
     let prefix = format!("{shards}/gen-{generation}");
-    let store = Arc::clone(state.store());
     let requirements = model.data_requirements();
-    let handle = tokio::runtime::Handle::current();
     let ingest_prefix = prefix.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        ingest(&handle, store.as_ref(), &ingest_prefix, features, labels, &requirements, &plan)
-    })
-    .await?;
+    // Shards are built on the blocking pool and stored by an async task as they come, a few at a time.
+    let (shards_tx, shards_rx) = tokio::sync::mpsc::channel(SHARD_PUTS_IN_FLIGHT);
+    let storing = tokio::spawn(store_shards(Arc::clone(state.store()), shards_rx));
+    let built =
+        tokio::task::spawn_blocking(move || ingest(&shards_tx, &ingest_prefix, features, labels, &requirements, &plan))
+            .await?;
+    // Every put has ended once this returns, so that nothing is stored after a failed commit's clean-up.
+    let stored = storing.await?;
+    let result = match (built, stored) {
+        (_, Err(e)) => Err(IngestError::Internal(e)),
+        (built, Ok(())) => built,
+    };
     let dir = uploads_dir(state, project.id);
     let ingested = match result {
         Ok(ingested) => ingested,
@@ -830,6 +840,46 @@ async fn commit(
         train_shards: train_shards as i64,
         validation_shards: (ingested.shards.len() - train_shards) as i64,
     })
+}
+
+/// Stores the shards that `shards` yields, up to [`SHARD_PUTS_IN_FLIGHT`] at once, until the sender is dropped
+/// or a put fails; returns once every put has ended, with the first failure.
+async fn store_shards(
+    store: Arc<dyn ObjectStore>,
+    mut shards: tokio::sync::mpsc::Receiver<(String, Bytes)>,
+) -> Result<(), anyhow::Error> {
+    let mut puts = tokio::task::JoinSet::new();
+    let mut failure = None;
+    let note = |failure: &mut Option<anyhow::Error>, result: Result<Result<(), anyhow::Error>, _>| {
+        if let Err(e) = result.map_err(anyhow::Error::new).and_then(|r| r) {
+            failure.get_or_insert(e);
+        }
+    };
+    loop {
+        while let Some(result) = puts.try_join_next() {
+            note(&mut failure, result);
+        }
+        if puts.len() >= SHARD_PUTS_IN_FLIGHT
+            && let Some(result) = puts.join_next().await
+        {
+            note(&mut failure, result);
+            continue;
+        }
+        if failure.is_some() {
+            break;
+        }
+        let Some((key, bytes)) = shards.recv().await else { break };
+        let store = Arc::clone(&store);
+        puts.spawn(async move {
+            store.put(&key, bytes).await.map(drop).map_err(|e| anyhow::Error::new(e).context("storing a shard"))
+        });
+    }
+    // Closing the channel stops the builder at its next shard.
+    drop(shards);
+    while let Some(result) = puts.join_next().await {
+        note(&mut failure, result);
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// Swaps the project's dataset and shard rows for the new ones in one transaction, while the project is a draft.
@@ -924,8 +974,8 @@ impl Spool {
         Ok((Self(path), std::io::BufWriter::with_capacity(UPLOAD_WRITE_BYTES, file)))
     }
 
-    fn reopen(&self) -> Result<std::io::BufReader<std::fs::File>, IngestError> {
-        Ok(std::io::BufReader::new(open(&self.0)?))
+    fn reopen(&self) -> Result<std::fs::File, IngestError> {
+        open(&self.0)
     }
 }
 
@@ -936,11 +986,10 @@ impl Drop for Spool {
     }
 }
 
-/// Reads, checks and shards the two parts, storing each shard as it is made. Runs on the blocking pool; the
-/// store's async calls are driven with `handle`.
+/// Reads, checks and shards the two parts, sending each shard to `store` (see [`store_shards`]) as it is made.
+/// Runs on the blocking pool.
 fn ingest(
-    handle: &tokio::runtime::Handle,
-    store: &dyn ObjectStore,
+    store: &tokio::sync::mpsc::Sender<(String, Bytes)>,
     prefix: &str,
     features_part: Pending,
     labels_part: Option<Pending>,
@@ -948,7 +997,9 @@ fn ingest(
     plan: &ShardPlan,
 ) -> Result<Ingested, IngestError> {
     let limits = data::Limits::default();
-    let file = std::io::BufReader::new(open(&features_part.path)?);
+    // Not buffered: the shuffle reads samples at random, and a buffer would be refilled (and mostly wasted) at
+    // every sample. Headers are read in a few small reads; the CSV reader buffers by itself.
+    let file = open(&features_part.path)?;
     let mut csv_labels = None;
     let mut _spool = None;
     let mut features = match &features_part.format {
@@ -1002,9 +1053,10 @@ fn ingest(
         let (header, _) = ShardHeader::decode(&bytes)?;
         let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         let size_bytes = bytes.len();
-        handle
-            .block_on(store.put(&key, Bytes::from(bytes)))
-            .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("storing a shard")))?;
+        store.blocking_send((key.clone(), Bytes::from(bytes))).map_err(|_| {
+            // The storing task stopped at a failed put, which the commit reports.
+            IngestError::Internal(anyhow::anyhow!("the shards are no longer being stored"))
+        })?;
         shards.push(ShardRecord { role, number, key, sha256, sample_count: header.sample_count, size_bytes });
         Ok::<_, IngestError>(())
     })?;

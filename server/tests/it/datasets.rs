@@ -693,3 +693,15 @@ async fn unknown_and_bad_query_options_are_each_named() {
     }
     assert_nothing_registered(&app, id).await;
 }
+
+#[tokio::test]
+async fn the_upload_options_are_documented_in_the_openapi_document() {
+    let app = TestApp::new().await;
+    let reply = app.send(request(Method::GET, "/api/openapi.json")).await;
+    let doc = reply.json();
+    let parameters = doc["paths"]["/api/projects/{id}/dataset/{part}"]["put"]["parameters"].as_array().unwrap();
+    let query: Vec<&str> =
+        parameters.iter().filter(|p| p["in"] == "query").map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(query, ["format", "array", "label_column", "label_index", "delimiter", "header"]);
+    assert!(doc["paths"]["/api/projects/{id}/dataset"]["delete"].is_object());
+}
