@@ -30,6 +30,10 @@ pub enum AppError {
     /// Field values that break a rule; every broken rule is listed.
     #[error("some fields are invalid")]
     Validation(Vec<FieldError>),
+    /// Query options of a request that break a rule (an unknown option, a bad value, options that do not go
+    /// together); every broken rule is listed, each naming its option in `field`.
+    #[error("invalid query options: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+    InvalidQuery(Vec<FieldError>),
     /// A project to create is invalid: every problem of its model (with the layer and field the shared
     /// `SpecError` names) and of its fields, all at once.
     #[error("the project is invalid: {} problem(s), listed in details", .model.len() + .fields.len())]
@@ -105,9 +109,11 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidBody(_) | Self::Validation(_) | Self::InvalidProject { .. } | Self::InvalidDataset { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::InvalidBody(_)
+            | Self::Validation(_)
+            | Self::InvalidQuery(_)
+            | Self::InvalidProject { .. }
+            | Self::InvalidDataset { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthenticated(_) | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
@@ -130,6 +136,7 @@ impl AppError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Validation(_) | Self::InvalidProject { .. } => "validation_failed",
+            Self::InvalidQuery(_) => "invalid_query",
             Self::InvalidDataset { .. } => "invalid_dataset",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::InvalidCredentials => "invalid_credentials",
@@ -147,7 +154,7 @@ impl AppError {
     fn details(&self) -> Option<serde_json::Value> {
         match self {
             Self::MalformedJson(reason) | Self::InvalidBody(reason) => Some(serde_json::json!({ "reason": reason })),
-            Self::Validation(fields) => Some(serde_json::json!({ "fields": fields })),
+            Self::Validation(fields) | Self::InvalidQuery(fields) => Some(serde_json::json!({ "fields": fields })),
             Self::InvalidProject { model, fields } => Some(serde_json::json!({ "model": model, "fields": fields })),
             Self::InvalidDataset { part, reason } => Some(serde_json::json!({ "part": part, "reason": reason })),
             Self::Conflict { field, .. } => Some(serde_json::json!({ "field": field })),

@@ -4,7 +4,8 @@
 //!   adapter is present: Mesa's lavapipe where there is no GPU), clippy with warnings denied, and the
 //!   build of `daig-shared` for `wasm32-unknown-unknown` (an invariant: the shared crate runs in browsers).
 //! - `cargo xtask test-browser`: only the browser tests (part of `test`).
-//! - `cargo xtask bench`: the benchmarks recorded in BENCHMARKS.md, each beside its peer in the same run.
+//! - `cargo xtask bench [server]`: the benchmarks recorded in BENCHMARKS.md, each beside its peer in the same run;
+//!   with `server`, only the management server's (dataset upload and status requests over loopback).
 //!
 //! Set `CARGO_TARGET_DIR` to keep builds outside the checkout (`.ci/run` does).
 
@@ -17,9 +18,13 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => test(),
         "test-browser" => browser_tests(),
-        "bench" => bench(),
+        "bench" => match std::env::args().nth(2).as_deref() {
+            None => bench(),
+            Some("server") => bench_server(),
+            Some(other) => bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server]`"),
+        },
         _ => {
-            eprintln!("usage: cargo xtask <test|test-browser|bench>");
+            eprintln!("usage: cargo xtask <test|test-browser|bench [server]>");
             bail!("unknown task `{task}`")
         }
     }
@@ -87,7 +92,12 @@ fn bench() -> anyhow::Result<()> {
     cargo(&["bench", "--package", "daig-shared", "--bench", "frame"])?;
     cargo(&["bench", "--package", "daig-shared", "--bench", "trainer"])?;
     cargo(&["run", "--release", "--package", "daig-provider", "--example", "gpu_bench", "--", "--quick"])?;
-    Ok(())
+    bench_server()
+}
+
+/// The management server's benchmarks: a real server on loopback, in a release build.
+fn bench_server() -> anyhow::Result<()> {
+    cargo(&["run", "--release", "--package", "daig-server", "--example", "server_bench"])
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {

@@ -5,10 +5,10 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use crate::native::progress::LogWriter;
 use crate::native::{BackendChoice, Exit, Options, run};
 use crate::shared::wire::ProjectId;
+use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
@@ -51,8 +51,7 @@ pub fn main() -> ExitCode {
         .with_writer(LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let Some(cache_dir) = args.cache_dir.or_else(|| dirs::cache_dir().map(|d| d.join("daig").join("shards")))
-    else {
+    let Some(cache_dir) = args.cache_dir.or_else(|| dirs::cache_dir().map(|d| d.join("daig").join("shards"))) else {
         eprintln!("error: this system has no cache directory; give one with --cache-dir");
         return ExitCode::FAILURE;
     };

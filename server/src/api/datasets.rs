@@ -1,27 +1,43 @@
-//! Datasets: `PUT /api/projects/{id}/dataset/{features,labels}?format=npy|npz|idx|csv` streams one part to a file under
-//! `<data_dir>/uploads/<id>/` (never into memory, up to `max_upload_bytes`); once both parts are there (or on
-//! `POST /api/projects/{id}/dataset/commit`) they are checked against the model and cut into shards stored under
-//! `projects/<id>/shards/`, and the dataset is registered.
+//! Datasets: `PUT /api/projects/{id}/dataset/{features,labels}?format=npy|npz|idx|csv&...` streams one part to a
+//! file under `<data_dir>/uploads/<id>/` (never into memory, up to `max_upload_bytes`); once both parts are there
+//! (or on `POST /api/projects/{id}/dataset/commit`) they are checked against the model and cut into shards stored
+//! under `projects/<id>/shards/gen-<N>/`, and the dataset is registered. `DELETE /api/projects/{id}/dataset`
+//! removes the dataset and any pending upload.
+//!
+//! An uploaded part is its data file and a manifest, `<part>.json`, naming the file, its format and the options
+//! it was uploaded with (CSV label column, delimiter and header row; the `.npz` array). The manifest is replaced
+//! atomically (written beside, then renamed), so a part and its options always match, and a new upload of a part
+//! replaces both.
 //!
 //! All or nothing: an interrupted or oversized upload leaves no file behind; a dataset that fails validation is
 //! answered 422, its uploads are removed and any shard already written is deleted, so that nothing is registered
 //! and a new upload starts clean. Shards and the dataset row are registered in one transaction, after every shard
 //! is stored.
+//!
+//! Replacing: while the project is a draft, a new commit replaces the committed dataset. Its shards go under a
+//! fresh generation prefix, the old rows are swapped for the new ones in one transaction, and only then are the
+//! old shard objects deleted; a commit that fails leaves the old dataset as it was. Once the project has been
+//! started, uploads, commits and deletes are answered 409.
+//!
+//! One change at a time: the last step of an upload (placing the manifest), a commit and a delete each hold the
+//! project's ingest mark ([`AppState::begin_ingest`]); a second change of the same project meanwhile is a 409.
 
+use std::collections::HashSet;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use bytes::Bytes;
+use daig_shared::data::csv::{CsvOptions, LabelColumn};
 use daig_shared::data::npz::{self, NpzArchive};
 use daig_shared::data::{
     self, DataError, DataRequirements, Labels, RawArray, SampleSource, ShardHeader, ShardPlan, ShardRole, check,
     shard_dataset,
 };
 use http_body_util::BodyExt as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 use utoipa::ToSchema;
@@ -29,100 +45,302 @@ use utoipa::ToSchema;
 use super::projects::{DatasetSummary, ProjectRow, ProjectState, load_owned};
 use crate::auth::{CurrentUser, secret};
 use crate::db::now_unix;
-use crate::error::{AppError, ErrorBody};
+use crate::error::{AppError, ErrorBody, FieldError};
 use crate::extract::{Json, Path};
-use crate::state::AppState;
+use crate::state::{AppState, IngestGuard};
 use crate::store::ObjectStore;
 
-/// The two parts of a dataset.
-const PARTS: [&str; 2] = ["features", "labels"];
+/// Bytes gathered from the request body before each write of an upload to its file: fewer, larger writes.
+const UPLOAD_WRITE_BYTES: usize = 1 << 20;
 
-/// An upload format.
+/// Shards being stored at once while the next ones are built. Each store write ends with an fsync; overlapping
+/// them lets the file system batch its journal commits (and S3 take several requests at once).
+const SHARD_PUTS_IN_FLIGHT: usize = 4;
+
+/// A part of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Npy,
-    Idx,
-    /// CSV with a header row, the label in the last column: one file holds both parts, uploaded as `features`.
-    Csv,
-    /// A `.npz` archive: the part's array is its only one, or the first of the shared reader's usual names
-    /// (`x`, `features`, `images`, ... for features; `y`, `labels`, ... for labels), so one archive holding both
-    /// can be uploaded as both parts.
-    Npz,
+enum Part {
+    Features,
+    Labels,
 }
 
-impl Format {
+impl Part {
+    const ALL: [Part; 2] = [Part::Features, Part::Labels];
+
     fn name(self) -> &'static str {
+        match self {
+            Self::Features => "features",
+            Self::Labels => "labels",
+        }
+    }
+}
+
+/// Which CSV column holds the labels, as stored in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum CsvLabel {
+    Last,
+    Name(String),
+    Index(usize),
+}
+
+/// A part's format and the options it was uploaded with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+enum PartFormat {
+    Npy,
+    Idx,
+    /// A `.npz` archive: `array` names the part's array; without it the archive's only array, or the first of
+    /// the shared reader's usual names (`x`, `features`, `images`, ... for features; `y`, `labels`, ... for
+    /// labels), so that one archive holding both can be uploaded as both parts.
+    Npz {
+        array: Option<String>,
+    },
+    /// CSV: one file holds both parts, uploaded as `features`.
+    Csv {
+        label: CsvLabel,
+        delimiter: u8,
+        header: bool,
+    },
+}
+
+impl PartFormat {
+    fn name(&self) -> &'static str {
         match self {
             Self::Npy => "npy",
             Self::Idx => "idx",
-            Self::Npz => "npz",
-            Self::Csv => "csv",
+            Self::Npz { .. } => "npz",
+            Self::Csv { .. } => "csv",
         }
     }
 
-    fn parse(name: &str) -> Option<Self> {
-        match name {
-            "npy" => Some(Self::Npy),
-            "idx" => Some(Self::Idx),
-            "npz" => Some(Self::Npz),
-            "csv" => Some(Self::Csv),
+    fn csv_options(&self) -> Option<CsvOptions> {
+        match self {
+            Self::Csv { label, delimiter, header } => Some(CsvOptions {
+                has_header: *header,
+                label: match label {
+                    CsvLabel::Last => LabelColumn::Last,
+                    CsvLabel::Name(name) => LabelColumn::Name(name.clone()),
+                    CsvLabel::Index(i) => LabelColumn::Index(*i),
+                },
+                delimiter: *delimiter,
+            }),
             _ => None,
         }
     }
 }
 
+/// The query options of an upload, every one of them.
+const OPTIONS: &str = "format, array (npz), label_column, label_index, delimiter, header (csv)";
+
+/// Reads the upload options of `part` from the query, reporting every problem at once.
+fn parse_options(part: Part, pairs: &[(String, String)]) -> Result<PartFormat, AppError> {
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    let mut get = |name: &'static str| -> Option<&str> {
+        let mut values = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let first = values.next();
+        if values.next().is_some() && seen.insert(name) {
+            problems.push(FieldError { field: name, message: "is given more than once".into() });
+        }
+        first
+    };
+    let format = get("format");
+    let array = get("array");
+    let label_column = get("label_column");
+    let label_index = get("label_index");
+    let delimiter = get("delimiter");
+    let header = get("header");
+    for (key, _) in pairs {
+        if !["format", "array", "label_column", "label_index", "delimiter", "header"].contains(&key.as_str()) {
+            let shown: String = key.chars().take(40).collect();
+            problems.push(FieldError {
+                field: "query",
+                message: format!("unknown option {shown:?}; the accepted ones are {OPTIONS}"),
+            });
+        }
+    }
+    let format = match format.unwrap_or("npy") {
+        name @ ("npy" | "idx" | "npz" | "csv") => name,
+        other => {
+            let shown: String = other.chars().take(40).collect();
+            problems.push(FieldError { field: "format", message: format!("{shown:?} is not npy, npz, idx or csv") });
+            ""
+        }
+    };
+    let only_for = |problems: &mut Vec<FieldError>, field: &'static str, value: Option<&str>, wanted: &str| {
+        if value.is_some() && format != wanted && !format.is_empty() {
+            problems.push(FieldError { field, message: format!("applies to format={wanted} only, not {format}") });
+        }
+    };
+    only_for(&mut problems, "array", array, "npz");
+    for (field, value) in
+        [("label_column", label_column), ("label_index", label_index), ("delimiter", delimiter), ("header", header)]
+    {
+        only_for(&mut problems, field, value, "csv");
+    }
+    if array == Some("") {
+        problems.push(FieldError { field: "array", message: "must name an array of the archive".into() });
+    }
+    let delimiter = match delimiter {
+        None | Some("," | "comma") => b',',
+        Some(";" | "semicolon") => b';',
+        Some("\t" | "tab") => b'\t',
+        Some("|" | "pipe") => b'|',
+        Some(other) => {
+            let shown: String = other.chars().take(20).collect();
+            problems.push(FieldError {
+                field: "delimiter",
+                message: format!(
+                    "{shown:?} is not a delimiter: use , ; | or a tab (URL-encoded %2C %3B %7C %09), or comma, \
+                     semicolon, pipe, tab"
+                ),
+            });
+            b','
+        }
+    };
+    let header = match header {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            let shown: String = other.chars().take(20).collect();
+            problems.push(FieldError { field: "header", message: format!("{shown:?} is not true or false") });
+            true
+        }
+    };
+    let label = match (label_column, label_index) {
+        (None, None) => CsvLabel::Last,
+        (Some(_), Some(_)) => {
+            problems.push(FieldError {
+                field: "label_index",
+                message: "give label_column or label_index, not both".into(),
+            });
+            CsvLabel::Last
+        }
+        (Some(""), None) => {
+            problems.push(FieldError { field: "label_column", message: "must name a column of the header row".into() });
+            CsvLabel::Last
+        }
+        (Some(name), None) => {
+            if !header {
+                problems.push(FieldError {
+                    field: "label_column",
+                    message: "names a column of the header row, but header=false says there is none; use \
+                              label_index"
+                        .into(),
+                });
+            }
+            CsvLabel::Name(name.to_owned())
+        }
+        (None, Some(index)) => match index.parse::<usize>() {
+            Ok(i) => CsvLabel::Index(i),
+            Err(_) => {
+                let shown: String = index.chars().take(20).collect();
+                problems.push(FieldError {
+                    field: "label_index",
+                    message: format!("{shown:?} is not a column index (0 for the first column)"),
+                });
+                CsvLabel::Last
+            }
+        },
+    };
+    if format == "csv" && part == Part::Labels && problems.is_empty() {
+        return Err(AppError::BadRequest(
+            "a CSV file holds the labels beside the features: upload it once, as features".into(),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(AppError::InvalidQuery(problems));
+    }
+    Ok(match format {
+        "idx" => PartFormat::Idx,
+        "npz" => PartFormat::Npz { array: array.map(str::to_owned) },
+        "csv" => PartFormat::Csv { label, delimiter, header },
+        _ => PartFormat::Npy,
+    })
+}
+
+/// What `<part>.json` in the uploads directory says about an uploaded part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    /// The data file's name, in the same directory.
+    file: String,
+    format: PartFormat,
+}
+
+/// An uploaded part waiting for the commit.
+#[derive(Debug, Clone)]
+struct Pending {
+    part: Part,
+    format: PartFormat,
+    /// The data file.
+    path: PathBuf,
+}
+
 /// Where a project's dataset stands.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DatasetStatus {
-    /// The parts uploaded and waiting for the commit (`features`, `labels`), sorted.
+    /// The parts uploaded and waiting for the commit (`features`, `labels`), in that order.
     pub uploaded: Vec<String>,
-    /// The committed dataset, once both parts were validated and sharded.
+    /// The committed dataset, if any: the new one once a commit succeeds, else the one still in force.
     pub dataset: Option<DatasetSummary>,
 }
 
-/// Uploads one part of the dataset, streamed; commits the dataset when both parts are present.
+/// Uploads one part of the dataset, streamed; commits the dataset when both parts are present. While the project
+/// is a draft this also replaces a committed dataset, which stays in force until the new one is committed.
 #[utoipa::path(put, path = "/api/projects/{id}/dataset/{part}", tag = "datasets",
     security(("bearer" = []), ("session" = [])),
     params(
         ("id" = i64, Path, description = "The project's id"),
         ("part" = String, Path, description = "`features` or `labels`"),
         ("format" = Option<String>, Query, description = "`npy` (the default), `npz`, `idx` or `csv` (features \
-         only: a header row and the label in the last column, so the file is both parts)"),
+         only: one file holds both parts)"),
+        ("array" = Option<String>, Query, description = "`npz` only: the archive's array for this part; by default \
+         its only array, or the first of `x`, `x_train`, `features`, `images`, `data` (features) or `y`, \
+         `y_train`, `labels`, `targets`, `target` (labels)"),
+        ("label_column" = Option<String>, Query, description = "`csv` only: the name, in the header row, of the \
+         label column; by default the last column holds the labels"),
+        ("label_index" = Option<u32>, Query, description = "`csv` only: the label column by position, 0 for the \
+         first; not with `label_column`"),
+        ("delimiter" = Option<String>, Query, description = "`csv` only: `,` (the default), `;`, `|` or a tab \
+         (URL-encoded `%2C`, `%3B`, `%7C`, `%09`), or the words `comma`, `semicolon`, `pipe`, `tab`"),
+        ("header" = Option<bool>, Query, description = "`csv` only: whether the first row names the columns \
+         (`true`, the default) or is a sample (`false`)"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
                  description = "The file, up to the server's `max_upload_bytes`"),
     responses(
-        (status = 200, description = "Stored; `dataset` is set once both parts are committed", body = DatasetStatus),
-        (status = 400, description = "Unknown part or format, or the upload was interrupted", body = ErrorBody),
+        (status = 200, description = "Stored; `dataset` is the new one once both parts are committed",
+         body = DatasetStatus),
+        (status = 400, description = "Unknown part, CSV labels, or the upload was interrupted", body = ErrorBody),
         (status = 401, description = "No valid credentials", body = ErrorBody),
         (status = 403, description = "Session cookie without a matching X-CSRF-Token", body = ErrorBody),
         (status = 404, description = "No project with this id belongs to the caller", body = ErrorBody),
-        (status = 409, description = "The project is not a draft, already has a dataset, or is being committed",
-         body = ErrorBody),
+        (status = 409, description = "The project has been started, or its dataset is being changed by another \
+                                      request", body = ErrorBody),
         (status = 413, description = "Larger than `max_upload_bytes`", body = ErrorBody),
-        (status = 422, description = "The dataset does not fit the model, or a file is invalid (pickles are \
-                                      refused)", body = ErrorBody),
+        (status = 422, description = "Invalid query options (`invalid_query`, each option named in \
+                                      `details.fields`), or the dataset does not fit the model or a file is \
+                                      invalid (`invalid_dataset`; pickles are refused)", body = ErrorBody),
     )
 )]
 pub async fn upload_part(
     State(state): State<AppState>,
     user: CurrentUser,
     Path((id, part)): Path<(i64, String)>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<DatasetStatus>, AppError> {
-    let Some(part) = PARTS.into_iter().find(|p| *p == part) else {
+    let Some(part) = Part::ALL.into_iter().find(|p| p.name() == part) else {
         return Err(AppError::BadRequest(format!("unknown dataset part {part:?}: use features or labels")));
     };
-    let format = parse_format(query.as_deref())?;
-    if format == Format::Csv && part == "labels" {
-        return Err(AppError::BadRequest(
-            "a CSV file holds the labels beside the features: upload it once, as features".into(),
-        ));
-    }
+    let pairs = Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map_err(|e| AppError::BadRequest(format!("the query string cannot be read: {e}")))?
+        .0;
+    let format = parse_options(part, &pairs)?;
     let project = load_owned(&state, &user, id).await?;
-    check_open(&state, &project).await?;
+    check_draft(&project)?;
     let limit = state.settings().max_upload_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -130,24 +348,68 @@ pub async fn upload_part(
     }
     let dir = uploads_dir(&state, project.id);
     tokio::fs::create_dir_all(&dir).await.map_err(internal("creating the uploads directory"))?;
-    let partial = dir.join(format!("{part}.{}.partial", secret::random_secret()?));
-    if let Err(e) = receive(body, &partial, limit).await {
-        remove_file_quietly(&partial).await;
-        return Err(e);
+    let file = format!("{}-{}.{}", part.name(), secret::random_secret()?, format.name());
+    let path = dir.join(&file);
+    // The file is only part of the dataset once a manifest names it: until then, any failure removes it.
+    let placed = async {
+        receive(body, &path, limit).await?;
+        if let PartFormat::Npz { array } = &format {
+            check_npz(&path, part, array.clone()).await?;
+        }
+        let Some(guard) = state.begin_ingest(project.id) else {
+            return Err(busy());
+        };
+        // The project may have been started, or its uploads deleted, while the body streamed in.
+        let project = load_owned(&state, &user, id).await?;
+        check_draft(&project)?;
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(AppError::Conflict {
+                message: "the project's dataset was deleted while this upload ran; upload it again".into(),
+                field: "dataset",
+            });
+        }
+        let others = pending(&dir).await?;
+        let features_csv =
+            others.iter().any(|p| p.part == Part::Features && matches!(p.format, PartFormat::Csv { .. }));
+        if part == Part::Labels && features_csv {
+            return Err(AppError::Conflict {
+                message: "the uploaded features are a CSV file, which holds the labels; upload the features in \
+                          another format first, or commit"
+                    .into(),
+                field: "dataset",
+            });
+        }
+        let replaced = others.iter().find(|p| p.part == part).cloned();
+        write_manifest(&dir, part, &Manifest { file: file.clone(), format: format.clone() }).await?;
+        if let Some(replaced) = replaced {
+            remove_file_quietly(&replaced.path).await;
+        }
+        if matches!(format, PartFormat::Csv { .. }) {
+            // The CSV file holds the labels: labels uploaded before it would never be used.
+            if let Some(labels) = others.iter().find(|p| p.part == Part::Labels) {
+                remove_pending(&dir, labels).await;
+            }
+        }
+        Ok((guard, project))
     }
-    // One file per part: a new upload replaces the previous one, in whatever format it was.
-    for other in Format::all() {
-        remove_file_quietly(&dir.join(format!("{part}.{}", other.name()))).await;
-    }
-    tokio::fs::rename(&partial, dir.join(format!("{part}.{}", format.name())))
-        .await
-        .map_err(internal("moving the upload into place"))?;
-    let uploads = uploaded(&dir).await;
+    .await;
+    let (guard, project) = match placed {
+        Ok(placed) => placed,
+        Err(e) => {
+            remove_file_quietly(&path).await;
+            return Err(e);
+        }
+    };
+    let uploads = pending(&dir).await?;
     if complete(&uploads) {
-        let dataset = commit(&state, &project, &uploads).await?;
+        let dataset = commit(&state, &guard, &project, &uploads).await?;
         return Ok(Json(DatasetStatus { uploaded: Vec::new(), dataset: Some(dataset) }));
     }
-    Ok(Json(DatasetStatus { uploaded: uploads.iter().map(|(p, ..)| (*p).to_owned()).collect(), dataset: None }))
+    drop(guard);
+    Ok(Json(DatasetStatus {
+        uploaded: uploads.iter().map(|p| p.part.name().to_owned()).collect(),
+        dataset: load_summary(&state, project.id).await?,
+    }))
 }
 
 /// Validates and shards the uploaded parts now (an upload of the second part does this itself).
@@ -155,12 +417,13 @@ pub async fn upload_part(
     security(("bearer" = []), ("session" = [])),
     params(("id" = i64, Path, description = "The project's id")),
     responses(
-        (status = 200, description = "Committed", body = DatasetStatus),
+        (status = 200, description = "Committed, replacing the dataset committed before if any",
+         body = DatasetStatus),
         (status = 401, description = "No valid credentials", body = ErrorBody),
         (status = 403, description = "Session cookie without a matching X-CSRF-Token", body = ErrorBody),
         (status = 404, description = "No project with this id belongs to the caller", body = ErrorBody),
-        (status = 409, description = "A part is missing, the project is not a draft or already has a dataset",
-         body = ErrorBody),
+        (status = 409, description = "A part is missing, the project has been started, or its dataset is being \
+                                      changed by another request", body = ErrorBody),
         (status = 422, description = "The dataset does not fit the model, or a file is invalid", body = ErrorBody),
     )
 )]
@@ -170,57 +433,137 @@ pub async fn commit_dataset(
     Path(id): Path<i64>,
 ) -> Result<Json<DatasetStatus>, AppError> {
     let project = load_owned(&state, &user, id).await?;
-    check_open(&state, &project).await?;
-    let uploads = uploaded(&uploads_dir(&state, project.id)).await;
+    let Some(guard) = state.begin_ingest(project.id) else {
+        return Err(busy());
+    };
+    check_draft(&project)?;
+    let uploads = pending(&uploads_dir(&state, project.id)).await?;
     if !complete(&uploads) {
-        let missing: Vec<&str> = PARTS.into_iter().filter(|p| !uploads.iter().any(|(u, ..)| u == p)).collect();
+        let missing: Vec<&str> =
+            Part::ALL.into_iter().filter(|p| !uploads.iter().any(|u| u.part == *p)).map(Part::name).collect();
         return Err(AppError::Conflict {
             message: format!("upload the {} first", missing.join(" and ")),
             field: "dataset",
         });
     }
-    let dataset = commit(&state, &project, &uploads).await?;
+    let dataset = commit(&state, &guard, &project, &uploads).await?;
     Ok(Json(DatasetStatus { uploaded: Vec::new(), dataset: Some(dataset) }))
 }
 
-impl Format {
-    fn all() -> [Self; 4] {
-        [Self::Npy, Self::Idx, Self::Npz, Self::Csv]
+/// Removes the project's dataset: its rows, its shards and any part uploaded and not yet committed.
+#[utoipa::path(delete, path = "/api/projects/{id}/dataset", tag = "datasets",
+    security(("bearer" = []), ("session" = [])),
+    params(("id" = i64, Path, description = "The project's id")),
+    responses(
+        (status = 204, description = "Removed, or there was nothing to remove"),
+        (status = 401, description = "No valid credentials", body = ErrorBody),
+        (status = 403, description = "Session cookie without a matching X-CSRF-Token", body = ErrorBody),
+        (status = 404, description = "No project with this id belongs to the caller", body = ErrorBody),
+        (status = 409, description = "The project has been started, or its dataset is being changed by another \
+                                      request", body = ErrorBody),
+    )
+)]
+pub async fn delete_dataset(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, AppError> {
+    let project = load_owned(&state, &user, id).await?;
+    let Some(_guard) = state.begin_ingest(project.id) else {
+        return Err(busy());
+    };
+    check_draft(&project)?;
+    let mut tx = state.db().begin().await?;
+    // A write first, so that the state read is the one the deletion is made in: a start cannot slip between.
+    lock_draft(&mut tx, project.id).await?;
+    sqlx::query("DELETE FROM shards WHERE project_id = ?").bind(project.id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM datasets WHERE project_id = ?").bind(project.id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    state.store().delete_prefix(&shards_prefix(project.id)).await?;
+    match tokio::fs::remove_dir_all(uploads_dir(&state, project.id)).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AppError::Internal(anyhow::Error::new(e).context("removing uploads"))),
     }
+    Ok(StatusCode::NO_CONTENT)
 }
 
-fn parse_format(query: Option<&str>) -> Result<Format, AppError> {
-    let mut format = Format::Npy;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("format", value)) => {
-                format = Format::parse(value).ok_or_else(|| {
-                    AppError::BadRequest(format!("unknown format {value:?}: use npy, npz, idx or csv"))
-                })?;
-            }
-            _ => return Err(AppError::BadRequest(format!("unknown query parameter {pair:?}: only format is read"))),
+/// The committed dataset of project `id`, if it has one.
+///
+/// # Errors
+/// A database error, or [`AppError::Internal`] for a stored sample shape that does not parse.
+pub async fn load_summary(state: &AppState, id: i64) -> Result<Option<DatasetSummary>, AppError> {
+    let stored: Option<(String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT format, feature_dtype, sample_shape, train_samples, validation_samples FROM datasets
+         WHERE project_id = ?",
+    )
+    .bind(id)
+    .fetch_optional(state.db())
+    .await?;
+    let Some((format, feature_dtype, shape, train_samples, validation_samples)) = stored else {
+        return Ok(None);
+    };
+    let mut dataset = DatasetSummary {
+        format,
+        feature_dtype,
+        sample_shape: serde_json::from_str(&shape)
+            .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("stored sample shape")))?,
+        train_samples,
+        validation_samples,
+        train_shards: 0,
+        validation_shards: 0,
+    };
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT role, COUNT(*) FROM shards WHERE project_id = ? GROUP BY role")
+            .bind(id)
+            .fetch_all(state.db())
+            .await?;
+    for (role, count) in counts {
+        match role.as_str() {
+            "train" => dataset.train_shards = count,
+            _ => dataset.validation_shards = count,
         }
     }
-    Ok(format)
+    Ok(Some(dataset))
 }
 
-/// 409 unless the project is a draft without a dataset.
-async fn check_open(state: &AppState, project: &ProjectRow) -> Result<(), AppError> {
-    if project.state()? != ProjectState::Draft {
-        return Err(AppError::Conflict {
-            message: format!("the dataset can only be uploaded to a draft project; this one is {}", project.state),
-            field: "dataset",
-        });
+fn busy() -> AppError {
+    AppError::Conflict {
+        message: "the project's dataset is being changed by another request; retry when it is done".into(),
+        field: "dataset",
     }
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM datasets WHERE project_id = ?)")
-        .bind(project.id)
-        .fetch_one(state.db())
+}
+
+fn started(state: &str) -> AppError {
+    AppError::Conflict {
+        message: format!(
+            "the dataset can only be changed while the project is a draft; this one is {state}, so its dataset \
+             stays as it is (create a new project to train on other data)"
+        ),
+        field: "dataset",
+    }
+}
+
+/// 409 unless the project is a draft.
+fn check_draft(project: &ProjectRow) -> Result<(), AppError> {
+    if project.state()? != ProjectState::Draft {
+        return Err(started(&project.state));
+    }
+    Ok(())
+}
+
+/// Within `tx`, takes SQLite's write lock with a write that succeeds only while the project is a draft: 409 if it
+/// is not. The project's state is then fixed until `tx` ends (`start` changes it with a write too).
+async fn lock_draft(tx: &mut sqlx::SqliteConnection, id: i64) -> Result<(), AppError> {
+    let done = sqlx::query("UPDATE projects SET updated_at = ? WHERE id = ? AND state = 'draft'")
+        .bind(now_unix())
+        .bind(id)
+        .execute(&mut *tx)
         .await?;
-    if exists {
-        return Err(AppError::Conflict {
-            message: "the project already has a dataset; create a new project to train on other data".into(),
-            field: "dataset",
-        });
+    if done.rows_affected() == 0 {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM projects WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?;
+        return Err(state.map_or(AppError::NotFound("project"), |s| started(&s)));
     }
     Ok(())
 }
@@ -229,9 +572,16 @@ fn uploads_dir(state: &AppState, id: i64) -> PathBuf {
     state.settings().uploads_dir().join(id.to_string())
 }
 
-/// Streams `body` to `path`, refusing it once it passes `limit` bytes.
+/// The object-store prefix of every generation of the project's shards.
+fn shards_prefix(id: i64) -> String {
+    format!("{}/shards", super::projects::prefix(id))
+}
+
+/// Streams `body` to `path`, refusing it once it passes `limit` bytes. The body's frames are gathered into
+/// [`UPLOAD_WRITE_BYTES`] before each write, so that a large upload costs few writes.
 async fn receive(mut body: Body, path: &FsPath, limit: u64) -> Result<(), AppError> {
-    let mut file = tokio::fs::File::create(path).await.map_err(internal("creating the upload file"))?;
+    let file = tokio::fs::File::create(path).await.map_err(internal("creating the upload file"))?;
+    let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_WRITE_BYTES, file);
     let mut received = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| AppError::BadRequest(format!("the upload was interrupted: {e}")))?;
@@ -242,35 +592,87 @@ async fn receive(mut body: Body, path: &FsPath, limit: u64) -> Result<(), AppErr
         }
         file.write_all(&data).await.map_err(internal("writing the upload"))?;
     }
-    file.sync_all().await.map_err(internal("writing the upload"))?;
+    file.flush().await.map_err(internal("writing the upload"))?;
+    file.get_ref().sync_all().await.map_err(internal("writing the upload"))?;
     Ok(())
 }
 
+/// Checks that the `.npz` at `path` opens and holds the array for `part`: 422 naming the archive's arrays if not.
+async fn check_npz(path: &FsPath, part: Part, array: Option<String>) -> Result<(), AppError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(internal("opening the upload"))?;
+        let archive = NpzArchive::new(std::io::BufReader::new(file), &data::Limits::default())
+            .map_err(|e| AppError::InvalidDataset { part: part.name(), reason: e.to_string() })?;
+        match array {
+            Some(name) if !archive.names().contains(&name) => Err(AppError::InvalidQuery(vec![FieldError {
+                field: "array",
+                message: format!(
+                    "the archive has no array {name:?}; it has {}",
+                    archive.names().iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+                ),
+            }])),
+            Some(_) => Ok(()),
+            None => npz_array(&archive, part, None)
+                .map(drop)
+                .map_err(|e| AppError::InvalidDataset { part: part.name(), reason: e.to_string() }),
+        }
+    })
+    .await?
+}
+
 /// Whether `uploads` make a dataset: features and labels, or features in CSV (which hold the labels).
-fn complete(uploads: &[(&'static str, Format, PathBuf)]) -> bool {
+fn complete(uploads: &[Pending]) -> bool {
     match uploads {
-        [("features", Format::Csv, _)] => true,
-        _ => uploads.len() == PARTS.len(),
+        [Pending { part: Part::Features, format: PartFormat::Csv { .. }, .. }] => true,
+        _ => uploads.len() == Part::ALL.len(),
     }
 }
 
-/// The parts present in `dir`: part name, format and path, in [`PARTS`] order.
-async fn uploaded(dir: &FsPath) -> Vec<(&'static str, Format, PathBuf)> {
+fn manifest_path(dir: &FsPath, part: Part) -> PathBuf {
+    dir.join(format!("{}.json", part.name()))
+}
+
+/// The parts uploaded to `dir`, in [`Part::ALL`] order.
+async fn pending(dir: &FsPath) -> Result<Vec<Pending>, AppError> {
     let mut found = Vec::new();
-    for part in PARTS {
-        for format in Format::all() {
-            let path = dir.join(format!("{part}.{}", format.name()));
-            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                found.push((part, format, path));
-                break;
-            }
+    for part in Part::ALL {
+        let text = match tokio::fs::read(manifest_path(dir, part)).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(internal("reading an upload's manifest")(e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("parsing an upload's manifest")))?;
+        // The name comes from this server, but a path must never leave the directory whatever the file says.
+        if manifest.file.contains(['/', '\\']) || manifest.file.starts_with('.') {
+            return Err(AppError::Internal(anyhow::anyhow!("an upload manifest names {:?}", manifest.file)));
         }
+        found.push(Pending { part, format: manifest.format, path: dir.join(manifest.file) });
     }
-    found
+    Ok(found)
+}
+
+/// Replaces `part`'s manifest atomically: written to a temporary file, synced and renamed over the old one.
+async fn write_manifest(dir: &FsPath, part: Part, manifest: &Manifest) -> Result<(), AppError> {
+    let json = serde_json::to_vec(manifest)
+        .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("serialising an upload's manifest")))?;
+    let temp = dir.join(format!(".{}.json.tmp", part.name()));
+    let mut file = tokio::fs::File::create(&temp).await.map_err(internal("writing an upload's manifest"))?;
+    file.write_all(&json).await.map_err(internal("writing an upload's manifest"))?;
+    file.sync_all().await.map_err(internal("writing an upload's manifest"))?;
+    drop(file);
+    tokio::fs::rename(&temp, manifest_path(dir, part)).await.map_err(internal("placing an upload's manifest"))
+}
+
+/// Removes a pending part: its manifest first, so that no manifest ever names a missing file.
+async fn remove_pending(dir: &FsPath, pending: &Pending) {
+    remove_file_quietly(&manifest_path(dir, pending.part)).await;
+    remove_file_quietly(&pending.path).await;
 }
 
 async fn remove_file_quietly(path: &FsPath) {
-    // A file that is already gone is what we want; any other failure leaves a stray temp file, logged.
+    // A file that is already gone is what we want; any other failure leaves a stray file, logged.
     if let Err(e) = tokio::fs::remove_file(path).await
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -320,17 +722,39 @@ fn invalid(part: &'static str) -> impl Fn(DataError) -> IngestError {
     }
 }
 
+/// The generation of a shard key `<shards_prefix>/gen-<N>/...`; keys of the layout before generations count as 0.
+fn generation_of(key: &str, shards_prefix: &str) -> Option<u64> {
+    let rest = key.strip_prefix(shards_prefix)?.strip_prefix('/')?;
+    match rest.split_once('/') {
+        Some((generation, _)) => generation.strip_prefix("gen-")?.parse().ok(),
+        None => Some(0),
+    }
+}
+
+/// Deletes every object under the project's shards prefix except those under `keep` (a generation's prefix):
+/// the shards of a replaced dataset, and any left by a commit that died half-way. Failures are logged: what is
+/// left is unregistered and goes with the next commit or the project.
+async fn sweep_shards(state: &AppState, project_id: i64, keep: impl Fn(&str) -> bool) {
+    let objects = match state.store().list(&shards_prefix(project_id)).await {
+        Ok(objects) => objects,
+        Err(e) => {
+            tracing::warn!("cannot list the shards of project {project_id} to remove old ones: {e}");
+            return;
+        }
+    };
+    for object in objects.iter().filter(|o| !keep(&o.key)) {
+        if let Err(e) = state.store().delete(&object.key).await {
+            tracing::warn!("cannot delete the old shard {}: {e}", object.key);
+        }
+    }
+}
+
 async fn commit(
     state: &AppState,
+    _ingesting: &IngestGuard,
     project: &ProjectRow,
-    uploads: &[(&'static str, Format, PathBuf)],
+    uploads: &[Pending],
 ) -> Result<DatasetSummary, AppError> {
-    let Some(_guard) = state.begin_ingest(project.id) else {
-        return Err(AppError::Conflict {
-            message: "the project's dataset is being committed by another request".into(),
-            field: "dataset",
-        });
-    };
     let model = project.model()?;
     let settings = project.settings()?;
     let plan = ShardPlan {
@@ -339,46 +763,76 @@ async fn commit(
         samples_per_shard: settings.samples_per_shard as usize,
     };
     let (features, labels) = match uploads {
-        [("features", ff, fp), ("labels", lf, lp)] => ((*ff, fp.clone()), Some((*lf, lp.clone()))),
-        [("features", Format::Csv, fp)] => ((Format::Csv, fp.clone()), None),
+        [features @ Pending { part: Part::Features, .. }, labels @ Pending { part: Part::Labels, .. }] => {
+            (features.clone(), Some(labels.clone()))
+        }
+        [features @ Pending { part: Part::Features, format: PartFormat::Csv { .. }, .. }] => (features.clone(), None),
         _ => return Err(AppError::Internal(anyhow::anyhow!("commit without both parts"))),
     };
-    let shard_prefix = format!("{}/shards", super::projects::prefix(project.id));
-    // Shards of an earlier attempt that died half-way would otherwise linger next to the new ones.
-    state.store().delete_prefix(&shard_prefix).await?;
-    let store = Arc::clone(state.store());
+    // A fresh generation, past any prefix in the store (a commit that died half-way may have left one), so that
+    // the committed dataset's shards are never touched before the new ones are registered.
+    let shards = shards_prefix(project.id);
+    let registered: HashSet<String> = sqlx::query_scalar("SELECT object_key FROM shards WHERE project_id = ?")
+        .bind(project.id)
+        .fetch_all(state.db())
+        .await?
+        .into_iter()
+        .collect();
+    let listed = state.store().list(&shards).await?;
+    let generation = listed.iter().filter_map(|o| generation_of(&o.key, &shards)).max().map_or(1, |g| g + 1);
+    sweep_shards(state, project.id, |key| registered.contains(key)).await;
+    let prefix = format!("{shards}/gen-{generation}");
     let requirements = model.data_requirements();
-    let handle = tokio::runtime::Handle::current();
-    let prefix = shard_prefix.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        ingest(&handle, store.as_ref(), &prefix, features, labels, &requirements, &plan)
-    })
-    .await?;
+    let ingest_prefix = prefix.clone();
+    // Shards are built on the blocking pool and stored by an async task as they come, a few at a time.
+    let (shards_tx, shards_rx) = tokio::sync::mpsc::channel(SHARD_PUTS_IN_FLIGHT);
+    let storing = tokio::spawn(store_shards(Arc::clone(state.store()), shards_rx));
+    let built =
+        tokio::task::spawn_blocking(move || ingest(&shards_tx, &ingest_prefix, features, labels, &requirements, &plan))
+            .await?;
+    // Every put has ended once this returns, so that nothing is stored after a failed commit's clean-up.
+    let stored = storing.await?;
+    let result = match (built, stored) {
+        (_, Err(e)) => Err(IngestError::Internal(e)),
+        (built, Ok(())) => built,
+    };
+    let dir = uploads_dir(state, project.id);
     let ingested = match result {
         Ok(ingested) => ingested,
         Err(e) => {
-            if let Err(cleanup) = state.store().delete_prefix(&shard_prefix).await {
+            if let Err(cleanup) = state.store().delete_prefix(&prefix).await {
                 tracing::warn!("cannot delete the shards of a failed commit: {cleanup}");
             }
             return Err(match e {
                 IngestError::Invalid { part, reason } => {
-                    let _ = tokio::fs::remove_dir_all(uploads_dir(state, project.id)).await;
+                    for upload in uploads {
+                        remove_pending(&dir, upload).await;
+                    }
+                    let _ = tokio::fs::remove_dir(&dir).await;
                     AppError::InvalidDataset { part, reason }
                 }
                 IngestError::Internal(e) => AppError::Internal(e),
             });
         }
     };
-    if let Err(e) = register(state, project.id, &ingested, uploads).await {
-        if let Err(cleanup) = state.store().delete_prefix(&shard_prefix).await {
+    let format = uploads[0].format.name();
+    if let Err(e) = register(state, project.id, &ingested, format).await {
+        if let Err(cleanup) = state.store().delete_prefix(&prefix).await {
             tracing::warn!("cannot delete the shards of a failed commit: {cleanup}");
         }
         return Err(e);
     }
-    let _ = tokio::fs::remove_dir_all(uploads_dir(state, project.id)).await;
+    // The new dataset is in force: the old shards are garbage now, and only now.
+    let keep = format!("{prefix}/");
+    sweep_shards(state, project.id, |key| key.starts_with(&keep)).await;
+    for upload in uploads {
+        remove_pending(&dir, upload).await;
+    }
+    // Only if empty: an upload may be streaming into it.
+    let _ = tokio::fs::remove_dir(&dir).await;
     let train_shards = ingested.shards.iter().filter(|s| s.role == "train").count();
     Ok(DatasetSummary {
-        format: uploads[0].1.name().to_owned(),
+        format: format.to_owned(),
         feature_dtype: ingested.feature_dtype,
         sample_shape: ingested.sample_shape,
         train_samples: ingested.train_samples as i64,
@@ -388,22 +842,61 @@ async fn commit(
     })
 }
 
-async fn register(
-    state: &AppState,
-    project_id: i64,
-    ingested: &Ingested,
-    uploads: &[(&'static str, Format, PathBuf)],
-) -> Result<(), AppError> {
+/// Stores the shards that `shards` yields, up to [`SHARD_PUTS_IN_FLIGHT`] at once, until the sender is dropped
+/// or a put fails; returns once every put has ended, with the first failure.
+async fn store_shards(
+    store: Arc<dyn ObjectStore>,
+    mut shards: tokio::sync::mpsc::Receiver<(String, Bytes)>,
+) -> Result<(), anyhow::Error> {
+    let mut puts = tokio::task::JoinSet::new();
+    let mut failure = None;
+    let note = |failure: &mut Option<anyhow::Error>, result: Result<Result<(), anyhow::Error>, _>| {
+        if let Err(e) = result.map_err(anyhow::Error::new).and_then(|r| r) {
+            failure.get_or_insert(e);
+        }
+    };
+    loop {
+        while let Some(result) = puts.try_join_next() {
+            note(&mut failure, result);
+        }
+        if puts.len() >= SHARD_PUTS_IN_FLIGHT
+            && let Some(result) = puts.join_next().await
+        {
+            note(&mut failure, result);
+            continue;
+        }
+        if failure.is_some() {
+            break;
+        }
+        let Some((key, bytes)) = shards.recv().await else { break };
+        let store = Arc::clone(&store);
+        puts.spawn(async move {
+            store.put(&key, bytes).await.map(drop).map_err(|e| anyhow::Error::new(e).context("storing a shard"))
+        });
+    }
+    // Closing the channel stops the builder at its next shard.
+    drop(shards);
+    while let Some(result) = puts.join_next().await {
+        note(&mut failure, result);
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Swaps the project's dataset and shard rows for the new ones in one transaction, while the project is a draft.
+async fn register(state: &AppState, project_id: i64, ingested: &Ingested, format: &str) -> Result<(), AppError> {
     let mut tx = state.db().begin().await?;
+    lock_draft(&mut tx, project_id).await?;
     let shape = serde_json::to_string(&ingested.sample_shape)
         .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("serialising the sample shape")))?;
+    sqlx::query("DELETE FROM shards WHERE project_id = ?").bind(project_id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM datasets WHERE project_id = ?").bind(project_id).execute(&mut *tx).await?;
     sqlx::query(
         "INSERT INTO datasets (project_id, format, feature_dtype, sample_shape, train_samples, validation_samples,
                                created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(project_id)
-    .bind(uploads[0].1.name())
+    .bind(format)
     .bind(&ingested.feature_dtype)
     .bind(shape)
     .bind(ingested.train_samples as i64)
@@ -430,85 +923,122 @@ async fn register(
     Ok(())
 }
 
+/// The array of an archive to use for `part`: the one `chosen`, else its only array, else the first of the
+/// usual names for the part.
+fn npz_array<R: std::io::Read + std::io::Seek>(
+    archive: &NpzArchive<R>,
+    part: Part,
+    chosen: Option<&str>,
+) -> Result<String, DataError> {
+    if let Some(name) = chosen {
+        return Ok(name.to_owned());
+    }
+    match archive.names().as_slice() {
+        [only] => Ok(only.clone()),
+        _ => archive.find(match part {
+            Part::Features => &npz::FEATURE_NAMES,
+            Part::Labels => &npz::LABEL_NAMES,
+        }),
+    }
+}
+
 /// Reads the labels part whole.
-fn read_labels(
-    (format, path): (Format, PathBuf),
-    limits: &data::Limits,
-    open: impl Fn(&FsPath) -> Result<std::fs::File, IngestError>,
-) -> Result<RawArray, IngestError> {
-    let file = std::io::BufReader::new(open(&path)?);
-    match format {
-        Format::Npy => data::npy::read(file, limits),
-        Format::Idx => data::idx::read(file, limits),
-        Format::Npz => NpzArchive::new(file, limits).and_then(|mut archive| {
-            let name = npz_array(&archive, &npz::LABEL_NAMES)?;
+fn read_labels(labels: &Pending, limits: &data::Limits) -> Result<RawArray, IngestError> {
+    let file = std::io::BufReader::new(open(&labels.path)?);
+    match &labels.format {
+        PartFormat::Npy => data::npy::read(file, limits),
+        PartFormat::Idx => data::idx::read(file, limits),
+        PartFormat::Npz { array } => NpzArchive::new(file, limits).and_then(|mut archive| {
+            let name = npz_array(&archive, Part::Labels, array.as_deref())?;
             archive.read_array(&name)
         }),
-        Format::Csv => return Err(IngestError::Internal(anyhow::anyhow!("CSV labels without CSV features"))),
+        PartFormat::Csv { .. } => {
+            return Err(IngestError::Internal(anyhow::anyhow!("CSV labels without CSV features")));
+        }
     }
     .map_err(invalid("labels"))
 }
 
-/// The array of an archive to use for a part: its only array, or the first of `names` it holds.
-fn npz_array<R: std::io::Read + std::io::Seek>(archive: &NpzArchive<R>, names: &[&str]) -> Result<String, DataError> {
-    match archive.names().as_slice() {
-        [only] => Ok(only.clone()),
-        _ => archive.find(names),
+fn open(path: &FsPath) -> Result<std::fs::File, IngestError> {
+    std::fs::File::open(path).map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("opening an upload")))
+}
+
+/// A file of raw samples spooled from a CSV or a compressed `.npz` entry, removed when dropped.
+struct Spool(PathBuf);
+
+impl Spool {
+    fn create(upload: &FsPath) -> Result<(Self, std::io::BufWriter<std::fs::File>), IngestError> {
+        let path = upload.with_extension("raw");
+        let file = std::fs::File::create(&path)
+            .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("creating the spool file")))?;
+        Ok((Self(path), std::io::BufWriter::with_capacity(UPLOAD_WRITE_BYTES, file)))
+    }
+
+    fn reopen(&self) -> Result<std::fs::File, IngestError> {
+        open(&self.0)
     }
 }
 
-/// Reads, checks and shards the two parts, storing each shard as it is made. Runs on the blocking pool; the
-/// store's async calls are driven with `handle`.
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // Synchronous: this runs on the blocking pool.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Reads, checks and shards the two parts, sending each shard to `store` (see [`store_shards`]) as it is made.
+/// Runs on the blocking pool.
 fn ingest(
-    handle: &tokio::runtime::Handle,
-    store: &dyn ObjectStore,
+    store: &tokio::sync::mpsc::Sender<(String, Bytes)>,
     prefix: &str,
-    (features_format, features_path): (Format, PathBuf),
-    labels_part: Option<(Format, PathBuf)>,
+    features_part: Pending,
+    labels_part: Option<Pending>,
     requirements: &DataRequirements,
     plan: &ShardPlan,
 ) -> Result<Ingested, IngestError> {
     let limits = data::Limits::default();
-    let open = |path: &FsPath| {
-        std::fs::File::open(path).map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("opening upload")))
-    };
-    let file = std::io::BufReader::new(open(&features_path)?);
+    // Not buffered: the shuffle reads samples at random, and a buffer would be refilled (and mostly wasted) at
+    // every sample. Headers are read in a few small reads; the CSV reader buffers by itself.
+    let file = open(&features_part.path)?;
     let mut csv_labels = None;
-    let mut features = match features_format {
-        Format::Csv => {
-            let raw_path = features_path.with_extension("raw");
-            let raw = std::fs::File::create(&raw_path)
-                .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("creating the spool file")))?;
-            let mut out = std::io::BufWriter::new(raw);
-            let read = data::csv::read(file, &data::csv::CsvOptions::default(), &mut out, &limits)
+    let mut _spool = None;
+    let mut features = match &features_part.format {
+        format @ PartFormat::Csv { .. } => {
+            let options = format.csv_options().unwrap_or_default();
+            let (spool, mut out) = Spool::create(&features_part.path)?;
+            let read = data::csv::read(file, &options, &mut out, &limits)
                 .and_then(|csv| std::io::Write::flush(&mut out).map(|()| csv).map_err(DataError::from))
                 .map_err(invalid("features"))?;
             csv_labels = Some(read.labels);
-            SampleSource::raw(std::io::BufReader::new(open(&raw_path)?), read.features, 0, &limits)
+            let source = SampleSource::raw(spool.reopen()?, read.features, 0, &limits);
+            _spool = Some(spool);
+            source
         }
-        Format::Npy => SampleSource::npy(file, &limits),
-        Format::Idx => SampleSource::idx(file, &limits),
-        Format::Npz => {
-            // Spooled to raw samples, since a compressed entry cannot be read at random.
-            let raw_path = features_path.with_extension("raw");
-            let raw = std::fs::File::create(&raw_path)
-                .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("creating the spool file")))?;
-            let info = NpzArchive::new(file, &limits)
-                .and_then(|mut archive| {
-                    let name = npz_array(&archive, &npz::FEATURE_NAMES)?;
-                    let mut out = std::io::BufWriter::new(raw);
-                    let info = archive.spool(&name, &mut out)?;
-                    std::io::Write::flush(&mut out)?;
-                    Ok(info)
-                })
-                .map_err(invalid("features"))?;
-            SampleSource::raw(std::io::BufReader::new(open(&raw_path)?), info, 0, &limits)
+        PartFormat::Npy => SampleSource::npy(file, &limits),
+        PartFormat::Idx => SampleSource::idx(file, &limits),
+        PartFormat::Npz { array } => {
+            let mut archive = NpzArchive::new(file, &limits).map_err(invalid("features"))?;
+            let name = npz_array(&archive, Part::Features, array.as_deref()).map_err(invalid("features"))?;
+            if archive.entry(&name).map_err(invalid("features"))?.stored {
+                // np.savez stores entries as they are: their samples are read in place.
+                archive.into_sample_source(&name)
+            } else {
+                // A compressed entry cannot be read at random: spooled to raw samples first.
+                let (spool, mut out) = Spool::create(&features_part.path)?;
+                let info = archive
+                    .spool(&name, &mut out)
+                    .and_then(|info| std::io::Write::flush(&mut out).map(|()| info).map_err(DataError::from))
+                    .map_err(invalid("features"))?;
+                let source = SampleSource::raw(spool.reopen()?, info, 0, &limits);
+                _spool = Some(spool);
+                source
+            }
         }
     }
     .map_err(invalid("features"))?;
-    let labels: RawArray = match (csv_labels, labels_part) {
+    let labels: RawArray = match (csv_labels, &labels_part) {
         (Some(labels), _) => labels,
-        (None, Some(part)) => read_labels(part, &limits, open)?,
+        (None, Some(part)) => read_labels(part, &limits)?,
         (None, None) => return Err(IngestError::Internal(anyhow::anyhow!("no labels to ingest"))),
     };
     check(features.info(), &labels.info, requirements)?;
@@ -523,9 +1053,10 @@ fn ingest(
         let (header, _) = ShardHeader::decode(&bytes)?;
         let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         let size_bytes = bytes.len();
-        handle
-            .block_on(store.put(&key, Bytes::from(bytes)))
-            .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("storing a shard")))?;
+        store.blocking_send((key.clone(), Bytes::from(bytes))).map_err(|_| {
+            // The storing task stopped at a failed put, which the commit reports.
+            IngestError::Internal(anyhow::anyhow!("the shards are no longer being stored"))
+        })?;
         shards.push(ShardRecord { role, number, key, sha256, sample_count: header.sample_count, size_bytes });
         Ok::<_, IngestError>(())
     })?;

@@ -87,6 +87,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(projects::model_spec))
         .routes(routes!(datasets::upload_part))
         .routes(routes!(datasets::commit_dataset))
+        .routes(routes!(datasets::delete_dataset))
         .routes(routes!(training::project_metrics))
         .routes(routes!(training::list_checkpoints))
         .routes(routes!(training::download_checkpoint))

@@ -297,7 +297,7 @@ pub struct ModelSummary {
 /// A committed dataset.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DatasetSummary {
-    /// The upload format: `npy` or `idx`.
+    /// The features' upload format: `npy`, `npz`, `idx` or `csv`.
     pub format: String,
     /// The features' element type, e.g. `u1` or `f4`.
     pub feature_dtype: String,
@@ -544,39 +544,7 @@ pub async fn create_project(
 
 async fn view(state: &AppState, row: &ProjectRow) -> Result<ProjectView, AppError> {
     let model = row.model()?;
-    let stored: Option<(String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT format, feature_dtype, sample_shape, train_samples, validation_samples FROM datasets
-         WHERE project_id = ?",
-    )
-    .bind(row.id)
-    .fetch_optional(state.db())
-    .await?;
-    let mut dataset = match stored {
-        Some((format, feature_dtype, shape, train_samples, validation_samples)) => Some(DatasetSummary {
-            format,
-            feature_dtype,
-            sample_shape: serde_json::from_str(&shape)
-                .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("stored sample shape")))?,
-            train_samples,
-            validation_samples,
-            train_shards: 0,
-            validation_shards: 0,
-        }),
-        None => None,
-    };
-    if let Some(dataset) = &mut dataset {
-        let counts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT role, COUNT(*) FROM shards WHERE project_id = ? GROUP BY role")
-                .bind(row.id)
-                .fetch_all(state.db())
-                .await?;
-        for (role, count) in counts {
-            match role.as_str() {
-                "train" => dataset.train_shards = count,
-                _ => dataset.validation_shards = count,
-            }
-        }
-    }
+    let dataset = super::datasets::load_summary(state, row.id).await?;
     let live = state.training().get(row.id).map(|h| h.status.borrow().clone()).filter(|s| s.running);
     let (epoch, version, progress) = match &live {
         Some(live) => (
@@ -673,6 +641,13 @@ pub async fn delete_project(
 ) -> Result<StatusCode, AppError> {
     let row = load_owned(&state, &user, id).await?;
     state.training().stop(row.id, crate::training::coordinator::Command::Cancel).await;
+    // Not while its dataset is being committed, which would store shards after the objects are deleted.
+    let Some(_ingesting) = state.begin_ingest(row.id) else {
+        return Err(AppError::Conflict {
+            message: "the project's dataset is being changed by another request; retry when it is done".into(),
+            field: "dataset",
+        });
+    };
     // The row goes first, so that a failure while deleting objects leaves no project pointing at missing ones.
     sqlx::query("DELETE FROM projects WHERE id = ?").bind(row.id).execute(state.db()).await?;
     state.store().delete_prefix(&prefix(row.id)).await?;
@@ -693,14 +668,19 @@ async fn transition(state: &AppState, user: &CurrentUser, id: i64, action: Actio
         .fetch_one(state.db())
         .await?;
     let to = action.apply(from, has_dataset).map_err(|message| AppError::Conflict { message, field: "state" })?;
-    // Conditional on the state read, so that two moves at once cannot both succeed from the same state.
-    let done = sqlx::query("UPDATE projects SET state = ?, updated_at = ? WHERE id = ? AND state = ?")
-        .bind(to.as_str())
-        .bind(now_unix())
-        .bind(row.id)
-        .bind(from.as_str())
-        .execute(state.db())
-        .await?;
+    // Conditional on the state read, so that two moves at once cannot both succeed from the same state, and on the
+    // dataset for a start, so that a dataset deleted meanwhile is not started without.
+    let done = sqlx::query(
+        "UPDATE projects SET state = ?, updated_at = ? WHERE id = ? AND state = ?
+         AND (? = 0 OR EXISTS (SELECT 1 FROM datasets WHERE project_id = projects.id))",
+    )
+    .bind(to.as_str())
+    .bind(now_unix())
+    .bind(row.id)
+    .bind(from.as_str())
+    .bind(action == Action::Start)
+    .execute(state.db())
+    .await?;
     if done.rows_affected() == 0 {
         return Err(AppError::Conflict {
             message: "the project's state changed while this request ran; read it again and retry".into(),

@@ -93,21 +93,28 @@ async fn by_token(state: &AppState, token: &str) -> Result<CurrentUser, AppError
         return Err(INVALID_CREDENTIAL);
     }
     let now = now_unix();
-    let row: Option<(i64, i64, String, String)> = sqlx::query_as(
-        "SELECT t.id, u.id, u.username, u.email FROM api_tokens t JOIN users u ON u.id = t.user_id
+    let row: Option<(i64, Option<i64>, i64, String, String)> = sqlx::query_as(
+        "SELECT t.id, t.last_used_at, u.id, u.username, u.email FROM api_tokens t JOIN users u ON u.id = t.user_id
          WHERE t.token_hash = ? AND t.revoked_at IS NULL AND t.expires_at > ?",
     )
     .bind(secret::digest(token))
     .bind(now)
     .fetch_optional(state.db())
     .await?;
-    let (token_id, id, username, email) = row.ok_or(INVALID_CREDENTIAL)?;
-    sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)")
+    let (token_id, last_used_at, id, username, email) = row.ok_or(INVALID_CREDENTIAL)?;
+    // Decided on the value read, not in the UPDATE's WHERE: an UPDATE that changes no row still takes SQLite's
+    // write lock, which every request of a busy token would then queue for (see BENCHMARKS.md). The condition is
+    // kept in the UPDATE too, so that concurrent requests write at most once.
+    if last_used_at.is_none_or(|t| t < now - LAST_USED_GRANULARITY_SECS) {
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+        )
         .bind(now)
         .bind(token_id)
         .bind(now - LAST_USED_GRANULARITY_SECS)
         .execute(state.db())
         .await?;
+    }
     Ok(CurrentUser { id, username, email, auth: AuthMethod::Token { token_id } })
 }
 

@@ -50,7 +50,7 @@ async fn an_npy_pair_is_validated_and_sharded_into_the_store() {
 
     let objects = app.state.store().list(&format!("projects/{id}/shards")).await.unwrap();
     let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-    let prefix = format!("projects/{id}/shards");
+    let prefix = format!("projects/{id}/shards/gen-1");
     assert_eq!(
         keys,
         [
@@ -75,12 +75,14 @@ async fn an_npy_pair_is_validated_and_sharded_into_the_store() {
         assert_eq!(view.len() as i64, count);
         assert_eq!(count, 10);
     }
-    // The uploads are gone, the project shows the dataset, and another upload is refused.
+    // The uploads are gone, the project shows the dataset, and another upload waits beside it for a replacement.
     assert!(!app.data_dir().join("uploads").join(id.to_string()).exists());
     let reply = app.send(with_token(request(Method::GET, &format!("/api/projects/{id}")), &token)).await;
     assert_eq!(reply.json()["dataset"]["train_shards"], 3);
     let reply = app.upload(&token, id, "features", small_dataset(40, 3).0).await;
-    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["uploaded"], json!(["features"]));
+    assert_eq!(reply.json()["dataset"]["train_shards"], 3);
 }
 
 #[tokio::test]
@@ -183,16 +185,14 @@ async fn an_upload_over_the_limit_is_refused_on_this_route_only() {
 }
 
 #[tokio::test]
-async fn unknown_parts_and_formats_are_bad_requests() {
+async fn unknown_parts_are_bad_requests() {
     let app = TestApp::new().await;
     let (_, token) = app.user_with_token("ada").await;
     let id = app.small_project(&token, json!({})).await;
-    for uri in
-        [format!("/api/projects/{id}/dataset/weights"), format!("/api/projects/{id}/dataset/features?format=pkl")]
-    {
-        let reply = app.send(with_token(request(Method::PUT, &uri), &token)).await;
-        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri}: {}", reply.text());
-    }
+    let uri = format!("/api/projects/{id}/dataset/weights");
+    let reply = app.send(with_token(request(Method::PUT, &uri), &token)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri}: {}", reply.text());
+    assert!(reply.text().contains("use features or labels"), "{}", reply.text());
 }
 
 /// The directory `shared/data/mnist-8k`, searched for upward from this crate.
@@ -230,7 +230,7 @@ async fn the_mnist_files_are_sharded_shuffled_into_the_local_store() {
     assert_eq!(dataset["train_shards"], 8);
     assert_eq!(dataset["validation_shards"], 1);
     // The default store is a directory in the data directory.
-    let first = app.data_dir().join(format!("objects/projects/{id}/shards/train-00000.bin"));
+    let first = app.data_dir().join(format!("objects/projects/{id}/shards/gen-1/train-00000.bin"));
     let bytes = std::fs::read(&first).unwrap();
     let view = ShardView::decode(&bytes).unwrap();
     assert_eq!(view.len(), 1000);
@@ -310,7 +310,8 @@ async fn one_npz_with_both_arrays_is_uploaded_as_both_parts() {
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         }
         assert_eq!(rows(&app, "shards", id).await, 2, "deflated: {deflated}");
-        let bytes = app.state.store().get(&format!("projects/{id}/shards/train-00000.bin"), 1 << 20).await.unwrap();
+        let key = format!("projects/{id}/shards/gen-1/train-00000.bin");
+        let bytes = app.state.store().get(&key, 1 << 20).await.unwrap();
         assert_eq!(ShardView::decode(&bytes).unwrap().len(), 10);
     }
 }
@@ -343,4 +344,364 @@ async fn a_csv_file_is_both_parts_and_a_bad_cell_is_named() {
     assert_eq!(dataset["format"], "csv");
     assert_eq!(dataset["train_samples"], 16);
     assert_eq!(dataset["train_shards"], 2);
+}
+
+/// The object key, SHA-256 and sample count of project `id`'s shard rows, by key.
+async fn shard_rows(app: &TestApp, id: i64) -> Vec<(String, String, i64)> {
+    sqlx::query_as("SELECT object_key, sha256, sample_count FROM shards WHERE project_id = ? ORDER BY object_key")
+        .bind(id)
+        .fetch_all(app.state.db())
+        .await
+        .unwrap()
+}
+
+/// Asserts that every shard row of project `id` names a stored object with its recorded hash, and that the store
+/// holds no other shard of the project.
+async fn assert_shards_match_rows(app: &TestApp, id: i64) {
+    let rows = shard_rows(app, id).await;
+    assert!(!rows.is_empty());
+    for (key, sha256, _) in &rows {
+        let bytes = app.state.store().get(key, 1 << 24).await.unwrap_or_else(|e| panic!("{key}: {e}"));
+        let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(&hex, sha256, "{key}");
+    }
+    let stored: Vec<String> =
+        app.state.store().list(&format!("projects/{id}/shards")).await.unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(stored, rows.iter().map(|(k, ..)| k.clone()).collect::<Vec<_>>());
+}
+
+/// Every sample of project `id`'s committed shards: its features (`f32`) and its class.
+async fn samples(app: &TestApp, id: i64) -> Vec<(Vec<f32>, u32)> {
+    let mut out = Vec::new();
+    for (key, ..) in shard_rows(app, id).await {
+        let bytes = app.state.store().get(&key, 1 << 24).await.unwrap();
+        let view = ShardView::decode(&bytes).unwrap();
+        for i in 0..view.len() {
+            let features =
+                view.features_raw(i).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()));
+            out.push((features.collect(), view.label(i).unwrap().class().unwrap()));
+        }
+    }
+    out
+}
+
+fn upload_request(id: i64, part: &str, query: &str, body: impl Into<Body>) -> Request<Body> {
+    let uri = format!("/api/projects/{id}/dataset/{part}?{query}");
+    crate::support::raw_request(Method::PUT, &uri, "application/octet-stream", body)
+}
+
+#[tokio::test]
+async fn a_new_commit_replaces_the_dataset_under_a_new_generation_and_the_old_shards_go() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.project_with_dataset(&token).await;
+    let old = shard_rows(&app, id).await;
+    assert!(old.iter().all(|(key, ..)| key.starts_with(&format!("projects/{id}/shards/gen-1/"))), "{old:?}");
+
+    let (features, labels) = small_dataset(60, 3);
+    let reply = app.upload(&token, id, "features", features).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // Until the new dataset is committed, the old one is in force.
+    assert_eq!(reply.json()["dataset"]["train_samples"], 30, "{}", reply.text());
+    assert_eq!(shard_rows(&app, id).await, old);
+    let reply = app.upload(&token, id, "labels", labels).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["dataset"]["train_samples"], 45, "{}", reply.text());
+    assert_eq!(reply.json()["dataset"]["validation_samples"], 15);
+
+    let new = shard_rows(&app, id).await;
+    assert_eq!(new.iter().map(|(.., n)| n).sum::<i64>(), 60);
+    assert!(new.iter().all(|(key, ..)| key.starts_with(&format!("projects/{id}/shards/gen-2/"))), "{new:?}");
+    // Only the new generation is stored, each shard with its recorded hash.
+    assert_shards_match_rows(&app, id).await;
+    assert_eq!(rows(&app, "datasets", id).await, 1);
+    assert!(!app.data_dir().join("uploads").join(id.to_string()).exists());
+    assert_eq!(app.act(&token, id, "start").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_failing_replacement_leaves_the_old_dataset_in_force() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.project_with_dataset(&token).await;
+    let old = shard_rows(&app, id).await;
+
+    // Refused data: labels out of range for the model's 3 classes.
+    let (features, labels) = small_dataset(60, 5);
+    assert_eq!(app.upload(&token, id, "features", features).await.status, StatusCode::OK);
+    let reply = app.upload(&token, id, "labels", labels).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text());
+    assert_eq!(shard_rows(&app, id).await, old);
+    assert_shards_match_rows(&app, id).await;
+    assert!(!app.data_dir().join("uploads").join(id.to_string()).exists());
+
+    // The store fails part-way: a directory stands where the new generation's second shard would go, so the
+    // first is stored and the second is not.
+    let blocker = app.data_dir().join(format!("objects/projects/{id}/shards/gen-2/train-00001.bin"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    let (features, labels) = small_dataset(60, 3);
+    assert_eq!(app.upload(&token, id, "features", features).await.status, StatusCode::OK);
+    let reply = app.upload(&token, id, "labels", labels).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", reply.text());
+    assert_eq!(shard_rows(&app, id).await, old);
+    // The new generation's stored shard is gone again; the old dataset is whole and can be trained on.
+    assert_shards_match_rows(&app, id).await;
+    let reply = app.send(with_token(request(Method::GET, &format!("/api/projects/{id}")), &token)).await;
+    assert_eq!(reply.json()["dataset"]["train_samples"], 30);
+
+    // The uploads are kept after a server error, so a retry of the commit works once the store does.
+    // (Deleting the failed generation's prefix may have taken the blocking directory with it.)
+    let _ = std::fs::remove_dir_all(&blocker);
+    let reply = app.send(with_token(request_commit(id), &token)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["dataset"]["train_samples"], 45);
+    assert_shards_match_rows(&app, id).await;
+    assert_eq!(app.act(&token, id, "start").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_dataset_cannot_change_once_the_project_is_started() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.project_with_dataset(&token).await;
+    let old = shard_rows(&app, id).await;
+    for (action, state) in [("start", "running"), ("cancel", "cancelled")] {
+        assert_eq!(app.act(&token, id, action).await.status, StatusCode::OK);
+        let (features, labels) = small_dataset(60, 3);
+        let attempts = [
+            app.upload(&token, id, "features", features).await,
+            app.upload(&token, id, "labels", labels).await,
+            app.send(with_token(request_commit(id), &token)).await,
+            app.send(with_token(request(Method::DELETE, &format!("/api/projects/{id}/dataset")), &token)).await,
+        ];
+        for reply in attempts {
+            assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
+            let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+            assert!(message.contains(&format!("only be changed while the project is a draft; this one is {state}")));
+        }
+        assert_eq!(shard_rows(&app, id).await, old);
+        assert_shards_match_rows(&app, id).await;
+        assert!(!app.data_dir().join("uploads").join(id.to_string()).exists());
+    }
+}
+
+#[tokio::test]
+async fn deleting_the_dataset_removes_its_rows_shards_and_uploads() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.project_with_dataset(&token).await;
+    assert_eq!(app.upload(&token, id, "features", small_dataset(20, 3).0).await.status, StatusCode::OK);
+    let delete = || with_token(request(Method::DELETE, &format!("/api/projects/{id}/dataset")), &token);
+    let reply = app.send(delete()).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    assert_nothing_registered(&app, id).await;
+    assert!(!app.data_dir().join("uploads").join(id.to_string()).exists());
+    let reply = app.act(&token, id, "start").await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
+    // Nothing left to delete is not an error, and a new dataset can be uploaded.
+    assert_eq!(app.send(delete()).await.status, StatusCode::NO_CONTENT);
+    let (features, labels) = small_dataset(20, 3);
+    assert_eq!(app.upload(&token, id, "features", features).await.status, StatusCode::OK);
+    assert_eq!(app.upload(&token, id, "labels", labels).await.status, StatusCode::OK);
+    assert_shards_match_rows(&app, id).await;
+}
+
+#[tokio::test]
+async fn deleting_the_project_removes_every_generation_and_pending_upload() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.project_with_dataset(&token).await;
+    let (features, labels) = small_dataset(30, 3);
+    assert_eq!(app.upload(&token, id, "features", features.clone()).await.status, StatusCode::OK);
+    assert_eq!(app.upload(&token, id, "labels", labels).await.status, StatusCode::OK);
+    assert_eq!(app.upload(&token, id, "features", features).await.status, StatusCode::OK);
+    // A stray object of a commit that died half-way, as a crash would leave it.
+    let stray = format!("projects/{id}/shards/gen-9/train-00000.bin");
+    app.state.store().put(&stray, Bytes::from_static(b"stray")).await.unwrap();
+    let reply = app.send(with_token(request(Method::DELETE, &format!("/api/projects/{id}")), &token)).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    assert_nothing_registered(&app, id).await;
+    assert!(!app.data_dir().join("uploads").join(id.to_string()).exists());
+}
+
+#[tokio::test]
+async fn a_commit_sweeps_shards_left_by_a_commit_that_died_and_skips_their_generation() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.small_project(&token, json!({"samples_per_shard": 10})).await;
+    let stray = format!("projects/{id}/shards/gen-4/train-00000.bin");
+    app.state.store().put(&stray, Bytes::from_static(b"stray")).await.unwrap();
+    let (features, labels) = small_dataset(20, 3);
+    assert_eq!(app.upload(&token, id, "features", features).await.status, StatusCode::OK);
+    assert_eq!(app.upload(&token, id, "labels", labels).await.status, StatusCode::OK);
+    let rows = shard_rows(&app, id).await;
+    assert!(rows.iter().all(|(key, ..)| key.starts_with(&format!("projects/{id}/shards/gen-5/"))), "{rows:?}");
+    assert_shards_match_rows(&app, id).await;
+}
+
+/// A CSV of 12 samples with 4 features `i, i + 0.25, i + 0.5, i + 0.75` and the label `i % 3` in column
+/// `label_at`, fields separated by `delimiter`, with a header row naming the label column `target` if `header`.
+fn csv(label_at: usize, delimiter: char, header: bool) -> String {
+    let mut text = String::new();
+    let mut names: Vec<String> = (0..4).map(|c| format!("f{c}")).collect();
+    names.insert(label_at, "target".into());
+    if header {
+        text.push_str(&names.join(&delimiter.to_string()));
+        text.push('\n');
+    }
+    for i in 0..12 {
+        let mut cells: Vec<String> = (0..4).map(|c| format!("{}", i as f32 + c as f32 * 0.25)).collect();
+        cells.insert(label_at, format!("{}", i % 3));
+        text.push_str(&cells.join(&delimiter.to_string()));
+        text.push('\n');
+    }
+    text
+}
+
+/// Asserts that project `id`'s shards hold the 12 samples of [`csv`], each with its own label.
+async fn assert_csv_samples(app: &TestApp, id: i64) {
+    let mut found = samples(app, id).await;
+    found.sort_by(|a, b| a.0[0].total_cmp(&b.0[0]));
+    assert_eq!(found.len(), 12);
+    for (i, (features, label)) in found.into_iter().enumerate() {
+        let i = i as f32;
+        assert_eq!(features, [i, i + 0.25, i + 0.5, i + 0.75]);
+        assert_eq!(label, i as u32 % 3);
+    }
+}
+
+#[tokio::test]
+async fn csv_options_choose_the_label_column_the_delimiter_and_the_header_row() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let cases = [
+        ("label_column=target", csv(1, ',', true)),
+        ("label_index=2", csv(2, ',', true)),
+        ("delimiter=%3B&label_column=target", csv(0, ';', true)),
+        ("delimiter=tab", csv(4, '\t', true)),
+        ("delimiter=%7C&header=false&label_index=0", csv(0, '|', false)),
+        ("header=false", csv(4, ',', false)),
+    ];
+    for (options, body) in cases {
+        let id = app.small_project(&token, json!({"samples_per_shard": 5, "validation_fraction": 0.0})).await;
+        let reply =
+            app.send(with_token(upload_request(id, "features", &format!("format=csv&{options}"), body), &token)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{options}: {}", reply.text());
+        assert_eq!(reply.json()["dataset"]["train_samples"], 12, "{options}");
+        assert_csv_samples(&app, id).await;
+    }
+}
+
+#[tokio::test]
+async fn a_csv_label_column_that_is_not_there_is_named() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.small_project(&token, json!({})).await;
+    for (options, expected) in [
+        ("label_column=species", "no column named 'species'; its columns are 'f0', 'target'"),
+        ("label_index=9", "the label column index 9 (from 0) is past the CSV's 5 columns"),
+    ] {
+        let query = format!("format=csv&{options}");
+        let reply = app.send(with_token(upload_request(id, "features", &query, csv(1, ',', true)), &token)).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text());
+        let reason = reply.json()["error"]["details"]["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains(expected), "{reason}");
+        assert_nothing_registered(&app, id).await;
+    }
+}
+
+#[tokio::test]
+async fn the_npz_array_option_picks_the_array_of_each_part() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.small_project(&token, json!({"samples_per_shard": 10, "validation_fraction": 0.0})).await;
+    let (features, labels) = small_dataset(20, 3);
+    // `x`, the default for features, has the wrong shape for the model: only the option makes this work.
+    let wrong = npy("<f4", &[20, 5], &[0; 400]);
+    let archive = npz(&[("x", wrong), ("good", features), ("answers", labels)], true);
+    let send = |part: &str, query: &str| with_token(upload_request(id, part, query, archive.clone()), &token);
+
+    // Without the option, the labels have no array of a usual name: the reply lists what the archive has.
+    let reply = app.send(send("labels", "format=npz")).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text());
+    assert_eq!(reply.error_code(), "invalid_dataset");
+    assert!(reply.text().contains("it has 'answers', 'good', 'x'"), "{}", reply.text());
+    // A name the archive lacks is refused at upload, naming the option and the arrays.
+    let reply = app.send(send("labels", "format=npz&array=y")).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text());
+    assert_eq!(reply.error_code(), "invalid_query");
+    let field = &reply.json()["error"]["details"]["fields"][0];
+    assert_eq!(field["field"], "array");
+    assert!(field["message"].as_str().unwrap().contains(r#"no array "y"; it has "answers", "good", "x""#), "{field}");
+    assert_nothing_registered(&app, id).await;
+
+    // A part uploaded again replaces the file and its options together: the second choice is the one used.
+    assert_eq!(app.send(send("features", "format=npz&array=x")).await.status, StatusCode::OK);
+    assert_eq!(app.send(send("features", "format=npz&array=good")).await.status, StatusCode::OK);
+    let reply = app.send(send("labels", "format=npz&array=answers")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let mut found = samples(&app, id).await;
+    found.sort_by(|a, b| a.0[0].total_cmp(&b.0[0]));
+    assert_eq!(found.len(), 20);
+    for (i, (features, label)) in found.into_iter().enumerate() {
+        assert_eq!(features[0], (i * 4) as f32 / 10.0);
+        assert_eq!(label, i as u32 % 3);
+    }
+}
+
+#[tokio::test]
+async fn unknown_and_bad_query_options_are_each_named() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.small_project(&token, json!({})).await;
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "colour=red",
+            &[(
+                "query",
+                "unknown option \"colour\"; the accepted ones are format, array (npz), label_column, label_index, delimiter, header (csv)",
+            )],
+        ),
+        ("format=pkl", &[("format", "\"pkl\" is not npy, npz, idx or csv")]),
+        ("format=npy&delimiter=%3B", &[("delimiter", "applies to format=csv only, not npy")]),
+        ("format=csv&array=x", &[("array", "applies to format=npz only, not csv")]),
+        (
+            "format=csv&delimiter=x&header=maybe&label_index=first",
+            &[
+                ("delimiter", "\"x\" is not a delimiter"),
+                ("header", "\"maybe\" is not true or false"),
+                ("label_index", "\"first\" is not a column index"),
+            ],
+        ),
+        ("format=csv&label_column=a&label_index=1", &[("label_index", "give label_column or label_index, not both")]),
+        ("format=csv&header=false&label_column=a", &[("label_column", "header=false says there is none")]),
+        ("format=npy&format=idx", &[("format", "is given more than once")]),
+    ];
+    for (query, expected) in cases {
+        let reply = app.send(with_token(upload_request(id, "features", query, small_dataset(10, 3).0), &token)).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {}", reply.text());
+        assert_eq!(reply.error_code(), "invalid_query");
+        let body = reply.json();
+        let fields = body["error"]["details"]["fields"].as_array().unwrap();
+        assert_eq!(fields.len(), expected.len(), "{query}: {body}");
+        for (field, (name, message)) in fields.iter().zip(expected.iter()) {
+            assert_eq!(field["field"], *name, "{query}: {body}");
+            assert!(field["message"].as_str().unwrap().contains(message), "{query}: {body}");
+            // The top-level message names the option too.
+            assert!(body["error"]["message"].as_str().unwrap().contains(&format!("{name}: ")), "{body}");
+        }
+    }
+    assert_nothing_registered(&app, id).await;
+}
+
+#[tokio::test]
+async fn the_upload_options_are_documented_in_the_openapi_document() {
+    let app = TestApp::new().await;
+    let reply = app.send(request(Method::GET, "/api/openapi.json")).await;
+    let doc = reply.json();
+    let parameters = doc["paths"]["/api/projects/{id}/dataset/{part}"]["put"]["parameters"].as_array().unwrap();
+    let query: Vec<&str> =
+        parameters.iter().filter(|p| p["in"] == "query").map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(query, ["format", "array", "label_column", "label_index", "delimiter", "header"]);
+    assert!(doc["paths"]["/api/projects/{id}/dataset"]["delete"].is_object());
 }

@@ -31,6 +31,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/api/projects/{id}/model/spec"),
     ("PUT", "/api/projects/{id}/dataset/{part}"),
     ("POST", "/api/projects/{id}/dataset/commit"),
+    ("DELETE", "/api/projects/{id}/dataset"),
     ("GET", "/api/projects/{id}/metrics"),
     ("GET", "/api/projects/{id}/checkpoints"),
     ("GET", "/api/projects/{id}/checkpoints/{version}"),
@@ -85,6 +86,7 @@ async fn every_route_with_no_revoked_other_and_valid_credentials() {
         ("GET", "/api/projects/{id}/model/spec", [U, U, N, S::OK]),
         ("PUT", "/api/projects/{id}/dataset/{part}", [U, U, N, S::OK]),
         ("POST", "/api/projects/{id}/dataset/commit", [U, U, N, S::OK]),
+        ("DELETE", "/api/projects/{id}/dataset", [U, U, N, S::NO_CONTENT]),
         ("GET", "/api/projects/{id}/metrics", [U, U, N, S::OK]),
         ("GET", "/api/projects/{id}/checkpoints", [U, U, N, S::OK]),
         ("GET", "/api/projects/{id}/checkpoints/{version}", [U, U, N, S::OK]),
@@ -170,9 +172,17 @@ async fn build(
             "/dataset/commit" => {
                 let (features, labels) = small_dataset(10, 3);
                 assert_eq!(app.upload(token, id, "features", features).await.status, StatusCode::OK);
-                // The labels are placed as an upload would leave them, so that the commit is what stores them.
-                std::fs::write(app.data_dir().join(format!("uploads/{id}/labels.npy")), labels).unwrap();
+                // The labels are placed as an upload would leave them (the file and the manifest naming it), so
+                // that the commit is what stores them.
+                let dir = app.data_dir().join(format!("uploads/{id}"));
+                std::fs::write(dir.join("labels-placed.npy"), labels).unwrap();
+                let manifest = json!({"file": "labels-placed.npy", "format": {"format": "npy"}});
+                std::fs::write(dir.join("labels.json"), manifest.to_string()).unwrap();
                 request(method, &uri)
+            }
+            "/dataset" => {
+                let id = app.project_with_dataset(token).await;
+                request(method, &format!("/api/projects/{id}/dataset"))
             }
             _ => request(method, &uri),
         };

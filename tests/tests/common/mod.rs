@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 /// `shared/data/mnist-8k`, searched upward from this crate; `None` (with a note) outside CI when missing.
 pub fn mnist_dir() -> Option<PathBuf> {
     let start = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file());
+    let dir =
+        start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file());
     if dir.is_none() {
         assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
         eprintln!("skipped: no shared/data/mnist-8k above {}", env!("CARGO_MANIFEST_DIR"));
@@ -37,12 +38,8 @@ pub struct Server {
 impl Server {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start(dir: &Path) -> Server {
-        let mut server = Server {
-            addr: free_port(),
-            data_dir: dir.join("data"),
-            child: None,
-            log: dir.join("server.log"),
-        };
+        let mut server =
+            Server { addr: free_port(), data_dir: dir.join("data"), child: None, log: dir.join("server.log") };
         server.restart().await;
         server
     }
@@ -137,7 +134,11 @@ impl Provider {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < limit, "the provider did not exit: {}", std::fs::read_to_string(&self.log).unwrap());
+            assert!(
+                start.elapsed() < limit,
+                "the provider did not exit: {}",
+                std::fs::read_to_string(&self.log).unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -236,9 +237,10 @@ impl Api {
     pub async fn mnist_project(&self, mnist: &Path, settings: Value) -> i64 {
         let model = json!({"input_shape": [784], "layers": [{"type": "dense", "units": 64, "activation": "relu"},
                                                               {"type": "dense", "units": 10}], "loss": "cross_entropy"});
-        let id = self.post("/api/projects", &json!({"name": "mnist", "model": model, "settings": settings})).await["id"]
-            .as_i64()
-            .unwrap();
+        let id =
+            self.post("/api/projects", &json!({"name": "mnist", "model": model, "settings": settings})).await["id"]
+                .as_i64()
+                .unwrap();
         self.upload(id, "features", &mnist.join("images.npy")).await;
         self.upload(id, "labels", &mnist.join("labels.npy")).await;
         self.post(&format!("/api/projects/{id}/start"), &json!({})).await;
