@@ -38,6 +38,8 @@ pub struct Server {
 impl Server {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start(dir: &Path) -> Server {
+        // reqwest is built without a default TLS provider (see the workspace's Cargo.toml).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut server =
             Server { addr: free_port(), data_dir: dir.join("data"), child: None, log: dir.join("server.log") };
         server.restart().await;
