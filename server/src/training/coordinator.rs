@@ -23,6 +23,7 @@ use daig_shared::wire::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::aggregate;
 use super::checkpoint::{self, TrainerState};
 use super::data::{ProjectData, ShardObject, Validation};
 use super::plan::{EpochPlan, Unit};
@@ -578,11 +579,8 @@ impl Coordinator {
         for copy in copies {
             self.cancel_lease(copy, "another provider contributed these batches first");
         }
-        let weight = f64::from(info.sample_count) / (1.0 + staleness as f64);
-        let w = weight as f32;
-        for (s, d) in self.sum.iter_mut().zip(&delta) {
-            *s += w * d;
-        }
+        let weight = aggregate::weight(info.sample_count, staleness);
+        aggregate::accumulate(&mut self.sum, &delta, weight);
         self.weight += weight;
         self.buffer.push(Buffered {
             provider,
@@ -606,10 +604,7 @@ impl Coordinator {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let scale = (-1.0 / self.weight) as f32;
-        for g in &mut self.sum {
-            *g *= scale;
-        }
+        aggregate::into_gradient(&mut self.sum, self.weight);
         let buffer = std::mem::take(&mut self.buffer);
         let stepped = self.optimizer.step(&mut self.params, &self.sum);
         self.sum.fill(0.0);

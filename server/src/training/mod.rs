@@ -1,6 +1,7 @@
 //! Training coordination: the provider WebSocket endpoint, one coordinator task per running project, and the
 //! registry that starts, stops and finds them.
 //!
+//! - [`aggregate`]: the weighted running sum of contributions and the pseudo-gradient.
 //! - [`plan`]: an epoch's batches (per shard, seeded) and their states; exactly-once bookkeeping.
 //! - [`coordinator`]: the task that owns a project's parameters, optimiser, leases and aggregation buffer
 //!   (K-batch sync SGD), evaluates, checkpoints and finishes.
@@ -13,6 +14,7 @@
 //! from a checkpoint first deletes the records (contributions, applied batches, metrics) of later versions,
 //! whose batches are then leased again.
 
+pub mod aggregate;
 pub mod checkpoint;
 pub mod connection;
 pub mod coordinator;
