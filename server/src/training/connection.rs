@@ -271,9 +271,10 @@ impl Connection {
                     let Some(bytes) = bytes else { continue };
                     silent_until = Instant::now() + 3 * self.interval;
                     match Frame::decode(&bytes).map_err(|e| Stop::protocol(e.to_string()))? {
-                        Frame::Heartbeat(_) => {}
+                        // A contribution or shard request may cross the end of the provider's last project.
+                        Frame::Heartbeat(_) | Frame::TransferStart(_) | Frame::Chunk(_) | Frame::ShardRequest(_) => {}
                         Frame::Goodbye(_) => return Err(Stop(None)),
-                        other => return Err(Stop::protocol(format!("{} before Welcome", other.name()))),
+                        other => return Err(Stop::protocol(format!("{} while waiting for a project", other.name()))),
                     }
                 }
             }

@@ -419,6 +419,7 @@ impl Coordinator {
                 Some(speed) => Duration::from_secs_f64(f64::from(samples) / speed * DEADLINE_FACTOR).max(MIN_DEADLINE),
                 None => FIRST_DEADLINE,
             };
+            let shards: Vec<ShardHash> = selection.iter().map(|s| s.shard).collect();
             let lease_id = self.state.training().next_lease_id();
             let lease = Lease {
                 lease_id,
@@ -451,6 +452,8 @@ impl Coordinator {
             );
             if let Some(p) = self.providers.get_mut(&id) {
                 p.leases.push(lease_id);
+                // It fetches the lease's shards now (or has them), so later leases prefer them.
+                p.cached.extend(shards);
             }
         }
     }

@@ -245,6 +245,12 @@ async fn hostile_contributions_are_refused_and_change_nothing() {
     let (mut h, mut o) = (Honest::default(), Outcome::default());
     let foreign = next_lease(&mut other, &mut h, &mut o).await;
 
+    // A lease of project A held by another provider.
+    let mut peer = WireClient::connect(addr).await;
+    peer.send(&Frame::Hello(hello(Some(a)))).await;
+    let (mut h, mut o) = (Honest::default(), Outcome::default());
+    let peers = next_lease(&mut peer, &mut h, &mut o).await;
+
     let mut client = WireClient::connect(addr).await;
     client.send(&Frame::Hello(hello(Some(a)))).await;
     let mut honest = Honest::default();
@@ -260,6 +266,7 @@ async fn hostile_contributions_are_refused_and_change_nothing() {
     let cases: Vec<(ContributionInfo, Vec<f32>, RefusalReason)> = vec![
         (info(foreign.lease_id, samples), vec![0.0; n], RefusalReason::UnknownLease),
         (info(LeaseId(12345), samples), vec![0.0; n], RefusalReason::UnknownLease),
+        (info(peers.lease_id, samples), vec![0.0; n], RefusalReason::UnknownLease),
         (info(lease.lease_id, samples), vec![0.0; n - 1], RefusalReason::WrongShape),
     ];
     for (info, delta, reason) in cases {
@@ -338,4 +345,34 @@ async fn broken_handshakes_get_a_goodbye_saying_why() {
         Incoming::Frame(Frame::Goodbye(goodbye)) => assert_eq!(goodbye.reason, GoodbyeReason::Unauthorized),
         _ => panic!("expected a goodbye"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_checkpoints_and_resume_continues_where_it_stopped() {
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 2, "k": 1,
+                          "epochs": 30, "checkpoint_every": 1000});
+    let id = small_running(&app, &token, settings).await;
+    // The provider named the project: on pause it waits for the resume instead of leaving.
+    let provider = tokio::spawn(run_honest(addr, hello(Some(id)), None));
+    let start = std::time::Instant::now();
+    while project(&app, &token, id).await["version"].as_i64().unwrap() < 20 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let paused = post(&app, &token, &format!("/api/projects/{id}/pause")).await;
+    assert_eq!(paused["state"], "paused");
+    let version = paused["version"].as_i64().unwrap();
+    let checkpoint = scalar(&app, "SELECT checkpoint_version FROM projects WHERE id = ?", id).await;
+    assert_eq!(checkpoint, version, "pausing checkpoints the version it shows");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(project(&app, &token, id).await["version"], version, "nothing is applied while paused");
+    post(&app, &token, &format!("/api/projects/{id}/resume")).await;
+    let view = wait_for_state(&app, &token, id, "finished", Duration::from_secs(120)).await;
+    assert!(view["version"].as_i64().unwrap() > version);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), provider).await.unwrap().unwrap();
+    assert_eq!(outcome.goodbye.unwrap().reason, GoodbyeReason::Normal);
+    assert_exactly_once(&app, id, 30, 2).await;
 }
