@@ -33,15 +33,26 @@ pub struct Server {
     pub data_dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    args: Vec<String>,
 }
 
 impl Server {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[]).await
+    }
+
+    /// Like [`Server::start`], with more command-line arguments.
+    pub async fn start_with(dir: &Path, args: &[String]) -> Server {
         // reqwest is built without a default TLS provider (see the workspace's Cargo.toml).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut server =
-            Server { addr: free_port(), data_dir: dir.join("data"), child: None, log: dir.join("server.log") };
+        let mut server = Server {
+            addr: free_port(),
+            data_dir: dir.join("data"),
+            child: None,
+            log: dir.join("server.log"),
+            args: args.to_vec(),
+        };
         server.restart().await;
         server
     }
@@ -54,6 +65,7 @@ impl Server {
             .arg(&self.data_dir)
             // Short enough that a silent provider is noticed within a test, long enough for a busy machine.
             .args(["--heartbeat-interval-ms", "1000"])
+            .args(&self.args)
             .env("DAIG_LOG", "info,daig_server=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -288,4 +300,62 @@ pub async fn assert_exactly_once(db: &sqlx::SqlitePool, id: i64, epochs: i64, ba
         .await
         .unwrap();
     assert_eq!(samples, shard_sizes.iter().sum::<i64>() * epochs, "samples credited");
+}
+
+/// An `s3s-fs` server on a free local port, killed when dropped; `None` (after a note) without `s3s-fs` outside CI.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    _data: tempfile::TempDir,
+}
+
+pub const S3_ACCESS_KEY: &str = "daig-test-key";
+pub const S3_SECRET_KEY: &str = "daig-test-secret";
+
+impl S3Server {
+    pub fn start() -> Option<S3Server> {
+        let available = Command::new("s3s-fs").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if available.is_err() {
+            let note = "s3s-fs is not on PATH; install it with \
+                        `cargo install s3s-fs --version 0.14.1 --features binary --locked`";
+            assert!(std::env::var_os("CI").is_none(), "{note} (CI must run the S3 tests)");
+            eprintln!("note: skipping: {note}");
+            return None;
+        }
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port().port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not accept connections on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(S3Server { child, port, _data: data })
+    }
+
+    /// A server configuration file that keeps objects in `bucket` of this server.
+    pub fn config_file(&self, dir: &Path, bucket: &str) -> PathBuf {
+        let path = dir.join("daig.toml");
+        let toml = format!(
+            "[store]\nkind = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"http://127.0.0.1:{}\"\npath_style = true\n\
+             create_bucket = true\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\n",
+            self.port
+        );
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
