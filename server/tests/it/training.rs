@@ -83,10 +83,9 @@ async fn small_running(app: &TestApp, token: &str, settings: Value) -> i64 {
     id
 }
 
+/// The MNIST sample, or `None` (after a note) outside CI when it is missing.
 fn mnist_dir() -> Option<std::path::PathBuf> {
-    let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir =
-        start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file());
+    let dir = crate::datasets::mnist_dir();
     if dir.is_none() {
         assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
         eprintln!("skipped: no shared/data/mnist-8k above {}", env!("CARGO_MANIFEST_DIR"));
