@@ -1,0 +1,1182 @@
+//! Benchmarks of distributed training, recorded in BENCHMARKS.md:
+//!
+//! - `speedup`: wall time until the MNIST MLP reaches the target validation accuracy (90%) with 1, 2, 4 and 8
+//!   native providers: the `daig-server` and `daig-provider` release binaries as processes on this machine, a
+//!   fresh data directory per run, the project finishing at the first epoch end past the target.
+//! - `efficiency`: the accuracy after a fixed sample budget (3 epochs, no target) with 4 providers, beside the
+//!   centralised reference trainer (`Trainer` + `Optimizer`, in this process) trained from the same initial
+//!   parameters on the same train split with the same global batch (K x batch size), optimiser and epochs,
+//!   both evaluated on the project's validation split as the server stored it.
+//! - `aggregate`: GB/s of contribution deltas averaged and applied by the server's arithmetic
+//!   (`aggregate::accumulate` per contribution, `aggregate::into_gradient` and one Adam `Optimizer::step` per K
+//!   contributions), beside `copy_from_slice` of the same bytes in the same run.
+//! - `connections`: N simulated providers (this process) connected to one `daig-server` process over loopback,
+//!   answering heartbeats, while a subset sends contributions for its leases one at a time and times each
+//!   Ack; the connections still held at the end, Acks per second and the Ack latency percentiles.
+//!
+//! Build the binaries first (`cargo xtask bench training` does both):
+//!
+//! ```text
+//! cargo build --release -p daig-server -p daig-provider
+//! cargo run --release -p daig-server --example training_bench -- [all|speedup|efficiency|aggregate|connections]
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use daig_server::training::aggregate;
+use daig_shared::data::{ShardView, permutation};
+use daig_shared::model::{Limits, Model};
+use daig_shared::params::{from_safetensors, init_params};
+use daig_shared::train::{Batch, DropoutKey, Labels, Method, Optimizer, OptimizerConfig, Schedule, Trainer};
+use daig_shared::wire::{
+    AckOutcome, Backend, ContributionInfo, Frame, Heartbeat, Hello, LeaseId, PROTOCOL_VERSION, ProjectId, Reassembler,
+    SampleSelection, TransferId, TransferKind, transfer_frames,
+};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use ndarray::Array2;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Which benchmarks: all, speedup, efficiency, aggregate or connections.
+    #[arg(default_value = "all")]
+    which: String,
+    /// The directory holding the `daig-server` and `daig-provider` release binaries [default: the parent of
+    /// this example's directory, i.e. `target/release`].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The MNIST directory (`images.npy`, `labels.npy`) [default: `shared/data/mnist-8k`, searched upward].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Where the temporary directories go (data directories, provider caches, logs).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the temporary directories (server and provider logs) and print where they are.
+    #[arg(long)]
+    keep: bool,
+
+    /// speedup: the provider counts, one run each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
+    providers: Vec<usize>,
+    /// speedup: the project's target validation accuracy.
+    #[arg(long, default_value_t = 0.9)]
+    target: f64,
+    /// speedup: the epochs a run may take before it stops short of the target.
+    #[arg(long, default_value_t = 10)]
+    max_epochs: u32,
+    /// speedup: the project's seed.
+    #[arg(long, default_value_t = 11)]
+    seed: u64,
+
+    /// efficiency: the seeds (of the split, the shuffles and the initial parameters), one run each.
+    #[arg(long, value_delimiter = ',', default_values_t = [11u64, 12, 13])]
+    seeds: Vec<u64>,
+    /// efficiency: the providers of the distributed run.
+    #[arg(long, default_value_t = 4)]
+    efficiency_providers: usize,
+    /// efficiency: the sample budget, in epochs.
+    #[arg(long, default_value_t = 3)]
+    epochs: u32,
+
+    /// aggregate: parameter counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000usize, 1_000_000, 10_000_000])]
+    params: Vec<usize>,
+    /// aggregate: contributions per update (K).
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// aggregate: timed runs of each case (the median is reported), after one of warm-up.
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+
+    /// connections: the numbers of simulated providers, one run each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10_000])]
+    connections: Vec<usize>,
+    /// connections: how many of them send contributions (each one at a time, the next after its Ack).
+    #[arg(long, default_value_t = 100)]
+    active: usize,
+    /// connections: seconds of measurement once every provider is welcomed (after 2 s of warm-up).
+    #[arg(long, default_value_t = 30)]
+    hold_secs: u64,
+    /// connections: the server's heartbeat interval (it drops a provider silent for three).
+    #[arg(long, default_value_t = 5000)]
+    heartbeat_interval_ms: u64,
+    /// connections: WebSocket handshakes (up to the Welcome) in flight at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// connections: worker threads of the load generator's runtime [default: one per core].
+    #[arg(long)]
+    client_threads: Option<usize>,
+    /// connections: samples of the synthetic dataset (4 features, 3 classes); enough that no epoch ends
+    /// during a run, since each provider holds up to two leases of one sample.
+    #[arg(long, default_value_t = 400_000)]
+    samples: usize,
+}
+
+const WHICH: [&str; 5] = ["all", "speedup", "efficiency", "aggregate", "connections"];
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !WHICH.contains(&args.which.as_str()) {
+        bail!("unknown benchmark {:?}: use one of {}", args.which, WHICH.join(", "));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| text.lines().find(|l| l.starts_with("model name")).map(str::to_owned))
+        .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!("machine: {cores} cores ({cpu}); release build: {}", !cfg!(debug_assertions));
+    let run = |name: &str| args.which == "all" || args.which == name;
+    if run("aggregate") {
+        aggregate_bench(&args)?;
+    }
+    if run("speedup") || run("efficiency") || run("connections") {
+        // reqwest is built without a default TLS provider (see the workspace's Cargo.toml); only http is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let bins = Binaries::find(&args)?;
+        let threads = args.client_threads.unwrap_or(cores);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+        runtime.block_on(async {
+            if run("speedup") {
+                speedup_bench(&args, &bins).await?;
+            }
+            if run("efficiency") {
+                efficiency_bench(&args, &bins).await?;
+            }
+            if run("connections") {
+                println!("\nconnections: load generator runtime with {threads} worker threads");
+                for &n in &args.connections {
+                    connections_bench(&args, &bins, n).await?;
+                }
+            }
+            anyhow::Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Processes and the API.
+
+/// The release binaries the process benchmarks run.
+struct Binaries {
+    server: PathBuf,
+    provider: PathBuf,
+}
+
+impl Binaries {
+    fn find(args: &Args) -> anyhow::Result<Binaries> {
+        let dir = match &args.bin_dir {
+            Some(dir) => dir.clone(),
+            // target/release/examples/training_bench -> target/release
+            None => std::env::current_exe()?
+                .parent()
+                .and_then(Path::parent)
+                .context("the example's directory has no parent")?
+                .to_owned(),
+        };
+        let bins = Binaries { server: dir.join("daig-server"), provider: dir.join("daig-provider") };
+        for bin in [&bins.server, &bins.provider] {
+            if !bin.is_file() {
+                bail!(
+                    "{} is missing: run `cargo build --release -p daig-server -p daig-provider` first \
+                     (or `cargo xtask bench training`), or pass --bin-dir",
+                    bin.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// A temporary directory, kept with `--keep`.
+fn temp_dir(args: &Args, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix).disable_cleanup(args.keep);
+    let dir = match &args.dir {
+        Some(dir) => builder.tempdir_in(dir)?,
+        None => builder.tempdir()?,
+    };
+    if args.keep {
+        println!("  (logs and data kept in {})", dir.path().display());
+    }
+    Ok(dir)
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A `daig-server` process, killed when dropped.
+struct Server {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    child: Child,
+}
+
+impl Server {
+    async fn start(bins: &Binaries, dir: &Path, extra: &[String]) -> anyhow::Result<Server> {
+        let addr = free_port()?;
+        let data_dir = dir.join("data");
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let child = Command::new(&bins.server)
+            .args(["--listen", &addr.to_string(), "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .env("DAIG_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bins.server.display()))?;
+        let server = Server { addr, data_dir, child };
+        let client = reqwest::Client::new();
+        let start = Instant::now();
+        loop {
+            if let Ok(reply) = client.get(server.url("/api/health")).send().await
+                && reply.status().is_success()
+            {
+                return Ok(server);
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("the server did not answer within 60 s (see {})", dir.join("server.log").display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The server's resident memory in MiB.
+    fn rss_mib(&self) -> Option<f64> {
+        rss_mib(&format!("/proc/{}/status", self.child.id()))
+    }
+
+    /// The Prometheus exposition of `/metrics`.
+    async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(self.url("/metrics")).await?.error_for_status()?.text().await?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_mib(status_file: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(status_file).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The value of the sample named `series` (name and labels exactly as exposed) in a Prometheus text exposition;
+/// 0 when absent (a counter never incremented is not exposed).
+fn prometheus(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A `daig-provider` process on the CPU, killed when dropped.
+struct Provider {
+    child: Child,
+}
+
+impl Provider {
+    fn start(bins: &Binaries, server: &Server, project: i64, dir: &Path, name: &str) -> anyhow::Result<Provider> {
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let child = Command::new(&bins.provider)
+            .args(["--server", &server.url(""), "--project", &project.to_string(), "--backend", "cpu", "--quiet"])
+            .arg("--cache-dir")
+            .arg(dir.join(format!("{name}-cache")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bins.provider.display()))?;
+        Ok(Provider { child })
+    }
+
+    /// Waits up to `limit` for the process to exit by itself (told that its project finished).
+    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An API client with a bearer token.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    /// Signs a user up, logs in and creates an API token.
+    async fn sign_up(server: &Server) -> anyhow::Result<Api> {
+        let client = reqwest::Client::new();
+        let base = server.url("");
+        let password = "correct horse battery";
+        let user = json!({"username": "bench", "email": "bench@example.org", "password": password});
+        let reply = client.post(format!("{base}/api/users")).json(&user).send().await?;
+        if !reply.status().is_success() {
+            bail!("sign-up: {} {}", reply.status(), reply.text().await?);
+        }
+        let login = json!({"login": "bench", "password": password});
+        let reply = client.post(format!("{base}/api/session")).json(&login).send().await?.error_for_status()?;
+        let cookies: Vec<String> = reply
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+            .collect();
+        let csrf = reply.json::<Value>().await?["csrf_token"].as_str().context("no csrf_token")?.to_owned();
+        let reply = client
+            .post(format!("{base}/api/tokens"))
+            .header("cookie", cookies.join("; "))
+            .header("x-csrf-token", csrf)
+            .json(&json!({"name": "bench"}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let token = reply.json::<Value>().await?["token"].as_str().context("no token")?.to_owned();
+        Ok(Api { client, base, token })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let reply = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
+        let status = reply.status();
+        if !status.is_success() {
+            bail!("GET {path}: {status} {}", reply.text().await?);
+        }
+        Ok(reply.json().await?)
+    }
+
+    async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let reply = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
+        Ok(reply.error_for_status()?.bytes().await?.to_vec())
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let reply = self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body).send().await?;
+        let status = reply.status();
+        let text = reply.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status} {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    async fn upload(&self, id: i64, part: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let reply = self
+            .client
+            .put(format!("{}/api/projects/{id}/dataset/{part}", self.base))
+            .bearer_auth(&self.token)
+            .body(bytes)
+            .send()
+            .await?;
+        let status = reply.status();
+        if !status.is_success() {
+            bail!("upload of {part}: {status} {}", reply.text().await?);
+        }
+        Ok(())
+    }
+
+    /// Creates a project of `model` and `settings` with the dataset `(features, labels)` (both `.npy`),
+    /// not yet started: its id.
+    async fn project(
+        &self,
+        model: &Value,
+        settings: &Value,
+        features: Vec<u8>,
+        labels: Vec<u8>,
+    ) -> anyhow::Result<i64> {
+        let body = json!({"name": "bench", "model": model, "settings": settings});
+        let id = self.post("/api/projects", &body).await?["id"].as_i64().context("no project id")?;
+        self.upload(id, "features", features).await?;
+        self.upload(id, "labels", labels).await?;
+        Ok(id)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// MNIST: speedup and statistical efficiency.
+
+fn mnist_model() -> Value {
+    json!({"input_shape": [784], "layers": [{"type": "dense", "units": 64, "activation": "relu"},
+                                              {"type": "dense", "units": 10}], "loss": "cross_entropy"})
+}
+
+fn mnist_settings(seed: u64, epochs: u32, target: Option<f64>) -> Value {
+    json!({"batch_size": 32, "k": 4, "epochs": epochs, "samples_per_shard": 1000, "seed": seed, "max_staleness": 2,
+           "optimizer": {"method": {"type": "adam"}, "learning_rate": 0.003}, "target_accuracy": target})
+}
+
+fn mnist_dir(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &args.data {
+        return Ok(dir.clone());
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("shared/data/mnist-8k"))
+        .find(|dir| dir.join("images.npy").is_file())
+        .context("no shared/data/mnist-8k above the workspace: pass --data DIR")
+}
+
+/// What one training run gave.
+struct TrainRun {
+    /// From `POST start` to the first poll that saw a metrics row at or above the target.
+    to_target: Option<(Duration, i64, i64)>,
+    /// From `POST start` to the project finished.
+    to_finish: Duration,
+    view: Value,
+    credits: Value,
+    applied: f64,
+    stale: f64,
+    refused: f64,
+    updates: f64,
+    exits: usize,
+}
+
+/// Starts project `id` and `providers` provider processes, and polls until it finishes.
+async fn train(
+    bins: &Binaries,
+    server: &Server,
+    api: &Api,
+    id: i64,
+    providers: usize,
+    dir: &Path,
+    target: f64,
+) -> anyhow::Result<TrainRun> {
+    let limit = Duration::from_secs(1200);
+    let start = Instant::now();
+    api.post(&format!("/api/projects/{id}/start"), &json!({})).await?;
+    let mut children: Vec<Provider> = (0..providers)
+        .map(|i| Provider::start(bins, server, id, dir, &format!("provider{i}")))
+        .collect::<Result<_, _>>()?;
+    let mut to_target = None;
+    let view = loop {
+        let view = api.get(&format!("/api/projects/{id}")).await?;
+        if to_target.is_none()
+            && let Some(row) = view["metrics"]
+                .as_array()
+                .and_then(|rows| rows.iter().find(|m| m["val_accuracy"].as_f64().is_some_and(|a| a >= target)))
+        {
+            let version = row["version"].as_i64().unwrap_or(0);
+            let samples = row["samples"].as_i64().unwrap_or(0);
+            to_target = Some((start.elapsed(), version, samples));
+        }
+        if view["state"] == "finished" {
+            break view;
+        }
+        if view["state"] != "running" || start.elapsed() > limit {
+            bail!("project {id} is {} after {:?}: {view}", view["state"], start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let to_finish = start.elapsed();
+    let exits = children.iter_mut().filter_map(|p| p.wait(Duration::from_secs(30))).filter(|s| s.success()).count();
+    let credits = api.get(&format!("/api/projects/{id}/credits")).await?;
+    let metrics = server.metrics().await?;
+    let outcome = |o: &str| prometheus(&metrics, &format!("daig_contributions_total{{outcome=\"{o}\"}}"));
+    Ok(TrainRun {
+        to_target,
+        to_finish,
+        applied: outcome("applied"),
+        stale: outcome("stale"),
+        refused: outcome("refused"),
+        updates: prometheus(&metrics, "daig_updates_total"),
+        view,
+        credits,
+        exits,
+    })
+}
+
+fn last_accuracy(view: &Value) -> Option<f64> {
+    view["metrics"].as_array()?.iter().rev().find_map(|m| m["val_accuracy"].as_f64())
+}
+
+async fn speedup_bench(args: &Args, bins: &Binaries) -> anyhow::Result<()> {
+    let mnist = mnist_dir(args)?;
+    let features = std::fs::read(mnist.join("images.npy"))?;
+    let labels = std::fs::read(mnist.join("labels.npy"))?;
+    println!(
+        "\nspeedup: MNIST MLP 784-64(relu)-10 on {}, batch 32, K = 4, Adam 0.003, seed {}, target accuracy {}, at \
+         most {} epochs; server and providers (--backend cpu) as release processes, a fresh data directory per run",
+        mnist.display(),
+        args.seed,
+        args.target,
+        args.max_epochs
+    );
+    let mut base: Option<(f64, f64)> = None;
+    for &n in &args.providers {
+        let dir = temp_dir(args, &format!("daig-speedup-{n}-"))?;
+        let server = Server::start(bins, dir.path(), &[]).await?;
+        let api = Api::sign_up(&server).await?;
+        let settings = mnist_settings(args.seed, args.max_epochs, Some(args.target));
+        let id = api.project(&mnist_model(), &settings, features.clone(), labels.clone()).await?;
+        let run = train(bins, &server, &api, id, n, dir.path(), args.target).await?;
+        let finish = run.to_finish.as_secs_f64();
+        let target = run.to_target.map(|(t, _, _)| t.as_secs_f64());
+        let (base_target, base_finish) = *base.get_or_insert((target.unwrap_or(f64::NAN), finish));
+        let per_provider: Vec<i64> = run.credits["providers"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|l| l["contributions"].as_i64()).collect())
+            .unwrap_or_default();
+        println!(
+            "  {n} provider(s): first validation >= {} after {} (speedup {:.2}); finished after {finish:.2} s at \
+             epoch {} (speedup {:.2}); final accuracy {:.4}; {} updates; contributions applied {} / stale {} / \
+             refused {}; per provider {per_provider:?}; {}/{n} providers exited 0",
+            args.target,
+            match run.to_target {
+                Some((t, v, s)) => format!("{:.2} s (version {v}, {s} samples)", t.as_secs_f64()),
+                None => "never".into(),
+            },
+            base_target / target.unwrap_or(f64::NAN),
+            run.view["epoch"],
+            base_finish / finish,
+            last_accuracy(&run.view).unwrap_or(f64::NAN),
+            run.updates,
+            run.applied,
+            run.stale,
+            run.refused,
+            run.exits,
+        );
+    }
+    Ok(())
+}
+
+/// A split as the server stored it, decoded as the server decodes it.
+struct Split {
+    x: Array2<f32>,
+    classes: Vec<u32>,
+}
+
+/// Reads project `id`'s train and validation shards from the server's database and local object store.
+async fn read_splits(data_dir: &Path, id: i64) -> anyhow::Result<(Split, Split)> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("daig.sqlite"));
+    let db = sqlx::SqlitePool::connect_with(options).await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT role, object_key FROM shards WHERE project_id = ? ORDER BY role, number")
+            .bind(id)
+            .fetch_all(&db)
+            .await?;
+    db.close().await;
+    let mut train = (Vec::new(), Vec::new());
+    let mut validation = (Vec::new(), Vec::new());
+    let mut width = 0;
+    for (role, key) in rows {
+        let bytes = std::fs::read(data_dir.join("objects").join(&key)).with_context(|| format!("shard {key}"))?;
+        let view = ShardView::decode(&bytes)?;
+        let normalization = daig_server::training::data::resolve(None, view.header().feature_dtype);
+        width = view.sample_elements();
+        let (x, classes) = if role == "train" { &mut train } else { &mut validation };
+        let mut sample = vec![0f32; width];
+        for i in 0..view.len() {
+            view.sample_f32(i, &normalization, &mut sample)?;
+            x.extend_from_slice(&sample);
+            classes.push(view.label(i)?.class().context("a class label")?);
+        }
+    }
+    let split = |(x, classes): (Vec<f32>, Vec<u32>)| -> anyhow::Result<Split> {
+        Ok(Split { x: Array2::from_shape_vec((classes.len(), width), x)?, classes })
+    };
+    Ok((split(train)?, split(validation)?))
+}
+
+fn accuracy(model: &Model, params: &[f32], split: &Split) -> anyhow::Result<f64> {
+    let mut trainer = Trainer::new(model);
+    let evaluation = trainer.evaluate(params, &Batch { x: split.x.view(), y: Labels::Classes(&split.classes) })?;
+    evaluation.accuracy.context("no accuracy")
+}
+
+/// The centralised reference: synchronous minibatch training of `model` from `init_params(model, seed)` on the
+/// whole train split, reshuffled each epoch, with batches of `batch` samples and `optimizer`.
+fn centralised(
+    model: &Model,
+    seed: u64,
+    train: &Split,
+    batch: usize,
+    epochs: u32,
+    optimizer: OptimizerConfig,
+) -> anyhow::Result<Vec<f32>> {
+    let mut params = init_params(model, seed);
+    let mut optimizer = Optimizer::new(optimizer, params.len())?;
+    let mut trainer = Trainer::new(model);
+    let data = Batch { x: train.x.view(), y: Labels::Classes(&train.classes) };
+    for epoch in 0..u64::from(epochs) {
+        let order = permutation(train.classes.len(), seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
+        for (step, indices) in order.chunks(batch).enumerate() {
+            trainer.load_params(&params)?;
+            let (grad, _) = trainer.gradient(&data, indices, DropoutKey { seed, step: step as u64 })?;
+            optimizer.step(&mut params, grad)?;
+        }
+    }
+    Ok(params)
+}
+
+async fn efficiency_bench(args: &Args, bins: &Binaries) -> anyhow::Result<()> {
+    let mnist = mnist_dir(args)?;
+    let features = std::fs::read(mnist.join("images.npy"))?;
+    let labels = std::fs::read(mnist.join("labels.npy"))?;
+    let model = Model::from_json(&mnist_model().to_string(), &Limits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (k, batch_size) = (4usize, 32usize);
+    println!(
+        "\nstatistical efficiency: MNIST MLP, {} epochs, {} providers (K = {k}, batch {batch_size}, max staleness 2, \
+         Adam 0.003) vs the centralised reference trainer (global batch {}, Adam 0.003), same initial parameters, \
+         same train split, both evaluated on the project's validation split",
+        args.epochs,
+        args.efficiency_providers,
+        k * batch_size
+    );
+    let mut gaps = Vec::new();
+    for &seed in &args.seeds {
+        let dir = temp_dir(args, &format!("daig-efficiency-{seed}-"))?;
+        let server = Server::start(bins, dir.path(), &[]).await?;
+        let api = Api::sign_up(&server).await?;
+        let id = api
+            .project(&mnist_model(), &mnist_settings(seed, args.epochs, None), features.clone(), labels.clone())
+            .await?;
+        let run = train(bins, &server, &api, id, args.efficiency_providers, dir.path(), 2.0).await?;
+        let file = api.get_bytes(&format!("/api/projects/{id}/model")).await?;
+        let distributed = from_safetensors(&model.params, &file)?;
+        let (train_split, validation) = read_splits(&server.data_dir, id).await?;
+        drop(server);
+        let config = OptimizerConfig {
+            method: Method::adam(),
+            learning_rate: 0.003,
+            schedule: Schedule::Constant,
+            weight_decay: 0.0,
+            clip_norm: None,
+        };
+        let started = Instant::now();
+        let reference = centralised(&model, seed, &train_split, k * batch_size, args.epochs, config)?;
+        let reference_secs = started.elapsed().as_secs_f64();
+        let a_distributed = accuracy(&model, &distributed, &validation)?;
+        let a_reference = accuracy(&model, &reference, &validation)?;
+        let gap = (a_reference - a_distributed) * 100.0;
+        gaps.push(gap);
+        println!(
+            "  seed {seed}: distributed {a_distributed:.4} ({} updates in {:.2} s; the server's last row {:.4}; \
+             contributions applied {} / stale {} / refused {}), centralised {a_reference:.4} ({} steps in \
+             {reference_secs:.2} s); centralised - distributed = {gap:+.2} points ({} train, {} validation samples)",
+            run.view["version"],
+            run.to_finish.as_secs_f64(),
+            last_accuracy(&run.view).unwrap_or(f64::NAN),
+            run.applied,
+            run.stale,
+            run.refused,
+            u64::from(args.epochs) * train_split.classes.len().div_ceil(k * batch_size) as u64,
+            train_split.classes.len(),
+            validation.classes.len(),
+        );
+    }
+    let mean = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
+    println!("  mean gap {mean:+.2} points over {} seeds (goal: within 0.5)", gaps.len());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Aggregation throughput.
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Times `reps` calls of `f`, in seconds.
+fn timed(reps: usize, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn aggregate_bench(args: &Args) -> anyhow::Result<()> {
+    let k = args.k.max(1);
+    println!(
+        "\naggregation: one update = K = {k} x aggregate::accumulate of a delta + aggregate::into_gradient + one Adam \
+         Optimizer::step + clearing the sum, as the coordinator runs it; bytes = K x params x 4 (the deltas read); \
+         peer: K x copy_from_slice of the same deltas; median of {} runs after one of warm-up",
+        args.runs
+    );
+    println!(
+        "  | params | memcpy GB/s | update GB/s | update / memcpy | ms per update | accumulate GB/s | step + gradient ms |"
+    );
+    for &n in &args.params {
+        let deltas: Vec<Vec<f32>> =
+            (0..k).map(|c| (0..n).map(|i| ((i * 7 + c * 13) % 101) as f32 * 1e-4 - 5e-3).collect()).collect();
+        let mut sum = vec![0f32; n];
+        let mut copy = vec![0f32; n];
+        let mut params: Vec<f32> = (0..n).map(|i| (i % 17) as f32 * 0.01).collect();
+        let config = OptimizerConfig {
+            method: Method::adam(),
+            learning_rate: 1e-3,
+            schedule: Schedule::Constant,
+            weight_decay: 0.0,
+            clip_norm: None,
+        };
+        let mut optimizer = Optimizer::new(config, n)?;
+        let weight = aggregate::weight(32, 0);
+        let bytes = (k * n * 4) as f64;
+        // About 0.3 s of memcpy per run.
+        let reps = ((3e9 / bytes) as usize).clamp(3, 100_000);
+        let (mut memcpy, mut update, mut accumulate, mut step) = (vec![], vec![], vec![], vec![]);
+        for run in 0..=args.runs {
+            let memcpy_secs = timed(reps, || {
+                for delta in &deltas {
+                    copy.copy_from_slice(std::hint::black_box(delta));
+                    std::hint::black_box(&mut copy);
+                }
+            });
+            let update_secs = timed(reps, || {
+                let mut total = 0.0;
+                for delta in &deltas {
+                    aggregate::accumulate(&mut sum, std::hint::black_box(delta), weight);
+                    total += weight;
+                }
+                aggregate::into_gradient(&mut sum, total);
+                optimizer.step(&mut params, &sum).expect("a finite gradient");
+                sum.fill(0.0);
+                std::hint::black_box(&mut params);
+            });
+            let accumulate_secs = timed(reps, || {
+                for delta in &deltas {
+                    aggregate::accumulate(&mut sum, std::hint::black_box(delta), weight);
+                }
+                std::hint::black_box(&mut sum);
+            });
+            // A real gradient: a zero one would drive Adam's moments into subnormal numbers, which are slow.
+            sum.copy_from_slice(&deltas[0]);
+            let step_secs = timed(reps, || {
+                aggregate::into_gradient(&mut sum, 1.0);
+                optimizer.step(&mut params, &sum).expect("a finite gradient");
+                std::hint::black_box(&mut params);
+            });
+            sum.fill(0.0);
+            if std::env::var_os("NORM_EXPERIMENT").is_some() {
+                let serial = timed(reps, || {
+                    let norm = std::hint::black_box(&deltas[0]).iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>();
+                    std::hint::black_box(norm);
+                });
+                let lanes = timed(reps, || {
+                    let mut acc = [0f64; 8];
+                    for chunk in std::hint::black_box(&deltas[0]).chunks_exact(8) {
+                        for (a, &g) in acc.iter_mut().zip(chunk) {
+                            *a += f64::from(g) * f64::from(g);
+                        }
+                    }
+                    std::hint::black_box(acc.iter().sum::<f64>());
+                });
+                println!("norm serial {:.3} ms, 8 lanes {:.3} ms", serial / reps as f64 * 1e3, lanes / reps as f64 * 1e3);
+            }
+            if run > 0 {
+                memcpy.push(bytes * reps as f64 / memcpy_secs / 1e9);
+                update.push(bytes * reps as f64 / update_secs / 1e9);
+                accumulate.push(bytes * reps as f64 / accumulate_secs / 1e9);
+                step.push(step_secs / reps as f64 * 1e3);
+            }
+        }
+        let update_gbs = median(&mut update);
+        let memcpy_gbs = median(&mut memcpy);
+        println!(
+            "  | {n} | {memcpy_gbs:.2} | {update_gbs:.2} | {:.2} | {:.3} | {:.2} | {:.3} |",
+            update_gbs / memcpy_gbs,
+            bytes / update_gbs / 1e6,
+            median(&mut accumulate),
+            median(&mut step),
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Connections.
+
+/// The small model of the server's tests: 4 inputs, 8 hidden units, 3 classes (67 parameters).
+fn small_model() -> Value {
+    json!({"input_shape": [4], "layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 3}],
+           "loss": "cross_entropy"})
+}
+
+/// A `.npy` file: header for `descr` and `shape`, then `data`.
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape = format!("({})", shape.iter().map(|d| format!("{d},")).collect::<String>());
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&u16::try_from(header.len()).unwrap_or(u16::MAX).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// What the simulated providers saw, shared by their tasks.
+#[derive(Default)]
+struct Counters {
+    welcomed: AtomicUsize,
+    /// Connections ended: by a Goodbye, a close or an error.
+    ended: AtomicUsize,
+    connect_errors: AtomicUsize,
+    heartbeats: AtomicU64,
+    params: AtomicU64,
+    leases: AtomicU64,
+    cancels: AtomicU64,
+    applied: AtomicU64,
+    stale: AtomicU64,
+    refused: AtomicU64,
+    /// Why connections ended, counted (a Goodbye's reason, or the error).
+    endings: Mutex<HashMap<String, usize>>,
+}
+
+impl Counters {
+    fn ended(&self, why: String) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        *self.endings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(why).or_default() += 1;
+    }
+}
+
+/// The phases the driver moves the providers through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    /// Active providers send contributions; latencies are not recorded yet.
+    WarmUp,
+    Measuring,
+    /// Active providers stop sending; everyone keeps answering heartbeats.
+    Holding,
+    Closing,
+}
+
+/// One simulated provider: Hello, then answers heartbeats; an active one sends a zero contribution for its
+/// oldest lease whenever none is in flight, on the newest parameters it has, and times the Ack.
+async fn simulated_provider(
+    url: String,
+    project: i64,
+    active: bool,
+    counters: Arc<Counters>,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
+    connect: Arc<tokio::sync::Semaphore>,
+) -> Histogram<u64> {
+    let mut latencies_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let permit = connect.acquire_owned().await.expect("the semaphore stays open");
+    // A small read buffer: 10,000 connections of the default 128 KiB would cost the generator 1.3 GB.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let mut ws = None;
+    for attempt in 0..5 {
+        match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await {
+            Ok((socket, _)) => {
+                ws = Some(socket);
+                break;
+            }
+            Err(e) => {
+                counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                if attempt == 4 {
+                    counters.ended(format!("connect: {e}"));
+                    return latencies_us;
+                }
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    let mut ws = ws.expect("connected or returned");
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        backend: Backend::Cpu,
+        adapter: "simulated provider".into(),
+        samples_per_sec: 0.0,
+        cached_shards: Vec::new(),
+        site_key: None,
+        project_id: Some(ProjectId(project as u64)),
+    };
+    if let Err(e) = ws.send(Message::Binary(Frame::Hello(hello).encode().into())).await {
+        counters.ended(format!("send Hello: {e}"));
+        return latencies_us;
+    }
+    let mut permit = Some(permit);
+    let mut reassembler = Reassembler::new(1 << 20);
+    let mut param_count = 0usize;
+    let mut version: Option<u64> = None;
+    let mut leases: VecDeque<(LeaseId, u32)> = VecDeque::new();
+    let mut in_flight: Option<(LeaseId, Instant)> = None;
+    let mut next_transfer = 0u32;
+    loop {
+        let current = *phase.borrow_and_update();
+        if current == Phase::Closing {
+            let _ = ws.close(None).await;
+            return latencies_us;
+        }
+        let sending = active && (current == Phase::WarmUp || current == Phase::Measuring);
+        if sending
+            && in_flight.is_none()
+            && let Some(base_version) = version
+            && let Some((lease_id, samples)) = leases.pop_front()
+        {
+            next_transfer = next_transfer.wrapping_add(1);
+            let info = ContributionInfo { lease_id, base_version, sample_count: samples, mean_loss: 1.0 };
+            let zeros = vec![0u8; param_count * 4];
+            let frames: Vec<Message> =
+                transfer_frames(TransferId(next_transfer), TransferKind::Contribution(info), &zeros)
+                    .map(|f| Message::Binary(f.encode().into()))
+                    .collect();
+            in_flight = Some((lease_id, Instant::now()));
+            let mut sent = Ok(());
+            for frame in frames {
+                sent = ws.feed(frame).await;
+                if sent.is_err() {
+                    break;
+                }
+            }
+            if let Err(e) = sent.and(ws.flush().await) {
+                counters.ended(format!("send contribution: {e}"));
+                return latencies_us;
+            }
+        }
+        let message = tokio::select! {
+            message = ws.next() => message,
+            _ = phase.changed() => continue,
+        };
+        let bytes = match message {
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Close(_))) | None => {
+                counters.ended("closed by the server".into());
+                return latencies_us;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                counters.ended(format!("receive: {e}"));
+                return latencies_us;
+            }
+        };
+        let frame = match Frame::decode(&bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                counters.ended(format!("undecodable frame: {e}"));
+                return latencies_us;
+            }
+        };
+        match frame {
+            Frame::Welcome(welcome) => {
+                param_count = welcome.training.param_count as usize;
+                counters.welcomed.fetch_add(1, Ordering::Relaxed);
+                drop(permit.take());
+            }
+            Frame::Heartbeat(_) => {
+                counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+                let beat = Message::Binary(Frame::Heartbeat(Heartbeat::default()).encode().into());
+                if let Err(e) = ws.send(beat).await {
+                    counters.ended(format!("send Heartbeat: {e}"));
+                    return latencies_us;
+                }
+            }
+            Frame::Lease(lease) => {
+                counters.leases.fetch_add(1, Ordering::Relaxed);
+                let samples = match &lease.samples {
+                    SampleSelection::Shards(parts) => parts.iter().map(|p| p.indices.len() as u32).sum(),
+                    SampleSelection::Indices(indices) => indices.len() as u32,
+                };
+                leases.push_back((lease.lease_id, samples));
+            }
+            Frame::CancelLease(cancel) => {
+                counters.cancels.fetch_add(1, Ordering::Relaxed);
+                leases.retain(|(id, _)| *id != cancel.lease_id);
+            }
+            Frame::Ack(ack) => {
+                match ack.outcome {
+                    AckOutcome::Applied { .. } => counters.applied.fetch_add(1, Ordering::Relaxed),
+                    AckOutcome::Stale { .. } => counters.stale.fetch_add(1, Ordering::Relaxed),
+                    AckOutcome::Refused { .. } => counters.refused.fetch_add(1, Ordering::Relaxed),
+                };
+                if let Some((lease, sent)) = in_flight
+                    && lease == ack.lease_id
+                {
+                    in_flight = None;
+                    if *phase.borrow() == Phase::Measuring {
+                        latencies_us.saturating_record(sent.elapsed().as_micros() as u64);
+                    }
+                }
+            }
+            frame @ (Frame::TransferStart(_) | Frame::Chunk(_)) => match reassembler.feed(&frame) {
+                Ok(Some(transfer)) => {
+                    if let TransferKind::Params { version: v } = transfer.kind {
+                        counters.params.fetch_add(1, Ordering::Relaxed);
+                        version = Some(v);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    counters.ended(format!("transfer: {e}"));
+                    return latencies_us;
+                }
+            },
+            Frame::Goodbye(goodbye) => {
+                counters.ended(format!("Goodbye({:?}): {}", goodbye.reason, goodbye.detail));
+                return latencies_us;
+            }
+            Frame::Hello(_) | Frame::ShardRequest(_) => {}
+        }
+    }
+}
+
+async fn connections_bench(args: &Args, bins: &Binaries, n: usize) -> anyhow::Result<()> {
+    let dir = temp_dir(args, &format!("daig-connections-{n}-"))?;
+    let server = Server::start(
+        bins,
+        dir.path(),
+        &[
+            "--max-provider-connections".into(),
+            (n + 1000).to_string(),
+            "--heartbeat-interval-ms".into(),
+            args.heartbeat_interval_ms.to_string(),
+        ],
+    )
+    .await?;
+    let rss_idle = server.rss_mib();
+    let api = Api::sign_up(&server).await?;
+    let m = args.samples;
+    let features: Vec<u8> = (0..m * 4).flat_map(|i| ((i % 1000) as f32 / 1000.0).to_le_bytes()).collect();
+    let labels: Vec<u8> = (0..m as i64).flat_map(|i| (i % 3).to_le_bytes()).collect();
+    let settings = json!({"batch_size": 1, "k": 1, "epochs": 10000, "samples_per_shard": 65536, "seed": 1,
+                          "max_providers": 100_000, "max_staleness": 100, "checkpoint_every": 100_000});
+    let id = api.project(&small_model(), &settings, npy("<f4", &[m, 4], &features), npy("<i8", &[m], &labels)).await?;
+    api.post(&format!("/api/projects/{id}/start"), &json!({})).await?;
+    let active = args.active.min(n);
+    println!(
+        "\n  N = {n} simulated providers ({active} active), heartbeat every {} ms, model 4-8(relu)-3 (67 parameters), \
+         batch 1, K = 1 (every contribution is an update), {m} samples",
+        args.heartbeat_interval_ms
+    );
+
+    let counters = Arc::new(Counters::default());
+    let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Connecting);
+    let connect = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
+    let url = format!("ws://{}/ws/provider", server.addr);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            tokio::spawn(simulated_provider(
+                url.clone(),
+                id,
+                i < active,
+                Arc::clone(&counters),
+                phase_rx.clone(),
+                Arc::clone(&connect),
+            ))
+        })
+        .collect();
+    // Connect everyone (or give up after a long while).
+    let ramp_limit = Duration::from_secs(60 + n as u64 / 20);
+    loop {
+        let welcomed = counters.welcomed.load(Ordering::Relaxed);
+        let ended = counters.ended.load(Ordering::Relaxed);
+        if welcomed + ended >= n || started.elapsed() > ramp_limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ramp = started.elapsed().as_secs_f64();
+    let welcomed = counters.welcomed.load(Ordering::Relaxed);
+    println!(
+        "  connected: {welcomed} of {n} welcomed in {ramp:.1} s ({:.0} per second), {} connect errors retried or \
+         failed, server RSS {:.0} MiB (idle before: {:.0} MiB)",
+        welcomed as f64 / ramp,
+        counters.connect_errors.load(Ordering::Relaxed),
+        server.rss_mib().unwrap_or(f64::NAN),
+        rss_idle.unwrap_or(f64::NAN),
+    );
+
+    let _ = phase_tx.send(Phase::WarmUp);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = (counters.applied.load(Ordering::Relaxed), counters.stale.load(Ordering::Relaxed));
+    let refused_before = counters.refused.load(Ordering::Relaxed);
+    let heartbeats_before = counters.heartbeats.load(Ordering::Relaxed);
+    let params_before = counters.params.load(Ordering::Relaxed);
+    let _ = phase_tx.send(Phase::Measuring);
+    let measuring = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+    let _ = phase_tx.send(Phase::Holding);
+    let secs = measuring.elapsed().as_secs_f64();
+    let applied = counters.applied.load(Ordering::Relaxed) - before.0;
+    let stale = counters.stale.load(Ordering::Relaxed) - before.1;
+    let refused = counters.refused.load(Ordering::Relaxed) - refused_before;
+    let heartbeats = counters.heartbeats.load(Ordering::Relaxed) - heartbeats_before;
+    let params = counters.params.load(Ordering::Relaxed) - params_before;
+    // In-flight Acks arrive; then the connections stay open one more heartbeat round, idle.
+    tokio::time::sleep(Duration::from_millis(args.heartbeat_interval_ms.max(1000))).await;
+    let metrics = server.metrics().await?;
+    let held_server = prometheus(&metrics, "daig_provider_connections");
+    let joined_server = prometheus(&metrics, "daig_providers_connected");
+    let ended = counters.ended.load(Ordering::Relaxed);
+    let rss = server.rss_mib().unwrap_or(f64::NAN);
+    let client_rss = rss_mib("/proc/self/status").unwrap_or(f64::NAN);
+    let _ = phase_tx.send(Phase::Closing);
+    let mut latencies_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for task in tasks {
+        latencies_us.add(task.await?)?;
+    }
+    let q = |p: f64| latencies_us.value_at_quantile(p) as f64 / 1000.0;
+    let acks = applied + stale + refused;
+    println!(
+        "  held: {} of {n} connections open at the end on the generator's side; the server's gauges: \
+         daig_provider_connections {held_server}, daig_providers_connected {joined_server}; server RSS {rss:.0} MiB \
+         ({:.1} KiB per connection over idle), generator RSS {client_rss:.0} MiB",
+        n - ended,
+        (rss - rss_idle.unwrap_or(f64::NAN)) * 1024.0 / n as f64,
+    );
+    println!(
+        "  over {secs:.1} s: {:.0} Acks/s ({applied} applied, {stale} stale, {refused} refused); Ack latency p50 \
+         {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} timed); {:.0} heartbeats/s and {:.0} parameter \
+         transfers/s received by the generator",
+        acks as f64 / secs,
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        latencies_us.max() as f64 / 1000.0,
+        latencies_us.len(),
+        heartbeats as f64 / secs,
+        params as f64 / secs,
+    );
+    let endings = counters.endings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    if !endings.is_empty() {
+        let mut endings: Vec<(String, usize)> = endings.into_iter().collect();
+        endings.sort_by(|a, b| b.1.cmp(&a.1));
+        println!("  connections that ended before the close: {endings:?}");
+    }
+    Ok(())
+}
