@@ -116,6 +116,18 @@ async fn a_requestor_trains_and_downloads_a_model_with_the_cli_on_s3() {
         serde_json::from_slice(&std::fs::read(out_dir.join("metrics.json")).unwrap()).unwrap();
     let last = metrics.as_array().unwrap().last().unwrap();
     assert!(last["val_accuracy"].as_f64().unwrap() >= 0.85, "{last}");
+    // The latest checkpoint is the final version's parameters.
+    daig(&server, &home, &["download", &id_arg, "--checkpoint", "latest", "--out", out_dir.to_str().unwrap()], None);
+    let checkpoint = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("checkpoint-v"))
+        .expect("a checkpoint file");
+    let checkpoint = std::fs::read(checkpoint).unwrap();
+    let checkpoint = safetensors::SafeTensors::deserialize(&checkpoint).unwrap();
+    for name in tensors.names() {
+        assert_eq!(checkpoint.tensor(name).unwrap().data(), tensors.tensor(name).unwrap().data(), "{name}");
+    }
     // Everything went to the S3 bucket, nothing to a local objects directory.
     assert!(!server.data_dir.join("objects").exists());
 }

@@ -79,6 +79,10 @@ pub struct DownloadArgs {
     /// The directory to write into, created if missing [default: project-ID].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Download a checkpoint's parameters (a version number, or `latest`) instead of the final model; the
+    /// project's checkpoints are listed by `GET /api/projects/ID/checkpoints`.
+    #[arg(long, value_name = "VERSION|latest")]
+    pub checkpoint: Option<String>,
 }
 
 /// Uploads the features and labels and shows the committed dataset.
@@ -204,14 +208,30 @@ pub async fn download(ctx: &Context, args: DownloadArgs) -> Result<(), CliError>
     let client = ctx.client()?;
     let base = format!("/api/projects/{}", args.id);
     let (project_json, project): (Value, Project) = client.get(&base).await?;
-    let response = client.send(client.request_unbounded(Method::GET, &format!("{base}/model"))).await?;
+    let (path, file_name) = match args.checkpoint.as_deref() {
+        None => (format!("{base}/model"), "model.safetensors".to_owned()),
+        Some(which) => {
+            let version = if which == "latest" {
+                let (list, _): (Value, Value) = client.get(&format!("{base}/checkpoints")).await?;
+                list["checkpoints"][0]["version"]
+                    .as_i64()
+                    .ok_or_else(|| CliError::Usage(format!("project {} has no checkpoint yet", args.id)))?
+            } else {
+                which.parse::<i64>().map_err(|_| {
+                    CliError::Usage(format!("--checkpoint takes a version number or `latest`, not {which:?}"))
+                })?
+            };
+            (format!("{base}/checkpoints/{version}"), format!("checkpoint-v{version}.safetensors"))
+        }
+    };
+    let response = client.send(client.request_unbounded(Method::GET, &path)).await?;
     let dir = args.out.unwrap_or_else(|| PathBuf::from(format!("project-{}", args.id)));
     tokio::fs::create_dir_all(&dir).await.map_err(io_error("cannot create", &dir))?;
 
-    let model_path = dir.join("model.safetensors");
+    let model_path = dir.join(&file_name);
     let expected = response.content_length();
     let bar = output::byte_bar(expected.unwrap_or(0), "model", ctx.quiet());
-    let temp = dir.join(format!(".model.safetensors.{}.partial", std::process::id()));
+    let temp = dir.join(format!(".{file_name}.{}.partial", std::process::id()));
     let written = save_stream(&client, response, &temp, &bar).await;
     let size_bytes = match written.and_then(|n| check_length(n, expected)) {
         Ok(n) => n,
@@ -238,11 +258,11 @@ pub async fn download(ctx: &Context, args: DownloadArgs) -> Result<(), CliError>
             "project": args.id,
             "dir": dir.display().to_string(),
             "model_bytes": size_bytes,
-            "files": ["model.safetensors", "model.json", "metrics.json"],
+            "files": [file_name, "model.json", "metrics.json"],
         }));
     } else {
         say!("Downloaded project {} \"{}\" ({}) into {}:", project.id, project.name, project.state, dir.display());
-        say!("  model.safetensors  {}", output::bytes(size_bytes));
+        say!("  {file_name}  {}", output::bytes(size_bytes));
         say!("  model.json         the model spec");
         say!("  metrics.json       {} metrics entries", project.metrics.len());
     }
