@@ -2,17 +2,23 @@
 //!
 //! - `speedup`: wall time until the MNIST MLP reaches the target validation accuracy (90%) with 1, 2, 4 and 8
 //!   native providers: the `daig-server` and `daig-provider` release binaries as processes on this machine, a
-//!   fresh data directory per run, the project finishing at the first epoch end past the target.
-//! - `efficiency`: the accuracy after a fixed sample budget (3 epochs, no target) with 4 providers, beside the
-//!   centralised reference trainer (`Trainer` + `Optimizer`, in this process) trained from the same initial
-//!   parameters on the same train split with the same global batch (K x batch size), optimiser and epochs,
-//!   both evaluated on the project's validation split as the server stored it.
+//!   fresh data directory per run, the project finishing at the first epoch end past the target; then the same
+//!   for a fixed budget of epochs without a target (throughput without the rounding up to an epoch's end).
+//!   Updates, contributions applied, stale and refused (the server's `/metrics` counters), and the applied ones
+//!   by staleness (the ledger).
+//! - `efficiency`: the accuracy after a fixed sample budget (3 epochs, no target) with 4 providers, at max
+//!   staleness 2 and 0, beside the centralised reference trainer (`Trainer` + `Optimizer`, in this process)
+//!   trained from the same initial parameters on the same train split with the same global batch (K x batch
+//!   size), optimiser and epochs, over several shuffles (their spread is the noise floor), all evaluated on the
+//!   project's validation split as the server stored it (read from its database and object store).
 //! - `aggregate`: GB/s of contribution deltas averaged and applied by the server's arithmetic
 //!   (`aggregate::accumulate` per contribution, `aggregate::into_gradient` and one Adam `Optimizer::step` per K
 //!   contributions), beside `copy_from_slice` of the same bytes in the same run.
-//! - `connections`: N simulated providers (this process) connected to one `daig-server` process over loopback,
-//!   answering heartbeats, while a subset sends contributions for its leases one at a time and times each
-//!   Ack; the connections still held at the end, Acks per second and the Ack latency percentiles.
+//! - `connections`: N simulated providers (this process, a plain WebSocket client of the wire protocol)
+//!   connected to one `daig-server` process over loopback, answering heartbeats, while a subset sends
+//!   contributions for its leases one at a time and times each Ack; the idle ones in the same project (every
+//!   update's parameters go to all N) or in another; the connections still held at the end, Acks per second,
+//!   the Ack latency percentiles, and the CPU and memory of both processes.
 //!
 //! Build the binaries first (`cargo xtask bench training` does both):
 //!
@@ -78,6 +84,13 @@ struct Args {
     /// speedup: the project's seed.
     #[arg(long, default_value_t = 11)]
     seed: u64,
+    /// speedup: runs per provider count (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// speedup: the epochs of the fixed-budget runs (no target), which show throughput without the rounding of
+    /// the time to the target up to an epoch's end.
+    #[arg(long, default_value_t = 10)]
+    budget_epochs: u32,
 
     /// efficiency: the seeds (of the split, the shuffles and the initial parameters), one run each.
     #[arg(long, value_delimiter = ',', default_values_t = [11u64, 12, 13])]
@@ -88,6 +101,12 @@ struct Args {
     /// efficiency: the sample budget, in epochs.
     #[arg(long, default_value_t = 3)]
     epochs: u32,
+    /// efficiency: the projects' max staleness, one run each (0 is pure K-batch sync).
+    #[arg(long, value_delimiter = ',', default_values_t = [2u32, 0])]
+    staleness: Vec<u32>,
+    /// efficiency: shuffles of the centralised run per seed (its spread is the noise floor of the comparison).
+    #[arg(long, default_value_t = 5)]
+    shuffles: usize,
 
     /// aggregate: parameter counts.
     #[arg(long, value_delimiter = ',', default_values_t = [100_000usize, 1_000_000, 10_000_000])]
@@ -105,6 +124,10 @@ struct Args {
     /// connections: how many of them send contributions (each one at a time, the next after its Ack).
     #[arg(long, default_value_t = 100)]
     active: usize,
+    /// connections: where the idle providers work, one run each: `same` (the active project: every update's
+    /// parameters go to all N) or `other` (a second running project without contributions).
+    #[arg(long, value_delimiter = ',', default_values_t = ["same".to_owned(), "other".to_owned()])]
+    idle_in: Vec<String>,
     /// connections: seconds of measurement once every provider is welcomed (after 2 s of warm-up).
     #[arg(long, default_value_t = 30)]
     hold_secs: u64,
@@ -129,6 +152,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !WHICH.contains(&args.which.as_str()) {
         bail!("unknown benchmark {:?}: use one of {}", args.which, WHICH.join(", "));
+    }
+    if let Some(other) = args.idle_in.iter().find(|i| *i != "same" && *i != "other") {
+        bail!("--idle-in takes `same` and `other`, not {other:?}");
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -157,7 +183,9 @@ fn main() -> anyhow::Result<()> {
             if run("connections") {
                 println!("\nconnections: load generator runtime with {threads} worker threads");
                 for &n in &args.connections {
-                    connections_bench(&args, &bins, n).await?;
+                    for idle in &args.idle_in {
+                        connections_bench(&args, &bins, n, idle == "same").await?;
+                    }
                 }
             }
             anyhow::Ok(())
@@ -266,6 +294,10 @@ impl Server {
         rss_mib(&format!("/proc/{}/status", self.child.id()))
     }
 
+    fn cpu_secs(&self) -> Option<f64> {
+        cpu_secs(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     /// The Prometheus exposition of `/metrics`.
     async fn metrics(&self) -> anyhow::Result<String> {
         Ok(reqwest::get(self.url("/metrics")).await?.error_for_status()?.text().await?)
@@ -277,6 +309,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat` (in clock ticks of 1/100 s, the
+/// usual `USER_HZ`).
+fn cpu_secs(stat_file: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat_file).ok()?;
+    // Fields after the command (which may hold spaces) in parentheses: state is the 3rd, utime the 14th.
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn rss_mib(status_file: &str) -> Option<f64> {
@@ -467,6 +510,8 @@ struct TrainRun {
     refused: f64,
     updates: f64,
     exits: usize,
+    /// Applied contributions by their staleness (versions behind when applied), from the ledger.
+    staleness: Vec<(i64, i64)>,
 }
 
 /// Starts project `id` and `providers` provider processes, and polls until it finishes.
@@ -510,7 +555,16 @@ async fn train(
     let credits = api.get(&format!("/api/projects/{id}/credits")).await?;
     let metrics = server.metrics().await?;
     let outcome = |o: &str| prometheus(&metrics, &format!("daig_contributions_total{{outcome=\"{o}\"}}"));
+    let db = open_db(&server.data_dir).await?;
+    let staleness = sqlx::query_as(
+        "SELECT version - 1 - base_version AS s, COUNT(*) FROM contributions WHERE project_id = ? GROUP BY s ORDER BY s",
+    )
+    .bind(id)
+    .fetch_all(&db)
+    .await?;
+    db.close().await;
     Ok(TrainRun {
+        staleness,
         to_target,
         to_finish,
         applied: outcome("applied"),
@@ -527,52 +581,122 @@ fn last_accuracy(view: &Value) -> Option<f64> {
     view["metrics"].as_array()?.iter().rev().find_map(|m| m["val_accuracy"].as_f64())
 }
 
-async fn speedup_bench(args: &Args, bins: &Binaries) -> anyhow::Result<()> {
+/// The MNIST project of one run.
+struct MnistProject {
+    seed: u64,
+    epochs: u32,
+    /// The project's `target_accuracy`.
+    target: Option<f64>,
+    max_staleness: u32,
+}
+
+/// One MNIST project trained to completion by `n` providers on a fresh server.
+async fn mnist_run(
+    args: &Args,
+    bins: &Binaries,
+    n: usize,
+    project: MnistProject,
+    name: &str,
+) -> anyhow::Result<(TrainRun, Server, Api, tempfile::TempDir)> {
+    let MnistProject { seed, epochs, target, max_staleness } = project;
     let mnist = mnist_dir(args)?;
     let features = std::fs::read(mnist.join("images.npy"))?;
     let labels = std::fs::read(mnist.join("labels.npy"))?;
+    let dir = temp_dir(args, &format!("daig-{name}-"))?;
+    let server = Server::start(bins, dir.path(), &[]).await?;
+    let api = Api::sign_up(&server).await?;
+    let mut settings = mnist_settings(seed, epochs, target);
+    settings["max_staleness"] = json!(max_staleness);
+    let id = api.project(&mnist_model(), &settings, features, labels).await?;
+    let run = train(bins, &server, &api, id, n, dir.path(), args.target).await?;
+    Ok((run, server, api, dir))
+}
+
+async fn speedup_bench(args: &Args, bins: &Binaries) -> anyhow::Result<()> {
     println!(
-        "\nspeedup: MNIST MLP 784-64(relu)-10 on {}, batch 32, K = 4, Adam 0.003, seed {}, target accuracy {}, at \
-         most {} epochs; server and providers (--backend cpu) as release processes, a fresh data directory per run",
-        mnist.display(),
+        "\nspeedup: MNIST MLP 784-64(relu)-10 on {}, batch 32, K = 4, max staleness 2, Adam 0.003, seed {}; server \
+         and providers (--backend cpu) as release processes, a fresh data directory per run, {} runs per row \
+         (median); time from `POST start` (providers started right after it) to the project finished",
+        mnist_dir(args)?.display(),
         args.seed,
-        args.target,
-        args.max_epochs
+        args.repeats
     );
-    let mut base: Option<(f64, f64)> = None;
-    for &n in &args.providers {
-        let dir = temp_dir(args, &format!("daig-speedup-{n}-"))?;
-        let server = Server::start(bins, dir.path(), &[]).await?;
-        let api = Api::sign_up(&server).await?;
-        let settings = mnist_settings(args.seed, args.max_epochs, Some(args.target));
-        let id = api.project(&mnist_model(), &settings, features.clone(), labels.clone()).await?;
-        let run = train(bins, &server, &api, id, n, dir.path(), args.target).await?;
-        let finish = run.to_finish.as_secs_f64();
-        let target = run.to_target.map(|(t, _, _)| t.as_secs_f64());
-        let (base_target, base_finish) = *base.get_or_insert((target.unwrap_or(f64::NAN), finish));
-        let per_provider: Vec<i64> = run.credits["providers"]
-            .as_array()
-            .map(|p| p.iter().filter_map(|l| l["contributions"].as_i64()).collect())
-            .unwrap_or_default();
-        println!(
-            "  {n} provider(s): first validation >= {} after {} (speedup {:.2}); finished after {finish:.2} s at \
-             epoch {} (speedup {:.2}); final accuracy {:.4}; {} updates; contributions applied {} / stale {} / \
-             refused {}; per provider {per_provider:?}; {}/{n} providers exited 0",
-            args.target,
-            match run.to_target {
-                Some((t, v, s)) => format!("{:.2} s (version {v}, {s} samples)", t.as_secs_f64()),
-                None => "never".into(),
-            },
-            base_target / target.unwrap_or(f64::NAN),
-            run.view["epoch"],
-            base_finish / finish,
-            last_accuracy(&run.view).unwrap_or(f64::NAN),
-            run.updates,
-            run.applied,
-            run.stale,
-            run.refused,
-            run.exits,
-        );
+    let mut tables = Vec::new();
+    for (what, epochs, target) in [
+        (
+            format!("to the target {} (at most {} epochs)", args.target, args.max_epochs),
+            args.max_epochs,
+            Some(args.target),
+        ),
+        (format!("a fixed budget of {} epochs, no target", args.budget_epochs), args.budget_epochs, None),
+    ] {
+        println!("  {what}:");
+        let mut rows = vec![
+            "| providers | wall time s (median) | runs s | speedup | epochs | updates | applied / stale / refused | \
+             samples/s | final accuracy |"
+                .to_owned(),
+            "|---|---|---|---|---|---|---|---|---|".to_owned(),
+        ];
+        let mut base = None;
+        for &n in &args.providers {
+            let mut runs = Vec::new();
+            for r in 0..args.repeats {
+                let name = format!("speedup-{n}-{r}");
+                let (run, server, _api, _dir) =
+                    mnist_run(args, bins, n, MnistProject { seed: args.seed, epochs, target, max_staleness: 2 }, &name)
+                        .await?;
+                drop(server);
+                let per_provider: Vec<i64> = run.credits["providers"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(|l| l["contributions"].as_i64()).collect())
+                    .unwrap_or_default();
+                let samples = run.credits["samples"].as_f64().unwrap_or(0.0);
+                println!(
+                    "    {n} provider(s), run {r}: finished after {:.2} s at epoch {}, accuracy {:.4}; first row >= {} \
+                     {}; {} updates; contributions applied {} / stale {} / refused {}, applied by staleness {:?}, per \
+                     provider {per_provider:?}; {:.0} samples/s; {}/{n} providers exited 0",
+                    run.to_finish.as_secs_f64(),
+                    run.view["epoch"],
+                    last_accuracy(&run.view).unwrap_or(f64::NAN),
+                    args.target,
+                    match run.to_target {
+                        Some((t, v, s)) => format!("after {:.2} s (version {v}, {s} samples)", t.as_secs_f64()),
+                        None => "never".into(),
+                    },
+                    run.updates,
+                    run.applied,
+                    run.stale,
+                    run.refused,
+                    run.staleness,
+                    samples / run.to_finish.as_secs_f64(),
+                    run.exits,
+                );
+                runs.push((run.to_finish.as_secs_f64(), run, samples));
+            }
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let all: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.0)).collect();
+            let (secs, run, samples) = &runs[runs.len() / 2];
+            let base = *base.get_or_insert(*secs);
+            rows.push(format!(
+                "| {n} | {secs:.2} | {} | {:.2} | {} | {} | {} / {} / {} | {:.0} | {:.4} |",
+                all.join(", "),
+                base / secs,
+                run.view["epoch"],
+                run.updates,
+                run.applied,
+                run.stale,
+                run.refused,
+                samples / secs,
+                last_accuracy(&run.view).unwrap_or(f64::NAN),
+            ));
+        }
+        tables.push((what, rows));
+    }
+    for (what, rows) in tables {
+        println!("\n  {what} (the median run's figures):");
+        for row in rows {
+            println!("  {row}");
+        }
     }
     Ok(())
 }
@@ -583,10 +707,15 @@ struct Split {
     classes: Vec<u32>,
 }
 
+/// The server's SQLite database, opened beside it (WAL lets both read).
+async fn open_db(data_dir: &Path) -> anyhow::Result<sqlx::SqlitePool> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("daig.sqlite"));
+    Ok(sqlx::SqlitePool::connect_with(options).await?)
+}
+
 /// Reads project `id`'s train and validation shards from the server's database and local object store.
 async fn read_splits(data_dir: &Path, id: i64) -> anyhow::Result<(Split, Split)> {
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("daig.sqlite"));
-    let db = sqlx::SqlitePool::connect_with(options).await?;
+    let db = open_db(data_dir).await?;
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT role, object_key FROM shards WHERE project_id = ? ORDER BY role, number")
             .bind(id)
@@ -622,10 +751,11 @@ fn accuracy(model: &Model, params: &[f32], split: &Split) -> anyhow::Result<f64>
 }
 
 /// The centralised reference: synchronous minibatch training of `model` from `init_params(model, seed)` on the
-/// whole train split, reshuffled each epoch, with batches of `batch` samples and `optimizer`.
+/// whole train split, reshuffled each epoch (from `shuffle`), with batches of `batch` samples and `optimizer`.
 fn centralised(
     model: &Model,
     seed: u64,
+    shuffle: u64,
     train: &Split,
     batch: usize,
     epochs: u32,
@@ -636,7 +766,7 @@ fn centralised(
     let mut trainer = Trainer::new(model);
     let data = Batch { x: train.x.view(), y: Labels::Classes(&train.classes) };
     for epoch in 0..u64::from(epochs) {
-        let order = permutation(train.classes.len(), seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
+        let order = permutation(train.classes.len(), shuffle ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
         for (step, indices) in order.chunks(batch).enumerate() {
             trainer.load_params(&params)?;
             let (grad, _) = trainer.gradient(&data, indices, DropoutKey { seed, step: step as u64 })?;
@@ -647,63 +777,84 @@ fn centralised(
 }
 
 async fn efficiency_bench(args: &Args, bins: &Binaries) -> anyhow::Result<()> {
-    let mnist = mnist_dir(args)?;
-    let features = std::fs::read(mnist.join("images.npy"))?;
-    let labels = std::fs::read(mnist.join("labels.npy"))?;
     let model = Model::from_json(&mnist_model().to_string(), &Limits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (k, batch_size) = (4usize, 32usize);
     println!(
-        "\nstatistical efficiency: MNIST MLP, {} epochs, {} providers (K = {k}, batch {batch_size}, max staleness 2, \
-         Adam 0.003) vs the centralised reference trainer (global batch {}, Adam 0.003), same initial parameters, \
-         same train split, both evaluated on the project's validation split",
+        "\nstatistical efficiency: MNIST MLP, {} epochs, {} providers (K = {k}, batch {batch_size}, Adam 0.003) with \
+         max staleness {:?}, vs the centralised reference trainer (global batch {}, Adam 0.003, {} shuffles of the \
+         same train split), the same initial parameters; all evaluated on the project's validation split",
         args.epochs,
         args.efficiency_providers,
-        k * batch_size
+        args.staleness,
+        k * batch_size,
+        args.shuffles,
     );
-    let mut gaps = Vec::new();
+    let config = OptimizerConfig {
+        method: Method::adam(),
+        learning_rate: 0.003,
+        schedule: Schedule::Constant,
+        weight_decay: 0.0,
+        clip_norm: None,
+    };
+    let mut rows = vec![
+        "| seed | max staleness | distributed | updates | applied / stale / refused | centralised (mean of shuffles) | \
+         centralised range | centralised - distributed (points) |"
+            .to_owned(),
+        "|---|---|---|---|---|---|---|---|".to_owned(),
+    ];
     for &seed in &args.seeds {
-        let dir = temp_dir(args, &format!("daig-efficiency-{seed}-"))?;
-        let server = Server::start(bins, dir.path(), &[]).await?;
-        let api = Api::sign_up(&server).await?;
-        let id = api
-            .project(&mnist_model(), &mnist_settings(seed, args.epochs, None), features.clone(), labels.clone())
-            .await?;
-        let run = train(bins, &server, &api, id, args.efficiency_providers, dir.path(), 2.0).await?;
-        let file = api.get_bytes(&format!("/api/projects/{id}/model")).await?;
-        let distributed = from_safetensors(&model.params, &file)?;
-        let (train_split, validation) = read_splits(&server.data_dir, id).await?;
-        drop(server);
-        let config = OptimizerConfig {
-            method: Method::adam(),
-            learning_rate: 0.003,
-            schedule: Schedule::Constant,
-            weight_decay: 0.0,
-            clip_norm: None,
-        };
-        let started = Instant::now();
-        let reference = centralised(&model, seed, &train_split, k * batch_size, args.epochs, config)?;
-        let reference_secs = started.elapsed().as_secs_f64();
-        let a_distributed = accuracy(&model, &distributed, &validation)?;
-        let a_reference = accuracy(&model, &reference, &validation)?;
-        let gap = (a_reference - a_distributed) * 100.0;
-        gaps.push(gap);
-        println!(
-            "  seed {seed}: distributed {a_distributed:.4} ({} updates in {:.2} s; the server's last row {:.4}; \
-             contributions applied {} / stale {} / refused {}), centralised {a_reference:.4} ({} steps in \
-             {reference_secs:.2} s); centralised - distributed = {gap:+.2} points ({} train, {} validation samples)",
-            run.view["version"],
-            run.to_finish.as_secs_f64(),
-            last_accuracy(&run.view).unwrap_or(f64::NAN),
-            run.applied,
-            run.stale,
-            run.refused,
-            u64::from(args.epochs) * train_split.classes.len().div_ceil(k * batch_size) as u64,
-            train_split.classes.len(),
-            validation.classes.len(),
-        );
+        for &staleness in &args.staleness {
+            let name = format!("efficiency-{seed}-{staleness}");
+            let project = MnistProject { seed, epochs: args.epochs, target: None, max_staleness: staleness };
+            let (run, server, api, _dir) = mnist_run(args, bins, args.efficiency_providers, project, &name).await?;
+            let id = run.view["id"].as_i64().context("the project's id")?;
+            let file = api.get_bytes(&format!("/api/projects/{id}/model")).await?;
+            let distributed = from_safetensors(&model.params, &file)?;
+            let (train_split, validation) = read_splits(&server.data_dir, id).await?;
+            drop(server);
+            // The first shuffle is the seed's own; the others show how much the order alone moves the result.
+            let mut reference = Vec::new();
+            for shuffle in 0..args.shuffles.max(1) as u64 {
+                let params = centralised(
+                    &model,
+                    seed,
+                    seed + shuffle * 1000,
+                    &train_split,
+                    k * batch_size,
+                    args.epochs,
+                    config.clone(),
+                )?;
+                reference.push(accuracy(&model, &params, &validation)?);
+            }
+            let a_distributed = accuracy(&model, &distributed, &validation)?;
+            let mean = reference.iter().sum::<f64>() / reference.len() as f64;
+            let (low, high) = reference.iter().fold((f64::MAX, f64::MIN), |(l, h), &a| (l.min(a), h.max(a)));
+            let gap = (mean - a_distributed) * 100.0;
+            println!(
+                "  seed {seed}, max staleness {staleness}: distributed {a_distributed:.4} (the server's last row {:.4}; {} \
+                 updates in {:.2} s; contributions applied {} / stale {} / refused {}, applied by staleness {:?}); \
+                 centralised {reference:.4?} ({} steps each); gap {gap:+.2} points ({} train, {} validation samples)",
+                last_accuracy(&run.view).unwrap_or(f64::NAN),
+                run.view["version"],
+                run.to_finish.as_secs_f64(),
+                run.applied,
+                run.stale,
+                run.refused,
+                run.staleness,
+                u64::from(args.epochs) * train_split.classes.len().div_ceil(k * batch_size) as u64,
+                train_split.classes.len(),
+                validation.classes.len(),
+            );
+            rows.push(format!(
+                "| {seed} | {staleness} | {a_distributed:.4} | {} | {} / {} / {} | {mean:.4} | {low:.4} to {high:.4} | {gap:+.2} |",
+                run.view["version"], run.applied, run.stale, run.refused,
+            ));
+        }
     }
-    let mean = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
-    println!("  mean gap {mean:+.2} points over {} seeds (goal: within 0.5)", gaps.len());
+    println!();
+    for row in rows {
+        println!("  {row}");
+    }
     Ok(())
 }
 
@@ -786,22 +937,6 @@ fn aggregate_bench(args: &Args) -> anyhow::Result<()> {
                 std::hint::black_box(&mut params);
             });
             sum.fill(0.0);
-            if std::env::var_os("NORM_EXPERIMENT").is_some() {
-                let serial = timed(reps, || {
-                    let norm = std::hint::black_box(&deltas[0]).iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>();
-                    std::hint::black_box(norm);
-                });
-                let lanes = timed(reps, || {
-                    let mut acc = [0f64; 8];
-                    for chunk in std::hint::black_box(&deltas[0]).chunks_exact(8) {
-                        for (a, &g) in acc.iter_mut().zip(chunk) {
-                            *a += f64::from(g) * f64::from(g);
-                        }
-                    }
-                    std::hint::black_box(acc.iter().sum::<f64>());
-                });
-                println!("norm serial {:.3} ms, 8 lanes {:.3} ms", serial / reps as f64 * 1e3, lanes / reps as f64 * 1e3);
-            }
             if run > 0 {
                 memcpy.push(bytes * reps as f64 / memcpy_secs / 1e9);
                 update.push(bytes * reps as f64 / update_secs / 1e9);
@@ -893,8 +1028,9 @@ async fn simulated_provider(
     counters: Arc<Counters>,
     mut phase: tokio::sync::watch::Receiver<Phase>,
     connect: Arc<tokio::sync::Semaphore>,
-) -> Histogram<u64> {
-    let mut latencies_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+) -> Option<Histogram<u64>> {
+    // Only active providers time Acks (a histogram is a few hundred KiB).
+    let mut latencies_us = active.then(|| Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"));
     let permit = connect.acquire_owned().await.expect("the semaphore stays open");
     // A small read buffer: 10,000 connections of the default 128 KiB would cost the generator 1.3 GB.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
@@ -1027,8 +1163,10 @@ async fn simulated_provider(
                     && lease == ack.lease_id
                 {
                     in_flight = None;
-                    if *phase.borrow() == Phase::Measuring {
-                        latencies_us.saturating_record(sent.elapsed().as_micros() as u64);
+                    if *phase.borrow() == Phase::Measuring
+                        && let Some(histogram) = &mut latencies_us
+                    {
+                        histogram.saturating_record(sent.elapsed().as_micros() as u64);
                     }
                 }
             }
@@ -1054,7 +1192,8 @@ async fn simulated_provider(
     }
 }
 
-async fn connections_bench(args: &Args, bins: &Binaries, n: usize) -> anyhow::Result<()> {
+/// One run of the connections benchmark: `n` providers, the idle ones in the active project or in another.
+async fn connections_bench(args: &Args, bins: &Binaries, n: usize, same_project: bool) -> anyhow::Result<()> {
     let dir = temp_dir(args, &format!("daig-connections-{n}-"))?;
     let server = Server::start(
         bins,
@@ -1076,10 +1215,24 @@ async fn connections_bench(args: &Args, bins: &Binaries, n: usize) -> anyhow::Re
                           "max_providers": 100_000, "max_staleness": 100, "checkpoint_every": 100_000});
     let id = api.project(&small_model(), &settings, npy("<f4", &[m, 4], &features), npy("<i8", &[m], &labels)).await?;
     api.post(&format!("/api/projects/{id}/start"), &json!({})).await?;
+    // The idle providers' project: the active one, or a second running project that receives no contributions.
+    let idle_id = if same_project {
+        id
+    } else {
+        let other =
+            api.project(&small_model(), &settings, npy("<f4", &[m, 4], &features), npy("<i8", &[m], &labels)).await?;
+        api.post(&format!("/api/projects/{other}/start"), &json!({})).await?;
+        other
+    };
     let active = args.active.min(n);
     println!(
-        "\n  N = {n} simulated providers ({active} active), heartbeat every {} ms, model 4-8(relu)-3 (67 parameters), \
-         batch 1, K = 1 (every contribution is an update), {m} samples",
+        "\n  N = {n} simulated providers, {active} active; the idle ones {}; heartbeat every {} ms, model 4-8(relu)-3 \
+         (67 parameters), batch 1, K = 1 (every contribution is an update), {m} samples",
+        if same_project {
+            "in the same project (each update's parameters go to all N)"
+        } else {
+            "in another project (each update's parameters go to the active ones only)"
+        },
         args.heartbeat_interval_ms
     );
 
@@ -1092,7 +1245,7 @@ async fn connections_bench(args: &Args, bins: &Binaries, n: usize) -> anyhow::Re
         .map(|i| {
             tokio::spawn(simulated_provider(
                 url.clone(),
-                id,
+                if i < active { id } else { idle_id },
                 i < active,
                 Arc::clone(&counters),
                 phase_rx.clone(),
@@ -1127,11 +1280,15 @@ async fn connections_bench(args: &Args, bins: &Binaries, n: usize) -> anyhow::Re
     let refused_before = counters.refused.load(Ordering::Relaxed);
     let heartbeats_before = counters.heartbeats.load(Ordering::Relaxed);
     let params_before = counters.params.load(Ordering::Relaxed);
+    let cpu_before = (server.cpu_secs(), cpu_secs("/proc/self/stat"));
     let _ = phase_tx.send(Phase::Measuring);
     let measuring = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
     let _ = phase_tx.send(Phase::Holding);
     let secs = measuring.elapsed().as_secs_f64();
+    let cpu_after = (server.cpu_secs(), cpu_secs("/proc/self/stat"));
+    let cpu_server = cpu_after.0.zip(cpu_before.0).map_or(f64::NAN, |(a, b)| (a - b) / secs);
+    let cpu_client = cpu_after.1.zip(cpu_before.1).map_or(f64::NAN, |(a, b)| (a - b) / secs);
     let applied = counters.applied.load(Ordering::Relaxed) - before.0;
     let stale = counters.stale.load(Ordering::Relaxed) - before.1;
     let refused = counters.refused.load(Ordering::Relaxed) - refused_before;
@@ -1148,7 +1305,9 @@ async fn connections_bench(args: &Args, bins: &Binaries, n: usize) -> anyhow::Re
     let _ = phase_tx.send(Phase::Closing);
     let mut latencies_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     for task in tasks {
-        latencies_us.add(task.await?)?;
+        if let Some(histogram) = task.await? {
+            latencies_us.add(histogram)?;
+        }
     }
     let q = |p: f64| latencies_us.value_at_quantile(p) as f64 / 1000.0;
     let acks = applied + stale + refused;
@@ -1162,7 +1321,7 @@ async fn connections_bench(args: &Args, bins: &Binaries, n: usize) -> anyhow::Re
     println!(
         "  over {secs:.1} s: {:.0} Acks/s ({applied} applied, {stale} stale, {refused} refused); Ack latency p50 \
          {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} timed); {:.0} heartbeats/s and {:.0} parameter \
-         transfers/s received by the generator",
+         transfers/s received by the generator; CPU: server {cpu_server:.2} cores, generator {cpu_client:.2} cores",
         acks as f64 / secs,
         q(0.5),
         q(0.9),
@@ -1175,7 +1334,7 @@ async fn connections_bench(args: &Args, bins: &Binaries, n: usize) -> anyhow::Re
     let endings = counters.endings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     if !endings.is_empty() {
         let mut endings: Vec<(String, usize)> = endings.into_iter().collect();
-        endings.sort_by(|a, b| b.1.cmp(&a.1));
+        endings.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         println!("  connections that ended before the close: {endings:?}");
     }
     Ok(())
