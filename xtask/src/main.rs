@@ -4,8 +4,11 @@
 //!   adapter is present: Mesa's lavapipe where there is no GPU), clippy with warnings denied, and the
 //!   build of `daig-shared` for `wasm32-unknown-unknown` (an invariant: the shared crate runs in browsers).
 //! - `cargo xtask test-browser`: only the browser tests (part of `test`).
-//! - `cargo xtask bench [server]`: the benchmarks recorded in BENCHMARKS.md, each beside its peer in the same run;
-//!   with `server`, only the management server's (dataset upload and status requests over loopback).
+//! - `cargo xtask bench [server|training]`: the benchmarks recorded in BENCHMARKS.md, each beside its peer in the
+//!   same run; with `server`, only the management server's (dataset upload and status requests over loopback); with
+//!   `training`, only distributed training's (speedup and statistical efficiency with native providers, aggregation
+//!   throughput, provider connections), and any further arguments go to its example (`cargo xtask bench training
+//!   connections --connections 10000`).
 //!
 //! Set `CARGO_TARGET_DIR` to keep builds outside the checkout (`.ci/run` does).
 
@@ -21,10 +24,11 @@ fn main() -> anyhow::Result<()> {
         "bench" => match std::env::args().nth(2).as_deref() {
             None => bench(),
             Some("server") => bench_server(),
-            Some(other) => bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server]`"),
+            Some("training") => bench_training(&std::env::args().skip(3).collect::<Vec<_>>()),
+            Some(other) => bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training]`"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test|test-browser|bench [server]>");
+            eprintln!("usage: cargo xtask <test|test-browser|bench [server|training [ARGS]]>");
             bail!("unknown task `{task}`")
         }
     }
@@ -92,12 +96,22 @@ fn bench() -> anyhow::Result<()> {
     cargo(&["bench", "--package", "daig-shared", "--bench", "frame"])?;
     cargo(&["bench", "--package", "daig-shared", "--bench", "trainer"])?;
     cargo(&["run", "--release", "--package", "daig-provider", "--example", "gpu_bench", "--", "--quick"])?;
-    bench_server()
+    bench_server()?;
+    bench_training(&[])
 }
 
 /// The management server's benchmarks: a real server on loopback, in a release build.
 fn bench_server() -> anyhow::Result<()> {
     cargo(&["run", "--release", "--package", "daig-server", "--example", "server_bench"])
+}
+
+/// Distributed training's benchmarks: the release `daig-server` and `daig-provider` binaries as processes, driven by
+/// the `training_bench` example (which finds them beside itself); `args` go to the example.
+fn bench_training(args: &[String]) -> anyhow::Result<()> {
+    cargo(&["build", "--release", "--package", "daig-server", "--package", "daig-provider"])?;
+    let mut run = vec!["run", "--release", "--package", "daig-server", "--example", "training_bench", "--"];
+    run.extend(args.iter().map(String::as_str));
+    cargo(&run)
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
