@@ -33,12 +33,8 @@ use crate::db::now_unix;
 use crate::error::AppError;
 use crate::state::AppState;
 
-/// Leases a provider holds at once: at least one to train and one queued so that it never waits for a round
-/// trip; a provider so fast that a lease takes less than [`QUEUED_WORK_SECS`] gets more, up to the maximum.
-const MIN_LEASE_DEPTH: usize = 2;
-const MAX_LEASE_DEPTH: usize = 8;
-/// Work queued at a provider beyond the lease it trains, in seconds at its measured speed.
-const QUEUED_WORK_SECS: f64 = 0.2;
+/// Leases a provider holds at once: one to train, one queued so that it never waits for a round trip.
+const LEASE_DEPTH: usize = 2;
 /// How long a lease should take at the provider's measured speed; leases of several batches are cut to it.
 const TARGET_LEASE_SECS: f64 = 5.0;
 /// A lease's deadline: this many times its expected duration, and at least [`MIN_DEADLINE`].
@@ -393,17 +389,13 @@ impl Coordinator {
         }
     }
 
-    /// Sends `provider` leases until it holds its lease depth (see [`MIN_LEASE_DEPTH`]) or nothing is left.
+    /// Sends `provider` leases until it holds [`LEASE_DEPTH`] or nothing is left to lease.
     fn fill(&mut self, id: ProviderId) {
         while let Some(p) = self.providers.get(&id) {
-            let batch = f64::from(self.settings.batch_size.max(1));
-            let lease_samples = batch * f64::from(self.settings.local_steps);
-            let depth = p.speed.map_or(MIN_LEASE_DEPTH, |speed| {
-                (1 + (speed * QUEUED_WORK_SECS / lease_samples).ceil() as usize).clamp(MIN_LEASE_DEPTH, MAX_LEASE_DEPTH)
-            });
-            if p.leases.len() >= depth || self.finished {
+            if p.leases.len() >= LEASE_DEPTH || self.finished {
                 return;
             }
+            let batch = f64::from(self.settings.batch_size.max(1));
             let max_units = match p.speed {
                 Some(speed) => ((speed * TARGET_LEASE_SECS / batch).floor() as u32).clamp(1, self.settings.local_steps),
                 None => self.settings.local_steps,
