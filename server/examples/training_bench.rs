@@ -550,7 +550,8 @@ async fn train(
         if view["state"] != "running" || start.elapsed() > limit {
             bail!("project {id} is {} after {:?}: {view}", view["state"], start.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Runs take well under a second here: poll often enough that the period does not round the times.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let to_finish = start.elapsed();
     let exits = children.iter_mut().filter_map(|p| p.wait(Duration::from_secs(30))).filter(|s| s.success()).count();
