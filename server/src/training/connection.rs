@@ -39,6 +39,8 @@ use crate::state::AppState;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest adapter description and site key kept.
 const MAX_TEXT: usize = 256;
+/// The WebSocket read buffer of a connection.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Messages queued from the coordinator to one connection; a connection this far behind is dropped.
 const QUEUE: usize = 256;
 
@@ -47,14 +49,17 @@ pub async fn ws_provider(State(state): State<AppState>, ws: WebSocketUpgrade) ->
     let Ok(permit) = state.training().connections().try_acquire_owned() else {
         return AppError::Overloaded.into_response();
     };
-    ws.max_message_size(wire::MAX_FRAME_BYTES).max_frame_size(wire::MAX_FRAME_BYTES).on_upgrade(
-        move |socket| async move {
+    // A small read buffer: tungstenite's default (128 KiB) is zero-filled before every read and costs that much
+    // memory per connection, while every frame but a chunk is tiny.
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(wire::MAX_FRAME_BYTES)
+        .max_frame_size(wire::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
             let _permit = permit;
             metrics::gauge!("daig_provider_connections").increment(1.0);
             Connection::run(state, socket).await;
             metrics::gauge!("daig_provider_connections").decrement(1.0);
-        },
-    )
+        })
 }
 
 /// How a joined session ended.

@@ -373,7 +373,6 @@ impl Coordinator {
         metrics::gauge!("daig_providers_connected").increment(1.0);
         // Its leases follow the Welcome in the connection's queue.
         self.fill(id);
-        self.publish_status();
         Ok(joined)
     }
 
@@ -385,7 +384,6 @@ impl Coordinator {
             metrics::gauge!("daig_providers_connected").decrement(1.0);
             tracing::info!(project = self.id, provider = %provider, "provider left");
             self.fill_all();
-            self.publish_status();
         }
     }
 
@@ -716,7 +714,6 @@ impl Coordinator {
             }
             self.maybe_evaluate();
         }
-        self.publish_status();
         Ok(())
     }
 
@@ -885,6 +882,9 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Publishes the live status for the API. It lists every provider, so it runs on the tick (twice a second)
+    /// and at the ends of training, not after every join or update: with thousands of providers that would
+    /// make joining quadratic.
     fn publish_status(&self) {
         let total = u64::from(self.settings.epochs.max(1)) * self.plan.total().max(1) as u64;
         let done = self.plan.epoch().min(u64::from(self.settings.epochs)) * self.plan.total() as u64
