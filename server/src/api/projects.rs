@@ -79,7 +79,8 @@ pub enum Action {
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    /// The route's last segment and the verb in messages.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Start => "start",
             Self::Pause => "pause",

@@ -137,25 +137,8 @@ pub struct StatusArgs {
     pub interval: f64,
 }
 
-/// A lifecycle move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Pause,
-    Resume,
-    Cancel,
-}
-
-impl Action {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Pause => "pause",
-            Self::Resume => "resume",
-            Self::Cancel => "cancel",
-        }
-    }
-}
+/// A lifecycle move: the server's own list of them.
+pub use crate::api::projects::Action;
 
 /// Runs a `daig project` command.
 ///

@@ -238,14 +238,13 @@ impl Connection {
 
     /// A project named in `Hello` that is not running: wait if it may run later, else refuse.
     async fn check_waitable(&mut self, id: i64) -> Result<(), Stop> {
-        let row: Option<(String, Option<String>, String)> =
-            sqlx::query_as("SELECT state, site_key, settings_json FROM projects WHERE id = ?")
-                .bind(id)
-                .fetch_optional(self.state.db())
-                .await
-                .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
+        let row: Option<(String, Option<String>)> = sqlx::query_as("SELECT state, site_key FROM projects WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.state.db())
+            .await
+            .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
         match row {
-            Some((state, site_key, _)) if state == "draft" || state == "paused" || state == "running" => {
+            Some((state, site_key)) if state == "draft" || state == "paused" || state == "running" => {
                 if site_key.is_some() && site_key != self.hello.site_key {
                     return Err(Stop(Some((
                         GoodbyeReason::Unauthorized,
@@ -254,7 +253,7 @@ impl Connection {
                 }
                 Ok(())
             }
-            Some((state, _, _)) => Err(Stop(Some((GoodbyeReason::Normal, format!("project {id} is {state}"))))),
+            Some((state, _)) => Err(Stop(Some((GoodbyeReason::Normal, format!("project {id} is {state}"))))),
             None => Err(Stop(Some((GoodbyeReason::UnknownProject, format!("there is no project {id}"))))),
         }
     }

@@ -26,8 +26,7 @@ pub struct ProjectData {
     pub train: Vec<TrainShard>,
     /// Every shard of the project by hash, train and validation: what providers may request.
     pub objects: HashMap<ShardHash, ShardObject>,
-    pub normalization: Normalization,
-    /// The same as the wire's `x' = (x - offset) * scale`.
+    /// The project's normalisation as the wire states it: `x' = (x - offset) * scale`.
     pub wire_normalisation: Normalisation,
     pub validation: Option<Validation>,
 }
@@ -97,7 +96,8 @@ pub async fn load(
     let mut train = Vec::new();
     let mut objects = HashMap::new();
     let mut validation_keys = Vec::new();
-    let mut dtype = None;
+    let dtype = dtype_from_name(&dtype_name);
+    let normalization = resolve(normalization, dtype);
     for (role, number, key, sha, samples, size) in rows {
         let hash = parse_hash(&sha).ok_or_else(|| internal("stored shard hash", &sha))?;
         objects.insert(hash, ShardObject { key: key.clone(), size_bytes: u64::try_from(size).unwrap_or(0) });
@@ -120,20 +120,16 @@ pub async fn load(
     let mut value_width = 0;
     let width = model.spec.input_shape.iter().product::<usize>();
     let mut rows_read = 0usize;
-    let mut norm = None;
     for (key, size) in &validation_keys {
         let bytes = state.store().get(key, *size).await?;
         let view = ShardView::decode(&bytes).map_err(|e| internal("validation shard", e))?;
-        let header_dtype = view.header().feature_dtype;
-        dtype = Some(header_dtype);
-        let n = *norm.get_or_insert_with(|| resolve(normalization, header_dtype));
-        if view.sample_elements() != width {
-            return Err(internal("validation shard", "its samples do not fit the model's input"));
+        if view.sample_elements() != width || view.header().feature_dtype != dtype {
+            return Err(internal("validation shard", "its samples do not fit the model's input or the dataset's type"));
         }
         let start = features.len();
         features.resize(start + view.len() * width, 0.0);
         for i in 0..view.len() {
-            view.sample_f32(i, &n, &mut features[start + i * width..start + (i + 1) * width])
+            view.sample_f32(i, &normalization, &mut features[start + i * width..start + (i + 1) * width])
                 .map_err(|e| internal("validation shard", e))?;
             match view.label(i).map_err(|e| internal("validation shard", e))? {
                 ShardLabel::Class(c) => classes.push(c),
@@ -146,11 +142,6 @@ pub async fn load(
         }
         rows_read += view.len();
     }
-    let dtype = match dtype {
-        Some(d) => d,
-        None => dtype_from_name(&dtype_name),
-    };
-    let normalization = norm.unwrap_or_else(|| resolve(normalization, dtype));
     let (sub, div) = normalization.affine(dtype).map_err(|e| internal("normalisation", e))?;
     let wire_normalisation = Normalisation::Global { offset: sub, scale: 1.0 / div };
     let validation = (rows_read > 0)
@@ -168,7 +159,7 @@ pub async fn load(
             Ok(Validation { x, labels })
         })
         .transpose()?;
-    Ok(ProjectData { train, objects, normalization, wire_normalisation, validation })
+    Ok(ProjectData { train, objects, wire_normalisation, validation })
 }
 
 /// The normalisation a project trains with: its setting, else integer features scaled from their dtype's range
