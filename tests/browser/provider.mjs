@@ -43,7 +43,11 @@ async function contribute() {
     await button.waitFor({ timeout: 30000 });
     const before = await page.evaluate(() => (window.DAIG.instances || []).length);
     await page.screenshot({ path: path.join(args.artifacts, `contribute-list-${args.webgpu ? "webgpu" : "cpu"}.png`), fullPage: true });
+    const clicked = Date.now();
     await button.click();
+    // Time from consent to the first applied contribution (reported, never asserted: machines differ).
+    await page.waitForFunction(() => Number(document.getElementById("f-applied").textContent) >= 1, null, { timeout: LIMIT, polling: 20 });
+    const firstContributionMs = Date.now() - clicked;
     await page.waitForFunction((n) => Number(document.getElementById("f-applied").textContent) >= n, args.applied || 3, { timeout: LIMIT });
     const figures = await page.evaluate(() => ({
       backend: document.getElementById("f-backend").textContent,
@@ -61,7 +65,7 @@ async function contribute() {
     await page.click("#pause");
     await page.waitForFunction((n) => Number(document.getElementById("f-applied").textContent) > n, pausedAt, { timeout: LIMIT });
     await page.click("#stop");
-    return { ok: true, before, figures, log };
+    return { ok: true, before, figures, firstContributionMs, log };
   } finally {
     await b.close();
   }

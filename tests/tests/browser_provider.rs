@@ -112,6 +112,7 @@ async fn the_contribute_page_trains_with_webgpu_and_with_the_cpu_fallback() {
         let result =
             browser.run(json!({"scenario": "contribute", "server": server.url(""), "project": id, "webgpu": webgpu}));
         let figures = &result["figures"];
+        eprintln!("WebGPU {webgpu}: first contribution applied {} ms after the click", result["firstContributionMs"]);
         assert_eq!(result["before"], 0, "nothing runs before the click");
         let backend = figures["backend"].as_str().unwrap();
         assert_eq!(backend.starts_with("WebGPU"), webgpu, "{backend}");

@@ -36,7 +36,10 @@ fn main() -> anyhow::Result<()> {
             None => bench(),
             Some("server") => bench_server(),
             Some("training") => bench_training(&std::env::args().skip(3).collect::<Vec<_>>()),
-            Some(other) => bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training]`"),
+            Some("browser") => bench_browser(&std::env::args().skip(3).collect::<Vec<_>>()),
+            Some(other) => {
+                bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training|browser]`")
+            }
         },
         _ => {
             eprintln!(
@@ -290,6 +293,40 @@ fn bench_training(args: &[String]) -> anyhow::Result<()> {
     let mut run = vec!["run", "--release", "--package", "daig-server", "--example", "training_bench", "--"];
     run.extend(args.iter().map(String::as_str));
     cargo(&run)
+}
+
+/// The browser provider's engine beside TensorFlow.js in one headless Chromium (`bench/browser/tfjs_bench.mjs`), with
+/// the npm packages installed in `~/.cache/daig/npm` (or `$DAIG_NODE_MODULES`); `args` go to the script
+/// (`--quick`).
+fn bench_browser(args: &[String]) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    web(false)?;
+    let home = std::env::var("HOME").unwrap_or_default();
+    let npm = std::path::Path::new(&home).join(".cache/daig/npm");
+    let modules =
+        std::env::var("DAIG_NODE_MODULES").map(std::path::PathBuf::from).unwrap_or_else(|_| npm.join("node_modules"));
+    if !modules.join("@tensorflow/tfjs-backend-wasm").is_dir() || !modules.join("playwright-core").is_dir() {
+        std::fs::create_dir_all(&npm)?;
+        run(Command::new("npm").arg("install").arg("--prefix").arg(&npm).args([
+            "--no-audit",
+            "--no-fund",
+            "playwright-core@1.65.1",
+            "@tensorflow/tfjs@4.22.0",
+            "@tensorflow/tfjs-backend-webgpu@4.22.0",
+            "@tensorflow/tfjs-backend-wasm@4.22.0",
+        ]))?;
+    }
+    let mnist = root
+        .ancestors()
+        .map(|dir| dir.join("shared/data/mnist-8k"))
+        .find(|dir| dir.join("images.npy").is_file())
+        .context("no shared/data/mnist-8k above the checkout")?;
+    run(Command::new("node")
+        .arg(root.join("bench/browser/tfjs_bench.mjs"))
+        .arg(mnist)
+        .arg(root.join("web/dist"))
+        .arg(modules)
+        .args(args))
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@
 //! frames and sending heartbeats meanwhile. After each job the trainer rests so that computing takes the
 //! throttle's share of the time.
 
+mod bench;
 mod cache;
 mod trainer;
 

@@ -156,7 +156,7 @@ async fn serve(
 }
 
 /// An adapter for people: browsers may hide its name.
-fn describe(adapter: &crate::gpu::AdapterSummary) -> String {
+pub(super) fn describe(adapter: &crate::gpu::AdapterSummary) -> String {
     let name = if adapter.name.is_empty() { "unnamed adapter" } else { adapter.name.as_str() };
     if adapter.software { format!("{name} (software)") } else { name.to_owned() }
 }
