@@ -64,8 +64,10 @@ async function contribute() {
     const pausedAt = Number(await page.textContent("#f-applied"));
     await page.click("#pause");
     await page.waitForFunction((n) => Number(document.getElementById("f-applied").textContent) > n, pausedAt, { timeout: LIMIT });
+    // Shards are kept in Cache Storage, keyed by hash, for the next visit.
+    const cachedShards = await page.evaluate(async () => (await (await caches.open("daig-shards-v1")).keys()).length);
     await page.click("#stop");
-    return { ok: true, before, figures, firstContributionMs, log };
+    return { ok: true, before, figures, firstContributionMs, cachedShards, log };
   } finally {
     await b.close();
   }
@@ -148,6 +150,8 @@ async function closeTab() {
     collect(page, log);
     await page.goto(`${args.server}/contribute?software=1&project=${args.project}`);
     await page.click(`button[data-project="${args.project}"]`);
+    // Keep computing while hidden: closing the tab then drops the socket without a goodbye.
+    await page.check("#hidden-run");
     await page.waitForFunction(() => window.daigProvider && window.daigProvider.status.batches >= 1, null, { timeout: LIMIT });
     const provider = await page.evaluate(() => window.daigProvider.status.provider);
     await page.close();

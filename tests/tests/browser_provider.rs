@@ -120,6 +120,7 @@ async fn the_contribute_page_trains_with_webgpu_and_with_the_cpu_fallback() {
             figures["applied"].as_u64().unwrap() >= 3 && figures["credit"].as_u64().unwrap() >= 3 * 32,
             "{figures}"
         );
+        assert!(result["cachedShards"].as_u64().unwrap() >= 1, "shards cached in the browser: {result}");
         assert!(figures["remembered"].as_str().unwrap().contains(&format!("\"project\":{id}")), "the choice is kept");
     }
     let (backends, _) = applied_by(&server, id).await;
@@ -183,6 +184,9 @@ async fn closing_the_tab_mid_lease_returns_its_batches() {
             let returned: u64 =
                 line.split("returned=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
             assert!(returned >= 1, "the closed tab held leases: {line}");
+            let said_goodbye =
+                log.lines().any(|l| l.contains("provider said goodbye") && l.contains(&format!("provider={provider}")));
+            assert!(!said_goodbye, "the tab was closed, not paused: the socket dropped without a goodbye");
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(2), "the server did not notice the closed tab:\n{log}");
