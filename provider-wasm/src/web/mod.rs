@@ -257,7 +257,9 @@ async fn run(
             }
         }
     }
-    worker.figures.state = "stopped";
+    if worker.figures.state != "error" {
+        worker.figures.state = "stopped";
+    }
     worker.publish();
 }
 
