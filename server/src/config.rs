@@ -79,6 +79,10 @@ pub struct Args {
     /// Log filter in `tracing_subscriber::EnvFilter` syntax [default: info]; `RUST_LOG` is not read.
     #[arg(long, env = "DAIG_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// The built web pages (dashboard, contribute page, embed script, the provider's wasm), as `cargo xtask web`
+    /// writes them [default: the checkout's `web/dist`].
+    #[arg(long, env = "DAIG_WEB_DIR", value_name = "DIR")]
+    pub web_dir: Option<PathBuf>,
 }
 
 /// The TOML file's contents: the same settings as [`Args`], all optional.
@@ -103,6 +107,7 @@ pub struct FileConfig {
     pub secure_cookies: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
     pub log: Option<String>,
+    pub web_dir: Option<PathBuf>,
     pub store: Option<StoreConfig>,
 }
 
@@ -142,6 +147,8 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     /// Log filter for `tracing_subscriber::EnvFilter`.
     pub log: String,
+    /// Where the built web pages are; a missing directory leaves the API working and the pages answering 404.
+    pub web_dir: PathBuf,
 }
 
 /// What can go wrong while reading configuration.
@@ -159,6 +166,11 @@ pub enum ConfigError {
 }
 
 const MIB: usize = 1 << 20;
+
+/// `web/dist` of the checkout the server was built from: where `cargo xtask web` puts the pages.
+fn default_web_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web/dist"))
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -179,6 +191,7 @@ impl Default for Settings {
             secure_cookies: false,
             trust_forwarded_for: false,
             log: "info".to_owned(),
+            web_dir: default_web_dir(),
         }
     }
 }
@@ -239,6 +252,7 @@ impl Settings {
             secure_cookies: args.secure_cookies.or(file.secure_cookies).unwrap_or(d.secure_cookies),
             trust_forwarded_for: args.trust_forwarded_for.or(file.trust_forwarded_for).unwrap_or(d.trust_forwarded_for),
             log: args.log.or(file.log).unwrap_or(d.log),
+            web_dir: args.web_dir.or(file.web_dir).unwrap_or(d.web_dir),
         };
         let mut problems = match settings.validate() {
             Ok(()) => Vec::new(),

@@ -50,6 +50,9 @@ pub enum AppError {
     /// A cookie-authenticated write without a matching `X-CSRF-Token` header.
     #[error("missing or wrong X-CSRF-Token header (send the value of the daig_csrf cookie)")]
     CsrfFailed,
+    /// The caller may not have this, with a sentence saying why (a site a project does not list).
+    #[error("{0}")]
+    Forbidden(String),
     /// The resource does not exist, or belongs to someone else.
     #[error("no such {0}")]
     NotFound(&'static str),
@@ -118,6 +121,7 @@ impl AppError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthenticated(_) | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
             Self::CsrfFailed => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -141,6 +145,7 @@ impl AppError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::InvalidCredentials => "invalid_credentials",
             Self::CsrfFailed => "csrf_failed",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) | Self::Missing(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict { .. } => "conflict",

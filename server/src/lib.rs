@@ -15,6 +15,8 @@
 //! - [`store`]: object storage behind one trait: a local directory or S3.
 //! - [`training`]: the provider WebSocket (`/ws/provider`), one coordinator per running project (K-batch
 //!   sync SGD, leases, checkpoints) and their registry.
+//! - [`web`]: the built web pages (dashboard, contribute page, embed script, browser provider) for every other
+//!   path.
 //! - [`cli`]: the requestor CLI `daig` (`src/bin/daig.rs`), a client of the HTTP API only.
 
 pub mod api;
@@ -29,6 +31,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod training;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,9 +76,10 @@ pub fn app(state: AppState) -> Router {
     // The provider socket is outside the request limits: it is long-lived and bounded by its own connection
     // limit (`max_provider_connections`).
     let sockets = Router::new().route("/ws/provider", axum::routing::get(training::connection::ws_provider));
+    let pages = web::Pages::new(&state.settings().web_dir);
     router
         .layer(Extension(api::OpenApiJson(Arc::from(openapi_json))))
-        .fallback(not_found)
+        .fallback(move |request: axum::extract::Request| pages.clone().serve(request))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings().body_limit_bytes))
         .layer(limits)
@@ -84,10 +88,6 @@ pub fn app(state: AppState) -> Router {
         .merge(sockets)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-async fn not_found() -> AppError {
-    AppError::NotFound("route")
 }
 
 async fn method_not_allowed() -> AppError {

@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod events;
 pub mod health;
 pub mod projects;
+pub mod public;
 pub mod session;
 pub mod tokens;
 pub mod training;
@@ -41,6 +42,7 @@ use crate::state::AppState;
         (name = "projects", description = "Projects: model, settings, lifecycle and the trained model"),
         (name = "datasets", description = "Uploading a project's dataset, which is validated and sharded"),
         (name = "training", description = "What training produces: metrics, checkpoints and the credit ledger"),
+        (name = "public", description = "What visitors see before they contribute, without an account (CORS per project)"),
     )
 )]
 pub struct ApiDoc;
@@ -95,6 +97,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(training::download_checkpoint))
         .routes(routes!(training::project_credits))
         .routes(routes!(training::provider_credits))
+        .routes(routes!(public::list_public_projects))
+        .routes(routes!(public::get_public_project))
 }
 
 /// The OpenAPI document, rendered once when the app is built.

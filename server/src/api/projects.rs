@@ -180,6 +180,11 @@ pub struct TrainingSettings {
     pub checkpoint_every: u32,
     /// Stop early once the validation accuracy reaches this (0 to 1) [null: train every epoch].
     pub target_accuracy: Option<f64>,
+    /// The origins of the sites that may embed a `site_key` project, like `https://blog.example.org` (scheme,
+    /// host and port only; at most 64) [none]. Browsers on other origins are refused at the provider socket and
+    /// by CORS; providers outside a browser send no origin and need only the site key. Public projects take
+    /// every origin.
+    pub sites: Vec<String>,
 }
 
 impl Default for TrainingSettings {
@@ -207,6 +212,7 @@ impl Default for TrainingSettings {
             normalization: None,
             checkpoint_every: 50,
             target_accuracy: None,
+            sites: Vec::new(),
         }
     }
 }
@@ -259,8 +265,65 @@ impl TrainingSettings {
         if let Err(e) = self.optimizer.validate() {
             problems.push(FieldError { field: "settings.optimizer", message: e.to_string() });
         }
+        if self.sites.len() > MAX_SITES {
+            problems.push(FieldError {
+                field: "settings.sites",
+                message: format!("at most {MAX_SITES} sites, not {}", self.sites.len()),
+            });
+        }
+        for site in self.sites.iter().take(MAX_SITES) {
+            if let Err(e) = parse_origin(site) {
+                problems.push(FieldError { field: "settings.sites", message: e });
+            }
+        }
         problems
     }
+
+    /// The sites as origins in canonical form (lowercase, default ports dropped), after [`Self::problems`] passed.
+    pub fn canonical_sites(&self) -> Vec<String> {
+        self.sites.iter().filter_map(|s| parse_origin(s).ok()).collect()
+    }
+}
+
+/// The most sites a project lists.
+pub const MAX_SITES: usize = 64;
+
+/// An origin as browsers send it in `Origin` (`scheme://host[:port]`), canonical: lowercase, without the scheme's
+/// default port.
+///
+/// # Errors
+/// What is wrong with it, for a field error.
+pub fn parse_origin(origin: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("{origin:?} is not a site origin like https://blog.example.org: {why}"));
+    if origin.len() > 255 {
+        return bad("longer than 255 characters");
+    }
+    let lower = origin.trim_end_matches('/').to_ascii_lowercase();
+    let Some((scheme, rest)) = lower.split_once("://") else { return bad("no scheme") };
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return bad("the scheme must be http or https"),
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
+        return bad("it must be a scheme and a host (and a port), without a path");
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
+                return bad("the port is not a number from 0 to 65535");
+            }
+            (host, Some(port))
+        }
+        _ => (rest, None),
+    };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)) {
+        return bad("the host has characters a host name cannot have");
+    }
+    Ok(match port {
+        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
 }
 
 /// A project to create: a name, a model (DAIG JSON in `model`, or Keras `model.to_json()` in `keras_model` with a
@@ -404,7 +467,7 @@ impl ProjectRow {
             .map_err(|e| AppError::Internal(anyhow::anyhow!("stored model does not validate: {e}")))
     }
 
-    fn progress(&self) -> Result<f64, AppError> {
+    pub fn progress(&self) -> Result<f64, AppError> {
         let epochs = f64::from(self.settings()?.epochs.max(1));
         Ok((self.epoch as f64 / epochs).clamp(0.0, 1.0))
     }
@@ -500,7 +563,7 @@ fn parse_model(body: &CreateProject, model_errors: &mut Vec<SpecError>, fields: 
 pub async fn create_project(
     State(state): State<AppState>,
     user: CurrentUser,
-    Json(body): Json<CreateProject>,
+    Json(mut body): Json<CreateProject>,
 ) -> Result<(StatusCode, Json<ProjectView>), AppError> {
     let mut fields = Vec::new();
     let name_chars = body.name.chars().count();
@@ -516,6 +579,7 @@ pub async fn create_project(
     let Some(model) = model.filter(|_| fields.is_empty() && model_errors.is_empty()) else {
         return Err(AppError::InvalidProject { model: model_errors, fields });
     };
+    body.settings.sites = body.settings.canonical_sites();
     let site_key = match body.settings.access {
         Access::Public => None,
         Access::SiteKey => Some(format!("site_{}", secret::random_secret()?)),

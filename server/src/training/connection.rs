@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use daig_shared::wire::{
     self, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, LeaseId, LeaseProgress, ProviderId, Reassembler, ShardHash,
@@ -29,8 +30,8 @@ use tokio::time::Instant;
 
 use super::coordinator::{Event, JoinRequest, Joined};
 use super::data::ShardObject;
-use super::{Detach, ParamsSnapshot, ProjectHandle, ToProvider};
-use crate::api::projects::Access;
+use super::{Detach, ParamsSnapshot, ProjectHandle, SocketOrigin, ToProvider};
+use crate::api::projects::{Access, TrainingSettings, parse_origin};
 use crate::db::now_unix;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -45,7 +46,8 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 const QUEUE: usize = 256;
 
 /// Upgrades to the provider protocol, within the connection limit.
-pub async fn ws_provider(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn ws_provider(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let origin = socket_origin(&headers);
     let Ok(permit) = state.training().connections().try_acquire_owned() else {
         return AppError::Overloaded.into_response();
     };
@@ -57,9 +59,23 @@ pub async fn ws_provider(State(state): State<AppState>, ws: WebSocketUpgrade) ->
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             metrics::gauge!("daig_provider_connections").increment(1.0);
-            Connection::run(state, socket).await;
+            Connection::run(state, socket, origin).await;
             metrics::gauge!("daig_provider_connections").decrement(1.0);
         })
+}
+
+/// Where the socket was opened from (see [`SocketOrigin`]): a browser's `Origin` compared with the `Host` it
+/// connected to.
+pub(crate) fn socket_origin(headers: &HeaderMap) -> SocketOrigin {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return SocketOrigin::None;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+    if !host.is_empty() && authority.eq_ignore_ascii_case(host) {
+        return SocketOrigin::SameOrigin;
+    }
+    SocketOrigin::Site(parse_origin(origin).unwrap_or_else(|_| origin.to_owned()))
 }
 
 /// How a joined session ended.
@@ -82,6 +98,7 @@ impl Stop {
 struct Connection {
     state: AppState,
     socket: WebSocket,
+    origin: SocketOrigin,
     hello: Hello,
     id: ProviderId,
     interval: Duration,
@@ -89,7 +106,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(state: AppState, mut socket: WebSocket) {
+    async fn run(state: AppState, mut socket: WebSocket, origin: SocketOrigin) {
         let hello = match read_hello(&mut socket).await {
             Ok(hello) => hello,
             Err(Stop(goodbye)) => {
@@ -120,6 +137,7 @@ impl Connection {
         };
         let interval = Duration::from_millis(state.settings().heartbeat_interval_ms);
         let mut connection = Connection {
+            origin,
             state,
             socket,
             hello,
@@ -195,6 +213,7 @@ impl Connection {
                                     ),
                                 ))));
                             }
+                            self.check_origin(id, handle.access, &handle.sites)?;
                             vec![handle]
                         }
                         None => {
@@ -208,6 +227,7 @@ impl Connection {
                     if let Some(key) = &self.hello.site_key
                         && let Some(own) = training.by_site_key(key)
                     {
+                        self.check_origin(own.id, own.access, &own.sites)?;
                         list.insert(0, own);
                     }
                     list
@@ -238,24 +258,39 @@ impl Connection {
 
     /// A project named in `Hello` that is not running: wait if it may run later, else refuse.
     async fn check_waitable(&mut self, id: i64) -> Result<(), Stop> {
-        let row: Option<(String, Option<String>)> = sqlx::query_as("SELECT state, site_key FROM projects WHERE id = ?")
-            .bind(id)
-            .fetch_optional(self.state.db())
-            .await
-            .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
+        let row: Option<(String, Option<String>, String)> =
+            sqlx::query_as("SELECT state, site_key, settings_json FROM projects WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.state.db())
+                .await
+                .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
         match row {
-            Some((state, site_key)) if state == "draft" || state == "paused" || state == "running" => {
+            Some((state, site_key, settings)) if state == "draft" || state == "paused" || state == "running" => {
                 if site_key.is_some() && site_key != self.hello.site_key {
                     return Err(Stop(Some((
                         GoodbyeReason::Unauthorized,
                         format!("project {id} takes providers only from its sites: the site key is missing or wrong"),
                     ))));
                 }
-                Ok(())
+                let settings: TrainingSettings = serde_json::from_str(&settings)
+                    .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
+                self.check_origin(id, settings.access, &settings.canonical_sites())
             }
-            Some((state, _)) => Err(Stop(Some((GoodbyeReason::Normal, format!("project {id} is {state}"))))),
+            Some((state, _, _)) => Err(Stop(Some((GoodbyeReason::Normal, format!("project {id} is {state}"))))),
             None => Err(Stop(Some((GoodbyeReason::UnknownProject, format!("there is no project {id}"))))),
         }
+    }
+
+    /// Refuses a browser on a site that project `id` does not list.
+    fn check_origin(&self, id: i64, access: Access, sites: &[String]) -> Result<(), Stop> {
+        if self.origin.admitted(access, sites) {
+            return Ok(());
+        }
+        let SocketOrigin::Site(origin) = &self.origin else { return Ok(()) };
+        Err(Stop(Some((
+            GoodbyeReason::Unauthorized,
+            format!("project {id} does not list {origin} among the sites that may embed it"),
+        ))))
     }
 
     /// Waits until projects change, answering heartbeats; a provider that stays silent is dropped.

@@ -110,6 +110,32 @@ pub struct ProjectHandle {
     pub status: watch::Receiver<LiveStatus>,
     pub access: Access,
     pub site_key: Option<String>,
+    /// The origins that may embed a `site_key` project (canonical, see `api::projects::parse_origin`).
+    pub sites: Vec<String>,
+}
+
+/// Where a provider's socket was opened, from its `Origin` header: what the Origin checks of `site_key` projects
+/// look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketOrigin {
+    /// No `Origin`: not a browser (the native provider); the site key alone admits it.
+    None,
+    /// A page of this server (the contribute page).
+    SameOrigin,
+    /// A page of another site, by its canonical origin (or the header as sent when it does not parse).
+    Site(String),
+}
+
+impl SocketOrigin {
+    /// Whether a provider from here may train project `access`, `sites`: public projects take every origin;
+    /// `site_key` projects take their own sites, this server's pages and non-browser providers.
+    pub fn admitted(&self, access: Access, sites: &[String]) -> bool {
+        match self {
+            _ if access == Access::Public => true,
+            SocketOrigin::None | SocketOrigin::SameOrigin => true,
+            SocketOrigin::Site(origin) => sites.iter().any(|s| s == origin),
+        }
+    }
 }
 
 /// The registry of running projects, owned by [`AppState`].
@@ -217,6 +243,7 @@ pub async fn start(state: &AppState, row: &ProjectRow) -> Result<(), AppError> {
         status: started.status,
         access: settings.access,
         site_key: row.site_key.clone(),
+        sites: settings.canonical_sites(),
     });
     drop(started.task);
     Ok(())

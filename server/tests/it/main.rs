@@ -18,4 +18,5 @@ mod socket;
 mod support;
 mod tokens;
 mod training;
+mod web;
 mod wire_provider;

@@ -38,6 +38,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/api/projects/{id}/checkpoints/{version}"),
     ("GET", "/api/projects/{id}/credits"),
     ("GET", "/api/providers/{id}/credits"),
+    ("GET", "/api/public/projects"),
+    ("GET", "/api/public/projects/{id}"),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +97,9 @@ async fn every_route_with_no_revoked_other_and_valid_credentials() {
         ("GET", "/api/projects/{id}/credits", [U, U, N, S::OK]),
         // Public: providers have no account.
         ("GET", "/api/providers/{id}/credits", [S::OK, S::OK, S::OK, S::OK]),
+        // Public: visitors have no account (public projects, or site-key projects with their key).
+        ("GET", "/api/public/projects", [S::OK, S::OK, S::OK, S::OK]),
+        ("GET", "/api/public/projects/{id}", [S::OK, S::OK, S::OK, S::OK]),
     ];
     assert_eq!(table.iter().map(|(m, p, _)| (*m, *p)).collect::<Vec<_>>(), OPERATIONS);
 
@@ -212,6 +217,10 @@ async fn build(
             .await
             .unwrap();
             request(method, &format!("/api/providers/{id}/credits"))
+        }
+        "/api/public/projects/{id}" => {
+            let id = app.small_project(token, json!({})).await;
+            request(method, &format!("/api/public/projects/{id}"))
         }
         "/api/tokens/{id}" => {
             let id = app.create_token(session, "to delete").await["id"].as_i64().unwrap();

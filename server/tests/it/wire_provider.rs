@@ -65,6 +65,15 @@ impl WireClient {
         WireClient { ws, reassembler: Reassembler::new(1 << 30), next_transfer: 0 }
     }
 
+    /// Connects as a browser page on `origin` would: with an `Origin` header.
+    pub async fn connect_from(addr: SocketAddr, origin: &str) -> WireClient {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = format!("ws://{addr}/ws/provider").into_client_request().unwrap();
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("connect");
+        WireClient { ws, reassembler: Reassembler::new(1 << 30), next_transfer: 0 }
+    }
+
     pub async fn send(&mut self, frame: &Frame<'_>) {
         self.ws.send(Message::Binary(frame.encode().into())).await.expect("send");
     }
