@@ -52,6 +52,8 @@ thread_local! {
     static USER: RefCell<Option<Value>> = const { RefCell::new(None) };
     /// Bumped on every navigation, so that answers for a page that is gone are dropped.
     static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// Whether the user has moved from page to page (focus then moves to the new page's heading).
+    static NAVIGATED: Cell<bool> = const { Cell::new(false) };
     /// The project page's live updates, closed when the page changes.
     static EVENTS: RefCell<Option<EventSource>> = const { RefCell::new(None) };
 }
@@ -134,7 +136,10 @@ pub fn start() {
         }
     });
     if let Some(window) = web_sys::window() {
-        dom::listen(&window, "popstate", |_| render_current());
+        dom::listen(&window, "popstate", |_| {
+            NAVIGATED.with(|n| n.set(true));
+            render_current();
+        });
     }
     wasm_bindgen_futures::spawn_local(async {
         match api::get("/api/me").await {
@@ -145,8 +150,14 @@ pub fn start() {
     });
 }
 
+/// Whether the user has navigated inside the dashboard since it loaded.
+pub fn navigated() -> bool {
+    NAVIGATED.with(Cell::get)
+}
+
 /// Goes to `path` (a dashboard route, possibly with a query) and shows it.
 pub fn navigate(path: &str) {
+    NAVIGATED.with(|n| n.set(true));
     if let Some(history) = web_sys::window().and_then(|w| w.history().ok()) {
         let _ = history.push_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(path));
     }

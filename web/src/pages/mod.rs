@@ -13,14 +13,17 @@ use web_sys::Element;
 use crate::api::ApiError;
 use crate::dom::{self, El, el};
 
-/// Puts a page with heading `title` into `main`, names the document after it and moves focus to the heading,
-/// so that screen readers announce the new page.
+/// Puts a page with heading `title` into `main`, names the document after it and, after a navigation inside the
+/// dashboard, moves focus to the heading so that screen readers announce the new page (on the first page, focus
+/// stays at the top, where the skip link is the first stop).
 pub fn page(main: &Element, title: &str, content: El) {
     dom::document().set_title(&format!("{title} · DAIG"));
     let heading = el("h1").id("page-title").attr("tabindex", "-1").text(title);
     let wrapper = el("div").class("page").child(heading).child(content);
     main.replace_children_with_node_1(&wrapper.0);
-    dom::focus("page-title");
+    if crate::app::navigated() {
+        dom::focus("page-title");
+    }
 }
 
 /// The page for unknown paths.

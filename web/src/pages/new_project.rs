@@ -133,17 +133,31 @@ pub fn render(main: &Element) {
             select("s-method", &[("adam", "Adam"), ("sgd", "SGD with momentum 0.9")], "adam"),
             Some("Adam suits most models."),
         )))
-        .child(el("details").child(el("summary").text("Advanced settings")).child(
-            el("div").class("grid").children(advanced).child(field(
-                "Who may contribute",
-                select(
-                    "s-access",
-                    &[("public", "Anyone (public)"), ("site_key", "Only sites with the site key")],
-                    "public",
-                ),
-                Some("With a site key, only visitors of sites that embed it train this project."),
-            )),
-        ));
+        .child(
+            el("details").child(el("summary").text("Advanced settings")).child(
+                el("div")
+                    .class("grid")
+                    .children(advanced)
+                    .child(field(
+                        "Who may contribute",
+                        select(
+                            "s-access",
+                            &[("public", "Anyone (public)"), ("site_key", "Only sites with the site key")],
+                            "public",
+                        ),
+                        Some("With a site key, only visitors of sites that embed it train this project."),
+                    ))
+                    .child(field(
+                        "Sites allowed to embed",
+                        el("textarea")
+                            .id("s-sites")
+                            .attr("name", "s-sites")
+                            .attr("rows", "2")
+                            .attr("spellcheck", "false"),
+                        Some("For a site key: the origins of the sites, like https://blog.example.org, one per line."),
+                    )),
+            ),
+        );
     let form = el("form")
         .id("project-form")
         .attr("novalidate", "")
@@ -385,6 +399,14 @@ fn body() -> Value {
         json!({"method": method, "learning_rate": number(dom::value("s-learning_rate").trim())}),
     );
     settings.insert("access".into(), json!(dom::value("s-access")));
+    let sites: Vec<String> = dom::value("s-sites")
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !sites.is_empty() {
+        settings.insert("sites".into(), json!(sites));
+    }
     let mut body = json!({"name": dom::value("project-name"), "settings": settings});
     if dom::checked("model-source-keras") {
         body["loss"] = json!(dom::value("keras-loss"));

@@ -227,6 +227,9 @@ fn build(view: &Value) {
         "main",
         el("div").class("page").child(el("h1").id("page-title").attr("tabindex", "-1").text(name)).child(content),
     );
+    if app::navigated() {
+        dom::focus("page-title");
+    }
 }
 
 fn legend(items: &[(&str, &str)]) -> El {
