@@ -98,7 +98,12 @@ async fn a_requestor_trains_mnist_from_the_dashboard_and_downloads_the_model() {
         .join("dashboard");
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).unwrap();
-    let server = Server::start_with(dir.path(), &["--web-dir".to_owned(), needs.dist.display().to_string()]).await;
+    // The browser signs up and logs in several times from one address: more than the default log-in burst.
+    let args: Vec<String> = ["--web-dir", &needs.dist.display().to_string(), "--auth-rate-burst", "50"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let server = Server::start_with(dir.path(), &args).await;
     let _provider = AnyProvider::start(&server, dir.path());
     // Chromium killed rather than closed leaves folders in the temp directory: give it one that is removed.
     let tmp = dir.path().join("tmp");
