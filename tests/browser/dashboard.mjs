@@ -39,7 +39,7 @@ try {
 }
 
 const STEP_TIMEOUT_MS = 30_000;
-const TRAIN_TIMEOUT_MS = 600_000;
+const TRAIN_TIMEOUT_MS = 300_000;
 const user = { name: 'ada', email: 'ada@example.org', password: 'correct horse battery' };
 const results = { username: user.name, password: user.password, steps: [] };
 

@@ -138,6 +138,11 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], y_range: Option
             let _ =
                 write!(svg, r#"<path class="line {c}" d="{d}" data-points="{n}"/>"#, c = s.class, n = s.points.len());
         }
+        // The latest point as a dot, so that a series of one point shows too.
+        if let Some((x, y)) = s.points.iter().rev().find(|(x, y)| x.is_finite() && y.is_finite()) {
+            let _ =
+                write!(svg, r#"<circle class="dot {c}" cx="{:.1}" cy="{:.1}" r="4"/>"#, sx(*x), sy(*y), c = s.class);
+        }
     }
     svg.push_str("</svg>");
     svg
@@ -184,6 +189,7 @@ mod tests {
         assert!(svg.contains(r#"class="line s1" d="M52.0,"#), "{svg}");
         assert_eq!(svg.matches(" L").count(), 2, "three points in the first series, one in the second: {svg}");
         assert!(svg.contains("Latest: train 0.5000, validation 1.1000"), "{svg}");
+        assert_eq!(svg.matches("<circle").count(), 2, "a dot at each series' latest point: {svg}");
     }
 
     #[test]

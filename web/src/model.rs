@@ -226,7 +226,12 @@ pub fn sort_problems(details: &Value) -> ProblemsByPlace {
         let field = e["field"].as_str().unwrap_or_default().to_owned();
         match e["layer"].as_u64().and_then(|l| usize::try_from(l).ok()) {
             Some(layer) => {
-                let text = if field.is_empty() { message } else { format!("{field}: {message}") };
+                // Messages often start with their field already ("units must be at least 1").
+                let text = if field.is_empty() || message.starts_with(&field) {
+                    message
+                } else {
+                    format!("{field}: {message}")
+                };
                 out.layers.entry(layer).or_default().push(text);
             }
             None => out.model.push((field, message)),
@@ -278,11 +283,15 @@ mod tests {
         let details = json!({
             "model": [
                 {"layer": 1, "layer_type": "dense", "field": "units", "message": "must be at least 1"},
+                {"layer": 1, "layer_type": "dense", "field": "units", "message": "units must be even"},
                 {"layer": null, "layer_type": null, "field": "loss", "message": "unknown loss"},
                 {"layer": 1, "layer_type": "dense", "field": null, "message": "second"}],
             "fields": [{"field": "settings.epochs", "message": "must be in 1..=10000, not 0"}]});
         let p = sort_problems(&details);
-        assert_eq!(p.layers[&1], vec!["units: must be at least 1".to_owned(), "second".to_owned()]);
+        assert_eq!(
+            p.layers[&1],
+            vec!["units: must be at least 1".to_owned(), "units must be even".to_owned(), "second".to_owned()]
+        );
         assert_eq!(p.model, vec![("loss".to_owned(), "unknown loss".to_owned())]);
         assert_eq!(p.fields[0].0, "settings.epochs");
     }
