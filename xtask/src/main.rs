@@ -3,7 +3,10 @@
 //! - `cargo xtask test`: every check CI runs: formatting, the workspace's tests (the GPU engine's on whatever
 //!   adapter is present: Mesa's lavapipe where there is no GPU), clippy with warnings denied, and the
 //!   build of `daig-shared` for `wasm32-unknown-unknown` (an invariant: the shared crate runs in browsers).
-//! - `cargo xtask test-browser`: only the browser tests (part of `test`).
+//! - `cargo xtask test-browser`: only the engine's browser tests (part of `test`).
+//! - `cargo xtask web [--dev]`: builds the web pages into `web/dist` (the browser provider's wasm through
+//!   wasm-bindgen and wasm-opt, the contribute page, the embed script), which the server serves.
+//! - `cargo xtask serve [ARGS]`: builds the pages, then runs the release server with `ARGS`.
 //! - `cargo xtask bench [server|training]`: the benchmarks recorded in BENCHMARKS.md, each beside its peer in the
 //!   same run; with `server`, only the management server's (dataset upload and status requests over loopback); with
 //!   `training`, only distributed training's (speedup and statistical efficiency with native providers, aggregation
@@ -21,14 +24,27 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => test(),
         "test-browser" => browser_tests(),
+        "web" => web(std::env::args().any(|a| a == "--dev")),
+        "serve" => {
+            web(false)?;
+            let mut run = vec!["run", "--release", "--package", "daig-server", "--bin", "daig-server", "--"];
+            let rest: Vec<String> = std::env::args().skip(2).collect();
+            run.extend(rest.iter().map(String::as_str));
+            cargo(&run)
+        }
         "bench" => match std::env::args().nth(2).as_deref() {
             None => bench(),
             Some("server") => bench_server(),
             Some("training") => bench_training(&std::env::args().skip(3).collect::<Vec<_>>()),
-            Some(other) => bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training]`"),
+            Some("browser") => bench_browser(&std::env::args().skip(3).collect::<Vec<_>>()),
+            Some(other) => {
+                bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training|browser]`")
+            }
         },
         _ => {
-            eprintln!("usage: cargo xtask <test|test-browser|bench [server|training [ARGS]]>");
+            eprintln!(
+                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|bench [server|training [ARGS]]>"
+            );
             bail!("unknown task `{task}`")
         }
     }
@@ -39,6 +55,20 @@ fn test() -> anyhow::Result<()> {
     cargo(&["build", "--package", "daig-shared", "--target", "wasm32-unknown-unknown"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "--deny", "warnings"])?;
     cargo(&["clippy", "--package", "daig-shared", "--target", "wasm32-unknown-unknown", "--", "--deny", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--package",
+        "daig-provider",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--lib",
+        "--tests",
+        "--",
+        "--deny",
+        "warnings",
+    ])?;
+    // The browser end-to-end tests (tests/tests/browser_provider.rs) load the built pages.
+    web(false)?;
     cargo(&["test", "--workspace"])?;
     browser_tests()?;
     Ok(())
@@ -92,6 +122,157 @@ fn browser_tests() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest gzipped provider wasm the browser may have to fetch before a visitor's first contribution.
+const MAX_PROVIDER_WASM_GZIP: u64 = 400 * 1024;
+
+/// The wasm-bindgen CLI that matches the `wasm-bindgen` pinned in Cargo.toml.
+const WASM_BINDGEN_VERSION: &str = "0.2.130";
+
+/// Builds the web pages into `web/dist`: the browser provider (wasm-bindgen, wasm-opt when found, gzipped copies
+/// served precompressed) under `provider/`, and the static pages of `web/static`. `dev` skips LTO and wasm-opt.
+fn web(dev: bool) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    let dist = root.join("web/dist");
+    ensure_web_tools()?;
+    let target_dir =
+        std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    build.args([
+        "rustc",
+        "--package",
+        "daig-provider",
+        "--lib",
+        "--release",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--crate-type",
+        "cdylib",
+    ]);
+    if !dev {
+        build.env("CARGO_PROFILE_RELEASE_LTO", "true").env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
+    }
+    eprintln!("$ cargo rustc -p daig-provider --lib --release --target wasm32-unknown-unknown --crate-type cdylib");
+    if !build.status()?.success() {
+        bail!("building the provider's wasm failed");
+    }
+    let wasm = target_dir.join("wasm32-unknown-unknown/release/daig_provider.wasm");
+    let out = dist.join("provider");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    run(Command::new("wasm-bindgen")
+        .arg("--target")
+        .arg("no-modules")
+        .arg("--no-typescript")
+        .arg("--out-name")
+        .arg("daig_provider")
+        .arg("--out-dir")
+        .arg(&out)
+        .arg(&wasm))?;
+    let bindgen_wasm = out.join("daig_provider_bg.wasm");
+    match (dev, find_wasm_opt()) {
+        (false, Some(wasm_opt)) => {
+            run(Command::new(wasm_opt).arg("-O3").args(WASM_FEATURES).arg(&bindgen_wasm).arg("-o").arg(&bindgen_wasm))?
+        }
+        (false, None) => {
+            eprintln!("wasm-opt (binaryen 132) not found: the provider's wasm is not optimised further (set WASM_OPT)")
+        }
+        (true, _) => {}
+    }
+    for entry in std::fs::read_dir(root.join("web/static"))? {
+        let entry = entry?;
+        copy_tree(&entry.path(), &dist.join(entry.file_name()))?;
+    }
+    let mut gzipped_wasm = 0;
+    for file in ["provider/daig_provider_bg.wasm", "provider/daig_provider.js", "provider/worker.js", "embed.js"] {
+        let path = dist.join(file);
+        let bytes = std::fs::read(&path).with_context(|| format!("{} is missing", path.display()))?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &bytes)?;
+        let gz = gz.finish()?;
+        if file.ends_with(".wasm") {
+            gzipped_wasm = gz.len() as u64;
+            eprintln!("provider wasm: {} KB, {} KB gzipped", bytes.len() / 1024, gz.len() / 1024);
+        }
+        std::fs::write(dist.join(format!("{file}.gz")), gz)?;
+    }
+    if gzipped_wasm > MAX_PROVIDER_WASM_GZIP && !dev {
+        bail!(
+            "the provider's wasm is {} KB gzipped, over the {} KB budget",
+            gzipped_wasm / 1024,
+            MAX_PROVIDER_WASM_GZIP / 1024
+        );
+    }
+    eprintln!("web pages built in {}", dist.display());
+    Ok(())
+}
+
+/// The wasm features rustc emits by default for wasm32-unknown-unknown, for wasm-opt to accept them.
+const WASM_FEATURES: &[&str] = &[
+    "--enable-bulk-memory",
+    "--enable-nontrapping-float-to-int",
+    "--enable-sign-ext",
+    "--enable-mutable-globals",
+    "--enable-reference-types",
+    "--enable-multivalue",
+];
+
+/// Installs what the web build needs when it is missing: the wasm32 target and the pinned wasm-bindgen CLI.
+fn ensure_web_tools() -> anyhow::Result<()> {
+    run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    let version = Command::new("wasm-bindgen")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if !version.is_some_and(|v| v.trim().ends_with(WASM_BINDGEN_VERSION)) {
+        cargo(&["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION])?;
+    }
+    Ok(())
+}
+
+/// binaryen's wasm-opt: `$WASM_OPT`, the npm `binaryen@132` that `.ci/run` installs, or one on PATH that is not
+/// Debian's (version 108 writes wasm that browsers refuse).
+fn find_wasm_opt() -> Option<std::path::PathBuf> {
+    if let Ok(path) = std::env::var("WASM_OPT") {
+        return Some(path.into());
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let npm = std::path::Path::new(&home).join(".cache/daig/npm/node_modules/.bin/wasm-opt");
+    if npm.exists() {
+        return Some(npm);
+    }
+    let version = Command::new("wasm-opt").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&version.stdout);
+    let number: u32 = text.split_whitespace().find_map(|w| w.parse().ok())?;
+    (number >= 116).then(|| "wasm-opt".into())
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else {
+        std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    }
+    Ok(())
+}
+
+fn workspace_root() -> anyhow::Result<std::path::PathBuf> {
+    Ok(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_owned())
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("$ {command:?}");
+    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
 fn bench() -> anyhow::Result<()> {
     cargo(&["bench", "--package", "daig-shared", "--bench", "frame"])?;
     cargo(&["bench", "--package", "daig-shared", "--bench", "trainer"])?;
@@ -112,6 +293,40 @@ fn bench_training(args: &[String]) -> anyhow::Result<()> {
     let mut run = vec!["run", "--release", "--package", "daig-server", "--example", "training_bench", "--"];
     run.extend(args.iter().map(String::as_str));
     cargo(&run)
+}
+
+/// The browser provider's engine beside TensorFlow.js in one headless Chromium (`bench/browser/tfjs_bench.mjs`), with
+/// the npm packages installed in `~/.cache/daig/npm` (or `$DAIG_NODE_MODULES`); `args` go to the script
+/// (`--quick`).
+fn bench_browser(args: &[String]) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    web(false)?;
+    let home = std::env::var("HOME").unwrap_or_default();
+    let npm = std::path::Path::new(&home).join(".cache/daig/npm");
+    let modules =
+        std::env::var("DAIG_NODE_MODULES").map(std::path::PathBuf::from).unwrap_or_else(|_| npm.join("node_modules"));
+    if !modules.join("@tensorflow/tfjs-backend-wasm").is_dir() || !modules.join("playwright-core").is_dir() {
+        std::fs::create_dir_all(&npm)?;
+        run(Command::new("npm").arg("install").arg("--prefix").arg(&npm).args([
+            "--no-audit",
+            "--no-fund",
+            "playwright-core@1.65.1",
+            "@tensorflow/tfjs@4.22.0",
+            "@tensorflow/tfjs-backend-webgpu@4.22.0",
+            "@tensorflow/tfjs-backend-wasm@4.22.0",
+        ]))?;
+    }
+    let mnist = root
+        .ancestors()
+        .map(|dir| dir.join("shared/data/mnist-8k"))
+        .find(|dir| dir.join("images.npy").is_file())
+        .context("no shared/data/mnist-8k above the checkout")?;
+    run(Command::new("node")
+        .arg(root.join("bench/browser/tfjs_bench.mjs"))
+        .arg(mnist)
+        .arg(root.join("web/dist"))
+        .arg(modules)
+        .args(args))
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {

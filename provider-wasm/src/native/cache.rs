@@ -11,6 +11,8 @@ use std::time::SystemTime;
 
 use daig_shared::wire::ShardHash;
 
+use crate::session::parse_shard_hash;
+
 const SUFFIX: &str = ".shard";
 
 /// A directory of shards; every method is blocking (call it from `spawn_blocking`).
@@ -102,7 +104,7 @@ impl DiskCache {
         read.filter_map(Result::ok)
             .filter_map(|item| {
                 let name = item.file_name();
-                let hash = parse_hash(name.to_str()?.strip_suffix(SUFFIX)?)?;
+                let hash = parse_shard_hash(name.to_str()?.strip_suffix(SUFFIX)?)?;
                 let meta = item.metadata().ok().filter(fs::Metadata::is_file)?;
                 let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 Some((hash, Entry { path: item.path(), bytes: meta.len(), used }))
@@ -126,17 +128,6 @@ impl DiskCache {
 }
 
 /// A shard hash from 64 lowercase hex digits.
-fn parse_hash(hex: &str) -> Option<ShardHash> {
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(ShardHash(hash))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,8 +165,8 @@ mod tests {
     #[test]
     fn file_names_are_the_hex_hash() {
         let h = ShardHash(std::array::from_fn(|i| i as u8 * 7));
-        assert_eq!(parse_hash(&h.to_string()), Some(h));
-        assert_eq!(parse_hash("ab"), None);
-        assert_eq!(parse_hash(&"G".repeat(64)), None);
+        assert_eq!(parse_shard_hash(&h.to_string()), Some(h));
+        assert_eq!(parse_shard_hash("ab"), None);
+        assert_eq!(parse_shard_hash(&"G".repeat(64)), None);
     }
 }

@@ -82,6 +82,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(projects::create_project, projects::list_projects))
         .routes(routes!(projects::get_project, projects::delete_project))
+        .routes(routes!(projects::set_sites))
         .routes(routes!(projects::start_project))
         .routes(routes!(projects::pause_project))
         .routes(routes!(projects::resume_project))

@@ -689,6 +689,55 @@ pub async fn get_project(
     Ok(Json(view(&state, &row).await?))
 }
 
+/// A project's new list of sites.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSites {
+    /// Origins like `https://blog.example.org` (at most 64); replaces the list.
+    pub sites: Vec<String>,
+}
+
+/// Replaces the sites that may embed the project (its `settings.sites`), in any state; a running project takes the
+/// new list at once: browsers on a removed site are refused from their next connection.
+#[utoipa::path(put, path = "/api/projects/{id}/sites", tag = "projects",
+    security(("bearer" = []), ("session" = [])),
+    params(("id" = i64, Path, description = "The project's id")),
+    request_body = SetSites,
+    responses(
+        (status = 200, description = "The project with its new sites", body = ProjectView),
+        (status = 401, description = "No valid credentials", body = ErrorBody),
+        (status = 403, description = "Session cookie without a matching X-CSRF-Token", body = ErrorBody),
+        (status = 404, description = "No project with this id belongs to the caller", body = ErrorBody),
+        (status = 422, description = "A site that is not an origin, or too many", body = ErrorBody),
+    )
+)]
+pub async fn set_sites(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    Json(body): Json<SetSites>,
+) -> Result<Json<ProjectView>, AppError> {
+    let row = load_owned(&state, &user, id).await?;
+    let mut settings = row.settings()?;
+    settings.sites = body.sites;
+    let problems: Vec<FieldError> = settings.problems().into_iter().filter(|p| p.field == "settings.sites").collect();
+    if !problems.is_empty() {
+        return Err(AppError::Validation(problems));
+    }
+    settings.sites = settings.canonical_sites();
+    let settings_json = serde_json::to_string(&settings)
+        .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("serialising settings")))?;
+    sqlx::query("UPDATE projects SET settings_json = ?, updated_at = ? WHERE id = ?")
+        .bind(settings_json)
+        .bind(now_unix())
+        .bind(id)
+        .execute(state.db())
+        .await?;
+    state.training().set_sites(id, settings.sites.clone());
+    let row = load_owned(&state, &user, id).await?;
+    Ok(Json(view(&state, &row).await?))
+}
+
 /// Deletes a project, its dataset and every object stored under `projects/{id}/`.
 #[utoipa::path(delete, path = "/api/projects/{id}", tag = "projects",
     security(("bearer" = []), ("session" = [])),

@@ -378,11 +378,12 @@ impl Coordinator {
 
     fn leave(&mut self, provider: ProviderId) {
         if let Some(p) = self.providers.remove(&provider) {
+            let returned = p.leases.len();
             for lease in p.leases {
                 self.drop_lease(lease);
             }
             metrics::gauge!("daig_providers_connected").decrement(1.0);
-            tracing::info!(project = self.id, provider = %provider, "provider left");
+            tracing::info!(project = self.id, provider = %provider, returned, "provider left; its leases return to the queue");
             self.fill_all();
         }
     }

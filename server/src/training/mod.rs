@@ -202,6 +202,13 @@ impl Training {
         self.lock().remove(&id);
     }
 
+    /// Replaces the sites of running project `id` (a no-op when it is not running).
+    pub fn set_sites(&self, id: i64, sites: Vec<String>) {
+        if let Some(handle) = self.lock().get_mut(&id) {
+            handle.sites = sites;
+        }
+    }
+
     fn insert(&self, handle: ProjectHandle) {
         self.lock().insert(handle.id, handle);
         self.changed.send_modify(|n| *n += 1);

@@ -23,6 +23,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/api/projects"),
     ("GET", "/api/projects/{id}"),
     ("DELETE", "/api/projects/{id}"),
+    ("PUT", "/api/projects/{id}/sites"),
     ("POST", "/api/projects/{id}/start"),
     ("POST", "/api/projects/{id}/pause"),
     ("POST", "/api/projects/{id}/resume"),
@@ -81,6 +82,7 @@ async fn every_route_with_no_revoked_other_and_valid_credentials() {
         ("GET", "/api/projects", [U, U, S::OK, S::OK]),
         ("GET", "/api/projects/{id}", [U, U, N, S::OK]),
         ("DELETE", "/api/projects/{id}", [U, U, N, S::NO_CONTENT]),
+        ("PUT", "/api/projects/{id}/sites", [U, U, N, S::OK]),
         ("POST", "/api/projects/{id}/start", [U, U, N, S::OK]),
         ("POST", "/api/projects/{id}/pause", [U, U, N, S::OK]),
         ("POST", "/api/projects/{id}/resume", [U, U, N, S::OK]),
@@ -160,6 +162,7 @@ async fn build(
                 app.state.store().put(&key, bytes::Bytes::from_static(b"weights")).await.unwrap();
                 request(method, &uri)
             }
+            "/sites" => json_request(method, &uri, &json!({"sites": ["https://blog.example.org"]})),
             "/dataset/{part}" => {
                 let uri = format!("/api/projects/{id}/dataset/features");
                 raw_request(method, &uri, "application/octet-stream", small_dataset(10, 3).0)

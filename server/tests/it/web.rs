@@ -185,6 +185,24 @@ async fn the_provider_socket_admits_only_listed_sites_to_site_key_projects() {
             _ => panic!("expected a goodbye"),
         }
     }
+    // The owner changes the list: it applies to the running project at once.
+    let put = |sites: Value| {
+        let request =
+            crate::support::json_request(Method::PUT, &format!("/api/projects/{id}/sites"), &json!({"sites": sites}));
+        with_token(request, &token)
+    };
+    let bad = app.send(put(json!(["not an origin"]))).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text());
+    let changed = app.send(put(json!(["HTTP://127.0.0.1:9001/"]))).await;
+    assert_eq!(changed.json()["settings"]["sites"], json!(["http://127.0.0.1:9001"]));
+    let mut client = WireClient::connect_from(addr, "http://127.0.0.1:9001").await;
+    client.send(&Frame::Hello(with_key())).await;
+    assert_eq!(welcome(client).await, id as u64, "a newly listed site is let in");
+    let mut client = WireClient::connect_from(addr, "http://127.0.0.1:9000").await;
+    client.send(&Frame::Hello(with_key())).await;
+    assert!(
+        matches!(client.recv().await, Incoming::Frame(Frame::Goodbye(g)) if g.reason == GoodbyeReason::Unauthorized)
+    );
     // A public project takes every site.
     let (public, _) = running(&app, &token, json!({"samples_per_shard": 10, "validation_fraction": 0.25})).await;
     let mut client = WireClient::connect_from(addr, "http://127.0.0.1:9001").await;
