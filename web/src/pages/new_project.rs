@@ -399,11 +399,7 @@ fn body() -> Value {
         json!({"method": method, "learning_rate": number(dom::value("s-learning_rate").trim())}),
     );
     settings.insert("access".into(), json!(dom::value("s-access")));
-    let sites: Vec<String> = dom::value("s-sites")
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let sites = super::project::parse_sites(&dom::value("s-sites"));
     if !sites.is_empty() {
         settings.insert("sites".into(), json!(sites));
     }

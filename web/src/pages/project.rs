@@ -185,7 +185,7 @@ fn build(view: &Value) {
         .child(el("h2").id("downloads-h").text("Downloads"))
         .child(el("div").id("downloads"))
         .child(el("div").id("checkpoints"));
-    let embed = view["site_key"].as_str().map(embed_section);
+    let embed = embed_section(view);
     let content = el("div")
         .id("project")
         .attr("data-project-id", &id.to_string())
@@ -238,25 +238,66 @@ fn legend(items: &[(&str, &str)]) -> El {
     )
 }
 
-/// The snippet a site owner pastes to let visitors train this project.
-pub fn embed_snippet(origin: &str, site_key: &str) -> String {
-    format!(r#"<script src="{origin}/embed.js" data-site-key="{site_key}" async></script>"#)
+/// The snippet a site owner pastes to let visitors train this project (the embed script's `data-project` and
+/// `data-site-key`, as `/sites` documents them).
+pub fn embed_snippet(origin: &str, project: i64, site_key: &str) -> String {
+    format!(r#"<script src="{origin}/embed.js" data-project="{project}" data-site-key="{site_key}" async></script>"#)
 }
 
-fn embed_section(site_key: &str) -> El {
+/// Origins typed one per line (or separated by spaces or commas).
+pub fn parse_sites(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn embed_section(view: &Value) -> Option<El> {
+    let site_key = view["site_key"].as_str()?;
+    let id = view["id"].as_i64().unwrap_or(0);
     let origin = web_sys::window().and_then(|w| w.location().origin().ok()).unwrap_or_default();
-    let snippet = embed_snippet(&origin, site_key);
-    el("section")
-        .attr("aria-labelledby", "embed-h")
-        .child(el("h2").id("embed-h").text("Embed on your site"))
-        .child(
-            el("p").text(
-                "Only visitors of sites that embed this key train the project. Paste this into a page of your site:",
-            ),
-        )
-        .child(el("label").attr("for", "embed-snippet").text("Embed snippet"))
-        .child(el("textarea").id("embed-snippet").attr("readonly", "").attr("rows", "3").text(&snippet))
-        .child(el("p").child(el("span").text("Site key: ")).child(el("code").id("site-key").text(site_key)))
+    let snippet = embed_snippet(&origin, id, site_key);
+    let sites: Vec<&str> =
+        view["settings"]["sites"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let editor = el("form")
+        .id("sites-form")
+        .attr("novalidate", "")
+        .child(dom::field(
+            "Sites allowed to embed it",
+            el("textarea")
+                .id("sites")
+                .attr("name", "sites")
+                .attr("rows", "3")
+                .attr("spellcheck", "false")
+                .text(&sites.join("\n")),
+            Some("Origins like https://blog.example.org, one per line. Browsers on other sites are refused."),
+        ))
+        .child(el("button").attr("type", "submit").text("Save sites"))
+        .on("submit", move |event| {
+            event.prevent_default();
+            wasm_bindgen_futures::spawn_local(async move {
+                dom::clear_field_errors("sites-form");
+                let body = json!({"sites": parse_sites(&dom::value("sites"))});
+                match crate::api::call("PUT", &format!("/api/projects/{id}/sites"), Some(&body)).await {
+                    Ok(_) => app::announce("Sites saved"),
+                    Err(e) => {
+                        let message =
+                            e.details["fields"][0]["message"].as_str().map_or_else(|| e.describe(), str::to_owned);
+                        dom::field_error("sites", &message);
+                    }
+                }
+            });
+        });
+    Some(
+        el("section")
+            .attr("aria-labelledby", "embed-h")
+            .child(el("h2").id("embed-h").text("Embed on your site"))
+            .child(el("p").text(
+                "Only visitors of the sites listed below that embed this key train the project. Paste this into their pages \
+                 (more on the ",
+            ).child(el("a").attr("href", "/sites").text("site owners' page")).text("):"))
+            .child(el("label").attr("for", "embed-snippet").text("Embed snippet"))
+            .child(el("textarea").id("embed-snippet").attr("readonly", "").attr("rows", "3").text(&snippet))
+            .child(el("p").child(el("span").text("Site key: ")).child(el("code").id("site-key").text(site_key)))
+            .child(editor),
+    )
 }
 
 /// Redraws the live parts from a project view.
@@ -543,8 +584,16 @@ mod tests {
     #[test]
     fn the_embed_snippet_names_the_script_and_key() {
         assert_eq!(
-            super::embed_snippet("https://daig.example", "site_abc"),
-            r#"<script src="https://daig.example/embed.js" data-site-key="site_abc" async></script>"#
+            super::embed_snippet("https://daig.example", 7, "site_abc"),
+            r#"<script src="https://daig.example/embed.js" data-project="7" data-site-key="site_abc" async></script>"#
+        );
+    }
+
+    #[test]
+    fn sites_are_read_one_per_line_or_separated() {
+        assert_eq!(
+            super::parse_sites(" https://a.example\nhttps://b.example, http://c.example:8080 "),
+            ["https://a.example", "https://b.example", "http://c.example:8080"]
         );
     }
 }
