@@ -2,6 +2,7 @@
 //! (`GET /api/openapi.json`) is generated from the same handlers that serve the routes.
 
 pub mod datasets;
+pub mod events;
 pub mod health;
 pub mod projects;
 pub mod public;
@@ -88,6 +89,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(projects::cancel_project))
         .routes(routes!(projects::download_model))
         .routes(routes!(projects::model_spec))
+        .routes(routes!(events::project_events))
         .routes(routes!(datasets::upload_part))
         .routes(routes!(datasets::commit_dataset))
         .routes(routes!(datasets::delete_dataset))

@@ -607,7 +607,8 @@ pub async fn create_project(
     Ok((StatusCode::CREATED, Json(view(&state, &row).await?)))
 }
 
-async fn view(state: &AppState, row: &ProjectRow) -> Result<ProjectView, AppError> {
+/// The project as the API shows it: the stored row with the live status of a running coordinator.
+pub(crate) async fn view(state: &AppState, row: &ProjectRow) -> Result<ProjectView, AppError> {
     let model = row.model()?;
     let dataset = super::datasets::load_summary(state, row.id).await?;
     let live = state.training().get(row.id).map(|h| h.status.borrow().clone()).filter(|s| s.running);

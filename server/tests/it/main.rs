@@ -8,6 +8,7 @@ mod binary;
 mod cli;
 mod datasets;
 mod errors;
+mod events;
 mod limits;
 mod observability;
 mod projects;

@@ -30,6 +30,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/api/projects/{id}/cancel"),
     ("GET", "/api/projects/{id}/model"),
     ("GET", "/api/projects/{id}/model/spec"),
+    ("GET", "/api/projects/{id}/events"),
     ("PUT", "/api/projects/{id}/dataset/{part}"),
     ("POST", "/api/projects/{id}/dataset/commit"),
     ("DELETE", "/api/projects/{id}/dataset"),
@@ -88,6 +89,7 @@ async fn every_route_with_no_revoked_other_and_valid_credentials() {
         ("POST", "/api/projects/{id}/cancel", [U, U, N, S::OK]),
         ("GET", "/api/projects/{id}/model", [U, U, N, S::OK]),
         ("GET", "/api/projects/{id}/model/spec", [U, U, N, S::OK]),
+        ("GET", "/api/projects/{id}/events", [U, U, N, S::OK]),
         ("PUT", "/api/projects/{id}/dataset/{part}", [U, U, N, S::OK]),
         ("POST", "/api/projects/{id}/dataset/commit", [U, U, N, S::OK]),
         ("DELETE", "/api/projects/{id}/dataset", [U, U, N, S::NO_CONTENT]),
@@ -137,10 +139,12 @@ async fn build(
     let method: Method = method.parse().unwrap();
     if let Some(rest) = path.strip_prefix("/api/projects/{id}") {
         let id = match rest {
-            "/start" | "/pause" | "/resume" | "/cancel" => {
+            "/start" | "/pause" | "/resume" | "/cancel" | "/events" => {
                 let id = app.project_with_dataset(token).await;
                 let before: &[&str] = match rest {
                     "/pause" | "/cancel" => &["start"],
+                    // A cancelled project's stream sends the project once and ends, so that the body is complete.
+                    "/events" => &["start", "cancel"],
                     "/resume" => &["start", "pause"],
                     _ => &[],
                 };

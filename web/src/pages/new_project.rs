@@ -1,0 +1,569 @@
+//! `/projects/new`: name, model (the layer editor, or a Keras JSON file), training settings and dataset.
+//!
+//! The server validates the model; its 422 answer lists every problem with the layer it concerns, and each is
+//! shown under that layer (`#layer-{i}-errors`), model-wide ones above the layers, settings beside their field.
+
+use std::cell::RefCell;
+
+use serde_json::{Value, json};
+use wasm_bindgen::JsCast;
+use web_sys::{Element, HtmlElement};
+
+use super::{alert_box, page, show_message};
+use crate::app;
+use crate::dom::{self, El, el, field, input, select};
+use crate::model::{self, FieldKind, LayerRow, ModelDraft};
+
+thread_local! {
+    /// The model being edited.
+    static DRAFT: RefCell<ModelDraft> = RefCell::new(ModelDraft::mnist_mlp());
+}
+
+/// A training setting: id suffix (the field after `settings.`), label, default, hint, whether advanced.
+struct Setting {
+    key: &'static str,
+    label: &'static str,
+    default: &'static str,
+    hint: &'static str,
+    advanced: bool,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting { key: "epochs", label: "Epochs", default: "10", hint: "Passes over the training set.", advanced: false },
+    Setting {
+        key: "target_accuracy",
+        label: "Target accuracy",
+        default: "",
+        hint: "Stop at the first epoch end with this validation accuracy (0 to 1); empty trains every epoch.",
+        advanced: false,
+    },
+    Setting {
+        key: "batch_size",
+        label: "Batch size",
+        default: "32",
+        hint: "Samples per local step on a provider (1 to 4096).",
+        advanced: false,
+    },
+    Setting {
+        key: "learning_rate",
+        label: "Learning rate",
+        default: "0.001",
+        hint: "Step size of the server's optimiser.",
+        advanced: false,
+    },
+    Setting {
+        key: "k",
+        label: "Contributions per update (K)",
+        default: "4",
+        hint: "Contributions averaged into one update; the global batch is K × batch size.",
+        advanced: true,
+    },
+    Setting {
+        key: "max_staleness",
+        label: "Max staleness",
+        default: "2",
+        hint: "How many versions old a contribution may be; older ones count less, then not at all.",
+        advanced: true,
+    },
+    Setting {
+        key: "local_steps",
+        label: "Local steps",
+        default: "1",
+        hint: "SGD steps a provider takes per contribution.",
+        advanced: true,
+    },
+    Setting {
+        key: "local_learning_rate",
+        label: "Local learning rate",
+        default: "1",
+        hint: "Providers' local step size; with several local steps use e.g. 0.05 and server SGD at rate 1.",
+        advanced: true,
+    },
+    Setting {
+        key: "validation_fraction",
+        label: "Validation fraction",
+        default: "0.1",
+        hint: "Share of samples held out to measure accuracy (0 to 0.5).",
+        advanced: true,
+    },
+    Setting {
+        key: "seed",
+        label: "Seed",
+        default: "0",
+        hint: "Seeds the shuffle, the split and the initial parameters.",
+        advanced: true,
+    },
+    Setting {
+        key: "max_providers",
+        label: "Max providers",
+        default: "64",
+        hint: "Providers training at once.",
+        advanced: true,
+    },
+    Setting {
+        key: "checkpoint_every",
+        label: "Checkpoint every",
+        default: "50",
+        hint: "Updates between checkpoints (also at every epoch's end and on pause).",
+        advanced: true,
+    },
+    Setting {
+        key: "samples_per_shard",
+        label: "Samples per shard",
+        default: "1024",
+        hint: "How the dataset is cut for providers to download.",
+        advanced: true,
+    },
+];
+
+fn setting_field(s: &Setting) -> El {
+    let id = format!("s-{}", s.key);
+    field(s.label, input(&id, "text").attr("inputmode", "decimal").attr("value", s.default), Some(s.hint))
+}
+
+pub fn render(main: &Element) {
+    DRAFT.with(|d| *d.borrow_mut() = ModelDraft::mnist_mlp());
+    let basic = SETTINGS.iter().filter(|s| !s.advanced).map(setting_field);
+    let advanced = SETTINGS.iter().filter(|s| s.advanced).map(setting_field);
+    let settings = el("fieldset")
+        .id("settings")
+        .child(el("legend").text("Training"))
+        .child(el("div").class("grid").children(basic).child(field(
+            "Optimiser",
+            select("s-method", &[("adam", "Adam"), ("sgd", "SGD with momentum 0.9")], "adam"),
+            Some("Adam suits most models."),
+        )))
+        .child(
+            el("details").child(el("summary").text("Advanced settings")).child(
+                el("div")
+                    .class("grid")
+                    .children(advanced)
+                    .child(field(
+                        "Who may contribute",
+                        select(
+                            "s-access",
+                            &[("public", "Anyone (public)"), ("site_key", "Only sites with the site key")],
+                            "public",
+                        ),
+                        Some("With a site key, only visitors of sites that embed it train this project."),
+                    ))
+                    .child(field(
+                        "Sites allowed to embed",
+                        el("textarea")
+                            .id("s-sites")
+                            .attr("name", "s-sites")
+                            .attr("rows", "2")
+                            .attr("spellcheck", "false"),
+                        Some("For a site key: the origins of the sites, like https://blog.example.org, one per line."),
+                    )),
+            ),
+        );
+    let form = el("form")
+        .id("project-form")
+        .attr("novalidate", "")
+        .child(alert_box("project-alert"))
+        .child(field("Project name", input("project-name", "text").flag("required", true), None))
+        .child(model_section())
+        .child(settings)
+        .child(super::dataset::form())
+        .child(el("button").attr("type", "submit").id("create-project").class("primary").text("Create project"))
+        .on("submit", |event| {
+            event.prevent_default();
+            wasm_bindgen_futures::spawn_local(submit());
+        });
+    page(main, "New project", form);
+    render_layers();
+}
+
+fn model_section() -> El {
+    let source = el("div")
+        .class("radio-row")
+        .attr("role", "radiogroup")
+        .attr("aria-label", "Model source")
+        .child(radio("model-source-editor", "model-source", "Build it here", true))
+        .child(radio("model-source-keras", "model-source", "Upload a Keras model (JSON)", false));
+    let editor = el("div")
+        .id("model-editor")
+        .child(
+            el("div")
+                .class("grid")
+                .child(field(
+                    "Input shape",
+                    input("input-shape", "text").attr("value", "784"),
+                    Some("One sample's shape: 784 for flat MNIST, 28,28,1 for images."),
+                ))
+                .child(field(
+                    "Loss",
+                    select("model-loss", &loss_options(), "cross_entropy"),
+                    Some("cross_entropy for classes, mean_squared_error for values."),
+                )),
+        )
+        .child(el("ul").id("model-errors").class("errors").attr("aria-live", "polite"))
+        .child(el("ol").id("layers").class("layers").attr("aria-label", "Layers"))
+        .child(
+            el("div")
+                .class("row")
+                .child(el("label").attr("for", "add-layer-type").text("Add a layer of type"))
+                .child(select("add-layer-type", &layer_type_options(), "dense"))
+                .child(el("button").attr("type", "button").id("add-layer").text("Add layer").on("click", |_| {
+                    let kind = dom::value("add-layer-type");
+                    sync_from_inputs();
+                    DRAFT.with(|d| d.borrow_mut().layers.push(LayerRow::new(&kind)));
+                    render_layers();
+                    let n = DRAFT.with(|d| d.borrow().layers.len());
+                    dom::focus(&format!("layer-{}-type", n - 1));
+                    app::announce(&format!("Layer {} added", n - 1));
+                })),
+        )
+        .child(
+            el("details")
+                .id("json-details")
+                .child(el("summary").text("Edit as DAIG JSON"))
+                .child(el("label").attr("for", "model-json").text("The model in DAIG JSON"))
+                .child(el("textarea").id("model-json").attr("rows", "10").attr("spellcheck", "false"))
+                .child(el("p").id("model-json-error").class("error").attr("role", "alert"))
+                .child(el("button").attr("type", "button").id("apply-json").text("Use this JSON").on("click", |_| {
+                    let text = dom::value("model-json");
+                    let parsed = serde_json::from_str::<Value>(&text)
+                        .map_err(|e| format!("Not JSON: {e}"))
+                        .and_then(|v| ModelDraft::from_json(&v));
+                    match parsed {
+                        Ok(draft) => {
+                            dom::set_text("model-json-error", "");
+                            dom::set_value("input-shape", &draft.input_shape);
+                            dom::set_value("model-loss", &draft.loss);
+                            DRAFT.with(|d| *d.borrow_mut() = draft);
+                            render_layers();
+                            app::announce("Model loaded from JSON");
+                        }
+                        Err(e) => dom::set_text("model-json-error", &e),
+                    }
+                }))
+                .on("toggle", |_| {
+                    sync_from_inputs();
+                    let json = DRAFT.with(|d| d.borrow().to_json());
+                    dom::set_value("model-json", &serde_json::to_string_pretty(&json).unwrap_or_default());
+                }),
+        );
+    let keras = el("div")
+        .id("keras-editor")
+        .attr("hidden", "")
+        .child(field(
+            "Keras model file",
+            input("keras-file", "file").attr("accept", ".json,application/json"),
+            Some("The output of model.to_json() for a Sequential model."),
+        ))
+        .child(field("Loss", select("keras-loss", &loss_options(), "cross_entropy"), None))
+        .child(el("ul").id("keras-errors").class("errors").attr("aria-live", "polite"));
+    el("fieldset").id("model").child(el("legend").text("Model")).child(source).child(editor).child(keras)
+}
+
+fn loss_options() -> Vec<(&'static str, &'static str)> {
+    model::LOSSES.iter().map(|l| (*l, *l)).collect()
+}
+
+fn layer_type_options() -> Vec<(&'static str, &'static str)> {
+    model::LAYER_TYPES.iter().map(|l| (*l, *l)).collect()
+}
+
+fn radio(id: &str, name: &str, label: &str, checked: bool) -> El {
+    let id_owned = id.to_owned();
+    el("label")
+        .attr("for", id)
+        .child(input(id, "radio").attr("name", name).attr("value", id).flag("checked", checked).on(
+            "change",
+            move |_| {
+                let keras = id_owned == "model-source-keras";
+                for (panel, hidden) in [("model-editor", keras), ("keras-editor", !keras)] {
+                    if let Some(p) = dom::by_id(panel).and_then(|p| p.dyn_into::<HtmlElement>().ok()) {
+                        p.set_hidden(hidden);
+                    }
+                }
+            },
+        ))
+        .text(&format!(" {label}"))
+}
+
+/// Reads every layer input back into the draft.
+fn sync_from_inputs() {
+    DRAFT.with(|d| {
+        let mut d = d.borrow_mut();
+        d.input_shape = dom::value("input-shape");
+        d.loss = dom::value("model-loss");
+        for (i, row) in d.layers.iter_mut().enumerate() {
+            for spec in model::fields_of(&row.kind) {
+                let id = format!("layer-{i}-{}", spec.name);
+                if dom::by_id(&id).is_some() {
+                    row.values.insert(spec.name.to_owned(), dom::value(&id));
+                }
+            }
+        }
+    });
+}
+
+/// Draws the layer list from the draft.
+fn render_layers() {
+    let layers = DRAFT.with(|d| d.borrow().layers.clone());
+    let count = layers.len();
+    let items = layers.iter().enumerate().map(|(i, row)| layer_item(i, row, count));
+    let list = el("ol").id("layers").class("layers").attr("aria-label", "Layers").children(items);
+    if let Some(old) = dom::by_id("layers") {
+        let _ = old.replace_with_with_node_1(&list.0);
+    }
+}
+
+fn layer_item(i: usize, row: &LayerRow, count: usize) -> El {
+    let type_id = format!("layer-{i}-type");
+    let fields = model::fields_of(&row.kind).iter().map(|spec| {
+        let id = format!("layer-{i}-{}", spec.name);
+        let value = row.value(spec.name);
+        let control = match spec.kind {
+            FieldKind::Number => input(&id, "text").attr("value", value).attr("inputmode", "decimal"),
+            FieldKind::Choice(options) => {
+                let mut opts: Vec<(&str, &str)> = Vec::new();
+                if !spec.required {
+                    opts.push(("", "default"));
+                }
+                opts.extend(options.iter().map(|o| (*o, *o)));
+                select(&id, &opts, value)
+            }
+        };
+        field(spec.label, control, Some(spec.hint))
+    });
+    let button = |label: &str, aria: String, enabled: bool, action: fn(&mut Vec<LayerRow>, usize)| {
+        el("button").attr("type", "button").attr("aria-label", &aria).flag("disabled", !enabled).text(label).on(
+            "click",
+            move |_| {
+                sync_from_inputs();
+                DRAFT.with(|d| action(&mut d.borrow_mut().layers, i));
+                render_layers();
+                app::announce("Layers changed");
+            },
+        )
+    };
+    el("li").id(&format!("layer-{i}")).class("layer").attr("aria-describedby", &format!("layer-{i}-errors")).child(
+        el("fieldset")
+            .child(el("legend").text(&format!("Layer {i}: {}", row.kind)))
+            .child(
+                el("div")
+                    .class("grid")
+                    .child(field(
+                        "Type",
+                        select(&type_id, &layer_type_options(), &row.kind).on("change", move |_| {
+                            sync_from_inputs();
+                            let kind = dom::value(&format!("layer-{i}-type"));
+                            DRAFT.with(|d| {
+                                if let Some(row) = d.borrow_mut().layers.get_mut(i) {
+                                    *row = LayerRow::new(&kind);
+                                }
+                            });
+                            render_layers();
+                            dom::focus(&format!("layer-{i}-type"));
+                        }),
+                        None,
+                    ))
+                    .children(fields),
+            )
+            .child(el("ul").id(&format!("layer-{i}-errors")).class("errors layer-errors"))
+            .child(
+                el("div")
+                    .class("row")
+                    .child(button("↑", format!("Move layer {i} up"), i > 0, |l, i| l.swap(i - 1, i)))
+                    .child(button("↓", format!("Move layer {i} down"), i + 1 < count, |l, i| l.swap(i, i + 1)))
+                    .child(button("Remove", format!("Remove layer {i}"), true, |l, i| {
+                        l.remove(i);
+                    })),
+            ),
+    )
+}
+
+fn number(text: &str) -> Value {
+    model::parse_number_or_pair(text)
+}
+
+/// The request body from the form.
+fn body() -> Value {
+    let mut settings = serde_json::Map::new();
+    for s in SETTINGS {
+        let text = dom::value(&format!("s-{}", s.key));
+        let text = text.trim();
+        if s.key == "learning_rate" || text.is_empty() {
+            continue;
+        }
+        settings.insert(s.key.into(), number(text));
+    }
+    let method =
+        if dom::value("s-method") == "sgd" { json!({"type": "sgd", "momentum": 0.9}) } else { json!({"type": "adam"}) };
+    settings.insert(
+        "optimizer".into(),
+        json!({"method": method, "learning_rate": number(dom::value("s-learning_rate").trim())}),
+    );
+    settings.insert("access".into(), json!(dom::value("s-access")));
+    let sites = super::project::parse_sites(&dom::value("s-sites"));
+    if !sites.is_empty() {
+        settings.insert("sites".into(), json!(sites));
+    }
+    let mut body = json!({"name": dom::value("project-name"), "settings": settings});
+    if dom::checked("model-source-keras") {
+        body["loss"] = json!(dom::value("keras-loss"));
+    } else {
+        sync_from_inputs();
+        body["model"] = DRAFT.with(|d| d.borrow().to_json());
+    }
+    body
+}
+
+/// Clears every problem shown.
+fn clear_problems() {
+    dom::clear_field_errors("project-form");
+    dom::clear("project-alert");
+    dom::clear("model-errors");
+    dom::clear("keras-errors");
+    if let Ok(list) = dom::document().query_selector_all(".layer-errors") {
+        for i in 0..list.length() {
+            if let Some(node) = list.item(i) {
+                node.set_text_content(None);
+            }
+        }
+    }
+    if let Ok(list) = dom::document().query_selector_all(".layer.invalid") {
+        for i in 0..list.length() {
+            if let Some(e) = list.item(i).and_then(|n| n.dyn_into::<Element>().ok()) {
+                let _ = e.class_list().remove_1("invalid");
+            }
+        }
+    }
+}
+
+fn push_item(list_id: &str, text: &str) {
+    if let Some(list) = dom::by_id(list_id) {
+        let _ = list.append_child(&el("li").text(text).0);
+    }
+}
+
+/// Shows a 422 answer's problems where they belong.
+fn show_problems(details: &Value, keras: bool) {
+    let problems = model::sort_problems(details);
+    for (layer, messages) in &problems.layers {
+        if keras {
+            for m in messages {
+                push_item("keras-errors", &format!("Layer {layer}: {m}"));
+            }
+            continue;
+        }
+        let list_id = format!("layer-{layer}-errors");
+        if dom::by_id(&list_id).is_none() {
+            for m in messages {
+                push_item("model-errors", &format!("Layer {layer}: {m}"));
+            }
+            continue;
+        }
+        if let Some(item) = dom::by_id(&format!("layer-{layer}")) {
+            let _ = item.class_list().add_1("invalid");
+        }
+        for m in messages {
+            push_item(&list_id, m);
+        }
+    }
+    let model_list = if keras { "keras-errors" } else { "model-errors" };
+    for (field, message) in &problems.model {
+        match field.as_str() {
+            "input_shape" if !keras => dom::field_error("input-shape", message),
+            "loss" if !keras => dom::field_error("model-loss", message),
+            "" => push_item(model_list, message),
+            _ => push_item(model_list, &format!("{field}: {message}")),
+        }
+    }
+    for (field, message) in &problems.fields {
+        let id = match field.as_str() {
+            "name" => "project-name".to_owned(),
+            "loss" => if keras { "keras-loss" } else { "model-loss" }.to_owned(),
+            "model" | "keras_model" => {
+                push_item(model_list, message);
+                continue;
+            }
+            "settings.optimizer" => "s-learning_rate".to_owned(),
+            f => match f.strip_prefix("settings.") {
+                Some(key) if dom::by_id(&format!("s-{key}")).is_some() => format!("s-{key}"),
+                _ => {
+                    push_item(model_list, &format!("{field}: {message}"));
+                    continue;
+                }
+            },
+        };
+        dom::field_error(&id, message);
+        // Problems in the advanced settings must not hide in a closed section.
+        if id.starts_with("s-")
+            && let Some(details) = dom::by_id(&id).and_then(|e| e.closest("details").ok().flatten())
+        {
+            let _ = details.set_attribute("open", "");
+        }
+    }
+}
+
+async fn submit() {
+    clear_problems();
+    let keras = dom::checked("model-source-keras");
+    let mut body = body();
+    if keras {
+        let Some(file) = dom::file("keras-file") else {
+            dom::field_error("keras-file", "Choose the Keras JSON file");
+            return;
+        };
+        match wasm_bindgen_futures::JsFuture::from(file.text()).await.ok().and_then(|t| t.as_string()) {
+            Some(text) => body["keras_model"] = json!(text),
+            None => {
+                dom::field_error("keras-file", "The file cannot be read");
+                return;
+            }
+        }
+    }
+    let generation = app::generation();
+    set_busy(true);
+    let result = crate::api::post("/api/projects", &body).await;
+    if !app::is_current(generation) {
+        return;
+    }
+    let project = match result {
+        Ok(project) => project,
+        Err(e) => {
+            set_busy(false);
+            if e.code == "validation_failed" {
+                show_problems(&e.details, keras);
+                show_message("project-alert", "The project was not created: fix the problems shown below.");
+            } else {
+                super::show_error("project-alert", &e);
+            }
+            return;
+        }
+    };
+    let id = project["id"].as_i64().unwrap_or(0);
+    app::announce("Project created");
+    if super::dataset::chosen() && super::dataset::upload(id).await.is_err() {
+        set_busy(false);
+        if app::is_current(generation) {
+            dom::replace(
+                "project-alert",
+                el("p")
+                    .text("The project was created, but its dataset was not stored (see below). ")
+                    .child(super::link(&format!("/projects/{id}"), "Open the project to upload it again")),
+            );
+        }
+        return;
+    }
+    if app::is_current(generation) {
+        app::navigate(&format!("/projects/{id}"));
+    }
+}
+
+fn set_busy(busy: bool) {
+    if let Some(button) = dom::by_id("create-project") {
+        if busy {
+            let _ = button.set_attribute("disabled", "");
+            button.set_text_content(Some("Creating…"));
+        } else {
+            let _ = button.remove_attribute("disabled");
+            button.set_text_content(Some("Create project"));
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! `/projects/{id}`: a project's state, progress with an estimate of the time left, loss and accuracy charts,
+//! its providers, throughput and credits, the lifecycle buttons, downloads and the embed snippet. After the
+//! first `GET`, updates arrive over server-sent events (`/api/projects/{id}/events`) and redraw the live parts.
+
+use std::cell::RefCell;
+
+use serde_json::{Value, json};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{Element, EventSource, MessageEvent};
+
+use super::projects::state_badge;
+use super::{alert_box, page, progress_bar, show_error};
+use crate::app;
+use crate::chart::{self, Series};
+use crate::dom::{self, El, el, raw_html};
+use crate::format;
+
+/// What the page last drew, to redraw only what changed.
+#[derive(Default)]
+struct Seen {
+    state: String,
+    version: i64,
+    /// `performance.now()` of the last credits and checkpoints fetch.
+    side_fetch_ms: f64,
+}
+
+thread_local! {
+    static SEEN: RefCell<Seen> = RefCell::new(Seen::default());
+}
+
+fn now_ms() -> f64 {
+    web_sys::window().and_then(|w| w.performance()).map_or(0.0, |p| p.now())
+}
+
+pub fn render(main: &Element, id: i64) {
+    SEEN.with(|s| *s.borrow_mut() = Seen::default());
+    let generation = app::generation();
+    page(
+        main,
+        &format!("Project {id}"),
+        el("div").id("project").attr("aria-busy", "true").child(alert_box("project-alert")).text("Loading…"),
+    );
+    wasm_bindgen_futures::spawn_local(async move {
+        let result = crate::api::get(&format!("/api/projects/{id}")).await;
+        if !app::is_current(generation) {
+            return;
+        }
+        match result {
+            Ok(view) => {
+                build(&view);
+                update(&view);
+                if !is_terminal(&view) {
+                    subscribe(id, generation);
+                }
+            }
+            Err(e) => {
+                dom::replace("project", alert_box("project-alert"));
+                show_error("project-alert", &e);
+                if e.status == 404 {
+                    dom::document().set_title("Project not found · DAIG");
+                    dom::set_text("page-title", "Project not found");
+                }
+            }
+        }
+    });
+}
+
+fn is_terminal(view: &Value) -> bool {
+    matches!(view["state"].as_str(), Some("finished" | "cancelled"))
+}
+
+/// Opens the live updates for project `id`.
+fn subscribe(id: i64, generation: u64) {
+    let Ok(source) = EventSource::new(&format!("/api/projects/{id}/events")) else { return };
+    let on_project = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        if !app::is_current(generation) {
+            return;
+        }
+        let Some(text) = event.data().as_string() else { return };
+        let Ok(view) = serde_json::from_str::<Value>(&text) else { return };
+        dom::set_text("live", "Live");
+        update(&view);
+        if is_terminal(&view) {
+            app::close_events();
+        }
+    });
+    let _ = source.add_event_listener_with_callback("project", on_project.as_ref().unchecked_ref());
+    on_project.forget();
+    let watched = source.clone();
+    let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+        if !app::is_current(generation) {
+            return;
+        }
+        // CLOSED means the browser gave up (the server refused); CONNECTING means it retries by itself.
+        if watched.ready_state() == EventSource::CLOSED {
+            dom::set_text("live", "Live updates stopped; reload the page to retry");
+        } else {
+            dom::set_text("live", "Reconnecting…");
+        }
+    });
+    let _ = source.add_event_listener_with_callback("error", on_error.as_ref().unchecked_ref());
+    on_error.forget();
+    app::hold_events(source);
+}
+
+/// The page's fixed structure, filled by [`update`].
+fn build(view: &Value) {
+    let id = view["id"].as_i64().unwrap_or(0);
+    let name = view["name"].as_str().unwrap_or("");
+    dom::document().set_title(&format!("{name} · DAIG"));
+    dom::set_text("page-title", name);
+    let stat = |label: &str, id: &str| el("div").child(el("dt").text(label)).child(el("dd").id(id));
+    let status = el("section")
+        .attr("aria-labelledby", "status-h")
+        .child(el("h2").id("status-h").class("visually-hidden").text("Status"))
+        .child(
+            el("div")
+                .class("row status-row")
+                .child(el("span").id("state"))
+                .child(el("span").id("live").class("live").attr("aria-live", "off"))
+                .child(el("div").id("actions").class("row")),
+        )
+        .child(
+            el("dl")
+                .class("stats")
+                .child(stat("Epoch", "epoch"))
+                .child(stat("Version", "version"))
+                .child(stat("Throughput", "throughput"))
+                .child(stat("Credits spent", "credits")),
+        )
+        .child(
+            el("div")
+                .class("progress-row")
+                .child(progress_bar("progress", "Training progress", 0.0))
+                .child(el("span").id("progress-text")),
+        );
+    let charts =
+        el("section").attr("aria-labelledby", "charts-h").child(el("h2").id("charts-h").text("Learning")).child(
+            el("div")
+                .class("charts")
+                .child(
+                    el("figure")
+                        .child(el("figcaption").text("Loss"))
+                        .child(el("div").id("loss-chart"))
+                        .child(legend(&[("s1", "training"), ("s2", "validation")])),
+                )
+                .child(
+                    el("figure")
+                        .child(el("figcaption").text("Validation accuracy"))
+                        .child(el("div").id("accuracy-chart"))
+                        .child(legend(&[("s3", "validation accuracy")])),
+                ),
+        );
+    let providers = el("section")
+        .attr("aria-labelledby", "providers-h")
+        .child(el("h2").id("providers-h").text("Providers working on it"))
+        .child(el("div").id("providers"));
+    let model = &view["model"];
+    let about = el("section")
+        .attr("aria-labelledby", "about-h")
+        .child(el("h2").id("about-h").text("Model and data"))
+        .child(
+            el("dl")
+                .class("stats")
+                .child(
+                    el("div")
+                        .child(el("dt").text("Parameters"))
+                        .child(el("dd").text(&format::count(model["params"].as_u64().unwrap_or(0)))),
+                )
+                .child(el("div").child(el("dt").text("Layers")).child(el("dd").text(&model["layers"].to_string())))
+                .child(
+                    el("div")
+                        .child(el("dt").text("Input shape"))
+                        .child(el("dd").text(&model["input_shape"].to_string())),
+                )
+                .child(
+                    el("div").child(el("dt").text("Loss")).child(el("dd").text(model["loss"].as_str().unwrap_or(""))),
+                )
+                .child(el("div").child(el("dt").text("Dataset")).child(el("dd").id("dataset-summary"))),
+        )
+        .child(el("div").id("draft-dataset"));
+    let downloads = el("section")
+        .attr("aria-labelledby", "downloads-h")
+        .child(el("h2").id("downloads-h").text("Downloads"))
+        .child(el("div").id("downloads"))
+        .child(el("div").id("checkpoints"));
+    let embed = embed_section(view);
+    let content = el("div")
+        .id("project")
+        .attr("data-project-id", &id.to_string())
+        .child(alert_box("project-alert"))
+        .child(status)
+        .child(charts)
+        .child(providers)
+        .child(about)
+        .child(downloads)
+        .child_opt(embed)
+        .child(
+            el("p").child(
+                el("button")
+                    .attr("type", "button")
+                    .class("danger link-like")
+                    .id("delete-project")
+                    .text("Delete project")
+                    .on("click", move |_| {
+                        let confirmed = web_sys::window()
+                            .and_then(|w| {
+                                w.confirm_with_message("Delete this project, its dataset, checkpoints and model?").ok()
+                            })
+                            .unwrap_or(false);
+                        if confirmed {
+                            wasm_bindgen_futures::spawn_local(async move {
+                                match crate::api::delete(&format!("/api/projects/{id}")).await {
+                                    Ok(_) => {
+                                        app::announce("Project deleted");
+                                        app::navigate("/");
+                                    }
+                                    Err(e) => show_error("project-alert", &e),
+                                }
+                            });
+                        }
+                    }),
+            ),
+        );
+    dom::replace(
+        "main",
+        el("div").class("page").child(el("h1").id("page-title").attr("tabindex", "-1").text(name)).child(content),
+    );
+    if app::navigated() {
+        dom::focus("page-title");
+    }
+}
+
+fn legend(items: &[(&str, &str)]) -> El {
+    el("ul").class("legend").attr("aria-hidden", "true").children(
+        items.iter().map(|(class, label)| el("li").child(el("span").class(&format!("swatch {class}"))).text(label)),
+    )
+}
+
+/// The snippet a site owner pastes to let visitors train this project (the embed script's `data-project` and
+/// `data-site-key`, as `/sites` documents them).
+pub fn embed_snippet(origin: &str, project: i64, site_key: &str) -> String {
+    format!(r#"<script src="{origin}/embed.js" data-project="{project}" data-site-key="{site_key}" async></script>"#)
+}
+
+/// Origins typed one per line (or separated by spaces or commas).
+pub fn parse_sites(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn embed_section(view: &Value) -> Option<El> {
+    let site_key = view["site_key"].as_str()?;
+    let id = view["id"].as_i64().unwrap_or(0);
+    let origin = web_sys::window().and_then(|w| w.location().origin().ok()).unwrap_or_default();
+    let snippet = embed_snippet(&origin, id, site_key);
+    let sites: Vec<&str> =
+        view["settings"]["sites"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let editor = el("form")
+        .id("sites-form")
+        .attr("novalidate", "")
+        .child(dom::field(
+            "Sites allowed to embed it",
+            el("textarea")
+                .id("sites")
+                .attr("name", "sites")
+                .attr("rows", "3")
+                .attr("spellcheck", "false")
+                .text(&sites.join("\n")),
+            Some("Origins like https://blog.example.org, one per line. Browsers on other sites are refused."),
+        ))
+        .child(el("button").attr("type", "submit").text("Save sites"))
+        .on("submit", move |event| {
+            event.prevent_default();
+            wasm_bindgen_futures::spawn_local(async move {
+                dom::clear_field_errors("sites-form");
+                let body = json!({"sites": parse_sites(&dom::value("sites"))});
+                match crate::api::call("PUT", &format!("/api/projects/{id}/sites"), Some(&body)).await {
+                    Ok(_) => app::announce("Sites saved"),
+                    Err(e) => {
+                        let message =
+                            e.details["fields"][0]["message"].as_str().map_or_else(|| e.describe(), str::to_owned);
+                        dom::field_error("sites", &message);
+                    }
+                }
+            });
+        });
+    Some(
+        el("section")
+            .attr("aria-labelledby", "embed-h")
+            .child(el("h2").id("embed-h").text("Embed on your site"))
+            .child(el("p").text(
+                "Only visitors of the sites listed below that embed this key train the project. Paste this into their pages \
+                 (more on the ",
+            ).child(el("a").attr("href", "/sites").text("site owners' page")).text("):"))
+            .child(el("label").attr("for", "embed-snippet").text("Embed snippet"))
+            .child(el("textarea").id("embed-snippet").attr("readonly", "").attr("rows", "3").text(&snippet))
+            .child(el("p").child(el("span").text("Site key: ")).child(el("code").id("site-key").text(site_key)))
+            .child(editor),
+    )
+}
+
+/// Redraws the live parts from a project view.
+fn update(view: &Value) {
+    let id = view["id"].as_i64().unwrap_or(0);
+    let state = view["state"].as_str().unwrap_or("").to_owned();
+    let version = view["version"].as_i64().unwrap_or(0);
+    let settings = &view["settings"];
+    let epochs = settings["epochs"].as_f64().unwrap_or(1.0);
+    let progress = view["progress"].as_f64().unwrap_or(0.0);
+    if let Some(p) = dom::by_id("project") {
+        let _ = p.remove_attribute("aria-busy");
+        let _ = p.set_attribute("data-state", &state);
+        let _ = p.set_attribute("data-version", &version.to_string());
+    }
+    dom::set_text("epoch", &format!("{} of {}", view["epoch"].as_i64().unwrap_or(0), epochs));
+    dom::set_text("version", &version.to_string());
+    if let Some(bar) = dom::by_id("progress") {
+        let _ = bar.set_attribute("value", &format!("{:.4}", progress.clamp(0.0, 1.0)));
+        bar.set_text_content(Some(&format!("{:.0}%", progress * 100.0)));
+    }
+    let metrics = view["metrics"].as_array().map_or(&[][..], Vec::as_slice);
+    let train_samples = view["dataset"]["train_samples"].as_f64().unwrap_or(0.0);
+    let eta = match state.as_str() {
+        "running" => format::eta_secs(metrics, train_samples, epochs).map_or_else(
+            || " · estimating time left…".to_owned(),
+            |s| format!(" · about {} left", format::duration(s)),
+        ),
+        "finished" => " · done".to_owned(),
+        _ => String::new(),
+    };
+    dom::set_text("progress-text", &format!("{:.0}%{eta}", progress * 100.0));
+
+    // Charts.
+    let series = |key: &str, name: &str, class: &'static str| Series {
+        name: name.into(),
+        class,
+        points: metrics.iter().filter_map(|m| Some((m["version"].as_f64()?, m[key].as_f64()?))).collect(),
+    };
+    let loss = chart::line_chart(
+        "Loss",
+        "version (updates applied)",
+        &[series("train_loss", "training", "s1"), series("val_loss", "validation", "s2")],
+        None,
+    );
+    let accuracy = chart::line_chart(
+        "Validation accuracy",
+        "version (updates applied)",
+        &[series("val_accuracy", "accuracy", "s3")],
+        Some((0.0, 1.0)),
+    );
+    dom::replace("loss-chart", raw_html("div", &loss));
+    dom::replace("accuracy-chart", raw_html("div", &accuracy));
+
+    // Providers and throughput.
+    let providers = view["providers"].as_array().map_or(&[][..], Vec::as_slice);
+    let throughput: f64 = providers.iter().filter_map(|p| p["samples_per_sec"].as_f64()).sum();
+    dom::set_text(
+        "throughput",
+        &if providers.is_empty() {
+            "no providers".to_owned()
+        } else {
+            format!("{} samples/s", format::count(throughput.round() as u64))
+        },
+    );
+    dom::replace("providers", providers_table(providers, &state));
+    dom::replace("dataset-summary", dataset_summary(&view["dataset"]));
+
+    let (state_changed, version_changed, fetch_side) = SEEN.with(|s| {
+        let mut s = s.borrow_mut();
+        let state_changed = s.state != state;
+        let version_changed = s.version != version;
+        let due = now_ms() - s.side_fetch_ms > 2000.0 || s.side_fetch_ms == 0.0;
+        let fetch_side = state_changed || (version_changed && due);
+        s.state.clone_from(&state);
+        s.version = version;
+        if fetch_side {
+            s.side_fetch_ms = now_ms().max(1.0);
+        }
+        (state_changed, version_changed, fetch_side)
+    });
+    if state_changed {
+        dom::replace("state", state_badge(&state));
+        dom::replace("actions", actions(id, &state));
+        dom::replace("downloads", downloads(id, &state));
+        dom::replace("draft-dataset", draft_dataset(id, &state, view["dataset"].is_null()));
+        if is_terminal(view) {
+            dom::set_text("live", "");
+        }
+        app::announce(&format!("Project is {state}"));
+    }
+    let _ = version_changed;
+    if fetch_side {
+        let generation = app::generation();
+        wasm_bindgen_futures::spawn_local(async move { side_data(id, generation).await });
+    }
+}
+
+fn dataset_summary(dataset: &Value) -> El {
+    if dataset.is_null() {
+        return el("span").text("none yet");
+    }
+    el("span").text(&format!(
+        "{} training and {} validation samples of shape {} ({})",
+        format::count(dataset["train_samples"].as_u64().unwrap_or(0)),
+        format::count(dataset["validation_samples"].as_u64().unwrap_or(0)),
+        dataset["sample_shape"],
+        dataset["format"].as_str().unwrap_or(""),
+    ))
+}
+
+fn providers_table(providers: &[Value], state: &str) -> El {
+    if providers.is_empty() {
+        let text = if state == "running" {
+            "No provider is working on it right now. Training goes on as soon as one connects: open the contribute \
+             page, or run daig-provider."
+        } else {
+            "No providers: the project is not running."
+        };
+        return el("p").text(text);
+    }
+    let head = el("tr").children(
+        ["Provider", "Backend", "Samples/s", "Contributions", "Site"]
+            .iter()
+            .map(|h| el("th").attr("scope", "col").text(h)),
+    );
+    let rows = providers.iter().map(|p| {
+        let backend = p["backend"].as_str().unwrap_or("");
+        let adapter = p["adapter"].as_str().unwrap_or("");
+        el("tr")
+            .child(el("th").attr("scope", "row").text(&format!("#{}", p["id"])))
+            .child(el("td").text(&if adapter.is_empty() {
+                backend.to_owned()
+            } else {
+                format!("{backend} ({adapter})")
+            }))
+            .child(el("td").text(&format!("{:.0}", p["samples_per_sec"].as_f64().unwrap_or(0.0))))
+            .child(el("td").text(&p["contributions_applied"].to_string()))
+            .child(el("td").text(p["site_key"].as_str().unwrap_or("—")))
+    });
+    el("div").class("table-wrap").child(
+        el("table")
+            .id("providers-table")
+            .child(el("caption").class("visually-hidden").text("Providers working on the project"))
+            .child(el("thead").child(head))
+            .child(el("tbody").children(rows)),
+    )
+}
+
+fn actions(id: i64, state: &str) -> El {
+    let button = |label: &str, action: &'static str, class: &str| {
+        el("button").attr("type", "button").id(&format!("action-{action}")).class(class).text(label).on(
+            "click",
+            move |_| {
+                if action == "cancel" {
+                    let confirmed = web_sys::window()
+                        .and_then(|w| {
+                            w.confirm_with_message("Cancel training for good? A cancelled project cannot be resumed.")
+                                .ok()
+                        })
+                        .unwrap_or(false);
+                    if !confirmed {
+                        return;
+                    }
+                }
+                wasm_bindgen_futures::spawn_local(async move {
+                    dom::clear("project-alert");
+                    match crate::api::post(&format!("/api/projects/{id}/{action}"), &json!({})).await {
+                        Ok(view) => {
+                            update(&view);
+                            if !is_terminal(&view) && action != "pause" {
+                                subscribe(id, app::generation());
+                            }
+                        }
+                        Err(e) => show_error("project-alert", &e),
+                    }
+                });
+            },
+        )
+    };
+    let row = el("div").id("actions").class("row");
+    match state {
+        "draft" => row.child(button("Start training", "start", "primary")),
+        "running" => row.child(button("Pause", "pause", "")).child(button("Cancel", "cancel", "danger")),
+        "paused" => row.child(button("Resume", "resume", "primary")).child(button("Cancel", "cancel", "danger")),
+        _ => row,
+    }
+}
+
+fn downloads(id: i64, state: &str) -> El {
+    let list = el("ul").class("downloads");
+    let model = if state == "finished" {
+        el("li").child(
+            el("a")
+                .id("download-model")
+                .class("button primary")
+                .attr("href", &format!("/api/projects/{id}/model"))
+                .attr("download", &format!("project-{id}.safetensors"))
+                .text("Download the trained model (safetensors)"),
+        )
+    } else {
+        el("li").text("The trained model can be downloaded once training finishes.")
+    };
+    list.child(model).child(
+        el("li").child(
+            el("a")
+                .id("download-spec")
+                .attr("href", &format!("/api/projects/{id}/model/spec"))
+                .attr("download", &format!("project-{id}-model.json"))
+                .text("Model spec (DAIG JSON)"),
+        ),
+    )
+}
+
+fn draft_dataset(id: i64, state: &str, missing: bool) -> El {
+    if state != "draft" {
+        return el("div").id("draft-dataset");
+    }
+    let title = if missing { "Upload the dataset" } else { "Replace the dataset" };
+    el("div").id("draft-dataset").child(el("h3").text(title)).child(super::dataset::form()).child(
+        el("button").attr("type", "button").id("upload-dataset").text("Upload").on("click", move |_| {
+            wasm_bindgen_futures::spawn_local(async move {
+                if super::dataset::upload(id).await.is_ok() {
+                    app::announce("Dataset stored");
+                    if let Ok(view) = crate::api::get(&format!("/api/projects/{id}")).await {
+                        update(&view);
+                    }
+                }
+            });
+        }),
+    )
+}
+
+/// Credits and checkpoints, fetched when the version moves (at most every 2 s) or the state changes.
+async fn side_data(id: i64, generation: u64) {
+    let (credits, checkpoints) = (
+        crate::api::get(&format!("/api/projects/{id}/credits")).await,
+        crate::api::get(&format!("/api/projects/{id}/checkpoints")).await,
+    );
+    if !app::is_current(generation) {
+        return;
+    }
+    if let Ok(c) = credits {
+        let providers = c["providers"].as_array().map_or(0, Vec::len);
+        dom::set_text(
+            "credits",
+            &format!(
+                "{} samples in {} contributions from {} provider{}",
+                format::count(c["samples"].as_u64().unwrap_or(0)),
+                format::count(c["contributions"].as_u64().unwrap_or(0)),
+                providers,
+                if providers == 1 { "" } else { "s" }
+            ),
+        );
+    }
+    if let Ok(c) = checkpoints {
+        let list = c["checkpoints"].as_array().map_or(&[][..], Vec::as_slice);
+        let content = if list.is_empty() {
+            el("p").text("No checkpoints yet.")
+        } else {
+            el("div").child(el("h3").text("Checkpoints")).child(el("ul").class("downloads").children(
+                list.iter().rev().map(|cp| {
+                    let version = cp["version"].as_i64().unwrap_or(0);
+                    el("li").child(
+                        el("a")
+                            .class("checkpoint")
+                            .attr("href", &format!("/api/projects/{id}/checkpoints/{version}"))
+                            .attr("download", &format!("project-{id}-v{version}.safetensors"))
+                            .text(&format!(
+                                "Version {version} (epoch {}, {})",
+                                cp["epoch"],
+                                format::bytes(cp["size_bytes"].as_f64().unwrap_or(0.0))
+                            )),
+                    )
+                }),
+            ))
+        };
+        dom::replace("checkpoints", content);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_embed_snippet_names_the_script_and_key() {
+        assert_eq!(
+            super::embed_snippet("https://daig.example", 7, "site_abc"),
+            r#"<script src="https://daig.example/embed.js" data-project="7" data-site-key="site_abc" async></script>"#
+        );
+    }
+
+    #[test]
+    fn sites_are_read_one_per_line_or_separated() {
+        assert_eq!(
+            super::parse_sites(" https://a.example\nhttps://b.example, http://c.example:8080 "),
+            ["https://a.example", "https://b.example", "http://c.example:8080"]
+        );
+    }
+}
