@@ -3,7 +3,7 @@
 //! Trunk runs offline (`web/Trunk.toml`): `wasm-bindgen` 0.2.130 must be on `PATH` (`cargo install
 //! wasm-bindgen-cli --version 0.2.130`), and for release builds `wasm-opt` of binaryen 132 (npm's `binaryen@132.0.0`;
 //! Debian's binaryen 108 produces wasm that fails to load). `wasm-opt` is looked for in `$DAIG_WASM_OPT_DIR`, then
-//! in `$DAIG_NODE_MODULES/.bin`, then on `PATH`.
+//! in `$DAIG_NODE_MODULES/.bin`, then in `~/.cache/daig/npm/node_modules/.bin`, then on `PATH`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +21,8 @@ pub fn build(root: &Path, release: bool) -> anyhow::Result<()> {
     for dir in [
         std::env::var_os("DAIG_WASM_OPT_DIR").map(PathBuf::from),
         std::env::var_os("DAIG_NODE_MODULES").map(|d| PathBuf::from(d).join(".bin")),
+        // Where `.ci/run` installs binaryen 132 (npm), as the provider's build looks too.
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/daig/npm/node_modules/.bin")),
     ]
     .into_iter()
     .flatten()
@@ -36,12 +38,15 @@ pub fn build(root: &Path, release: bool) -> anyhow::Result<()> {
     trunk.current_dir(&web).arg("build").env("PATH", std::env::join_paths(path)?);
     if release {
         // Size over speed for the dashboard only: these variables apply to this build, not to the workspace.
-        trunk.arg("--release").env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "z").env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
+        trunk
+            .arg("--release")
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "z")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
     }
     eprintln!("$ (cd web && trunk build{})", if release { " --release" } else { "" });
-    let status = trunk.status().context(
-        "cannot run trunk: install it with `cargo install trunk --version 0.21.14 --locked` (or set TRUNK)",
-    )?;
+    let status = trunk
+        .status()
+        .context("cannot run trunk: install it with `cargo install trunk --version 0.21.14 --locked` (or set TRUNK)")?;
     if !status.success() {
         bail!("trunk build failed ({status})");
     }

@@ -15,6 +15,8 @@
 //!
 //! Set `CARGO_TARGET_DIR` to keep builds outside the checkout (`.ci/run` does).
 
+mod dashboard;
+
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -134,6 +136,8 @@ fn web(dev: bool) -> anyhow::Result<()> {
     let root = workspace_root()?;
     let dist = root.join("web/dist");
     ensure_web_tools()?;
+    // Trunk empties `web/dist`: the dashboard first, then the provider and the static pages beside it.
+    dashboard::build(&root, !dev)?;
     let target_dir =
         std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join("target"));
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
@@ -216,16 +220,23 @@ const WASM_FEATURES: &[&str] = &[
     "--enable-multivalue",
 ];
 
-/// Installs what the web build needs when it is missing: the wasm32 target and the pinned wasm-bindgen CLI.
+/// The trunk that builds the dashboard.
+const TRUNK_VERSION: &str = "0.21.14";
+
+/// Installs what the web build needs when it is missing: the wasm32 target, the pinned wasm-bindgen CLI and trunk
+/// (a first install of trunk takes minutes).
 fn ensure_web_tools() -> anyhow::Result<()> {
     run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
-    let version = Command::new("wasm-bindgen")
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if !version.is_some_and(|v| v.trim().ends_with(WASM_BINDGEN_VERSION)) {
+    let version = |tool: &str| {
+        let output = Command::new(tool).arg("--version").output().ok()?;
+        Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    if !version("wasm-bindgen").is_some_and(|v| v.ends_with(WASM_BINDGEN_VERSION)) {
         cargo(&["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION])?;
+    }
+    if std::env::var_os("TRUNK").is_none() && !version("trunk").is_some_and(|v| v.ends_with(TRUNK_VERSION)) {
+        eprintln!("installing trunk {TRUNK_VERSION} (once; several minutes)");
+        cargo(&["install", "trunk", "--version", TRUNK_VERSION, "--locked"])?;
     }
     Ok(())
 }
