@@ -106,6 +106,14 @@ impl Client {
         self.json(self.request(Method::POST, path).json(body)).await
     }
 
+    /// `PUT path` with a JSON body, read as JSON.
+    ///
+    /// # Errors
+    /// See [`Client::json`].
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<(Value, T), CliError> {
+        self.json(self.request(Method::PUT, path).json(body)).await
+    }
+
     /// `DELETE path`, expecting no body back.
     ///
     /// # Errors

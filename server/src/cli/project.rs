@@ -24,6 +24,19 @@ pub enum ProjectCommand {
     Show(IdArg),
     /// Delete a project with its dataset, checkpoints and model.
     Delete(DeleteArgs),
+    /// Replace the sites (origins like https://blog.example.org) whose pages may embed a site-key project;
+    /// none clears the list. A running project takes the new list at once.
+    Sites(SitesArgs),
+}
+
+/// `daig project sites`.
+#[derive(Debug, clap::Args)]
+pub struct SitesArgs {
+    /// The project's id.
+    pub id: i64,
+    /// The sites' origins.
+    #[arg(value_name = "ORIGIN")]
+    pub sites: Vec<String>,
 }
 
 /// A project id.
@@ -106,6 +119,9 @@ pub struct SettingFlags {
     /// Who may contribute [server default: public].
     #[arg(long, value_enum)]
     pub access: Option<Access>,
+    /// A site (origin like https://blog.example.org) whose pages may embed a site-key project; repeat for more.
+    #[arg(long = "site", value_name = "ORIGIN")]
+    pub sites: Vec<String>,
 }
 
 /// `--optimizer`.
@@ -150,6 +166,7 @@ pub async fn run(ctx: &Context, command: ProjectCommand) -> Result<(), CliError>
         ProjectCommand::List => list(ctx).await,
         ProjectCommand::Show(args) => show(ctx, args.id).await,
         ProjectCommand::Delete(args) => delete(ctx, args).await,
+        ProjectCommand::Sites(args) => sites(ctx, args).await,
     }
 }
 
@@ -203,6 +220,7 @@ fn merge_settings(file: Option<Value>, flags: &SettingFlags) -> Result<Value, Cl
     set("max_providers", flags.max_providers.map(Value::from));
     set("samples_per_shard", flags.samples_per_shard.map(Value::from));
     set("access", flags.access.map(|a| Value::from(if a == Access::Public { "public" } else { "site_key" })));
+    set("sites", (!flags.sites.is_empty()).then(|| Value::from(flags.sites.clone())));
     if flags.optimizer.is_some() || flags.learning_rate.is_some() {
         // The server needs a whole optimiser: start from its default (Adam, 0.001) when the file gives none.
         let optimizer =
@@ -255,6 +273,25 @@ async fn show(ctx: &Context, id: i64) -> Result<(), CliError> {
         output::print_json(&value);
     } else {
         say_part!("{}", output::project(&project, true));
+    }
+    Ok(())
+}
+
+async fn sites(ctx: &Context, args: SitesArgs) -> Result<(), CliError> {
+    let client = ctx.client()?;
+    let path = format!("/api/projects/{}/sites", args.id);
+    let (value, project): (Value, Project) = client.put(&path, &json!({"sites": args.sites})).await?;
+    if ctx.json {
+        output::print_json(&value);
+    } else {
+        let sites = &value["settings"]["sites"];
+        let list: Vec<&str> =
+            sites.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        if list.is_empty() {
+            say!("Project {} lists no sites: browsers on other sites are refused.", project.id);
+        } else {
+            say!("Project {} takes browsers from: {}", project.id, list.join(", "));
+        }
     }
     Ok(())
 }

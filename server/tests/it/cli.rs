@@ -329,6 +329,25 @@ fn cli_create_prints_every_problem_the_server_lists() {
 }
 
 #[test]
+fn cli_sets_the_sites_of_a_site_key_project() {
+    let server = Server::start();
+    let daig = Daig::signed_up(&server, "ada");
+    let model = json!({"input_shape": [4], "layers": [{"type": "dense", "units": 3}], "loss": "cross_entropy"});
+    let model = daig.write("model.json", model.to_string().as_bytes());
+    let args = ["--json", "project", "create", "--name", "embedded", "--model", model.to_str().unwrap()];
+    let extra = ["--access", "site-key", "--site", "https://Blog.Example.org", "--site", "http://127.0.0.1:9000"];
+    let created = daig.run(&[&args[..], &extra[..]].concat()).json();
+    assert_eq!(created["settings"]["sites"], json!(["https://blog.example.org", "http://127.0.0.1:9000"]));
+    let id = created["id"].to_string();
+    let out = daig.run(&["project", "sites", &id, "https://shop.example.org:8443"]);
+    assert!(out.ok().contains("takes browsers from: https://shop.example.org:8443"), "{out:#?}");
+    let out = daig.run(&["project", "sites", &id, "ftp://nope"]);
+    assert!(out.fails(1).contains("settings.sites"), "{out:#?}");
+    assert!(daig.run(&["project", "sites", &id]).ok().contains("lists no sites"));
+    assert_eq!(daig.run(&["--json", "project", "show", &id]).json()["settings"]["sites"], json!([]));
+}
+
+#[test]
 fn cli_refuses_forged_and_revoked_tokens_with_a_hint() {
     let server = Server::start();
     let daig = Daig::new(&server);
