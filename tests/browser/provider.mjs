@@ -64,10 +64,21 @@ async function contribute() {
     const pausedAt = Number(await page.textContent("#f-applied"));
     await page.click("#pause");
     await page.waitForFunction((n) => Number(document.getElementById("f-applied").textContent) > n, pausedAt, { timeout: LIMIT });
+    // A hidden tab pauses by itself and resumes when visible again (unless "keep computing while hidden").
+    const setVisibility = (state) => page.evaluate((state) => {
+      Object.defineProperty(document, "visibilityState", { value: state, configurable: true });
+      document.dispatchEvent(new Event("visibilitychange"));
+    }, state);
+    await setVisibility("hidden");
+    await page.waitForFunction(() => document.getElementById("state").dataset.state === "paused", null, { timeout: 30000 });
+    const hiddenState = await page.evaluate(() => document.getElementById("state").dataset.state);
+    const hiddenAt = Number(await page.textContent("#f-applied"));
+    await setVisibility("visible");
+    await page.waitForFunction((n) => Number(document.getElementById("f-applied").textContent) > n, hiddenAt, { timeout: LIMIT });
     // Shards are kept in Cache Storage, keyed by hash, for the next visit.
     const cachedShards = await page.evaluate(async () => (await (await caches.open("daig-shards-v1")).keys()).length);
     await page.click("#stop");
-    return { ok: true, before, figures, firstContributionMs, cachedShards, log };
+    return { ok: true, before, figures, firstContributionMs, cachedShards, hiddenState, log };
   } finally {
     await b.close();
   }

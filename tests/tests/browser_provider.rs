@@ -121,6 +121,10 @@ async fn the_contribute_page_trains_with_webgpu_and_with_the_cpu_fallback() {
             "{figures}"
         );
         assert!(result["cachedShards"].as_u64().unwrap() >= 1, "shards cached in the browser: {result}");
+        assert_eq!(
+            result["hiddenState"], "paused",
+            "a hidden tab pauses (and the scenario saw it resume when visible)"
+        );
         assert!(figures["remembered"].as_str().unwrap().contains(&format!("\"project\":{id}")), "the choice is kept");
     }
     let (backends, _) = applied_by(&server, id).await;
