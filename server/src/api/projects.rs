@@ -814,7 +814,7 @@ async fn transition(state: &AppState, user: &CurrentUser, id: i64, action: Actio
                     .bind(to.as_str())
                     .execute(state.db())
                     .await?;
-                return Err(e);
+                return Err(e.into());
             }
         }
         Action::Pause => state.training().stop(row.id, crate::training::coordinator::Command::Pause).await,

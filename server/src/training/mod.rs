@@ -3,8 +3,12 @@
 //!
 //! - [`aggregate`]: the weighted running sum of contributions and the pseudo-gradient.
 //! - [`plan`]: an epoch's batches (per shard, seeded) and their states; exactly-once bookkeeping.
-//! - [`coordinator`]: the task that owns a project's parameters, optimiser, leases and aggregation buffer
-//!   (K-batch sync SGD), evaluates, checkpoints and finishes.
+//! - [`core`]: the sans-IO state machine of one project's training (providers, leases, contribution checks,
+//!   K-batch sync SGD, epochs): events and the time in, effects out.
+//! - [`coordinator`]: the task around a project's core that carries out its effects (messages, the ledger,
+//!   evaluations, checkpoints, the final model).
+//! - [`ledger`]: the database records of training.
+//! - [`error`]: [`TrainingError`].
 //! - [`connection`]: one provider's WebSocket: the handshake, frames, transfers, heartbeats and assignment
 //!   to projects.
 //! - [`checkpoint`]: parameters and trainer state in the object store, registered in the database.
@@ -18,16 +22,18 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod connection;
 pub mod coordinator;
+pub mod core;
 pub mod data;
+pub mod error;
+pub mod ledger;
 pub mod plan;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use daig_shared::wire::{Ack, CancelLease, Lease, LeaseId};
+use daig_shared::wire::{Ack, CancelLease, Lease};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use utoipa::ToSchema;
@@ -36,6 +42,8 @@ use crate::api::projects::{Access, ProjectRow};
 use crate::error::AppError;
 use crate::state::AppState;
 use coordinator::{Command, Coordinator, Event};
+pub use error::TrainingError;
+use self::core::LeaseIds;
 
 /// A parameter version as providers receive it: little-endian `f32` bytes, encoded once per update.
 #[derive(Debug)]
@@ -143,7 +151,7 @@ pub struct Training {
     projects: Mutex<HashMap<i64, ProjectHandle>>,
     /// Bumped whenever a project starts, so that waiting providers look again.
     changed: watch::Sender<u64>,
-    lease_ids: AtomicU64,
+    lease_ids: Arc<LeaseIds>,
     provider_connections: Arc<Semaphore>,
 }
 
@@ -156,13 +164,14 @@ impl Training {
         Training {
             projects: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
-            lease_ids: AtomicU64::new(start),
+            lease_ids: Arc::new(LeaseIds::starting_at(start)),
             provider_connections: Arc::new(Semaphore::new(max_connections)),
         }
     }
 
-    pub fn next_lease_id(&self) -> LeaseId {
-        LeaseId(self.lease_ids.fetch_add(1, Ordering::Relaxed))
+    /// The server's lease ids, shared by every project's core.
+    pub fn lease_ids(&self) -> Arc<LeaseIds> {
+        Arc::clone(&self.lease_ids)
     }
 
     /// The semaphore bounding provider connections.
@@ -237,8 +246,8 @@ impl Training {
 /// Starts the coordinator of running project `row` (from its latest checkpoint).
 ///
 /// # Errors
-/// The dataset or checkpoint cannot be loaded.
-pub async fn start(state: &AppState, row: &ProjectRow) -> Result<(), AppError> {
+/// The project has no dataset, or the dataset or checkpoint cannot be loaded.
+pub async fn start(state: &AppState, row: &ProjectRow) -> Result<(), TrainingError> {
     if state.training().get(row.id).is_some() {
         return Ok(());
     }
