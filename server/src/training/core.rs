@@ -379,8 +379,8 @@ impl Core {
             return Err(format!("the project has its maximum of {} providers", self.config.max_providers));
         }
         let id = info.id;
-        let speed = (info.samples_per_sec.is_finite() && info.samples_per_sec > 0.0)
-            .then_some(f64::from(info.samples_per_sec));
+        let speed =
+            (info.samples_per_sec.is_finite() && info.samples_per_sec > 0.0).then_some(f64::from(info.samples_per_sec));
         let provider = Provider {
             backend: info.backend,
             adapter: info.adapter,
@@ -456,7 +456,9 @@ impl Core {
         let Some(record) = self.leases.get(&lease_id).filter(|l| l.provider == provider) else {
             let detail = match self.cancelled.get(&lease_id) {
                 Some(reason) => format!("lease {lease_id} was cancelled: {reason}"),
-                None => format!("lease {lease_id} is not open on this connection for project {}", self.config.project.0),
+                None => {
+                    format!("lease {lease_id} is not open on this connection for project {}", self.config.project.0)
+                }
             };
             self.refuse(provider, lease_id, RefusalReason::UnknownLease, detail);
             return;

@@ -38,12 +38,12 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use utoipa::ToSchema;
 
+use self::core::LeaseIds;
 use crate::api::projects::{Access, ProjectRow};
 use crate::error::AppError;
 use crate::state::AppState;
 use coordinator::{Command, Coordinator, Event};
 pub use error::TrainingError;
-use self::core::LeaseIds;
 
 /// A parameter version as providers receive it: little-endian `f32` bytes, encoded once per update.
 #[derive(Debug)]

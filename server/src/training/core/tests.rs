@@ -377,7 +377,11 @@ fn refused_contributions_change_nothing_and_their_batches_go_out_again() {
         (ok.clone(), vec![1.0, f32::NAN, 1.0], RefusalReason::NonFinite),
         (ok.clone(), vec![1.0, f32::INFINITY, 1.0], RefusalReason::NonFinite),
         (ContributionInfo { mean_loss: f32::NAN, ..ok.clone() }, vec![1.0; PARAMS], RefusalReason::NonFinite),
-        (ContributionInfo { sample_count: ok.sample_count + 1, ..ok.clone() }, vec![1.0; PARAMS], RefusalReason::Rejected),
+        (
+            ContributionInfo { sample_count: ok.sample_count + 1, ..ok.clone() },
+            vec![1.0; PARAMS],
+            RefusalReason::Rejected,
+        ),
         (ContributionInfo { base_version: 5, ..ok.clone() }, vec![1.0; PARAMS], RefusalReason::Rejected),
     ];
     for (info, delta, expected) in cases {
@@ -454,7 +458,12 @@ fn pause_checkpoints_and_resume_finishes_every_batch_once() {
     assert!(world.core.join(0, join_info(3, 0.0)).is_err(), "a paused core takes no one");
 
     // Resume: a new core from the checkpoint, as the coordinator does.
-    world.core = Core::new(config(2, 2, 1, 2), shards(&[20, 12]), restore_from(&params, &state), Arc::new(LeaseIds::starting_at(1000)));
+    world.core = Core::new(
+        config(2, 2, 1, 2),
+        shards(&[20, 12]),
+        restore_from(&params, &state),
+        Arc::new(LeaseIds::starting_at(1000)),
+    );
     world.core.start(0);
     world.drain();
     drive_to_the_end(&mut world, &[1, 2]);
