@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use daig_shared::wire::{
     self, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, LeaseId, LeaseProgress, ProviderId, Reassembler, ShardHash,
     TransferId, TransferKind, transfer_frames,
 };
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -78,6 +79,17 @@ pub(crate) fn socket_origin(headers: &HeaderMap) -> SocketOrigin {
     SocketOrigin::Site(parse_origin(origin).unwrap_or_else(|_| origin.to_owned()))
 }
 
+/// What a connection reads and writes: axum's `WebSocket`, or a pair of channels in unit tests.
+pub(crate) trait Socket:
+    Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
+
+impl<S> Socket for S where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
+
 /// How a joined session ended.
 enum End {
     /// The socket is closed or must be: nothing more to send.
@@ -95,9 +107,9 @@ impl Stop {
     }
 }
 
-struct Connection {
+struct Connection<S> {
     state: AppState,
-    socket: WebSocket,
+    socket: S,
     origin: SocketOrigin,
     hello: Hello,
     id: ProviderId,
@@ -105,8 +117,10 @@ struct Connection {
     next_transfer: u32,
 }
 
-impl Connection {
-    async fn run(state: AppState, mut socket: WebSocket, origin: SocketOrigin) {
+impl<S: Socket> Connection<S> {
+    /// Serves one provider from its `Hello` to the end of the socket; registers it in the database while it
+    /// lasts.
+    pub(crate) async fn run(state: AppState, mut socket: S, origin: SocketOrigin) {
         let hello = match read_hello(&mut socket).await {
             Ok(hello) => hello,
             Err(Stop(goodbye)) => {
@@ -305,7 +319,7 @@ impl Connection {
                 _ = changed.changed() => return Ok(()),
                 () = &mut recheck => return Ok(()),
                 _ = beat.tick() => self.send(&Frame::Heartbeat(Heartbeat::default())).await?,
-                message = tokio::time::timeout_at(silent_until, self.socket.recv()) => {
+                message = tokio::time::timeout_at(silent_until, self.socket.next()) => {
                     let bytes = incoming(message)?;
                     let Some(bytes) = bytes else { continue };
                     silent_until = Instant::now() + 3 * self.interval;
@@ -368,7 +382,7 @@ impl Connection {
                     let leases = open.iter().map(|(&lease_id, &steps_done)| LeaseProgress { lease_id, steps_done }).collect();
                     self.send(&Frame::Heartbeat(Heartbeat { leases })).await?;
                 }
-                message = tokio::time::timeout_at(silent_until, self.socket.recv()) => {
+                message = tokio::time::timeout_at(silent_until, self.socket.next()) => {
                     let bytes = match incoming(message) {
                         Ok(Some(bytes)) => bytes,
                         Ok(None) => continue,
@@ -446,7 +460,7 @@ impl Connection {
     }
 }
 
-async fn send_frame(socket: &mut WebSocket, frame: &Frame<'_>) -> Result<(), axum::Error> {
+async fn send_frame(socket: &mut impl Socket, frame: &Frame<'_>) -> Result<(), axum::Error> {
     socket.send(Message::Binary(frame.encode().into())).await
 }
 
@@ -464,8 +478,8 @@ fn incoming(
     }
 }
 
-async fn read_hello(socket: &mut WebSocket) -> Result<Hello, Stop> {
-    let message = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await;
+async fn read_hello(socket: &mut impl Socket) -> Result<Hello, Stop> {
+    let message = tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await;
     let bytes = match incoming(message) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Err(Stop::protocol("the first message must be a binary Hello")),
@@ -497,3 +511,6 @@ async fn read_hello(socket: &mut WebSocket) -> Result<Hello, Stop> {
     }
     Ok(hello)
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,9 +8,9 @@
 //! - [`coordinator`]: the task around a project's core that carries out its effects (messages, the ledger,
 //!   evaluations, checkpoints, the final model).
 //! - [`ledger`]: the database records of training.
-//! - [`error`]: [`TrainingError`].
-//! - [`connection`]: one provider's WebSocket: the handshake, frames, transfers, heartbeats and assignment
-//!   to projects.
+//! - [`error`]: the training error type, [`TrainingError`], whose causes reach the logs.
+//! - [`connection`]: one provider's socket (a `Sink`/`Stream` of messages): the handshake, frames, transfers,
+//!   heartbeats and assignment to projects.
 //! - [`checkpoint`]: parameters and trainer state in the object store, registered in the database.
 //! - [`data`]: the shard list and the decoded validation split.
 //!
