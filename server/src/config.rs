@@ -80,7 +80,7 @@ pub struct Args {
     #[arg(long, env = "DAIG_LOG", value_name = "FILTER")]
     pub log: Option<String>,
     /// The built web pages (dashboard, contribute page, embed script, the provider's wasm), as `cargo xtask web`
-    /// writes them [default: the checkout's `web/dist`].
+    /// writes them [default: `web/dist` in the current directory].
     #[arg(long, env = "DAIG_WEB_DIR", value_name = "DIR")]
     pub web_dir: Option<PathBuf>,
 }
@@ -167,9 +167,11 @@ pub enum ConfigError {
 
 const MIB: usize = 1 << 20;
 
-/// `web/dist` of the checkout the server was built from: where `cargo xtask web` puts the pages.
+/// `web/dist` in the current directory, made absolute: where `cargo xtask web` puts the pages when the server is
+/// started in the checkout (`cargo run -p daig-server` there), as `./daig-data` is. Not a path compiled in: with
+/// a shared `CARGO_TARGET_DIR` one binary serves several clones, and it must serve the pages of the one it runs in.
 fn default_web_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web/dist"))
+    std::path::absolute("web/dist").unwrap_or_else(|_| PathBuf::from("web/dist"))
 }
 
 impl Default for Settings {

@@ -2,8 +2,10 @@
 //!
 //! Trunk runs offline (`web/Trunk.toml`): `wasm-bindgen` 0.2.130 must be on `PATH` (`cargo install
 //! wasm-bindgen-cli --version 0.2.130`), and for release builds `wasm-opt` of binaryen 132 (npm's `binaryen@132.0.0`;
-//! Debian's binaryen 108 produces wasm that fails to load). `wasm-opt` is looked for in `$DAIG_WASM_OPT_DIR`, then
-//! in `$DAIG_NODE_MODULES/.bin`, then in `~/.cache/daig/npm/node_modules/.bin`, then on `PATH`.
+//! Debian's binaryen 108 produces wasm that fails to load). `wasm-opt` is the one the provider's build uses
+//! ([`crate::paths::find_wasm_opt`]: `$WASM_OPT`, `$DAIG_WASM_OPT_DIR`, `$DAIG_NODE_MODULES/.bin`,
+//! `~/.cache/daig/npm/node_modules/.bin`, then `PATH`), put first on trunk's `PATH` (trunk runs the file named
+//! `wasm-opt` there).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,19 +19,13 @@ use anyhow::{Context, bail};
 /// Trunk is missing or the build fails.
 pub fn build(root: &Path, release: bool) -> anyhow::Result<()> {
     let web = root.join("web");
+    // Trunk looks for `wasm-opt` on PATH: put the one the provider's build uses first.
     let mut path: Vec<PathBuf> = Vec::new();
-    for dir in [
-        std::env::var_os("DAIG_WASM_OPT_DIR").map(PathBuf::from),
-        std::env::var_os("DAIG_NODE_MODULES").map(|d| PathBuf::from(d).join(".bin")),
-        // Where `.ci/run` installs binaryen 132 (npm), as the provider's build looks too.
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/daig/npm/node_modules/.bin")),
-    ]
-    .into_iter()
-    .flatten()
+    if let Some(dir) = crate::paths::find_wasm_opt().as_deref().and_then(Path::parent)
+        && !dir.as_os_str().is_empty()
     {
-        if dir.join("wasm-opt").is_file() {
-            path.push(dir);
-        }
+        // Absolute: trunk runs in `web/`, and a relative `$WASM_OPT` is relative to where xtask was started.
+        path.push(std::path::absolute(dir)?);
     }
     if let Some(system) = std::env::var_os("PATH") {
         path.extend(std::env::split_paths(&system));

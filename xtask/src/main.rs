@@ -6,20 +6,26 @@
 //! - `cargo xtask test-browser`: only the engine's browser tests (part of `test`).
 //! - `cargo xtask web [--dev]`: builds the web pages into `web/dist` (the browser provider's wasm through
 //!   wasm-bindgen and wasm-opt, the contribute page, the embed script), which the server serves.
-//! - `cargo xtask serve [ARGS]`: builds the pages, then runs the release server with `ARGS`.
+//! - `cargo xtask serve [ARGS]`: builds the pages, then runs the release server with `ARGS`, serving this
+//!   checkout's `web/dist` (`--web-dir`, unless `ARGS` or `DAIG_WEB_DIR` name another).
+//! - `cargo xtask root`: prints the workspace's root folder, the checkout every other task works in.
 //! - `cargo xtask bench [server|training]`: the benchmarks recorded in BENCHMARKS.md, each beside its peer in the
 //!   same run; with `server`, only the management server's (dataset upload and status requests over loopback); with
 //!   `training`, only distributed training's (speedup and statistical efficiency with native providers, aggregation
 //!   throughput, provider connections), and any further arguments go to its example (`cargo xtask bench training
 //!   connections --connections 10000`).
 //!
-//! Set `CARGO_TARGET_DIR` to keep builds outside the checkout (`.ci/run` does).
+//! Set `CARGO_TARGET_DIR` to keep builds outside the checkout (`.ci/run` does). The checkout is found when xtask
+//! runs (`cargo locate-project --workspace` from the current directory, see [`paths`]), so one xtask binary in a
+//! shared target folder works on whichever clone it is run in.
 
 mod dashboard;
+mod paths;
 
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use paths::{cargo_program, find_wasm_opt, workspace_root};
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -27,12 +33,10 @@ fn main() -> anyhow::Result<()> {
         "test" => test(),
         "test-browser" => browser_tests(),
         "web" => web(std::env::args().any(|a| a == "--dev")),
-        "serve" => {
-            web(false)?;
-            let mut run = vec!["run", "--release", "--package", "daig-server", "--bin", "daig-server", "--"];
-            let rest: Vec<String> = std::env::args().skip(2).collect();
-            run.extend(rest.iter().map(String::as_str));
-            cargo(&run)
+        "serve" => serve(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "root" => {
+            println!("{}", workspace_root()?.display());
+            Ok(())
         }
         "bench" => match std::env::args().nth(2).as_deref() {
             None => bench(),
@@ -45,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|bench [server|training [ARGS]]>"
+                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|root|bench [server|training [ARGS]]>"
             );
             bail!("unknown task `{task}`")
         }
@@ -79,7 +83,7 @@ fn test() -> anyhow::Result<()> {
 /// The provider's engine in headless Chromium, in a Web Worker: once with WebGPU (SwiftShader), once
 /// without, through wasm-bindgen-test-runner and chromedriver (installed by `.ci/run`).
 fn browser_tests() -> anyhow::Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_owned();
+    let root = workspace_root()?;
     let chromium = std::env::var("DAIG_CHROMIUM").unwrap_or_else(|_| "/usr/lib/chromium/chromium".to_owned());
     let chromedriver = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".to_owned());
     // Chromium killed rather than closed leaves folders in the temp directory: give it one we clear.
@@ -107,7 +111,7 @@ fn browser_tests() -> anyhow::Result<()> {
         );
         std::fs::write(root.join("provider-wasm/webdriver.json"), config)?;
         eprintln!("$ cargo test -p daig-provider --target wasm32-unknown-unknown --test web (WebGPU: {webgpu})");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        let status = Command::new(cargo_program())
             .args(["test", "--package", "daig-provider", "--target", "wasm32-unknown-unknown", "--test", "web"])
             .current_dir(root.join("provider-wasm"))
             .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", "wasm-bindgen-test-runner")
@@ -140,7 +144,7 @@ fn web(dev: bool) -> anyhow::Result<()> {
     dashboard::build(&root, !dev)?;
     let target_dir =
         std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join("target"));
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    let mut build = Command::new(cargo_program());
     build.args([
         "rustc",
         "--package",
@@ -210,6 +214,22 @@ fn web(dev: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the pages, then runs the release server with `args`, pointed at this checkout's `web/dist` (unless
+/// `args` or `DAIG_WEB_DIR` choose the pages), so that it never serves pages built from other sources.
+fn serve(args: &[String]) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    web(false)?;
+    let web_dir = root.join("web/dist").display().to_string();
+    let mut run = vec!["run", "--release", "--package", "daig-server", "--bin", "daig-server", "--"];
+    let chosen = std::env::var_os("DAIG_WEB_DIR").is_some()
+        || args.iter().any(|a| a == "--web-dir" || a.starts_with("--web-dir="));
+    if !chosen {
+        run.extend(["--web-dir", &web_dir]);
+    }
+    run.extend(args.iter().map(String::as_str));
+    cargo(&run)
+}
+
 /// The wasm features rustc emits by default for wasm32-unknown-unknown, for wasm-opt to accept them.
 const WASM_FEATURES: &[&str] = &[
     "--enable-bulk-memory",
@@ -241,23 +261,6 @@ fn ensure_web_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// binaryen's wasm-opt: `$WASM_OPT`, the npm `binaryen@132` that `.ci/run` installs, or one on PATH that is not
-/// Debian's (version 108 writes wasm that browsers refuse).
-fn find_wasm_opt() -> Option<std::path::PathBuf> {
-    if let Ok(path) = std::env::var("WASM_OPT") {
-        return Some(path.into());
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let npm = std::path::Path::new(&home).join(".cache/daig/npm/node_modules/.bin/wasm-opt");
-    if npm.exists() {
-        return Some(npm);
-    }
-    let version = Command::new("wasm-opt").arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&version.stdout);
-    let number: u32 = text.split_whitespace().find_map(|w| w.parse().ok())?;
-    (number >= 116).then(|| "wasm-opt".into())
-}
-
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
     if from.is_dir() {
         std::fs::create_dir_all(to)?;
@@ -269,10 +272,6 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()>
         std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
     }
     Ok(())
-}
-
-fn workspace_root() -> anyhow::Result<std::path::PathBuf> {
-    Ok(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_owned())
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
@@ -341,7 +340,7 @@ fn bench_browser(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo = cargo_program();
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
     if !status.success() {
