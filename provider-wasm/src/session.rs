@@ -58,18 +58,6 @@ pub fn shard_hash(bytes: &[u8]) -> ShardHash {
     ShardHash(Sha256::digest(bytes).into())
 }
 
-/// A shard hash back from its lowercase hex form (how caches name shards).
-pub fn parse_shard_hash(hex: &str) -> Option<ShardHash> {
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(ShardHash(hash))
-}
-
 /// What the driver knows before connecting.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {

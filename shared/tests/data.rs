@@ -43,8 +43,7 @@ fn check_err<T: std::fmt::Debug>(r: Result<T, DataError>, expected: Expect) {
 
 fn npy_bytes(info: &ArrayInfo, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    npy::write_header(&mut out, info).unwrap();
-    out.extend_from_slice(data);
+    npy::write_raw(&mut out, info, data).unwrap();
     out
 }
 
@@ -117,6 +116,69 @@ fn npy_written_headers_read_back() {
         assert_eq!(header.info, info);
         assert_eq!(header.data_offset % 64, 0);
     }
+}
+
+/// `npy::write` of `values`, read back by `npy::read`: the dtype, shape, little-endian bytes and file length.
+fn npy_round_trip<T: npy::Element + std::fmt::Debug>(shape: &[usize], values: &[T], le: impl Fn(&T) -> Vec<u8>) {
+    let bytes = npy::to_vec(shape, values).unwrap();
+    let mut written = Vec::new();
+    assert_eq!(npy::write(&mut written, shape, values).unwrap(), bytes.len() as u64);
+    assert_eq!(written, bytes);
+    let array = npy::read(Cursor::new(&bytes), &Limits::default()).unwrap();
+    assert_eq!(array.info, ArrayInfo { dtype: T::DTYPE, shape: shape.to_vec(), byte_order: ByteOrder::Little });
+    assert_eq!(array.data, values.iter().flat_map(le).collect::<Vec<u8>>(), "{values:?}");
+    let header = npy::read_header(&mut Cursor::new(&bytes), &Limits::default()).unwrap();
+    assert_eq!(header.data_offset % 64, 0);
+    assert_eq!(bytes.len() as u64, header.data_offset + array.data.len() as u64);
+}
+
+#[test]
+fn npy_writes_every_dtype_and_reads_it_back() {
+    npy_round_trip(&[2, 3], &[0u8, 1, 2, 127, 128, 255], |v| v.to_le_bytes().to_vec());
+    npy_round_trip(&[4], &[i8::MIN, -1, 0, i8::MAX], |v| v.to_le_bytes().to_vec());
+    npy_round_trip(&[3], &[0u16, 258, u16::MAX], |v| v.to_le_bytes().to_vec());
+    npy_round_trip(&[3, 1], &[i16::MIN, -2, i16::MAX], |v| v.to_le_bytes().to_vec());
+    npy_round_trip(&[1, 3], &[i32::MIN, -3, i32::MAX], |v| v.to_le_bytes().to_vec());
+    npy_round_trip(&[5], &[i64::MIN, -1, 0, 9, i64::MAX], |v| v.to_le_bytes().to_vec());
+    npy_round_trip(&[2, 2, 1], &[0.0f32, -1.5, f32::MAX, f32::MIN_POSITIVE], |v| v.to_le_bytes().to_vec());
+    npy_round_trip(&[2], &[std::f64::consts::PI, -0.0], |v| v.to_le_bytes().to_vec());
+    npy_round_trip::<f32>(&[0, 4], &[], |v| v.to_le_bytes().to_vec());
+    // Converted as a reader of any dtype converts it.
+    let bytes = npy::to_vec(&[2, 2], &[1.0f32, 2.0, -3.0, 0.5]).unwrap();
+    let mut source = SampleSource::npy(Cursor::new(bytes), &Limits::default()).unwrap();
+    assert_eq!(all_samples_f32(&mut source), [1.0, 2.0, -3.0, 0.5]);
+}
+
+#[test]
+fn npy_writes_raw_elements_in_their_byte_order() {
+    let info = ArrayInfo { dtype: Dtype::I32, shape: vec![2], byte_order: ByteOrder::Big };
+    let data: Vec<u8> = [1i32, -2].iter().flat_map(|v| v.to_be_bytes()).collect();
+    let bytes = npy_bytes(&info, &data);
+    let array = npy::read(Cursor::new(&bytes), &Limits::default()).unwrap();
+    assert_eq!((array.info, array.data), (info, data));
+}
+
+#[test]
+fn npy_writer_refuses_a_shape_that_does_not_hold_the_data() {
+    let mut out = Vec::new();
+    check_err(
+        npy::write(&mut out, &[2, 3], &[0f32; 5]),
+        expect![[r#"not a valid .npy file: the shape 2x3 holds 6 elements, not the 5 given"#]],
+    );
+    check_err(
+        npy::to_vec(&[usize::MAX, 2], &[0u8]),
+        expect![[r#"the shape 18446744073709551615x2 is too large to address: its size overflows 64 bits"#]],
+    );
+    let info = ArrayInfo { dtype: Dtype::I16, shape: vec![2], byte_order: ByteOrder::Little };
+    check_err(
+        npy::write_raw(&mut out, &info, &[0; 3]),
+        expect![[r#"not a valid .npy file: the shape 2 holds 2 elements, not the 1 given"#]],
+    );
+    check_err(
+        npy::write_raw(&mut out, &info, &[0; 5]),
+        expect![[r#"not a valid .npy file: 5 bytes are not a whole number of int16 elements"#]],
+    );
+    assert!(out.is_empty(), "nothing is written before the check");
 }
 
 #[test]

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use daig_shared::wire::{
     Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DecodeError, Frame, Goodbye, GoodbyeReason,
     Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, MAX_FRAME_BYTES, Normalisation, PROTOCOL_VERSION,
-    PayloadError, ProjectId, ProviderId, Reassembler, ReassemblyError, RefusalReason, SampleSelection, ShardHash,
-    ShardRequest, ShardSamples, TrainingInfo, Transfer, TransferId, TransferKind, TransferStart, Welcome,
-    f32s_from_le_bytes, f32s_to_le_bytes, peek_hello_version, transfer_frames,
+    ParseShardHashError, PayloadError, ProjectId, ProviderId, Reassembler, ReassemblyError, RefusalReason,
+    SampleSelection, ShardHash, ShardRequest, ShardSamples, TrainingInfo, Transfer, TransferId, TransferKind,
+    TransferStart, Welcome, f32s_from_le_bytes, f32s_to_le_bytes, peek_hello_version, transfer_frames,
 };
 use expect_test::expect;
 use rand::{Rng, SeedableRng};
@@ -76,6 +76,41 @@ use alloc_probe::largest_allocation;
 
 fn hash(seed: u8) -> ShardHash {
     ShardHash(std::array::from_fn(|i| seed.wrapping_add(i as u8)))
+}
+
+#[test]
+fn shard_hashes_parse_from_the_hex_they_display() {
+    let h = hash(0xf0);
+    let text = h.to_string();
+    assert_eq!(text, "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f");
+    assert_eq!(text.parse::<ShardHash>(), Ok(h));
+    assert_eq!(format!("{h:?}"), format!("ShardHash({text})"));
+    assert_eq!("00".repeat(32).parse::<ShardHash>(), Ok(ShardHash::default()));
+}
+
+#[test]
+fn shard_hashes_of_the_wrong_length_are_refused() {
+    for text in ["", "ab", &"a".repeat(63), &"a".repeat(65), &"ab".repeat(64)] {
+        assert_eq!(text.parse::<ShardHash>(), Err(ParseShardHashError::WrongLength(text.len())), "{text:?}");
+    }
+    // Length is counted in bytes: 32 two-byte characters are not 64 digits.
+    assert_eq!("é".repeat(32).parse::<ShardHash>(), Err(ParseShardHashError::NotHex));
+    assert_eq!("é".repeat(31).parse::<ShardHash>(), Err(ParseShardHashError::WrongLength(62)));
+}
+
+#[test]
+fn shard_hashes_that_are_not_lowercase_hex_are_refused() {
+    let good = hash(1).to_string();
+    for bad in ["g", "G", "A", "F", " ", "+", "-", "x"] {
+        for at in [0, 31, 63] {
+            let mut text = good.clone();
+            text.replace_range(at..at + 1, bad);
+            assert_eq!(text.parse::<ShardHash>(), Err(ParseShardHashError::NotHex), "{text:?}");
+        }
+    }
+    // `u8::from_str_radix` would take a sign; the parser does not.
+    assert_eq!(format!("+1{}", &good[2..]).parse::<ShardHash>(), Err(ParseShardHashError::NotHex));
+    assert_eq!(ParseShardHashError::WrongLength(3).to_string(), "a shard hash is 64 hex digits, not 3 characters");
 }
 
 /// One frame of every variant (and of each inner enum's variants), small enough to read as hex.

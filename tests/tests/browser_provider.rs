@@ -6,15 +6,13 @@
 //! (default `~/.cache/daig/npm/node_modules`), all of which `.ci/run` installs. Outside CI a missing piece skips
 //! with a note; in CI it fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::{Api, Server, mnist_dir};
+use daig_tests::{Api, Server, e2e, mnist_dir};
 
 /// What the browser tests need, or `None` (with a note) outside CI.
 struct Browser {
@@ -48,7 +46,7 @@ fn browser() -> Option<Browser> {
 
 impl Browser {
     async fn server(&self, dir: &Path) -> Server {
-        Server::start_with(dir, &["--web-dir".to_owned(), self.web_dir.display().to_string()]).await
+        Server::start(&e2e!(), dir, &["--web-dir".to_owned(), self.web_dir.display().to_string()]).await.unwrap()
     }
 
     /// Runs one scenario of `provider.mjs` and returns what it printed.
@@ -75,7 +73,7 @@ impl Browser {
 
 /// Contributions applied per backend (as the providers said in their `Hello`) and per site key.
 async fn applied_by(server: &Server, id: i64) -> (Vec<(String, i64)>, Vec<(Option<String>, i64)>) {
-    let db = server.db().await;
+    let db = server.db().await.unwrap();
     let backends = sqlx::query_as(
         "SELECT p.backend, COUNT(*) FROM contributions c JOIN providers p ON p.id = c.provider_id
          WHERE c.project_id = ? GROUP BY p.backend ORDER BY p.backend",
@@ -106,8 +104,8 @@ async fn the_contribute_page_trains_with_webgpu_and_with_the_cpu_fallback() {
     let (Some(browser), Some(mnist)) = (browser(), mnist_dir()) else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = browser.server(dir.path()).await;
-    let api = Api::sign_up(&server, "ada").await;
-    let id = api.mnist_project(&mnist, settings(json!({}))).await;
+    let api = Api::sign_up(&server, "ada").await.unwrap();
+    let id = api.mnist_project(&mnist, settings(json!({}))).await.unwrap();
     for webgpu in [true, false] {
         let result =
             browser.run(json!({"scenario": "contribute", "server": server.url(""), "project": id, "webgpu": webgpu}));
@@ -137,12 +135,12 @@ async fn an_embedding_site_is_credited_and_a_site_the_project_does_not_list_is_r
     let (Some(browser), Some(mnist)) = (browser(), mnist_dir()) else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = browser.server(dir.path()).await;
-    let api = Api::sign_up(&server, "ada").await;
+    let api = Api::sign_up(&server, "ada").await.unwrap();
     let allowed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let other_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let extra = json!({"access": "site_key", "sites": [format!("http://localhost:{allowed_port}")]});
-    let id = api.mnist_project(&mnist, settings(extra)).await;
-    let key = api.get(&format!("/api/projects/{id}")).await["site_key"].as_str().unwrap().to_owned();
+    let id = api.mnist_project(&mnist, settings(extra)).await.unwrap();
+    let key = api.get(&format!("/api/projects/{id}")).await.unwrap()["site_key"].as_str().unwrap().to_owned();
 
     let base = json!({"scenario": "embed", "server": server.url(""), "project": id, "siteKey": key});
     let mut args = base.clone();
@@ -157,7 +155,7 @@ async fn an_embedding_site_is_credited_and_a_site_the_project_does_not_list_is_r
         sites.iter().any(|(site, n)| site.as_deref() == Some(key.as_str()) && *n >= 2),
         "contributions credited to the site key: {sites:?}"
     );
-    let credits = api.get(&format!("/api/projects/{id}/credits")).await;
+    let credits = api.get(&format!("/api/projects/{id}/credits")).await.unwrap();
     assert_eq!(credits["sites"][0]["site_key"], key.as_str(), "{credits}");
 
     let mut args = base;
@@ -175,8 +173,8 @@ async fn closing_the_tab_mid_lease_returns_its_batches() {
     let (Some(browser), Some(mnist)) = (browser(), mnist_dir()) else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = browser.server(dir.path()).await;
-    let api = Api::sign_up(&server, "ada").await;
-    let id = api.mnist_project(&mnist, settings(json!({}))).await;
+    let api = Api::sign_up(&server, "ada").await.unwrap();
+    let id = api.mnist_project(&mnist, settings(json!({}))).await.unwrap();
     let result = browser.run(json!({"scenario": "close-tab", "server": server.url(""), "project": id}));
     let provider = result["provider"].as_u64().unwrap();
     // The server notices the closed socket at once (no heartbeat timeout) and takes the leases back.

@@ -1,12 +1,10 @@
 //! End to end on S3: a requestor drives everything with the `daig` CLI against a `daig-server` whose object store
 //! is an S3 server (`s3s-fs`), and two native providers train the project.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Provider, S3Server, Server, mnist_dir};
+use daig_tests::{Provider, S3Server, Server, e2e, mnist_dir};
 
 /// Runs the CLI with its own config directory; asserts success and returns stdout.
 fn daig(server: &Server, config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
@@ -36,7 +34,8 @@ async fn a_requestor_trains_and_downloads_a_model_with_the_cli_on_s3() {
     let Some(s3) = S3Server::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let config = s3.config_file(dir.path(), "daig-e2e");
-    let server = Server::start_with(dir.path(), &["--config".to_owned(), config.display().to_string()]).await;
+    let server =
+        Server::start(&e2e!(), dir.path(), &["--config".to_owned(), config.display().to_string()]).await.unwrap();
     let home = dir.path().join("cli");
     let features = mnist.join("images.npy");
     let labels = mnist.join("labels.npy");
@@ -89,7 +88,7 @@ async fn a_requestor_trains_and_downloads_a_model_with_the_cli_on_s3() {
     assert!(uploaded.contains("7200") || uploaded.contains("7,200"), "{uploaded}");
     daig(&server, &home, &["start", &id_arg], None);
     let _providers: Vec<Provider> =
-        (0..2).map(|i| Provider::start(&server, id, dir.path(), &format!("provider{i}"))).collect();
+        (0..2).map(|i| Provider::start(&e2e!(), &server, id, dir.path(), &format!("provider{i}")).unwrap()).collect();
     // `status --watch` returns once the project is finished.
     let watched = tokio::task::spawn_blocking({
         let (url, home) = (server.url(""), home.clone());

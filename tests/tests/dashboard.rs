@@ -10,13 +10,11 @@
 //! Screenshots, the downloaded model and `results.json` go to `$DAIG_ARTIFACTS/dashboard` (default
 //! `<workspace>/artifacts/dashboard`).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, mnist_dir};
+use daig_tests::{Server, e2e, mnist_dir};
 use serde_json::{Value, json};
 
 /// The whole browser run, training included, at most.
@@ -103,7 +101,7 @@ async fn a_requestor_trains_mnist_from_the_dashboard_and_downloads_the_model() {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let server = Server::start_with(dir.path(), &args).await;
+    let server = Server::start(&e2e!(), dir.path(), &args).await.unwrap();
     let _provider = AnyProvider::start(&server, dir.path());
     // Chromium killed rather than closed leaves folders in the temp directory: give it one that is removed.
     let tmp = dir.path().join("tmp");

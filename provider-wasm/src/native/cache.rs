@@ -11,8 +11,6 @@ use std::time::SystemTime;
 
 use daig_shared::wire::ShardHash;
 
-use crate::session::parse_shard_hash;
-
 const SUFFIX: &str = ".shard";
 
 /// A directory of shards; every method is blocking (call it from `spawn_blocking`).
@@ -104,7 +102,7 @@ impl DiskCache {
         read.filter_map(Result::ok)
             .filter_map(|item| {
                 let name = item.file_name();
-                let hash = parse_shard_hash(name.to_str()?.strip_suffix(SUFFIX)?)?;
+                let hash: ShardHash = name.to_str()?.strip_suffix(SUFFIX)?.parse().ok()?;
                 let meta = item.metadata().ok().filter(fs::Metadata::is_file)?;
                 let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 Some((hash, Entry { path: item.path(), bytes: meta.len(), used }))
@@ -165,8 +163,8 @@ mod tests {
     #[test]
     fn file_names_are_the_hex_hash() {
         let h = ShardHash(std::array::from_fn(|i| i as u8 * 7));
-        assert_eq!(parse_shard_hash(&h.to_string()), Some(h));
-        assert_eq!(parse_shard_hash("ab"), None);
-        assert_eq!(parse_shard_hash(&"G".repeat(64)), None);
+        assert_eq!(h.to_string().parse::<ShardHash>().ok(), Some(h));
+        assert_eq!("ab".parse::<ShardHash>().ok(), None);
+        assert_eq!("G".repeat(64).parse::<ShardHash>().ok(), None);
     }
 }

@@ -27,6 +27,7 @@ use self::cache::DiskCache;
 use self::progress::Progress;
 pub use self::trainer::BackendChoice;
 use self::trainer::{Probe, Report, Trainer};
+use crate::backoff::Backoff;
 use crate::engine::Backend;
 use crate::session::{Closed, Event, Initiator, Session, SessionConfig, SessionStats, ShardMemory};
 
@@ -126,7 +127,10 @@ pub async fn run(options: Options, mut stop: watch::Receiver<bool>) -> anyhow::R
         options,
     };
     let mut memory = ShardMemory::new(MEMORY_SHARD_BYTES);
-    let mut backoff = Backoff::new();
+    let mut backoff = {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        Backoff::new((nanos as u64) ^ (u64::from(std::process::id()) << 32))
+    };
     loop {
         if *stop.borrow() {
             return Ok(Exit::Stopped);
@@ -514,39 +518,6 @@ fn describe_backend(backend: &Backend) -> String {
     }
 }
 
-/// Reconnection delays: 0.5 s doubling to 30 s, each scaled by a random factor in [0.75, 1.25) so that
-/// providers dropped together do not return together.
-struct Backoff {
-    next: Duration,
-    /// xorshift64 state; the jitter needs no better randomness.
-    rng: u64,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(30);
-
-    fn new() -> Backoff {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let seed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
-        Backoff { next: Backoff::FIRST, rng: seed | 1 }
-    }
-
-    fn reset(&mut self) {
-        self.next = Backoff::FIRST;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        let delay = self.next.mul_f64(0.75 + 0.5 * unit);
-        self.next = (self.next * 2).min(Backoff::MAX);
-        delay
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,17 +532,5 @@ mod tests {
         assert!(provider_url("127.0.0.1:8080").unwrap_err().to_string().contains("no scheme"));
         assert!(provider_url("ftp://h").unwrap_err().to_string().contains("\"ftp\""));
         assert!(provider_url("http:///x").unwrap_err().to_string().contains("no host"));
-    }
-
-    #[test]
-    fn backoff_doubles_to_thirty_seconds_with_jitter_and_resets() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<f64> = (0..10).map(|_| backoff.next_delay().as_secs_f64()).collect();
-        for (i, d) in delays.iter().enumerate() {
-            let base = (0.5 * 2f64.powi(i as i32)).min(30.0);
-            assert!((0.75 * base..1.25 * base).contains(d), "delay {i} is {d} s, base {base} s");
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() < Duration::from_millis(625));
     }
 }

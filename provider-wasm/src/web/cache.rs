@@ -10,8 +10,6 @@ use wasm_bindgen::JsCast as _;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, Headers, Response, ResponseInit, WorkerGlobalScope};
 
-use crate::session::parse_shard_hash;
-
 /// The Cache Storage cache's name.
 const CACHE_NAME: &str = "daig-shards-v1";
 const SIZE_HEADER: &str = "x-daig-size";
@@ -44,7 +42,10 @@ impl ShardCache {
             for request in js_sys::Array::from(&keys).iter() {
                 let Ok(request) = request.dyn_into::<web_sys::Request>() else { continue };
                 let url = request.url();
-                let Some(hash) = url.strip_prefix(&format!("{base}/")).and_then(parse_shard_hash) else { continue };
+                let Some(hash) = url.strip_prefix(&format!("{base}/")).and_then(|hex| hex.parse::<ShardHash>().ok())
+                else {
+                    continue;
+                };
                 let Ok(response) = JsFuture::from(cache.match_with_str(&url)).await else { continue };
                 let Ok(response) = response.dyn_into::<Response>() else { continue };
                 let header =

@@ -30,6 +30,7 @@ use web_sys::{BinaryType, DedicatedWorkerGlobalScope, MessageEvent, WebSocket};
 
 use self::cache::ShardCache;
 use self::trainer::{Probe, Report, Trainer};
+use crate::backoff::Backoff;
 use crate::session::{Closed, Event, Initiator, Session, SessionConfig, ShardMemory};
 
 /// Shards kept in memory across leases and reconnections.
@@ -217,7 +218,7 @@ async fn run(
     worker.figures.backend = if probe.gpu { "webgpu" } else { "cpu" };
     worker.figures.adapter = probe.adapter.clone();
     worker.trainer = Some(trainer);
-    let mut backoff_ms = 500.0;
+    let mut backoff = Backoff::new((js_sys::Math::random() * (1u64 << 53) as f64) as u64);
     while !worker.stopped {
         if worker.paused {
             worker.figures.state = "paused";
@@ -240,10 +241,12 @@ async fn run(
         if worker.stopped || worker.paused {
             continue;
         }
-        backoff_ms = if healthy { 500.0 } else { (backoff_ms * 2.0_f64).min(30_000.0) };
+        if healthy {
+            backoff.reset();
+        }
         worker.figures.state = "connecting";
         worker.publish();
-        let delay = sleep_ms(backoff_ms * (0.75 + 0.5 * js_sys::Math::random())).fuse();
+        let delay = sleep_ms(backoff.next_delay().as_secs_f64() * 1000.0).fuse();
         futures_util::pin_mut!(delay);
         loop {
             futures_util::select! {

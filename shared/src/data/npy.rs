@@ -1,5 +1,6 @@
 //! NumPy `.npy`: the header (versions 1.0, 2.0 and 3.0), read with a small parser that evaluates nothing, and a
-//! writer for the plain files that spooling produces.
+//! writer ([`write_header`], and whole files with [`write`] and [`to_vec`]) for the plain files that spooling
+//! produces, and that tests and benchmarks upload.
 //!
 //! Layout: `\x93NUMPY`, major version byte, minor version byte, header length (`u16` LE in 1.0, `u32` LE in 2.0
 //! and 3.0), the header (a Python dict literal, Latin-1 in 1.0 and 2.0, UTF-8 in 3.0, padded with spaces and
@@ -7,7 +8,7 @@
 
 use std::io::{Read, Write};
 
-use super::{ArrayInfo, ByteOrder, DataError, Dtype, Limits, RawArray, read_exact_or_truncated};
+use super::{ArrayInfo, ByteOrder, DataError, Dtype, Limits, RawArray, ShapeDisplay, read_exact_or_truncated};
 
 /// The six bytes every `.npy` file starts with.
 pub const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -248,6 +249,90 @@ pub fn write_header(w: &mut impl Write, info: &ArrayInfo) -> Result<u64, DataErr
     }
     w.write_all(dict.as_bytes())?;
     Ok((MAGIC.len() + 2 + len_field + dict.len()) as u64)
+}
+
+/// An element type [`write`] writes: the numeric types of [`Dtype`], written little-endian.
+pub trait Element: Copy {
+    /// The dtype NumPy reads it as.
+    const DTYPE: Dtype;
+    /// Appends the little-endian bytes of `values` to `out`.
+    fn extend_le(values: &[Self], out: &mut Vec<u8>);
+}
+
+macro_rules! element {
+    ($($t:ty => $dtype:ident),* $(,)?) => {$(
+        impl Element for $t {
+            const DTYPE: Dtype = Dtype::$dtype;
+            fn extend_le(values: &[Self], out: &mut Vec<u8>) {
+                out.reserve(std::mem::size_of_val(values));
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    )*};
+}
+
+element!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, i32 => I32, i64 => I64, f32 => F32, f64 => F64);
+
+/// Writes a whole `.npy` file of `data` (C order, little-endian) with `shape`, as `np.save` would. Returns the
+/// number of bytes written.
+///
+/// # Errors
+///
+/// [`DataError::Malformed`] when `shape` does not hold exactly `data.len()` elements, [`DataError::Io`] when
+/// `w` fails.
+pub fn write<T: Element>(w: &mut impl Write, shape: &[usize], data: &[T]) -> Result<u64, DataError> {
+    let info = ArrayInfo { dtype: T::DTYPE, shape: shape.to_vec(), byte_order: ByteOrder::Little };
+    check_len(&info, data.len())?;
+    let mut bytes = Vec::new();
+    T::extend_le(data, &mut bytes);
+    let offset = write_header(w, &info)?;
+    w.write_all(&bytes)?;
+    Ok(offset + bytes.len() as u64)
+}
+
+/// [`write`] into memory: the bytes of a `.npy` file of `data` with `shape`.
+///
+/// # Errors
+///
+/// [`DataError::Malformed`] when `shape` does not hold exactly `data.len()` elements.
+pub fn to_vec<T: Element>(shape: &[usize], data: &[T]) -> Result<Vec<u8>, DataError> {
+    let mut out = Vec::new();
+    write(&mut out, shape, data)?;
+    Ok(out)
+}
+
+/// Writes a whole `.npy` file of raw elements already in `info`'s dtype and byte order (e.g. big-endian), as
+/// [`RawArray`] holds them. Returns the number of bytes written.
+///
+/// # Errors
+///
+/// [`DataError::Malformed`] when `data` is not `info.byte_len()` bytes long, [`DataError::Io`] when `w` fails.
+pub fn write_raw(w: &mut impl Write, info: &ArrayInfo, data: &[u8]) -> Result<u64, DataError> {
+    check_len(info, data.len() / info.dtype.size())?;
+    if data.len() % info.dtype.size() != 0 {
+        return Err(malformed(&format!("{} bytes are not a whole number of {} elements", data.len(), info.dtype)));
+    }
+    let offset = write_header(w, info)?;
+    w.write_all(data)?;
+    Ok(offset + data.len() as u64)
+}
+
+/// Whether `info.shape` holds exactly `elements` elements.
+fn check_len(info: &ArrayInfo, elements: usize) -> Result<(), DataError> {
+    let expected = info
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| DataError::ShapeOverflow(ShapeDisplay(&info.shape).to_string()))?;
+    if expected != elements {
+        return Err(malformed(&format!(
+            "the shape {} holds {expected} elements, not the {elements} given",
+            ShapeDisplay(&info.shape)
+        )));
+    }
+    Ok(())
 }
 
 fn malformed(reason: &str) -> DataError {

@@ -121,6 +121,42 @@ impl fmt::Debug for ShardHash {
     }
 }
 
+/// Why a string is not a [`ShardHash`] (see its [`FromStr`](std::str::FromStr)).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseShardHashError {
+    /// Not 64 characters (bytes) long.
+    #[error("a shard hash is 64 hex digits, not {0} characters")]
+    WrongLength(usize),
+    /// A character other than `0-9` and `a-f`.
+    #[error("a shard hash is lowercase hex (0-9, a-f)")]
+    NotHex,
+}
+
+/// The lowercase hex form that [`Display`](fmt::Display) writes (64 digits), and nothing else: uppercase is
+/// refused, so that each hash has one spelling (caches name their files by it).
+impl std::str::FromStr for ShardHash {
+    type Err = ParseShardHashError;
+
+    fn from_str(hex: &str) -> Result<Self, Self::Err> {
+        fn digit(c: u8) -> Result<u8, ParseShardHashError> {
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                _ => Err(ParseShardHashError::NotHex),
+            }
+        }
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return Err(ParseShardHashError::WrongLength(bytes.len()));
+        }
+        let mut hash = [0u8; 32];
+        for (byte, pair) in hash.iter_mut().zip(bytes.chunks_exact(2)) {
+            *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Ok(ShardHash(hash))
+    }
+}
+
 /// The compute backend a provider trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Backend {

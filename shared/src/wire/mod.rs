@@ -62,8 +62,8 @@ mod transfer;
 pub use codec::{DecodeError, peek_hello_version};
 pub use messages::{
     Ack, AckOutcome, Backend, CancelLease, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease, LeaseId,
-    LeaseProgress, Normalisation, ProjectId, ProviderId, RefusalReason, SampleSelection, ShardHash, ShardRequest,
-    ShardSamples, TrainingInfo, Welcome,
+    LeaseProgress, Normalisation, ParseShardHashError, ProjectId, ProviderId, RefusalReason, SampleSelection,
+    ShardHash, ShardRequest, ShardSamples, TrainingInfo, Welcome,
 };
 pub use payload::{PayloadError, f32s_from_le_bytes, f32s_to_le_bytes};
 pub use transfer::{

@@ -10,7 +10,7 @@
 //! with its SQLite file and local object store in a temporary directory, on its own tokio runtime; the load
 //! generator has another runtime, so the two share the machine's cores as the flags say.
 //!
-//! `cargo run --release -p daig-server --example server_bench -- [all|upload|status] [--upload-mb 300] ...`
+//! `cargo run --release -p daig-tests --example server_bench -- [all|upload|status] [--upload-mb 300] ...`
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::Parser;
 use daig_server::{AppState, Settings};
+use daig_shared::data::npy;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -217,22 +218,6 @@ async fn create_project(client: &mut Client, bearer: &str) -> anyhow::Result<i64
     reply.expect(StatusCode::CREATED)?.json()?["id"].as_i64().context("no project id")
 }
 
-/// A `.npy` file: header for `descr` and `shape`, then `data`.
-fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let shape = format!("({})", shape.iter().map(|d| format!("{d},")).collect::<String>());
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len());
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&u16::try_from(header.len()).unwrap_or(u16::MAX).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
-}
-
 /// Seconds to write `bytes` to a new file in `dir` in 1 MiB writes, with or without fsync at the end; the file
 /// is synced (untimed) and removed afterwards, so that its dirty pages do not slow what comes next.
 fn write_file(dir: &Path, parts: &[&[u8]], fsync: bool) -> anyhow::Result<f64> {
@@ -266,10 +251,10 @@ async fn upload_bench(addr: SocketAddr, token: &str, args: &Args, dir: &Path) ->
     // Deterministic, not constant: a pattern that changes from sample to sample.
     let data: Vec<u8> =
         (0..n * sample_bytes).map(|i| ((i / sample_bytes) * 7 + (i % sample_bytes) * 13) as u8).collect();
-    let features = Bytes::from(npy("|u1", &[n, 28, 28, 1], &data));
+    let features = Bytes::from(npy::to_vec(&[n, 28, 28, 1], &data)?);
     drop(data);
-    let labels: Vec<u8> = (0..n as i64).flat_map(|i| (i % 10).to_le_bytes()).collect();
-    let labels = Bytes::from(npy("<i8", &[n], &labels));
+    let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
+    let labels = Bytes::from(npy::to_vec(&[n], &labels)?);
     let total_mb = (features.len() + labels.len()) as f64 / 1e6;
     println!(
         "\nupload: {n} samples of 28x28x1 u8 ({:.1} MB of features .npy, {:.1} MB of labels), {} runs",

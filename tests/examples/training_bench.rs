@@ -24,13 +24,11 @@
 //!
 //! ```text
 //! cargo build --release -p daig-server -p daig-provider
-//! cargo run --release -p daig-server --example training_bench -- [all|speedup|efficiency|aggregate|connections]
+//! cargo run --release -p daig-tests --example training_bench -- [all|speedup|efficiency|aggregate|connections]
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use daig_server::training::aggregate;
-use daig_shared::data::{ShardView, permutation};
+use daig_shared::data::{ShardView, npy, permutation};
 use daig_shared::model::{Limits, Model};
 use daig_shared::params::{from_safetensors, init_params};
 use daig_shared::train::{Batch, DropoutKey, Labels, Method, Optimizer, OptimizerConfig, Schedule, Trainer};
@@ -46,6 +44,7 @@ use daig_shared::wire::{
     AckOutcome, Backend, ContributionInfo, Frame, Heartbeat, Hello, LeaseId, PROTOCOL_VERSION, ProjectId, Reassembler,
     SampleSelection, TransferId, TransferKind, transfer_frames,
 };
+use daig_tests::{Api, Programs, Provider, Server, cpu_secs, mnist_model, open_db, prometheus, rss_mib};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use ndarray::Array2;
@@ -170,9 +169,8 @@ fn main() -> anyhow::Result<()> {
         aggregate_bench(&args)?;
     }
     if run("speedup") || run("efficiency") || run("connections") {
-        // reqwest is built without a default TLS provider (see the workspace's Cargo.toml); only http is used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let bins = Binaries::find(&args)?;
+        daig_tests::install_tls();
+        let bins = Programs::release(args.bin_dir.as_deref())?;
         let threads = args.client_threads.unwrap_or(cores);
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
         runtime.block_on(async {
@@ -199,37 +197,6 @@ fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------------------------
 // Processes and the API.
 
-/// The release binaries the process benchmarks run.
-struct Binaries {
-    server: PathBuf,
-    provider: PathBuf,
-}
-
-impl Binaries {
-    fn find(args: &Args) -> anyhow::Result<Binaries> {
-        let dir = match &args.bin_dir {
-            Some(dir) => dir.clone(),
-            // target/release/examples/training_bench -> target/release
-            None => std::env::current_exe()?
-                .parent()
-                .and_then(Path::parent)
-                .context("the example's directory has no parent")?
-                .to_owned(),
-        };
-        let bins = Binaries { server: dir.join("daig-server"), provider: dir.join("daig-provider") };
-        for bin in [&bins.server, &bins.provider] {
-            if !bin.is_file() {
-                bail!(
-                    "{} is missing: run `cargo build --release -p daig-server -p daig-provider` first \
-                     (or `cargo xtask bench training`), or pass --bin-dir",
-                    bin.display()
-                );
-            }
-        }
-        Ok(bins)
-    }
-}
-
 /// A temporary directory, kept with `--keep`.
 fn temp_dir(args: &Args, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     let mut builder = tempfile::Builder::new();
@@ -244,244 +211,8 @@ fn temp_dir(args: &Args, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
-/// A free loopback port (bound and released).
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// A `daig-server` process, killed when dropped.
-struct Server {
-    addr: SocketAddr,
-    data_dir: PathBuf,
-    child: Child,
-}
-
-impl Server {
-    async fn start(bins: &Binaries, dir: &Path, extra: &[String]) -> anyhow::Result<Server> {
-        let addr = free_port()?;
-        let data_dir = dir.join("data");
-        let log = std::fs::File::create(dir.join("server.log"))?;
-        let child = Command::new(&bins.server)
-            .args(["--listen", &addr.to_string(), "--data-dir"])
-            .arg(&data_dir)
-            .args(extra)
-            .env("DAIG_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bins.server.display()))?;
-        let server = Server { addr, data_dir, child };
-        let client = reqwest::Client::new();
-        let start = Instant::now();
-        loop {
-            if let Ok(reply) = client.get(server.url("/api/health")).send().await
-                && reply.status().is_success()
-            {
-                return Ok(server);
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("the server did not answer within 60 s (see {})", dir.join("server.log").display());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// The server's resident memory in MiB.
-    fn rss_mib(&self) -> Option<f64> {
-        rss_mib(&format!("/proc/{}/status", self.child.id()))
-    }
-
-    fn cpu_secs(&self) -> Option<f64> {
-        cpu_secs(&format!("/proc/{}/stat", self.child.id()))
-    }
-
-    /// The Prometheus exposition of `/metrics`.
-    async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(self.url("/metrics")).await?.error_for_status()?.text().await?)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat` (in clock ticks of 1/100 s, the
-/// usual `USER_HZ`).
-fn cpu_secs(stat_file: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(stat_file).ok()?;
-    // Fields after the command (which may hold spaces) in parentheses: state is the 3rd, utime the 14th.
-    let rest = text.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-fn rss_mib(status_file: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(status_file).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// The value of the sample named `series` (name and labels exactly as exposed) in a Prometheus text exposition;
-/// 0 when absent (a counter never incremented is not exposed).
-fn prometheus(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// A `daig-provider` process on the CPU, killed when dropped.
-struct Provider {
-    child: Child,
-}
-
-impl Provider {
-    fn start(bins: &Binaries, server: &Server, project: i64, dir: &Path, name: &str) -> anyhow::Result<Provider> {
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let child = Command::new(&bins.provider)
-            .args(["--server", &server.url(""), "--project", &project.to_string(), "--backend", "cpu", "--quiet"])
-            .arg("--cache-dir")
-            .arg(dir.join(format!("{name}-cache")))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bins.provider.display()))?;
-        Ok(Provider { child })
-    }
-
-    /// Waits up to `limit` for the process to exit by itself (told that its project finished).
-    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An API client with a bearer token.
-struct Api {
-    client: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    /// Signs a user up, logs in and creates an API token.
-    async fn sign_up(server: &Server) -> anyhow::Result<Api> {
-        let client = reqwest::Client::new();
-        let base = server.url("");
-        let password = "correct horse battery";
-        let user = json!({"username": "bench", "email": "bench@example.org", "password": password});
-        let reply = client.post(format!("{base}/api/users")).json(&user).send().await?;
-        if !reply.status().is_success() {
-            bail!("sign-up: {} {}", reply.status(), reply.text().await?);
-        }
-        let login = json!({"login": "bench", "password": password});
-        let reply = client.post(format!("{base}/api/session")).json(&login).send().await?.error_for_status()?;
-        let cookies: Vec<String> = reply
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
-            .collect();
-        let csrf = reply.json::<Value>().await?["csrf_token"].as_str().context("no csrf_token")?.to_owned();
-        let reply = client
-            .post(format!("{base}/api/tokens"))
-            .header("cookie", cookies.join("; "))
-            .header("x-csrf-token", csrf)
-            .json(&json!({"name": "bench"}))
-            .send()
-            .await?
-            .error_for_status()?;
-        let token = reply.json::<Value>().await?["token"].as_str().context("no token")?.to_owned();
-        Ok(Api { client, base, token })
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let reply = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
-        let status = reply.status();
-        if !status.is_success() {
-            bail!("GET {path}: {status} {}", reply.text().await?);
-        }
-        Ok(reply.json().await?)
-    }
-
-    async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        let reply = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
-        Ok(reply.error_for_status()?.bytes().await?.to_vec())
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let reply = self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body).send().await?;
-        let status = reply.status();
-        let text = reply.text().await?;
-        if !status.is_success() {
-            bail!("POST {path}: {status} {text}");
-        }
-        Ok(serde_json::from_str(&text)?)
-    }
-
-    async fn upload(&self, id: i64, part: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
-        let reply = self
-            .client
-            .put(format!("{}/api/projects/{id}/dataset/{part}", self.base))
-            .bearer_auth(&self.token)
-            .body(bytes)
-            .send()
-            .await?;
-        let status = reply.status();
-        if !status.is_success() {
-            bail!("upload of {part}: {status} {}", reply.text().await?);
-        }
-        Ok(())
-    }
-
-    /// Creates a project of `model` and `settings` with the dataset `(features, labels)` (both `.npy`),
-    /// not yet started: its id.
-    async fn project(
-        &self,
-        model: &Value,
-        settings: &Value,
-        features: Vec<u8>,
-        labels: Vec<u8>,
-    ) -> anyhow::Result<i64> {
-        let body = json!({"name": "bench", "model": model, "settings": settings});
-        let id = self.post("/api/projects", &body).await?["id"].as_i64().context("no project id")?;
-        self.upload(id, "features", features).await?;
-        self.upload(id, "labels", labels).await?;
-        Ok(id)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // MNIST: speedup and statistical efficiency.
-
-fn mnist_model() -> Value {
-    json!({"input_shape": [784], "layers": [{"type": "dense", "units": 64, "activation": "relu"},
-                                              {"type": "dense", "units": 10}], "loss": "cross_entropy"})
-}
 
 fn mnist_settings(seed: u64, epochs: u32, target: Option<f64>) -> Value {
     json!({"batch_size": 32, "k": 4, "epochs": epochs, "samples_per_shard": 1000, "seed": seed, "max_staleness": 2,
@@ -492,11 +223,7 @@ fn mnist_dir(args: &Args) -> anyhow::Result<PathBuf> {
     if let Some(dir) = &args.data {
         return Ok(dir.clone());
     }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|dir| dir.join("shared/data/mnist-8k"))
-        .find(|dir| dir.join("images.npy").is_file())
-        .context("no shared/data/mnist-8k above the workspace: pass --data DIR")
+    daig_tests::find_mnist().context("no shared/data/mnist-8k above the workspace: pass --data DIR")
 }
 
 /// What one training run gave.
@@ -518,7 +245,7 @@ struct TrainRun {
 
 /// Starts project `id` and `providers` provider processes, and polls until it finishes.
 async fn train(
-    bins: &Binaries,
+    bins: &Programs,
     server: &Server,
     api: &Api,
     id: i64,
@@ -596,7 +323,7 @@ struct MnistProject {
 /// One MNIST project trained to completion by `n` providers on a fresh server.
 async fn mnist_run(
     args: &Args,
-    bins: &Binaries,
+    bins: &Programs,
     n: usize,
     project: MnistProject,
     name: &str,
@@ -607,7 +334,7 @@ async fn mnist_run(
     let labels = std::fs::read(mnist.join("labels.npy"))?;
     let dir = temp_dir(args, &format!("daig-{name}-"))?;
     let server = Server::start(bins, dir.path(), &[]).await?;
-    let api = Api::sign_up(&server).await?;
+    let api = Api::sign_up(&server, "bench").await?;
     let mut settings = mnist_settings(seed, epochs, target);
     settings["max_staleness"] = json!(max_staleness);
     let id = api.project(&mnist_model(), &settings, features, labels).await?;
@@ -615,7 +342,7 @@ async fn mnist_run(
     Ok((run, server, api, dir))
 }
 
-async fn speedup_bench(args: &Args, bins: &Binaries) -> anyhow::Result<()> {
+async fn speedup_bench(args: &Args, bins: &Programs) -> anyhow::Result<()> {
     println!(
         "\nspeedup: MNIST MLP 784-64(relu)-10 on {}, batch 32, K = 4, max staleness 2, Adam 0.003, seed {}; server \
          and providers (--backend cpu) as release processes, a fresh data directory per run, {} runs per row \
@@ -711,11 +438,6 @@ struct Split {
 }
 
 /// The server's SQLite database, opened beside it (WAL lets both read).
-async fn open_db(data_dir: &Path) -> anyhow::Result<sqlx::SqlitePool> {
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("daig.sqlite"));
-    Ok(sqlx::SqlitePool::connect_with(options).await?)
-}
-
 /// Reads project `id`'s train and validation shards from the server's database and local object store.
 async fn read_splits(data_dir: &Path, id: i64) -> anyhow::Result<(Split, Split)> {
     let db = open_db(data_dir).await?;
@@ -779,7 +501,7 @@ fn centralised(
     Ok(params)
 }
 
-async fn efficiency_bench(args: &Args, bins: &Binaries) -> anyhow::Result<()> {
+async fn efficiency_bench(args: &Args, bins: &Programs) -> anyhow::Result<()> {
     let model = Model::from_json(&mnist_model().to_string(), &Limits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (k, batch_size) = (4usize, 32usize);
     println!(
@@ -978,22 +700,6 @@ fn aggregate_bench(args: &Args) -> anyhow::Result<()> {
 fn small_model() -> Value {
     json!({"input_shape": [4], "layers": [{"type": "dense", "units": 8, "activation": "relu"}, {"type": "dense", "units": 3}],
            "loss": "cross_entropy"})
-}
-
-/// A `.npy` file: header for `descr` and `shape`, then `data`.
-fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let shape = format!("({})", shape.iter().map(|d| format!("{d},")).collect::<String>());
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len());
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&u16::try_from(header.len()).unwrap_or(u16::MAX).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
 }
 
 /// What the simulated providers saw, shared by their tasks.
@@ -1207,7 +913,7 @@ async fn simulated_provider(
 }
 
 /// One run of the connections benchmark: `n` providers, the idle ones in the active project or in another.
-async fn connections_bench(args: &Args, bins: &Binaries, n: usize, same_project: bool) -> anyhow::Result<()> {
+async fn connections_bench(args: &Args, bins: &Programs, n: usize, same_project: bool) -> anyhow::Result<()> {
     let dir = temp_dir(args, &format!("daig-connections-{n}-"))?;
     let server = Server::start(
         bins,
@@ -1221,20 +927,22 @@ async fn connections_bench(args: &Args, bins: &Binaries, n: usize, same_project:
     )
     .await?;
     let rss_idle = server.rss_mib();
-    let api = Api::sign_up(&server).await?;
+    let api = Api::sign_up(&server, "bench").await?;
     let m = args.samples;
-    let features: Vec<u8> = (0..m * 4).flat_map(|i| ((i % 1000) as f32 / 1000.0).to_le_bytes()).collect();
-    let labels: Vec<u8> = (0..m as i64).flat_map(|i| (i % 3).to_le_bytes()).collect();
+    let features: Vec<f32> = (0..m * 4).map(|i| (i % 1000) as f32 / 1000.0).collect();
+    let labels: Vec<i64> = (0..m as i64).map(|i| i % 3).collect();
     let settings = json!({"batch_size": 1, "k": 1, "epochs": 10000, "samples_per_shard": 65536, "seed": 1,
                           "max_providers": 100_000, "max_staleness": 100, "checkpoint_every": 100_000});
-    let id = api.project(&small_model(), &settings, npy("<f4", &[m, 4], &features), npy("<i8", &[m], &labels)).await?;
+    let id =
+        api.project(&small_model(), &settings, npy::to_vec(&[m, 4], &features)?, npy::to_vec(&[m], &labels)?).await?;
     api.post(&format!("/api/projects/{id}/start"), &json!({})).await?;
     // The idle providers' project: the active one, or a second running project that receives no contributions.
     let idle_id = if same_project {
         id
     } else {
-        let other =
-            api.project(&small_model(), &settings, npy("<f4", &[m, 4], &features), npy("<i8", &[m], &labels)).await?;
+        let other = api
+            .project(&small_model(), &settings, npy::to_vec(&[m, 4], &features)?, npy::to_vec(&[m], &labels)?)
+            .await?;
         api.post(&format!("/api/projects/{other}/start"), &json!({})).await?;
         other
     };
