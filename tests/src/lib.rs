@@ -81,19 +81,35 @@ impl Programs {
     }
 }
 
-/// `shared/data/mnist-8k`, searched upward from this crate; `None` (with a note) outside CI when missing.
+/// The checkout the tests run in: the nearest folder at or above the current directory whose `Cargo.toml` is
+/// a workspace's (cargo runs tests in their package's folder). Found at run time, never from a path compiled
+/// in: with a shared `CARGO_TARGET_DIR`, a test binary built in one clone may run in another.
+///
+/// # Panics
+/// Outside a workspace.
+pub fn workspace_root() -> PathBuf {
+    let here = std::env::current_dir().expect("the current directory");
+    here.ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .unwrap_or_else(|| panic!("no cargo workspace at or above {}", here.display()))
+        .to_owned()
+}
+
+/// `shared/data/mnist-8k`, searched upward from the workspace; `None` (with a note) outside CI when missing.
 pub fn mnist_dir() -> Option<PathBuf> {
     let dir = find_mnist();
     if dir.is_none() {
         assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
-        eprintln!("skipped: no shared/data/mnist-8k above {}", env!("CARGO_MANIFEST_DIR"));
+        eprintln!("skipped: no shared/data/mnist-8k above {}", workspace_root().display());
     }
     dir
 }
 
-/// `shared/data/mnist-8k` (holding `images.npy`), searched upward from this crate.
+/// `shared/data/mnist-8k` (holding `images.npy`), searched upward from the workspace.
 pub fn find_mnist() -> Option<PathBuf> {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    workspace_root()
         .ancestors()
         .map(|dir| dir.join("shared/data/mnist-8k"))
         .find(|dir| dir.join("images.npy").is_file())

@@ -22,7 +22,7 @@ struct Browser {
 }
 
 fn browser() -> Option<Browser> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let root = daig_tests::workspace_root();
     let home = std::env::var("HOME").unwrap_or_default();
     let node_modules = std::env::var_os("DAIG_NODE_MODULES")
         .map(PathBuf::from)
@@ -52,7 +52,7 @@ impl Browser {
     /// Runs one scenario of `provider.mjs` and returns what it printed.
     fn run(&self, mut args: Value) -> Value {
         args["artifacts"] = json!(self.artifacts);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/provider.mjs");
+        let script = daig_tests::workspace_root().join("tests/browser/provider.mjs");
         let tmp = tempfile::tempdir().unwrap();
         let output = Command::new("node")
             .arg(script)

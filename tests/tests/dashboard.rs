@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 const LIMIT: Duration = Duration::from_secs(900);
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    daig_tests::workspace_root()
 }
 
 /// What the browser test needs, or `None` (after a note) outside CI when something is missing.

@@ -293,14 +293,14 @@ fn bench() -> anyhow::Result<()> {
 
 /// The management server's benchmarks: a real server on loopback, in a release build.
 fn bench_server() -> anyhow::Result<()> {
-    cargo(&["run", "--release", "--package", "daig-server", "--example", "server_bench"])
+    cargo(&["run", "--release", "--package", "daig-tests", "--example", "server_bench"])
 }
 
 /// Distributed training's benchmarks: the release `daig-server` and `daig-provider` binaries as processes, driven by
 /// the `training_bench` example (which finds them beside itself); `args` go to the example.
 fn bench_training(args: &[String]) -> anyhow::Result<()> {
     cargo(&["build", "--release", "--package", "daig-server", "--package", "daig-provider"])?;
-    let mut run = vec!["run", "--release", "--package", "daig-server", "--example", "training_bench", "--"];
+    let mut run = vec!["run", "--release", "--package", "daig-tests", "--example", "training_bench", "--"];
     run.extend(args.iter().map(String::as_str));
     cargo(&run)
 }
