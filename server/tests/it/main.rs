@@ -5,7 +5,6 @@
 
 mod accounts;
 mod binary;
-mod cli;
 mod datasets;
 mod errors;
 mod events;
