@@ -17,11 +17,9 @@
 //!   sync SGD, leases, checkpoints) and their registry.
 //! - [`web`]: the built web pages (dashboard, contribute page, embed script, browser provider) for every other
 //!   path.
-//! - [`cli`]: the requestor CLI `daig` (`src/bin/daig.rs`), a client of the HTTP API only.
 
 pub mod api;
 pub mod auth;
-pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;

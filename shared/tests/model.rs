@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use daig_shared::model::keras::from_keras_json;
-use daig_shared::model::{Activation, Layer, Limits, Loss, Model, ModelSpec, Padding, Size2};
+use daig_shared::model::{
+    Activation, FieldKind, Layer, LayerKind, Limits, Loss, Model, ModelSpec, Padding, Shape, Size2, resolve,
+    resolve_value,
+};
 use daig_shared::params::{self, SafetensorsError, TensorRole};
 use expect_test::expect;
 
@@ -253,7 +256,17 @@ fn validation_never_panics_on_mutated_specs() {
             }
         }
         let text = String::from_utf8_lossy(&text);
-        let _ = Model::from_json(&text, &Limits::default());
+        let validated = Model::from_json(&text, &Limits::default());
+        // The editor's layer-by-layer resolution agrees with the server's validation.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+            let resolution = resolve_value(value, &Limits::default());
+            assert_eq!(resolution.is_valid(), validated.is_ok(), "{text}");
+            if let Err(e) = &validated
+                && ModelSpec::from_json(&text).is_ok()
+            {
+                assert_eq!(resolution.errors, e.0, "{text}");
+            }
+        }
         let _ = from_keras_json(&text, Loss::CrossEntropy).map(|s| Model::new(s, &Limits::default()));
     }
 }
@@ -523,4 +536,76 @@ fn a_fused_softmax_must_be_the_last_layer() {
         r#"{"input_shape": [4], "layers": [{"type": "dense", "units": 3, "activation": "softmax"},
             {"type": "dropout", "rate": 0.5}], "loss": "mean_squared_error"}"#,
     );
+}
+
+#[test]
+fn the_vocabulary_lists_every_variant_by_its_json_name() {
+    for kind in LayerKind::ALL {
+        assert_eq!(LayerKind::from_name(kind.name()), Some(kind));
+        // A layer of the kind with its required fields parses, and knows its kind.
+        let mut layer = serde_json::json!({"type": kind.name()});
+        for field in kind.fields().iter().filter(|f| f.required) {
+            layer[field.name] = match field.kind {
+                FieldKind::Count | FieldKind::Size2 => serde_json::json!(2),
+                FieldKind::Rate => serde_json::json!(0.5),
+                FieldKind::Activation | FieldKind::Padding => serde_json::json!(field.kind.choices().unwrap()[0]),
+            };
+        }
+        let parsed: Layer = serde_json::from_value(layer).unwrap();
+        assert_eq!(parsed.layer_kind(), kind);
+        assert_eq!(parsed.kind(), kind.name());
+        // Every field the vocabulary lists is one the layer reads (a wrong value in it is refused as such).
+        for field in kind.fields() {
+            let mut layer = serde_json::to_value(&parsed).unwrap();
+            layer[field.name] = serde_json::json!("not a value");
+            let message = serde_json::from_value::<Layer>(layer).map(drop).unwrap_err().to_string();
+            assert!(!message.contains("unknown field"), "{kind}.{}: {message}", field.name);
+        }
+    }
+    for a in Activation::ALL {
+        assert_eq!(serde_json::to_value(a).unwrap(), a.name());
+    }
+    for p in Padding::ALL {
+        assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+    }
+    for l in Loss::ALL {
+        assert_eq!(serde_json::to_value(l).unwrap(), l.name());
+        assert_eq!(serde_json::from_value::<Loss>(l.name().into()).unwrap(), l);
+    }
+}
+
+#[test]
+fn resolution_gives_each_layer_its_shape_and_params_up_to_the_first_broken_one() {
+    let value = serde_json::json!({"input_shape": [28, 28, 1], "loss": "cross_entropy", "layers": [
+        {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu"},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "dense", "units": "ten"},
+        {"type": "dense", "units": 10}]});
+    let r = resolve_value(value, &Limits::default());
+    assert!(!r.is_valid());
+    assert_eq!(r.layers.len(), 4);
+    let conv = r.layers[0].as_ref().unwrap();
+    assert_eq!((conv.output.clone(), conv.param_count), (Shape(vec![26, 26, 8]), 3 * 3 * 8 + 8));
+    assert_eq!(r.layers[1].as_ref().unwrap().output, Shape(vec![13, 13, 8]));
+    assert!(r.layers[2].is_none() && r.layers[3].is_none());
+    assert_eq!(r.errors_at(2).count(), 1);
+    assert_eq!(r.errors_at(3).count(), 0);
+    assert_eq!(r.param_count(), 80);
+    assert_eq!(r.output_shape(), None);
+
+    // Shape errors land at their layer too, with the layers before it resolved.
+    let value = serde_json::json!({"input_shape": [28, 28, 1], "loss": "cross_entropy", "layers": [
+        {"type": "max_pool2d", "pool_size": 2}, {"type": "dense", "units": 10}]});
+    let r = resolve_value(value, &Limits::default());
+    assert!(r.layers[0].is_some() && r.layers[1].is_none());
+    expect![[r#"its input has shape 14x14x1; dense needs a 1-D input: add a flatten layer before it"#]]
+        .assert_eq(&r.errors_at(1).next().unwrap().message);
+
+    // A valid model resolves completely, to what `Model::new` builds.
+    let spec = ModelSpec::from_json(MLP).unwrap();
+    let r = resolve(&spec, &Limits::default());
+    assert!(r.is_valid());
+    assert_eq!(r.output_shape(), Some(&Shape(vec![10])));
+    assert_eq!(r.param_count(), 784 * 128 + 128 + 128 * 10 + 10);
+    assert_eq!(r.into_model(spec.clone()).unwrap(), Model::new(spec, &Limits::default()).unwrap());
 }

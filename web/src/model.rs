@@ -1,96 +1,39 @@
-//! The model editor's data: layers as rows of text fields, turned into DAIG JSON for the server and back, and
-//! the server's 422 answer sorted by the layer each problem concerns. Pure logic, tested natively.
+//! The model editor's data: layers as rows of text fields, turned into DAIG JSON for the server and back,
+//! validated as the user types with the server's own code ([`daig_shared::model::resolve_value`]), and the
+//! server's 422 answer sorted by the layer each problem concerns. Pure logic, tested natively.
+//!
+//! The layer types, their fields, the activations, paddings and losses all come from `daig_shared::model`.
 
 use std::collections::BTreeMap;
 
+use daig_shared::model::{self as vocab, FieldKind, LayerKind, Limits, Loss, Resolution};
 use serde_json::{Map, Value, json};
-
-/// A field a layer type takes, in the order the editor shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FieldSpec {
-    pub name: &'static str,
-    pub label: &'static str,
-    pub kind: FieldKind,
-    /// Whether the server needs it (optional fields left empty are omitted).
-    pub required: bool,
-    /// What it means, for the field's hint.
-    pub hint: &'static str,
-}
-
-/// How a field is edited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldKind {
-    /// A number, or a pair such as `3,3` for sizes.
-    Number,
-    /// One of the listed words.
-    Choice(&'static [&'static str]),
-}
-
-pub const ACTIVATIONS: &[&str] = &["linear", "relu", "sigmoid", "tanh", "softmax"];
-pub const PADDINGS: &[&str] = &["valid", "same"];
-pub const LOSSES: &[&str] = &["cross_entropy", "mean_squared_error", "binary_cross_entropy"];
-/// The layer types of DAIG JSON.
-pub const LAYER_TYPES: &[&str] = &["dense", "conv2d", "max_pool2d", "avg_pool2d", "flatten", "dropout", "activation"];
-
-const fn f(name: &'static str, label: &'static str, kind: FieldKind, required: bool, hint: &'static str) -> FieldSpec {
-    FieldSpec { name, label, kind, required, hint }
-}
-
-const ACT: FieldKind = FieldKind::Choice(ACTIVATIONS);
-
-/// The fields of layer type `kind`.
-pub fn fields_of(kind: &str) -> &'static [FieldSpec] {
-    const DENSE: &[FieldSpec] = &[
-        f("units", "Units", FieldKind::Number, true, "outputs of the layer"),
-        f("activation", "Activation", ACT, false, "applied to the outputs"),
-    ];
-    const CONV: &[FieldSpec] = &[
-        f("filters", "Filters", FieldKind::Number, true, "output channels"),
-        f("kernel_size", "Kernel size", FieldKind::Number, true, "e.g. 3 or 3,3"),
-        f("strides", "Strides", FieldKind::Number, false, "default 1"),
-        f("padding", "Padding", FieldKind::Choice(PADDINGS), false, "same keeps the size"),
-        f("activation", "Activation", ACT, false, "applied to the outputs"),
-    ];
-    const POOL: &[FieldSpec] = &[
-        f("pool_size", "Pool size", FieldKind::Number, true, "e.g. 2 or 2,2"),
-        f("strides", "Strides", FieldKind::Number, false, "default: the pool size"),
-    ];
-    const DROPOUT: &[FieldSpec] =
-        &[f("rate", "Rate", FieldKind::Number, true, "fraction dropped while training, 0 to 1")];
-    const ACTIVATION: &[FieldSpec] = &[f("activation", "Activation", ACT, true, "the function")];
-    match kind {
-        "dense" => DENSE,
-        "conv2d" => CONV,
-        "max_pool2d" | "avg_pool2d" => POOL,
-        "dropout" => DROPOUT,
-        "activation" => ACTIVATION,
-        _ => &[],
-    }
-}
 
 /// One layer in the editor: its type and each field's text as typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerRow {
-    pub kind: String,
+    pub kind: LayerKind,
     pub values: BTreeMap<String, String>,
 }
 
 impl LayerRow {
-    pub fn new(kind: &str) -> LayerRow {
+    /// A new layer of type `kind`, with the values the editor suggests.
+    pub fn new(kind: LayerKind) -> LayerRow {
+        // Exhaustive: a new layer type must get its suggested values here before the dashboard compiles.
+        let suggested: &[(&str, &str)] = match kind {
+            LayerKind::Dense => &[("units", "10")],
+            LayerKind::Conv2d => &[("filters", "8"), ("kernel_size", "3")],
+            LayerKind::MaxPool2d | LayerKind::AvgPool2d => &[("pool_size", "2")],
+            LayerKind::Flatten => &[],
+            LayerKind::Dropout => &[("rate", "0.5")],
+            LayerKind::Activation => &[("activation", "relu")],
+        };
         let mut values = BTreeMap::new();
-        for spec in fields_of(kind) {
-            let default = match (spec.name, kind) {
-                ("units", _) => "10",
-                ("filters", _) => "8",
-                ("kernel_size", _) => "3",
-                ("pool_size", _) => "2",
-                ("rate", _) => "0.5",
-                ("activation", "activation") => "relu",
-                _ => "",
-            };
-            values.insert(spec.name.to_owned(), default.to_owned());
+        for field in kind.fields() {
+            let value = suggested.iter().find(|(name, _)| *name == field.name).map_or("", |(_, v)| v);
+            values.insert(field.name.to_owned(), value.to_owned());
         }
-        LayerRow { kind: kind.to_owned(), values }
+        LayerRow { kind, values }
     }
 
     pub fn value(&self, name: &str) -> &str {
@@ -110,12 +53,12 @@ pub struct ModelDraft {
 impl ModelDraft {
     /// The MNIST MLP: 784 inputs, 128 ReLU units, 10 classes.
     pub fn mnist_mlp() -> ModelDraft {
-        let mut hidden = LayerRow::new("dense");
+        let mut hidden = LayerRow::new(LayerKind::Dense);
         hidden.values.insert("units".into(), "128".into());
         hidden.values.insert("activation".into(), "relu".into());
-        let mut out = LayerRow::new("dense");
+        let mut out = LayerRow::new(LayerKind::Dense);
         out.values.insert("units".into(), "10".into());
-        ModelDraft { input_shape: "784".into(), loss: "cross_entropy".into(), layers: vec![hidden, out] }
+        ModelDraft { input_shape: "784".into(), loss: Loss::CrossEntropy.name().into(), layers: vec![hidden, out] }
     }
 
     /// The model as DAIG JSON; text that is not a number is sent as typed, for the server to name.
@@ -125,15 +68,15 @@ impl ModelDraft {
             .iter()
             .map(|row| {
                 let mut layer = Map::new();
-                layer.insert("type".into(), Value::String(row.kind.clone()));
-                for spec in fields_of(&row.kind) {
+                layer.insert("type".into(), Value::String(row.kind.name().to_owned()));
+                for spec in row.kind.fields() {
                     let text = row.value(spec.name).trim();
                     if text.is_empty() && !spec.required {
                         continue;
                     }
                     let value = match spec.kind {
-                        FieldKind::Number => parse_number_or_pair(text),
-                        FieldKind::Choice(_) => Value::String(text.to_owned()),
+                        FieldKind::Count | FieldKind::Size2 | FieldKind::Rate => parse_number_or_pair(text),
+                        FieldKind::Activation | FieldKind::Padding => Value::String(text.to_owned()),
                     };
                     layer.insert(spec.name.into(), value);
                 }
@@ -154,15 +97,13 @@ impl ModelDraft {
     pub fn from_json(value: &Value) -> Result<ModelDraft, String> {
         let shape = value["input_shape"].as_array().ok_or("the model needs an input_shape array")?;
         let input_shape = shape.iter().map(Value::to_string).collect::<Vec<_>>().join(",");
-        let loss = value["loss"].as_str().unwrap_or("cross_entropy").to_owned();
+        let loss = value["loss"].as_str().unwrap_or(Loss::CrossEntropy.name()).to_owned();
         let mut layers = Vec::new();
         for (i, layer) in value["layers"].as_array().ok_or("the model needs a layers array")?.iter().enumerate() {
-            let kind = layer["type"].as_str().ok_or(format!("layer {i} has no type"))?;
-            if !LAYER_TYPES.contains(&kind) {
-                return Err(format!("layer {i}: unknown type {kind:?}"));
-            }
+            let name = layer["type"].as_str().ok_or(format!("layer {i} has no type"))?;
+            let kind = LayerKind::from_name(name).ok_or(format!("layer {i}: unknown type {name:?}"))?;
             let mut row = LayerRow::new(kind);
-            for spec in fields_of(kind) {
+            for spec in kind.fields() {
                 let text = match &layer[spec.name] {
                     Value::Null => String::new(),
                     Value::String(s) => s.clone(),
@@ -174,6 +115,46 @@ impl ModelDraft {
             layers.push(row);
         }
         Ok(ModelDraft { input_shape, loss, layers })
+    }
+
+    /// Validates the model as the server will, layer by layer (the server's limits are the defaults).
+    pub fn resolve(&self) -> Resolution {
+        vocab::resolve_value(self.to_json(), &Limits::default())
+    }
+}
+
+/// What the editor shows under layer `index`: its output shape and parameters, when they could be computed and
+/// the layer has no problem.
+pub fn layer_summary(resolution: &Resolution, index: usize) -> Option<String> {
+    if resolution.errors_at(index).next().is_some() {
+        return None;
+    }
+    let info = resolution.layers.get(index)?.as_ref()?;
+    Some(format!("→ {} · {} parameters", info.output, crate::format::count(info.param_count as u64)))
+}
+
+/// The line under the layers: the whole model's output and size, or how many problems stand in the way.
+pub fn model_summary(resolution: &Resolution) -> String {
+    let params = crate::format::count(resolution.param_count() as u64);
+    match (resolution.is_valid(), resolution.output_shape()) {
+        (true, Some(output)) => format!(
+            "{} layers, output {output}, {params} parameters, {} FLOPs per sample",
+            resolution.layers.len(),
+            crate::format::count(resolution.flops()),
+        ),
+        _ => match resolution.errors.len() {
+            0 => "The model is incomplete.".to_owned(),
+            1 => "1 problem in the model.".to_owned(),
+            n => format!("{n} problems in the model."),
+        },
+    }
+}
+
+/// A model problem as a line for its layer: `field: message`, unless the message starts with its field already.
+pub fn layer_message(error: &vocab::SpecError) -> String {
+    match error.field.as_deref() {
+        Some(field) if !field.is_empty() && !error.message.starts_with(field) => format!("{field}: {}", error.message),
+        _ => error.message.clone(),
     }
 }
 
@@ -269,6 +250,37 @@ mod tests {
         assert_eq!(draft.input_shape, "28,28,1");
         assert_eq!(draft.layers[0].value("kernel_size"), "3,3");
         assert_eq!(draft.to_json(), model);
+    }
+
+    #[test]
+    fn every_layer_type_gets_a_row_the_server_accepts() {
+        for kind in LayerKind::ALL {
+            let mut draft = ModelDraft::mnist_mlp();
+            draft.input_shape = match kind {
+                LayerKind::Conv2d | LayerKind::MaxPool2d | LayerKind::AvgPool2d => "8,8,1".into(),
+                _ => "4".into(),
+            };
+            draft.layers =
+                vec![LayerRow::new(kind), LayerRow::new(LayerKind::Flatten), LayerRow::new(LayerKind::Dense)];
+            let resolution = draft.resolve();
+            assert!(resolution.is_valid(), "{kind}: {:?}", resolution.errors);
+        }
+    }
+
+    #[test]
+    fn the_editor_validates_as_the_user_types() {
+        let mut draft = ModelDraft::mnist_mlp();
+        let r = draft.resolve();
+        assert_eq!(layer_summary(&r, 0).unwrap(), "→ 128 · 100,480 parameters");
+        assert_eq!(model_summary(&r), "2 layers, output 10, 101,770 parameters, 203,392 FLOPs per sample");
+        draft.layers[1].values.insert("units".into(), "0".into());
+        let r = draft.resolve();
+        assert!(layer_summary(&r, 0).is_some() && layer_summary(&r, 1).is_none());
+        let messages: Vec<String> = r.errors_at(1).map(layer_message).collect();
+        assert_eq!(messages, ["units must be at least 1"]);
+        // And the loss, which needs at least 2 outputs, says so at the model.
+        assert_eq!(model_summary(&r), "2 problems in the model.");
+        assert_eq!(r.model_errors().count(), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@ async fn run_serves_health_and_stops_on_shutdown() {
         stopped.await.ok();
     }));
 
-    daig_server::cli::client::install_crypto_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let reply = client.get(format!("http://{addr}/api/health")).send().await.unwrap();
     assert_eq!(reply.status(), 200);

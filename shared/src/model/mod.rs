@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::spec::{Activation, Layer, Loss, ModelSpec, Padding, Shape, Size2};
+pub use self::spec::{Activation, FieldKind, Layer, LayerField, LayerKind, Loss, ModelSpec, Padding, Shape, Size2};
 use crate::data::{DataRequirements, LabelRequirement};
 use crate::params::ParamLayout;
 
@@ -152,21 +152,7 @@ impl Model {
     /// # Errors
     /// Every problem found, each naming its layer and field.
     pub fn new(spec: ModelSpec, limits: &Limits) -> Result<Model, SpecErrors> {
-        let mut errors = Vec::new();
-        let layers = analyze(&spec, limits, &mut errors);
-        if !errors.is_empty() {
-            return Err(SpecErrors(errors));
-        }
-        let Some(layers) = layers else {
-            return Err(SpecErrors(vec![SpecError::model("layers", "the model's shapes could not be computed")]));
-        };
-        let params = ParamLayout::new(&layers);
-        let flops_forward = layers.iter().map(|l| l.flops).sum();
-        let output_activation_fused = matches!(
-            (spec.loss, spec.layers.last().and_then(Layer::activation)),
-            (Loss::CrossEntropy, Some(Activation::Softmax)) | (Loss::BinaryCrossEntropy, Some(Activation::Sigmoid))
-        );
-        Ok(Model { spec, layers, params, flops_forward, output_activation_fused })
+        resolve(&spec, limits).into_model(spec)
     }
 
     /// Parses DAIG JSON and validates it.
@@ -222,11 +208,120 @@ impl ModelSpec {
     /// # Errors
     /// Every field and layer that does not parse.
     pub fn from_value(value: serde_json::Value) -> Result<ModelSpec, SpecErrors> {
+        let parts = Parts::parse(value);
+        match (parts.input_shape, parts.layers, parts.loss) {
+            (Some(input_shape), Some(layers), Some(loss)) if parts.errors.is_empty() => {
+                Ok(ModelSpec { input_shape, layers: layers.into_iter().flatten().collect(), loss })
+            }
+            _ => Err(SpecErrors(parts.errors)),
+        }
+    }
+
+    /// The spec as pretty DAIG JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a model spec always serialises")
+    }
+}
+
+/// What validation finds in a model, layer by layer, valid or not: the shapes and costs of every layer it could
+/// compute and every problem, each at its layer. An editor shows it as the user types; [`Model::new`] (which the
+/// server validates with) is [`resolve`] followed by [`Resolution::into_model`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// One entry per layer of the spec (or of the JSON's `layers` list): its shapes and costs, or `None` where
+    /// they cannot be computed (the layer, or one before it, has a problem).
+    pub layers: Vec<Option<LayerInfo>>,
+    /// Every problem, in the order of the layers; model-wide problems have no `layer`.
+    pub errors: Vec<SpecError>,
+    /// Whether shape inference reached the end of the model.
+    complete: bool,
+}
+
+impl Resolution {
+    /// Whether the model is valid.
+    pub fn is_valid(&self) -> bool {
+        self.errors.is_empty() && self.complete
+    }
+
+    /// The problems of layer `index`.
+    pub fn errors_at(&self, index: usize) -> impl Iterator<Item = &SpecError> {
+        self.errors.iter().filter(move |e| e.layer == Some(index))
+    }
+
+    /// The problems outside any layer (`input_shape`, `loss`, `layers`, limits).
+    pub fn model_errors(&self) -> impl Iterator<Item = &SpecError> {
+        self.errors.iter().filter(|e| e.layer.is_none())
+    }
+
+    /// The parameters of the layers computed so far.
+    pub fn param_count(&self) -> usize {
+        self.layers.iter().flatten().map(|l| l.param_count).fold(0, usize::saturating_add)
+    }
+
+    /// The forward-pass FLOPs per sample of the layers computed so far.
+    pub fn flops(&self) -> u64 {
+        self.layers.iter().flatten().map(|l| l.flops).fold(0, u64::saturating_add)
+    }
+
+    /// The model's output shape, when every layer was computed.
+    pub fn output_shape(&self) -> Option<&Shape> {
+        if !self.complete {
+            return None;
+        }
+        self.layers.last().and_then(Option::as_ref).map(|l| &l.output)
+    }
+
+    /// The validated model for `spec`, which must be the spec this was resolved from.
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn into_model(self, spec: ModelSpec) -> Result<Model, SpecErrors> {
+        if !self.errors.is_empty() {
+            return Err(SpecErrors(self.errors));
+        }
+        let layers: Vec<LayerInfo> = self.layers.into_iter().flatten().collect();
+        if !self.complete || layers.len() != spec.layers.len() {
+            return Err(SpecErrors(vec![SpecError::model("layers", "the model's shapes could not be computed")]));
+        }
+        let params = ParamLayout::new(&layers);
+        let flops_forward = layers.iter().map(|l| l.flops).sum();
+        let output_activation_fused = matches!(
+            (spec.loss, spec.layers.last().and_then(Layer::activation)),
+            (Loss::CrossEntropy, Some(Activation::Softmax)) | (Loss::BinaryCrossEntropy, Some(Activation::Sigmoid))
+        );
+        Ok(Model { spec, layers, params, flops_forward, output_activation_fused })
+    }
+}
+
+/// Validates `spec` against `limits`, layer by layer; see [`Resolution`].
+pub fn resolve(spec: &ModelSpec, limits: &Limits) -> Resolution {
+    let layers: Vec<Option<&Layer>> = spec.layers.iter().map(Some).collect();
+    analyze(Some(&spec.input_shape), Some(&layers), Some(spec.loss), limits, Vec::new())
+}
+
+/// Parses and validates DAIG JSON as far as it can: a layer that does not parse is reported at its index, and the
+/// layers before it still get their shapes. What an editor calls as the user types.
+pub fn resolve_value(value: serde_json::Value, limits: &Limits) -> Resolution {
+    let parts = Parts::parse(value);
+    let layers: Option<Vec<Option<&Layer>>> = parts.layers.as_ref().map(|ls| ls.iter().map(Option::as_ref).collect());
+    analyze(parts.input_shape.as_deref(), layers.as_deref(), parts.loss, limits, parts.errors)
+}
+
+/// The fields of a DAIG JSON model, each parsed on its own: `None` where it is missing or does not parse, with
+/// the problem in `errors`.
+struct Parts {
+    input_shape: Option<Vec<usize>>,
+    /// One entry per element of `layers`.
+    layers: Option<Vec<Option<Layer>>>,
+    loss: Option<Loss>,
+    errors: Vec<SpecError>,
+}
+
+impl Parts {
+    fn parse(value: serde_json::Value) -> Parts {
         let serde_json::Value::Object(mut obj) = value else {
-            return Err(SpecErrors(vec![SpecError::model(
-                "",
-                "the model must be a JSON object with input_shape, layers and loss",
-            )]));
+            let message = "the model must be a JSON object with input_shape, layers and loss";
+            return Parts { input_shape: None, layers: None, loss: None, errors: vec![SpecError::model("", message)] };
         };
         let mut errors = Vec::new();
         let mut field = |name: &str| {
@@ -257,12 +352,10 @@ impl ModelSpec {
         let loss = loss.and_then(|v| {
             serde_json::from_value::<Loss>(v.clone())
                 .map_err(|_| {
+                    let names: Vec<&str> = Loss::ALL.iter().map(|l| l.name()).collect();
                     errors.push(SpecError::model(
                         "loss",
-                        format!(
-                            "loss {v} is not supported (expected cross_entropy, mean_squared_error or \
-                             binary_cross_entropy)"
-                        ),
+                        format!("loss {v} is not supported (expected {})", or_list(&names)),
                     ))
                 })
                 .ok()
@@ -273,8 +366,11 @@ impl ModelSpec {
                 for (i, item) in items.into_iter().enumerate() {
                     let ty = item.get("type").and_then(|t| t.as_str()).unwrap_or("?").to_owned();
                     match serde_json::from_value::<Layer>(item) {
-                        Ok(l) => layers.push(l),
-                        Err(e) => errors.push(SpecError::layer(i, &ty, None, e.to_string())),
+                        Ok(l) => layers.push(Some(l)),
+                        Err(e) => {
+                            errors.push(SpecError::layer(i, &ty, None, e.to_string()));
+                            layers.push(None);
+                        }
                     }
                 }
                 Some(layers)
@@ -285,26 +381,33 @@ impl ModelSpec {
             }
             None => None,
         };
-        match (input_shape, layers, loss) {
-            (Some(input_shape), Some(layers), Some(loss)) if errors.is_empty() => {
-                Ok(ModelSpec { input_shape, layers, loss })
-            }
-            _ => Err(SpecErrors(errors)),
-        }
-    }
-
-    /// The spec as pretty DAIG JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a model spec always serialises")
+        Parts { input_shape, layers, loss, errors }
     }
 }
 
-/// Walks the layers, computing shapes and costs and collecting every problem. Returns the layers only when
-/// shape inference reached the end.
-fn analyze(spec: &ModelSpec, limits: &Limits, errors: &mut Vec<SpecError>) -> Option<Vec<LayerInfo>> {
-    let input = Shape(spec.input_shape.clone());
-    let mut shape_ok = true;
-    if input.0.is_empty() || input.0.len() > 3 || input.0.contains(&0) {
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(words: &[&str]) -> String {
+    match words {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// Walks the layers, computing shapes and costs and collecting every problem after those already in `errors`
+/// (from parsing). A missing part (`None`: absent or unparsable, and reported) stops only what depends on it.
+fn analyze(
+    input_shape: Option<&[usize]>,
+    layers: Option<&[Option<&Layer>]>,
+    loss: Option<Loss>,
+    limits: &Limits,
+    mut errors: Vec<SpecError>,
+) -> Resolution {
+    let mut shape_ok = input_shape.is_some();
+    let input = Shape(input_shape.unwrap_or_default().to_vec());
+    if !shape_ok {
+        // Missing or unparsable: reported already.
+    } else if input.0.is_empty() || input.0.len() > 3 || input.0.contains(&0) {
         errors.push(SpecError::model(
             "input_shape",
             format!(
@@ -320,24 +423,36 @@ fn analyze(spec: &ModelSpec, limits: &Limits, errors: &mut Vec<SpecError>) -> Op
         ));
         shape_ok = false;
     }
-    if spec.layers.is_empty() {
+    let Some(layers) = layers else {
+        return Resolution { layers: Vec::new(), errors, complete: false };
+    };
+    if layers.is_empty() {
         errors.push(SpecError::model("layers", "the model has no layers"));
     }
-    if spec.layers.len() > limits.max_layers {
+    if layers.len() > limits.max_layers {
         errors.push(SpecError::model(
             "layers",
-            format!("the model has {} layers, more than the limit of {}", spec.layers.len(), limits.max_layers),
+            format!("the model has {} layers, more than the limit of {}", layers.len(), limits.max_layers),
         ));
-        return None;
+        return Resolution { layers: vec![None; layers.len()], errors, complete: false };
     }
 
-    let mut infos = Vec::with_capacity(spec.layers.len());
+    let mut infos = Vec::with_capacity(layers.len());
     let mut current = shape_ok.then_some(input);
-    for (index, layer) in spec.layers.iter().enumerate() {
+    for (index, layer) in layers.iter().enumerate() {
+        // A layer that did not parse is reported already; the shapes stop there.
+        let Some(layer) = layer else {
+            current = None;
+            infos.push(None);
+            continue;
+        };
         // Field checks that need no shape run for every layer, even after an earlier shape error.
-        check_fields(index, layer, errors);
-        let Some(input) = current.take() else { continue };
-        match layer_info(index, layer, input, errors) {
+        check_fields(index, layer, &mut errors);
+        let Some(input) = current.take() else {
+            infos.push(None);
+            continue;
+        };
+        match layer_info(index, layer, input, &mut errors) {
             Some(info) => {
                 if info.output.elements().is_none_or(|n| n > limits.max_activation_elements) {
                     errors.push(SpecError::layer(
@@ -352,30 +467,34 @@ fn analyze(spec: &ModelSpec, limits: &Limits, errors: &mut Vec<SpecError>) -> Op
                 } else {
                     current = Some(info.output.clone());
                 }
-                infos.push(info);
+                infos.push(Some(info));
             }
-            None => current = None,
+            None => {
+                current = None;
+                infos.push(None);
+            }
         }
     }
 
-    if let Some(last) = current.as_ref().filter(|_| !spec.layers.is_empty()) {
-        check_loss(spec, last, errors);
+    let all_parsed: Option<Vec<&Layer>> = layers.iter().copied().collect();
+    if let (Some(last), Some(all), Some(loss)) = (current.as_ref().filter(|_| !layers.is_empty()), all_parsed, loss) {
+        check_loss(&all, loss, last, &mut errors);
     }
-    let params: usize = infos.iter().map(|l| l.param_count).fold(0usize, usize::saturating_add);
+    let params: usize = infos.iter().flatten().map(|l| l.param_count).fold(0usize, usize::saturating_add);
     if params > limits.max_params {
         errors.push(SpecError::model(
             "layers",
             format!("the model has {params} parameters, more than the limit of {}", limits.max_params),
         ));
     }
-    let flops: u64 = infos.iter().map(|l| l.flops).fold(0u64, u64::saturating_add);
+    let flops: u64 = infos.iter().flatten().map(|l| l.flops).fold(0u64, u64::saturating_add);
     if flops > limits.max_flops_per_sample {
         errors.push(SpecError::model(
             "layers",
             format!("the model needs {flops} FLOPs per sample, more than the limit of {}", limits.max_flops_per_sample),
         ));
     }
-    current.map(|_| infos)
+    Resolution { layers: infos, errors, complete: current.is_some() }
 }
 
 fn check_fields(index: usize, layer: &Layer, errors: &mut Vec<SpecError>) {
@@ -535,18 +654,18 @@ fn resolve_layer(index: usize, layer: &Layer, input: Shape, errors: &mut Vec<Spe
     Some(LayerInfo { index, layer: layer.clone(), input, output, window, param_count, flops })
 }
 
-fn check_loss(spec: &ModelSpec, output: &Shape, errors: &mut Vec<SpecError>) {
-    let last = spec.layers.last().and_then(Layer::activation);
+fn check_loss(layers: &[&Layer], loss: Loss, output: &Shape, errors: &mut Vec<SpecError>) {
+    let last = layers.last().and_then(|l| l.activation());
     // A softmax or sigmoid that the loss would fuse must come last: after it, dropout would act on
     // probabilities and the loss would apply the function a second time.
-    let fused = match spec.loss {
+    let fused = match loss {
         Loss::CrossEntropy => Some(Activation::Softmax),
         Loss::BinaryCrossEntropy => Some(Activation::Sigmoid),
         Loss::MeanSquaredError => None,
     };
     if let Some((i, layer)) =
-        spec.layers.iter().enumerate().rev().find(|(_, l)| !matches!(l, Layer::Dropout { .. } | Layer::Flatten))
-        && i + 1 < spec.layers.len()
+        layers.iter().enumerate().rev().find(|(_, l)| !matches!(l, Layer::Dropout { .. } | Layer::Flatten))
+        && i + 1 < layers.len()
         && layer.activation().is_some()
         && layer.activation() == fused
     {
@@ -556,12 +675,12 @@ fn check_loss(spec: &ModelSpec, output: &Shape, errors: &mut Vec<SpecError>) {
             Some("activation"),
             format!(
                 "{} computes this {} itself: it must be the last layer, with nothing after it",
-                spec.loss.name(),
+                loss.name(),
                 layer.activation().map_or("", Activation::name)
             ),
         ));
     }
-    match spec.loss {
+    match loss {
         Loss::CrossEntropy => {
             if output.0.len() != 1 || output.0[0] < 2 {
                 errors.push(SpecError::model(

@@ -71,17 +71,22 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// The layer's type.
+    pub fn layer_kind(&self) -> LayerKind {
+        match self {
+            Layer::Dense { .. } => LayerKind::Dense,
+            Layer::Conv2d { .. } => LayerKind::Conv2d,
+            Layer::MaxPool2d { .. } => LayerKind::MaxPool2d,
+            Layer::AvgPool2d { .. } => LayerKind::AvgPool2d,
+            Layer::Flatten => LayerKind::Flatten,
+            Layer::Dropout { .. } => LayerKind::Dropout,
+            Layer::Activation { .. } => LayerKind::Activation,
+        }
+    }
+
     /// The name of the layer's type as written in JSON (`"conv2d"`).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Layer::Dense { .. } => "dense",
-            Layer::Conv2d { .. } => "conv2d",
-            Layer::MaxPool2d { .. } => "max_pool2d",
-            Layer::AvgPool2d { .. } => "avg_pool2d",
-            Layer::Flatten => "flatten",
-            Layer::Dropout { .. } => "dropout",
-            Layer::Activation { .. } => "activation",
-        }
+        self.layer_kind().name()
     }
 
     /// The activation the layer applies, if it applies one.
@@ -91,6 +96,149 @@ impl Layer {
                 Some(*activation)
             }
             _ => None,
+        }
+    }
+}
+
+/// The type of a [`Layer`], without its fields: what an editor offers to add, in the order it offers it.
+///
+/// Every match on it is exhaustive, so that a new layer type is a compile error wherever it must be handled
+/// (the dashboard's form included) rather than silently missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LayerKind {
+    Dense,
+    Conv2d,
+    MaxPool2d,
+    AvgPool2d,
+    Flatten,
+    Dropout,
+    Activation,
+}
+
+impl LayerKind {
+    /// Every layer type.
+    pub const ALL: [LayerKind; 7] = [
+        LayerKind::Dense,
+        LayerKind::Conv2d,
+        LayerKind::MaxPool2d,
+        LayerKind::AvgPool2d,
+        LayerKind::Flatten,
+        LayerKind::Dropout,
+        LayerKind::Activation,
+    ];
+
+    /// The name as written in JSON's `type` (`"max_pool2d"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Dense => "dense",
+            LayerKind::Conv2d => "conv2d",
+            LayerKind::MaxPool2d => "max_pool2d",
+            LayerKind::AvgPool2d => "avg_pool2d",
+            LayerKind::Flatten => "flatten",
+            LayerKind::Dropout => "dropout",
+            LayerKind::Activation => "activation",
+        }
+    }
+
+    /// The layer type named `name` in JSON.
+    pub fn from_name(name: &str) -> Option<LayerKind> {
+        LayerKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// What the layer does, in a few words.
+    pub fn description(self) -> &'static str {
+        match self {
+            LayerKind::Dense => "fully connected, over a 1-D input",
+            LayerKind::Conv2d => "2-D convolution over a height x width x channels input",
+            LayerKind::MaxPool2d => "max pooling, without padding",
+            LayerKind::AvgPool2d => "average pooling, without padding",
+            LayerKind::Flatten => "reshapes its input to one dimension",
+            LayerKind::Dropout => "zeroes a fraction of its inputs while training",
+            LayerKind::Activation => "an activation on its own",
+        }
+    }
+
+    /// The fields the layer takes in JSON besides `type`, in the order an editor shows them.
+    pub fn fields(self) -> &'static [LayerField] {
+        const fn f(
+            name: &'static str,
+            label: &'static str,
+            kind: FieldKind,
+            required: bool,
+            hint: &'static str,
+        ) -> LayerField {
+            LayerField { name, label, kind, required, hint }
+        }
+        const ACTIVATION: LayerField =
+            f("activation", "Activation", FieldKind::Activation, false, "applied to the outputs; default linear");
+        const DENSE: &[LayerField] = &[f("units", "Units", FieldKind::Count, true, "outputs of the layer"), ACTIVATION];
+        const CONV: &[LayerField] = &[
+            f("filters", "Filters", FieldKind::Count, true, "output channels"),
+            f("kernel_size", "Kernel size", FieldKind::Size2, true, "e.g. 3 or 3,3"),
+            f("strides", "Strides", FieldKind::Size2, false, "default 1"),
+            f("padding", "Padding", FieldKind::Padding, false, "same keeps the size; default valid"),
+            ACTIVATION,
+        ];
+        const POOL: &[LayerField] = &[
+            f("pool_size", "Pool size", FieldKind::Size2, true, "e.g. 2 or 2,2"),
+            f("strides", "Strides", FieldKind::Size2, false, "default: the pool size"),
+        ];
+        const DROPOUT: &[LayerField] =
+            &[f("rate", "Rate", FieldKind::Rate, true, "fraction dropped while training, at least 0 and below 1")];
+        const ACTIVATION_ONLY: &[LayerField] =
+            &[f("activation", "Activation", FieldKind::Activation, true, "the function")];
+        match self {
+            LayerKind::Dense => DENSE,
+            LayerKind::Conv2d => CONV,
+            LayerKind::MaxPool2d | LayerKind::AvgPool2d => POOL,
+            LayerKind::Flatten => &[],
+            LayerKind::Dropout => DROPOUT,
+            LayerKind::Activation => ACTIVATION_ONLY,
+        }
+    }
+}
+
+impl fmt::Display for LayerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A field of a layer in JSON, as an editor shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerField {
+    /// The JSON key.
+    pub name: &'static str,
+    pub label: &'static str,
+    pub kind: FieldKind,
+    /// Whether the layer needs it; an optional field left out takes its default.
+    pub required: bool,
+    /// What it means and its default, for a hint.
+    pub hint: &'static str,
+}
+
+/// The type of a layer field's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// A positive integer.
+    Count,
+    /// A height and width: one positive integer for both, or `[height, width]`.
+    Size2,
+    /// A number at least 0 and below 1.
+    Rate,
+    /// One of [`Activation::ALL`].
+    Activation,
+    /// One of [`Padding::ALL`].
+    Padding,
+}
+
+impl FieldKind {
+    /// The words a choice field takes, or `None` for a number.
+    pub fn choices(self) -> Option<Vec<&'static str>> {
+        match self {
+            FieldKind::Count | FieldKind::Size2 | FieldKind::Rate => None,
+            FieldKind::Activation => Some(Activation::ALL.iter().map(|a| a.name()).collect()),
+            FieldKind::Padding => Some(Padding::ALL.iter().map(|p| p.name()).collect()),
         }
     }
 }
@@ -109,6 +257,11 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Every activation.
+    pub const ALL: [Activation; 5] =
+        [Activation::Linear, Activation::Relu, Activation::Sigmoid, Activation::Tanh, Activation::Softmax];
+
+    /// The name as written in JSON.
     pub fn name(self) -> &'static str {
         match self {
             Activation::Linear => "linear",
@@ -132,6 +285,19 @@ pub enum Padding {
     Same,
 }
 
+impl Padding {
+    /// Every padding.
+    pub const ALL: [Padding; 2] = [Padding::Valid, Padding::Same];
+
+    /// The name as written in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Padding::Valid => "valid",
+            Padding::Same => "same",
+        }
+    }
+}
+
 /// The loss a model is trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -150,11 +316,24 @@ pub enum Loss {
 }
 
 impl Loss {
+    /// Every loss.
+    pub const ALL: [Loss; 3] = [Loss::CrossEntropy, Loss::MeanSquaredError, Loss::BinaryCrossEntropy];
+
+    /// The name as written in JSON (Keras's names are accepted too).
     pub fn name(self) -> &'static str {
         match self {
             Loss::CrossEntropy => "cross_entropy",
             Loss::MeanSquaredError => "mean_squared_error",
             Loss::BinaryCrossEntropy => "binary_cross_entropy",
+        }
+    }
+
+    /// What the loss trains for, in a few words.
+    pub fn description(self) -> &'static str {
+        match self {
+            Loss::CrossEntropy => "classification: integer class labels, one output per class",
+            Loss::MeanSquaredError => "regression: float targets of the output's shape",
+            Loss::BinaryCrossEntropy => "binary or multi-label: targets from 0 to 1",
         }
     }
 

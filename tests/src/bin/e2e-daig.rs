@@ -1,5 +1,5 @@
 //! The `daig` requestor CLI, for the end-to-end tests.
 
 fn main() -> std::process::ExitCode {
-    daig_server::cli::main()
+    daig_cli::main()
 }

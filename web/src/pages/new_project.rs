@@ -1,7 +1,9 @@
 //! `/projects/new`: name, model (the layer editor, or a Keras JSON file), training settings and dataset.
 //!
-//! The server validates the model; its 422 answer lists every problem with the layer it concerns, and each is
-//! shown under that layer (`#layer-{i}-errors`), model-wide ones above the layers, settings beside their field.
+//! The model is validated as the user types, with the server's own code (`daig_shared::model::resolve_value`):
+//! each layer shows its output shape and parameters (`#layer-{i}-summary`) or its problems (`#layer-{i}-errors`),
+//! and `#model-summary` the whole model's. The server validates again; its 422 answer lists every problem with
+//! the layer it concerns, shown the same way, model-wide ones above the layers, settings beside their field.
 
 use std::cell::RefCell;
 
@@ -12,7 +14,9 @@ use web_sys::{Element, HtmlElement};
 use super::{alert_box, page, show_message};
 use crate::app;
 use crate::dom::{self, El, el, field, input, select};
-use crate::model::{self, FieldKind, LayerRow, ModelDraft};
+use daig_shared::model::{LayerKind, Loss};
+
+use crate::model::{self, LayerRow, ModelDraft};
 
 thread_local! {
     /// The model being edited.
@@ -175,6 +179,36 @@ pub fn render(main: &Element) {
     render_layers();
 }
 
+/// Validates the draft as it stands in the inputs and shows each layer's shape and problems.
+fn validate_live() {
+    sync_from_inputs();
+    let (resolution, count) = DRAFT.with(|d| {
+        let d = d.borrow();
+        (d.resolve(), d.layers.len())
+    });
+    for i in 0..count {
+        dom::set_text(&format!("layer-{i}-summary"), &model::layer_summary(&resolution, i).unwrap_or_default());
+        dom::clear(&format!("layer-{i}-errors"));
+        let mut invalid = false;
+        for error in resolution.errors_at(i) {
+            push_item(&format!("layer-{i}-errors"), &model::layer_message(error));
+            invalid = true;
+        }
+        if let Some(item) = dom::by_id(&format!("layer-{i}")) {
+            let classes = item.class_list();
+            let _ = if invalid { classes.add_1("invalid") } else { classes.remove_1("invalid") };
+        }
+    }
+    dom::clear("model-errors");
+    for error in resolution.model_errors() {
+        match error.field.as_deref() {
+            Some(field) if !field.is_empty() => push_item("model-errors", &format!("{field}: {}", error.message)),
+            _ => push_item("model-errors", &error.message),
+        }
+    }
+    dom::set_text("model-summary", &model::model_summary(&resolution));
+}
+
 fn model_section() -> El {
     let source = el("div")
         .class("radio-row")
@@ -194,21 +228,24 @@ fn model_section() -> El {
                 ))
                 .child(field(
                     "Loss",
-                    select("model-loss", &loss_options(), "cross_entropy"),
-                    Some("cross_entropy for classes, mean_squared_error for values."),
+                    select("model-loss", &loss_options(), Loss::CrossEntropy.name()),
+                    Some("cross_entropy for classes, mean_squared_error for values, binary_cross_entropy for 0 to 1."),
                 )),
         )
+        .on("input", |_| validate_live())
+        .on("change", |_| validate_live())
         .child(el("ul").id("model-errors").class("errors").attr("aria-live", "polite"))
         .child(el("ol").id("layers").class("layers").attr("aria-label", "Layers"))
+        .child(el("p").id("model-summary").class("model-summary").attr("aria-live", "polite"))
         .child(
             el("div")
                 .class("row")
                 .child(el("label").attr("for", "add-layer-type").text("Add a layer of type"))
-                .child(select("add-layer-type", &layer_type_options(), "dense"))
+                .child(select("add-layer-type", &layer_type_options(), LayerKind::Dense.name()))
                 .child(el("button").attr("type", "button").id("add-layer").text("Add layer").on("click", |_| {
-                    let kind = dom::value("add-layer-type");
+                    let Some(kind) = LayerKind::from_name(&dom::value("add-layer-type")) else { return };
                     sync_from_inputs();
-                    DRAFT.with(|d| d.borrow_mut().layers.push(LayerRow::new(&kind)));
+                    DRAFT.with(|d| d.borrow_mut().layers.push(LayerRow::new(kind)));
                     render_layers();
                     let n = DRAFT.with(|d| d.borrow().layers.len());
                     dom::focus(&format!("layer-{}-type", n - 1));
@@ -253,17 +290,17 @@ fn model_section() -> El {
             input("keras-file", "file").attr("accept", ".json,application/json"),
             Some("The output of model.to_json() for a Sequential model."),
         ))
-        .child(field("Loss", select("keras-loss", &loss_options(), "cross_entropy"), None))
+        .child(field("Loss", select("keras-loss", &loss_options(), Loss::CrossEntropy.name()), None))
         .child(el("ul").id("keras-errors").class("errors").attr("aria-live", "polite"));
     el("fieldset").id("model").child(el("legend").text("Model")).child(source).child(editor).child(keras)
 }
 
 fn loss_options() -> Vec<(&'static str, &'static str)> {
-    model::LOSSES.iter().map(|l| (*l, *l)).collect()
+    Loss::ALL.iter().map(|l| (l.name(), l.name())).collect()
 }
 
 fn layer_type_options() -> Vec<(&'static str, &'static str)> {
-    model::LAYER_TYPES.iter().map(|l| (*l, *l)).collect()
+    LayerKind::ALL.iter().map(|k| (k.name(), k.name())).collect()
 }
 
 fn radio(id: &str, name: &str, label: &str, checked: bool) -> El {
@@ -291,7 +328,7 @@ fn sync_from_inputs() {
         d.input_shape = dom::value("input-shape");
         d.loss = dom::value("model-loss");
         for (i, row) in d.layers.iter_mut().enumerate() {
-            for spec in model::fields_of(&row.kind) {
+            for spec in row.kind.fields() {
                 let id = format!("layer-{i}-{}", spec.name);
                 if dom::by_id(&id).is_some() {
                     row.values.insert(spec.name.to_owned(), dom::value(&id));
@@ -310,16 +347,17 @@ fn render_layers() {
     if let Some(old) = dom::by_id("layers") {
         let _ = old.replace_with_with_node_1(&list.0);
     }
+    validate_live();
 }
 
 fn layer_item(i: usize, row: &LayerRow, count: usize) -> El {
     let type_id = format!("layer-{i}-type");
-    let fields = model::fields_of(&row.kind).iter().map(|spec| {
+    let fields = row.kind.fields().iter().map(|spec| {
         let id = format!("layer-{i}-{}", spec.name);
         let value = row.value(spec.name);
-        let control = match spec.kind {
-            FieldKind::Number => input(&id, "text").attr("value", value).attr("inputmode", "decimal"),
-            FieldKind::Choice(options) => {
+        let control = match spec.kind.choices() {
+            None => input(&id, "text").attr("value", value).attr("inputmode", "decimal"),
+            Some(options) => {
                 let mut opts: Vec<(&str, &str)> = Vec::new();
                 if !spec.required {
                     opts.push(("", "default"));
@@ -344,17 +382,20 @@ fn layer_item(i: usize, row: &LayerRow, count: usize) -> El {
     el("li").id(&format!("layer-{i}")).class("layer").attr("aria-describedby", &format!("layer-{i}-errors")).child(
         el("fieldset")
             .child(el("legend").text(&format!("Layer {i}: {}", row.kind)))
+            .child(el("p").class("hint").text(row.kind.description()))
             .child(
                 el("div")
                     .class("grid")
                     .child(field(
                         "Type",
-                        select(&type_id, &layer_type_options(), &row.kind).on("change", move |_| {
+                        select(&type_id, &layer_type_options(), row.kind.name()).on("change", move |_| {
                             sync_from_inputs();
-                            let kind = dom::value(&format!("layer-{i}-type"));
+                            let Some(kind) = LayerKind::from_name(&dom::value(&format!("layer-{i}-type"))) else {
+                                return;
+                            };
                             DRAFT.with(|d| {
                                 if let Some(row) = d.borrow_mut().layers.get_mut(i) {
-                                    *row = LayerRow::new(&kind);
+                                    *row = LayerRow::new(kind);
                                 }
                             });
                             render_layers();
@@ -364,6 +405,7 @@ fn layer_item(i: usize, row: &LayerRow, count: usize) -> El {
                     ))
                     .children(fields),
             )
+            .child(el("p").id(&format!("layer-{i}-summary")).class("layer-summary"))
             .child(el("ul").id(&format!("layer-{i}-errors")).class("errors layer-errors"))
             .child(
                 el("div")

@@ -3,7 +3,8 @@
 //! training, follow it with `status --watch`, and download the trained model.
 //!
 //! It talks only HTTP to the server's JSON API, through [`client::Client`]; it never opens the database or the
-//! object store. The binary (`src/bin/daig.rs`) only calls [`main`].
+//! object store. The binary (`src/main.rs`) only calls [`main`]. It depends on
+//! `daig-shared` and an HTTP client only, so that `cargo install --path cli` builds no server dependencies.
 //!
 //! - [`config`]: the saved credentials and which server and token a command uses.
 //! - [`client`]: the HTTP client and the mapping of failures to [`error::CliError`].
@@ -15,14 +16,14 @@
 /// Prints a line on stdout through [`output::emit`].
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::cli::output::emit(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::output::emit(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
 
 /// Prints on stdout through [`output::emit`], without adding a newline.
 macro_rules! say_part {
     ($($arg:tt)*) => {
-        $crate::cli::output::emit(format_args!($($arg)*))
+        $crate::output::emit(format_args!($($arg)*))
     };
 }
 

@@ -15,6 +15,10 @@ use serde_json::Value;
 
 use super::error::CliError;
 
+// TODO(shared-api): use daig_shared::api::CSRF_HEADER (the server's `auth::cookie::CSRF_HEADER`)
+/// The header that carries a dashboard session's CSRF token.
+const CSRF_HEADER: &str = "x-csrf-token";
+
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an ordinary request may take; uploads and downloads have no limit (see [`Client::request_unbounded`]).
@@ -145,7 +149,7 @@ pub fn session_headers(cookies: &str, csrf: &str) -> Result<HeaderMap, CliError>
     let mut headers = HeaderMap::new();
     let invalid = |_| CliError::Other(anyhow::anyhow!("the server sent a session cookie that cannot be sent back"));
     headers.insert(reqwest::header::COOKIE, HeaderValue::from_str(cookies).map_err(invalid)?);
-    headers.insert(crate::auth::cookie::CSRF_HEADER, HeaderValue::from_str(csrf).map_err(invalid)?);
+    headers.insert(CSRF_HEADER, HeaderValue::from_str(csrf).map_err(invalid)?);
     Ok(headers)
 }
 

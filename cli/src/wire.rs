@@ -1,6 +1,6 @@
 //! The client's reading of the server's JSON answers.
 //!
-//! These are not the server's wire types (`crate::api`), which only serialise: the CLI reads answers leniently,
+//! These are not the server's wire types (`daig_server::api`), which only serialise: the CLI reads answers leniently,
 //! every field defaulted and every element of `metrics` and `providers` optional field by field, so that a CLI
 //! keeps working against a server that adds, omits or is still filling in fields (training metrics and providers
 //! arrive with the training loop). It never needs more than it prints.

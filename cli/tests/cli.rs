@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use daig_server::AppState;
+use daig_server::Settings;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -36,7 +37,7 @@ impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let state = runtime.block_on(AppState::new(crate::support::settings(dir.path()))).unwrap();
+        let state = runtime.block_on(AppState::new(settings(dir.path()))).unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -173,15 +174,15 @@ impl Daig {
 
 /// The MNIST files, or (outside CI, where they must be present) 100 made-up samples of the same shape.
 fn mnist_files(daig: &Daig) -> (PathBuf, PathBuf, &'static str) {
-    if let Some(dir) = crate::datasets::mnist_dir() {
+    if let Some(dir) = mnist_dir() {
         return (dir.join("images.npy"), dir.join("labels.npy"), "7,200 training + 800 validation samples");
     }
     assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
     eprintln!("no shared/data/mnist-8k above {}: uploading 100 made-up samples", env!("CARGO_MANIFEST_DIR"));
     let pixels: Vec<u8> = (0..100 * 784).map(|i| (i % 251) as u8).collect();
     let labels: Vec<u8> = (0..100).map(|i| (i % 10) as u8).collect();
-    let features = daig.write("images.npy", &crate::support::npy("|u1", &[100, 28, 28], &pixels));
-    let labels = daig.write("labels.npy", &crate::support::npy("|u1", &[100], &labels));
+    let features = daig.write("images.npy", &npy("|u1", &[100, 28, 28], &pixels));
+    let labels = daig.write("labels.npy", &npy("|u1", &[100], &labels));
     (features, labels, "90 training + 10 validation samples")
 }
 
@@ -379,7 +380,7 @@ fn cli_treats_another_users_project_as_missing() {
     let ada = Daig::signed_up(&server, "ada");
     let bob = Daig::signed_up(&server, "bob");
     let id = ada.create_mlp(&[]).to_string();
-    let features = bob.write("x.npy", &crate::support::npy("<f4", &[1, 784], &[0; 784 * 4]));
+    let features = bob.write("x.npy", &npy("<f4", &[1, 784], &[0; 784 * 4]));
     let features = features.to_str().unwrap();
     for args in [
         vec!["project", "show", &id],
@@ -429,4 +430,33 @@ fn cli_help_lists_the_commands_and_exit_codes() {
     {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }
+}
+
+/// Settings for tests: rate limits high enough not to get in the way.
+fn settings(dir: &std::path::Path) -> Settings {
+    Settings { auth_rate_burst: 10_000, auth_rate_per_minute: 10_000, ..Settings::with_data_dir(dir.join("data")) }
+}
+
+/// `shared/data/mnist-8k` above this crate, if the checkout has it.
+fn mnist_dir() -> Option<PathBuf> {
+    let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file())
+}
+
+/// A `.npy` file of `shape` with dtype `descr` (`<f4`, `|u1`, ...) and the given raw little-endian bytes.
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape = match shape {
+        [n] => format!("({n},)"),
+        dims => format!("({})", dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
 }

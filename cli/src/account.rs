@@ -246,5 +246,9 @@ fn token_name() -> String {
         Some(host) => format!("daig CLI on {host}"),
         None => "daig CLI".to_owned(),
     };
-    name.chars().take(crate::api::tokens::NAME_MAX_CHARS).collect()
+    name.chars().take(NAME_MAX_CHARS).collect()
 }
+
+// TODO(shared-api): use daig_shared::api::NAME_MAX_CHARS (the server's `api::tokens::NAME_MAX_CHARS`)
+/// Longest token name the server accepts, in characters.
+const NAME_MAX_CHARS: usize = 64;
