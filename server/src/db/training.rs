@@ -245,8 +245,8 @@ pub async fn provider_credits_of_project(
     db: impl SqliteExecutor<'_>,
     project: i64,
 ) -> Result<Vec<CreditLine>, sqlx::Error> {
-    let rows: Vec<(i64, Option<String>, Option<String>, i64, i64)> =
-        sqlx::query_as(PROVIDER_CREDITS_OF_PROJECT).bind(project).fetch_all(db).await?;
+    type Row = (i64, Option<String>, Option<String>, i64, i64);
+    let rows: Vec<Row> = sqlx::query_as(PROVIDER_CREDITS_OF_PROJECT).bind(project).fetch_all(db).await?;
     Ok(rows
         .into_iter()
         .map(|(provider_id, site_key, backend, contributions, samples)| CreditLine {

@@ -7,7 +7,7 @@
 //!   K-batch sync SGD, epochs): events and the time in, effects out.
 //! - [`coordinator`]: the task around a project's core that carries out its effects (messages, the ledger,
 //!   evaluations, checkpoints, the final model).
-//! - [`error`]: [`TrainingError`].
+//! - [`error`]: why training could not start or stopped ([`TrainingError`]).
 //! - [`connection`]: one provider's WebSocket: the handshake, frames, transfers, heartbeats and assignment
 //!   to projects.
 //! - [`checkpoint`]: parameters and trainer state in the object store, registered in the database.
