@@ -6,6 +6,7 @@
 
 use std::io::{BufRead as _, IsTerminal as _};
 
+use daig_shared::api::accounts::TOKEN_NAME_MAX_CHARS;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -246,9 +247,5 @@ fn token_name() -> String {
         Some(host) => format!("daig CLI on {host}"),
         None => "daig CLI".to_owned(),
     };
-    name.chars().take(NAME_MAX_CHARS).collect()
+    name.chars().take(TOKEN_NAME_MAX_CHARS).collect()
 }
-
-// TODO(shared-api): use daig_shared::api::NAME_MAX_CHARS (the server's `api::tokens::NAME_MAX_CHARS`)
-/// Longest token name the server accepts, in characters.
-const NAME_MAX_CHARS: usize = 64;

@@ -15,9 +15,7 @@ use serde_json::Value;
 
 use super::error::CliError;
 
-// TODO(shared-api): use daig_shared::api::CSRF_HEADER (the server's `auth::cookie::CSRF_HEADER`)
-/// The header that carries a dashboard session's CSRF token.
-const CSRF_HEADER: &str = "x-csrf-token";
+use daig_shared::api::accounts::CSRF_HEADER;
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

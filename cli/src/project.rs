@@ -154,27 +154,7 @@ pub struct StatusArgs {
 }
 
 /// A lifecycle move: the server's own list of them.
-// TODO(shared-api): use daig_shared::api::Action
-/// A move requested through `POST /api/projects/{id}/{action}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Pause,
-    Resume,
-    Cancel,
-}
-
-impl Action {
-    /// The route's last segment and the verb in messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Pause => "pause",
-            Self::Resume => "resume",
-            Self::Cancel => "cancel",
-        }
-    }
-}
+pub use daig_shared::api::project::Action;
 
 /// Runs a `daig project` command.
 ///

@@ -264,19 +264,15 @@ fn cli_walks_a_project_from_sign_up_to_download() {
     let run = daig.run(&["download", id_arg, "--out", out_arg]);
     assert!(run.fails(4).contains("no trained model yet"), "{run:#?}");
     assert!(!out_dir.exists());
-    // Training is a later issue: the model is put where training will store it.
+    // No provider trains here: the model is put where training stores it.
     let model: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
-    let key = daig_server::api::projects::model_key(id);
+    let key = daig_server::project::keys::model_key(id);
     server.runtime.block_on(server.state.store().put(&key, bytes::Bytes::from(model.clone()))).unwrap();
     let out = daig.run(&["download", id_arg, "--out", out_arg]);
     assert!(out.ok().contains("model.safetensors"), "{out:#?}");
     assert_eq!(std::fs::read(out_dir.join("model.safetensors")).unwrap(), model);
-    let spec: String = server
-        .runtime
-        .block_on(
-            sqlx::query_scalar("SELECT model_json FROM projects WHERE id = ?").bind(id).fetch_one(server.state.db()),
-        )
-        .unwrap();
+    let spec =
+        server.runtime.block_on(daig_server::db::projects::get(server.state.db(), id)).unwrap().unwrap().model_json;
     assert_eq!(std::fs::read_to_string(out_dir.join("model.json")).unwrap(), spec);
     let metrics: Value = serde_json::from_slice(&std::fs::read(out_dir.join("metrics.json")).unwrap()).unwrap();
     // The history as the server has it (the evaluation of the starting parameters at least).

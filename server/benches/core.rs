@@ -42,7 +42,8 @@ fn samples(lease: &Lease) -> u32 {
     }
 }
 
-/// A core with `providers` joined and `params` parameters, over enough data that no epoch ends in a run.
+/// A core with `providers` joined and `params` parameters, over `shards` shards of 65,536 samples (one shard
+/// of 60,000 for `shards == 0`: MNIST's training set).
 struct Sim {
     core: Core,
     /// Leases in the order they were sent.
@@ -53,14 +54,14 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(providers: u64, params: usize) -> Sim {
+    fn new(providers: u64, params: usize, shards: u32) -> Sim {
         let config = CoreConfig {
             project: ProjectId(1),
             batch_size: BATCH,
             k: K,
             local_steps: 1,
             max_staleness: 8,
-            epochs: 1,
+            epochs: 1_000_000,
             seed: 1,
             max_providers: 100_000,
             local_learning_rate: 0.01,
@@ -68,10 +69,13 @@ impl Sim {
             target_accuracy: None,
             has_validation: false,
         };
-        // 1,000 shards of 65,536 samples: two million batches, far more than a run applies.
-        let shards = (0..1000u32)
-            .map(|i| TrainShard { number: i, hash: ShardHash([(i % 251) as u8; 32]), samples: 65_536 })
-            .collect();
+        let shards = if shards == 0 {
+            vec![TrainShard { number: 0, hash: ShardHash([1; 32]), samples: 60_000 }]
+        } else {
+            (0..shards)
+                .map(|i| TrainShard { number: i, hash: ShardHash([(i % 251) as u8; 32]), samples: 65_536 })
+                .collect()
+        };
         let restore = Restore {
             params: (0..params).map(|i| (i % 17) as f32 * 0.01).collect(),
             optimizer: Optimizer::new(adam(), params).expect("optimizer"),
@@ -169,29 +173,40 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (runs, budget) = if quick { (3, Duration::from_millis(100)) } else { (7, Duration::from_millis(400)) };
     println!("training core, one thread: K = {K}, batch {BATCH}, 1 local step, Adam; median of {runs} runs");
-    println!("| params | providers | core contributions/s | arithmetic alone /s | core / arithmetic | core us per contribution | acks per contribution |");
-    println!("|---|---|---|---|---|---|---|");
-    for params in [67usize, 100_000] {
-        for providers in [1u64, 10, 100, 1000] {
-            let mut sim = Sim::new(providers, params);
-            // Size a run to the budget from a short warm-up.
-            let warm = 200;
-            let per = sim.run(warm) / warm as f64;
-            let n = ((budget.as_secs_f64() / per.max(1e-9)) as u64).clamp(1000, 2_000_000);
-            let acks_before = sim.acks;
-            let mut core_rates = Vec::new();
-            let mut peer_rates = Vec::new();
-            for _ in 0..runs {
-                core_rates.push(n as f64 / sim.run(n));
-                peer_rates.push(n as f64 / arithmetic(params, n));
-            }
-            let acks = (sim.acks - acks_before) as f64 / (n * runs) as f64;
-            let (core, peer) = (median(core_rates), median(peer_rates));
-            println!(
-                "| {params} | {providers} | {core:.0} | {peer:.0} | **{:.2}** | {:.2} | {acks:.2} |",
-                core / peer,
-                1e6 / core
-            );
+    println!(
+        "| batches per epoch | params | providers | core contributions/s | arithmetic alone /s | core / arithmetic | \
+         core us per contribution | acks per contribution |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let rows = [
+        (0, 67usize, 10u64),
+        (0, 67, 1000),
+        (0, 100_000, 10),
+        (0, 100_000, 1000),
+        (1000, 67, 10),
+        (1000, 67, 1000),
+        (1000, 100_000, 1000),
+    ];
+    for (shards, params, providers) in rows {
+        let mut sim = Sim::new(providers, params, shards);
+        let batches = sim.core.batches_per_epoch();
+        // Size a run to the budget from a short warm-up.
+        let warm = 200;
+        let per = sim.run(warm) / warm as f64;
+        let n = ((budget.as_secs_f64() / per.max(1e-9)) as u64).clamp(1000, 2_000_000);
+        let acks_before = sim.acks;
+        let mut core_rates = Vec::new();
+        let mut peer_rates = Vec::new();
+        for _ in 0..runs {
+            core_rates.push(n as f64 / sim.run(n));
+            peer_rates.push(n as f64 / arithmetic(params, n));
         }
+        let acks = (sim.acks - acks_before) as f64 / (n * runs) as f64;
+        let (core, peer) = (median(core_rates), median(peer_rates));
+        println!(
+            "| {batches} | {params} | {providers} | {core:.0} | {peer:.0} | **{:.2}** | {:.2} | {acks:.2} |",
+            core / peer,
+            1e6 / core
+        );
     }
 }

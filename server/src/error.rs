@@ -79,14 +79,8 @@ pub enum AppError {
     Internal(#[source] anyhow::Error),
 }
 
-/// One broken rule in [`AppError::Validation`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct FieldError {
-    /// The request field, as named in the body.
-    pub field: &'static str,
-    /// What is wrong and what is allowed.
-    pub message: String,
-}
+/// One broken rule in [`AppError::Validation`] (shared with clients).
+pub use daig_shared::api::FieldError;
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]

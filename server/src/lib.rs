@@ -25,6 +25,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod project;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -10,6 +10,7 @@
 //! This crate does no I/O of its own beyond `std::io::{Read, Write, Seek}` passed in by callers: it has no
 //! async runtime, socket or browser dependency, and it builds for `wasm32-unknown-unknown`.
 
+pub mod api;
 pub mod data;
 pub mod model;
 pub mod params;

@@ -91,7 +91,8 @@ pub fn workspace_root() -> PathBuf {
     let here = std::env::current_dir().expect("the current directory");
     here.ancestors()
         .find(|dir| {
-            std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
         })
         .unwrap_or_else(|| panic!("no cargo workspace at or above {}", here.display()))
         .to_owned()

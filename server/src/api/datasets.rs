@@ -36,17 +36,19 @@ use daig_shared::data::{
     self, DataError, DataRequirements, Labels, RawArray, SampleSource, ShardHeader, ShardPlan, ShardRole, check,
     shard_dataset,
 };
+use daig_shared::wire::ShardHash;
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
-use utoipa::ToSchema;
 
-use super::projects::{DatasetSummary, ProjectRow, ProjectState, load_owned};
+pub use daig_shared::api::datasets::{DatasetStatus, DatasetSummary};
+
 use crate::auth::{CurrentUser, secret};
-use crate::db::now_unix;
+use crate::db::{self, now_unix};
 use crate::error::{AppError, ErrorBody, FieldError};
 use crate::extract::{Json, Path};
+use crate::project::{ProjectRow, ProjectState, keys, load_dataset, load_owned};
 use crate::state::{AppState, IngestGuard};
 use crate::store::ObjectStore;
 
@@ -277,15 +279,6 @@ struct Pending {
     path: PathBuf,
 }
 
-/// Where a project's dataset stands.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DatasetStatus {
-    /// The parts uploaded and waiting for the commit (`features`, `labels`), in that order.
-    pub uploaded: Vec<String>,
-    /// The committed dataset, if any: the new one once a commit succeeds, else the one still in force.
-    pub dataset: Option<DatasetSummary>,
-}
-
 /// Uploads one part of the dataset, streamed; commits the dataset when both parts are present. While the project
 /// is a draft this also replaces a committed dataset, which stays in force until the new one is committed.
 #[utoipa::path(put, path = "/api/projects/{id}/dataset/{part}", tag = "datasets",
@@ -408,7 +401,7 @@ pub async fn upload_part(
     drop(guard);
     Ok(Json(DatasetStatus {
         uploaded: uploads.iter().map(|p| p.part.name().to_owned()).collect(),
-        dataset: load_summary(&state, project.id).await?,
+        dataset: load_dataset(&state, project.id).await?,
     }))
 }
 
@@ -476,55 +469,15 @@ pub async fn delete_dataset(
     let mut tx = state.db().begin().await?;
     // A write first, so that the state read is the one the deletion is made in: a start cannot slip between.
     lock_draft(&mut tx, project.id).await?;
-    sqlx::query("DELETE FROM shards WHERE project_id = ?").bind(project.id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM datasets WHERE project_id = ?").bind(project.id).execute(&mut *tx).await?;
+    db::datasets::delete(&mut tx, project.id).await?;
     tx.commit().await?;
-    state.store().delete_prefix(&shards_prefix(project.id)).await?;
+    state.store().delete_prefix(&keys::shards_prefix(project.id)).await?;
     match tokio::fs::remove_dir_all(uploads_dir(&state, project.id)).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(AppError::Internal(anyhow::Error::new(e).context("removing uploads"))),
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The committed dataset of project `id`, if it has one.
-///
-/// # Errors
-/// A database error, or [`AppError::Internal`] for a stored sample shape that does not parse.
-pub async fn load_summary(state: &AppState, id: i64) -> Result<Option<DatasetSummary>, AppError> {
-    let stored: Option<(String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT format, feature_dtype, sample_shape, train_samples, validation_samples FROM datasets
-         WHERE project_id = ?",
-    )
-    .bind(id)
-    .fetch_optional(state.db())
-    .await?;
-    let Some((format, feature_dtype, shape, train_samples, validation_samples)) = stored else {
-        return Ok(None);
-    };
-    let mut dataset = DatasetSummary {
-        format,
-        feature_dtype,
-        sample_shape: serde_json::from_str(&shape)
-            .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("stored sample shape")))?,
-        train_samples,
-        validation_samples,
-        train_shards: 0,
-        validation_shards: 0,
-    };
-    let counts: Vec<(String, i64)> =
-        sqlx::query_as("SELECT role, COUNT(*) FROM shards WHERE project_id = ? GROUP BY role")
-            .bind(id)
-            .fetch_all(state.db())
-            .await?;
-    for (role, count) in counts {
-        match role.as_str() {
-            "train" => dataset.train_shards = count,
-            _ => dataset.validation_shards = count,
-        }
-    }
-    Ok(Some(dataset))
 }
 
 fn busy() -> AppError {
@@ -555,26 +508,14 @@ fn check_draft(project: &ProjectRow) -> Result<(), AppError> {
 /// Within `tx`, takes SQLite's write lock with a write that succeeds only while the project is a draft: 409 if it
 /// is not. The project's state is then fixed until `tx` ends (`start` changes it with a write too).
 async fn lock_draft(tx: &mut sqlx::SqliteConnection, id: i64) -> Result<(), AppError> {
-    let done = sqlx::query("UPDATE projects SET updated_at = ? WHERE id = ? AND state = 'draft'")
-        .bind(now_unix())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM projects WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?;
-        return Err(state.map_or(AppError::NotFound("project"), |s| started(&s)));
+    match db::projects::lock_draft(tx, id, now_unix()).await? {
+        None => Ok(()),
+        Some(state) => Err(state.map_or(AppError::NotFound("project"), |s| started(&s))),
     }
-    Ok(())
 }
 
 fn uploads_dir(state: &AppState, id: i64) -> PathBuf {
-    state.settings().uploads_dir().join(id.to_string())
-}
-
-/// The object-store prefix of every generation of the project's shards.
-fn shards_prefix(id: i64) -> String {
-    format!("{}/shards", super::projects::prefix(id))
+    keys::uploads_dir(state.settings(), id)
 }
 
 /// Streams `body` to `path`, refusing it once it passes `limit` bytes. The body's frames are gathered into
@@ -722,20 +663,11 @@ fn invalid(part: &'static str) -> impl Fn(DataError) -> IngestError {
     }
 }
 
-/// The generation of a shard key `<shards_prefix>/gen-<N>/...`; keys of the layout before generations count as 0.
-fn generation_of(key: &str, shards_prefix: &str) -> Option<u64> {
-    let rest = key.strip_prefix(shards_prefix)?.strip_prefix('/')?;
-    match rest.split_once('/') {
-        Some((generation, _)) => generation.strip_prefix("gen-")?.parse().ok(),
-        None => Some(0),
-    }
-}
-
 /// Deletes every object under the project's shards prefix except those under `keep` (a generation's prefix):
 /// the shards of a replaced dataset, and any left by a commit that died half-way. Failures are logged: what is
 /// left is unregistered and goes with the next commit or the project.
 async fn sweep_shards(state: &AppState, project_id: i64, keep: impl Fn(&str) -> bool) {
-    let objects = match state.store().list(&shards_prefix(project_id)).await {
+    let objects = match state.store().list(&keys::shards_prefix(project_id)).await {
         Ok(objects) => objects,
         Err(e) => {
             tracing::warn!("cannot list the shards of project {project_id} to remove old ones: {e}");
@@ -771,17 +703,12 @@ async fn commit(
     };
     // A fresh generation, past any prefix in the store (a commit that died half-way may have left one), so that
     // the committed dataset's shards are never touched before the new ones are registered.
-    let shards = shards_prefix(project.id);
-    let registered: HashSet<String> = sqlx::query_scalar("SELECT object_key FROM shards WHERE project_id = ?")
-        .bind(project.id)
-        .fetch_all(state.db())
-        .await?
-        .into_iter()
-        .collect();
+    let shards = keys::shards_prefix(project.id);
+    let registered: HashSet<String> = db::datasets::shard_keys(state.db(), project.id).await?.into_iter().collect();
     let listed = state.store().list(&shards).await?;
-    let generation = listed.iter().filter_map(|o| generation_of(&o.key, &shards)).max().map_or(1, |g| g + 1);
+    let generation = listed.iter().filter_map(|o| keys::generation_of(&o.key, &shards)).max().map_or(1, |g| g + 1);
     sweep_shards(state, project.id, |key| registered.contains(key)).await;
-    let prefix = format!("{shards}/gen-{generation}");
+    let prefix = keys::shard_generation_prefix(project.id, generation);
     let requirements = model.data_requirements();
     let ingest_prefix = prefix.clone();
     // Shards are built on the blocking pool and stored by an async task as they come, a few at a time.
@@ -888,36 +815,25 @@ async fn register(state: &AppState, project_id: i64, ingested: &Ingested, format
     lock_draft(&mut tx, project_id).await?;
     let shape = serde_json::to_string(&ingested.sample_shape)
         .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("serialising the sample shape")))?;
-    sqlx::query("DELETE FROM shards WHERE project_id = ?").bind(project_id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM datasets WHERE project_id = ?").bind(project_id).execute(&mut *tx).await?;
-    sqlx::query(
-        "INSERT INTO datasets (project_id, format, feature_dtype, sample_shape, train_samples, validation_samples,
-                               created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(project_id)
-    .bind(format)
-    .bind(&ingested.feature_dtype)
-    .bind(shape)
-    .bind(ingested.train_samples as i64)
-    .bind(ingested.validation_samples as i64)
-    .bind(now_unix())
-    .execute(&mut *tx)
-    .await?;
+    db::datasets::delete(&mut tx, project_id).await?;
+    let dataset = db::datasets::DatasetRow {
+        format: format.to_owned(),
+        feature_dtype: ingested.feature_dtype.clone(),
+        sample_shape: shape,
+        train_samples: ingested.train_samples as i64,
+        validation_samples: ingested.validation_samples as i64,
+    };
+    db::datasets::insert(&mut tx, project_id, &dataset, now_unix()).await?;
     for shard in &ingested.shards {
-        sqlx::query(
-            "INSERT INTO shards (project_id, role, number, object_key, sha256, sample_count, size_bytes)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(project_id)
-        .bind(shard.role)
-        .bind(shard.number)
-        .bind(&shard.key)
-        .bind(&shard.sha256)
-        .bind(shard.sample_count as i64)
-        .bind(shard.size_bytes as i64)
-        .execute(&mut *tx)
-        .await?;
+        let row = db::datasets::ShardRow {
+            role: shard.role.to_owned(),
+            number: i64::from(shard.number),
+            object_key: shard.key.clone(),
+            sha256: shard.sha256.clone(),
+            sample_count: shard.sample_count as i64,
+            size_bytes: shard.size_bytes as i64,
+        };
+        db::datasets::insert_shard(&mut tx, project_id, &row).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -1049,9 +965,9 @@ fn ingest(
             ShardRole::Train(n) => ("train", n),
             ShardRole::Validation(n) => ("validation", n),
         };
-        let key = format!("{prefix}/{role}-{number:05}.bin");
+        let key = keys::shard_key(prefix, role, number);
         let (header, _) = ShardHeader::decode(&bytes)?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = ShardHash(Sha256::digest(&bytes).into()).to_string();
         let size_bytes = bytes.len();
         store.blocking_send((key.clone(), Bytes::from(bytes))).map_err(|_| {
             // The storing task stopped at a failed put, which the commit reports.

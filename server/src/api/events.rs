@@ -17,10 +17,12 @@ use futures_util::Stream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::projects::{ProjectRow, ProjectState, load_owned, view};
+use crate::api::projects::view;
 use crate::auth::CurrentUser;
+use crate::db;
 use crate::error::{AppError, ErrorBody};
 use crate::extract::Path;
+use crate::project::{ProjectState, load_owned};
 use crate::state::AppState;
 use crate::training::LiveStatus;
 
@@ -111,11 +113,7 @@ impl Watcher {
                 self.had_coordinator = true;
             }
             // The project is read again every time: a pause or cancel through the API changes only the database.
-            let row = sqlx::query_as::<_, ProjectRow>("SELECT * FROM projects WHERE id = ? AND user_id = ?")
-                .bind(self.id)
-                .bind(self.user_id)
-                .fetch_optional(self.state.db())
-                .await;
+            let row = db::projects::get_of_user(self.state.db(), self.id, self.user_id).await;
             let row = match row {
                 Ok(Some(row)) => row,
                 Ok(None) => return None,

@@ -1,19 +1,12 @@
 //! `GET /api/health`: whether the server and its database answer.
 
 use axum::extract::State;
-use serde::Serialize;
-use utoipa::ToSchema;
+
+pub use daig_shared::api::Health;
 
 use crate::error::{AppError, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
-
-/// The health report.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
-    /// Always `ok` when the server answers 200.
-    pub status: &'static str,
-}
 
 /// Answers 200 when the database answers a query.
 #[utoipa::path(get, path = "/api/health", tag = "health", responses(
@@ -21,6 +14,6 @@ pub struct Health {
     (status = 500, description = "The database does not answer", body = ErrorBody),
 ))]
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError> {
-    sqlx::query("SELECT 1").execute(state.db()).await?;
-    Ok(Json(Health { status: "ok" }))
+    crate::db::ping(state.db()).await?;
+    Ok(Json(Health { status: "ok".into() }))
 }

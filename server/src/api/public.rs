@@ -10,54 +10,23 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Deserialize;
 
-use super::projects::{Access, ProjectRow, ProjectState};
+pub use daig_shared::api::project::{PublicProject, PublicProjects};
+
+use crate::db;
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::project::{Access, ProjectRow, ProjectState};
 use crate::state::AppState;
 use crate::training::SocketOrigin;
-
-/// A project as visitors see it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PublicProject {
-    pub id: i64,
-    pub name: String,
-    pub state: ProjectState,
-    /// `public` or `site_key`.
-    pub access: Access,
-    /// Trainable parameters of the model.
-    pub params: u64,
-    /// Layers of the model.
-    pub layers: usize,
-    pub epoch: i64,
-    /// Of the whole training, 0 to 1.
-    pub progress: f64,
-    /// Providers training it now.
-    pub providers: usize,
-    /// Providers it takes at most.
-    pub max_providers: u32,
-    /// Whether it takes another provider now (running, below `max_providers`).
-    pub needs_providers: bool,
-}
-
-/// The public projects that are running or paused, those needing providers first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PublicProjects {
-    pub projects: Vec<PublicProject>,
-}
 
 /// Lists the public projects visitors can contribute to (running or paused), those that need providers first.
 #[utoipa::path(get, path = "/api/public/projects", tag = "public",
     responses((status = 200, description = "The projects", body = PublicProjects))
 )]
 pub async fn list_public_projects(State(state): State<AppState>) -> Result<Response, AppError> {
-    let rows = sqlx::query_as::<_, ProjectRow>(
-        "SELECT * FROM projects WHERE site_key IS NULL AND state IN ('running', 'paused') ORDER BY id DESC LIMIT 200",
-    )
-    .fetch_all(state.db())
-    .await?;
+    let rows = db::projects::list_public(state.db()).await?;
     let mut projects = Vec::with_capacity(rows.len());
     for row in &rows {
         projects.push(public_view(&state, row)?);
@@ -92,11 +61,7 @@ pub async fn get_public_project(
     Query(query): Query<SiteKeyQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let row = sqlx::query_as::<_, ProjectRow>("SELECT * FROM projects WHERE id = ?")
-        .bind(id)
-        .fetch_optional(state.db())
-        .await?
-        .ok_or(AppError::NotFound("project"))?;
+    let row = db::projects::get(state.db(), id).await?.ok_or(AppError::NotFound("project"))?;
     let settings = row.settings()?;
     let allow_origin = match settings.access {
         Access::Public => Some(HeaderValue::from_static("*")),

@@ -5,34 +5,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
 use axum::response::AppendHeaders;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+
+pub use daig_shared::api::accounts::{LogIn, SessionView};
 
 use crate::api::users::{PASSWORD_CHARS, UserView};
 use crate::auth::{AuthMethod, CurrentUser, cookie, password, secret};
-use crate::db::now_unix;
+use crate::db::{self, now_unix};
 use crate::error::{AppError, ErrorBody};
 use crate::extract::Json;
 use crate::limits::AuthRateLimit;
 use crate::state::AppState;
-
-/// A log-in.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LogIn {
-    /// The username or the e-mail address, either ignoring case.
-    pub login: String,
-    pub password: String,
-}
-
-/// A new session.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SessionView {
-    pub user: UserView,
-    /// The value of the `daig_csrf` cookie, to send as `X-CSRF-Token` on writes.
-    pub csrf_token: String,
-    pub expires_at_unix: i64,
-}
 
 type SetCookies = AppendHeaders<[(axum::http::HeaderName, String); 2]>;
 
@@ -52,16 +34,10 @@ pub async fn log_in(
         // No stored password can match; do not spend a hash on it.
         return Err(AppError::InvalidCredentials);
     }
-    let row: Option<(i64, String, String, String, i64)> = sqlx::query_as(
-        "SELECT id, username, email, password_hash, created_at FROM users WHERE username = ? COLLATE NOCASE OR email = ?",
-    )
-    .bind(&body.login)
-    .bind(body.login.to_lowercase())
-    .fetch_optional(state.db())
-    .await?;
-    let stored_hash = row.as_ref().map(|r| r.3.clone());
+    let row = db::accounts::find_login(state.db(), &body.login).await?;
+    let stored_hash = row.as_ref().map(|r| r.1.clone());
     let matches = password::verify(body.password, stored_hash).await?;
-    let Some((id, username, email, _, created_at_unix)) = row.filter(|_| matches) else {
+    let Some((db::accounts::UserRow { id, username, email }, _, created_at_unix)) = row.filter(|_| matches) else {
         return Err(AppError::InvalidCredentials);
     };
 
@@ -70,15 +46,9 @@ pub async fn log_in(
     let expires_at_unix = now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
     let session = secret::random_secret()?;
     let csrf = secret::random_secret()?;
-    sqlx::query("DELETE FROM sessions WHERE expires_at <= ?").bind(now).execute(state.db()).await?;
-    sqlx::query("INSERT INTO sessions (user_id, token_hash, csrf_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(id)
-        .bind(secret::digest(&session))
-        .bind(secret::digest(&csrf))
-        .bind(now)
-        .bind(expires_at_unix)
-        .execute(state.db())
-        .await?;
+    db::accounts::delete_expired_sessions(state.db(), now).await?;
+    let (session_hash, csrf_hash) = (secret::digest(&session), secret::digest(&csrf));
+    db::accounts::insert_session(state.db(), id, &session_hash, &csrf_hash, now, expires_at_unix).await?;
     let secure = state.settings().secure_cookies;
     let cookies = AppendHeaders([
         (SET_COOKIE, cookie::set(cookie::SESSION, &session, ttl_secs, true, secure)),
@@ -100,7 +70,7 @@ pub async fn log_in(
 )]
 pub async fn log_out(State(state): State<AppState>, user: CurrentUser) -> Result<(StatusCode, SetCookies), AppError> {
     if let AuthMethod::Session { session_id } = user.auth {
-        sqlx::query("DELETE FROM sessions WHERE id = ?").bind(session_id).execute(state.db()).await?;
+        db::accounts::delete_session(state.db(), session_id).await?;
     }
     let secure = state.settings().secure_cookies;
     let cookies = AppendHeaders([

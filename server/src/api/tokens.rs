@@ -3,64 +3,21 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+
+pub use daig_shared::api::accounts::{
+    CreateToken, CreatedToken, MAX_LIVE_TOKENS, TOKEN_NAME_MAX_CHARS as NAME_MAX_CHARS, TokenList, TokenView,
+};
 
 use crate::auth::{CurrentUser, Owned, secret};
-use crate::db::now_unix;
+use crate::db::{self, now_unix};
 use crate::error::{AppError, ErrorBody, FieldError};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 
-/// Longest token name, in characters.
-pub const NAME_MAX_CHARS: usize = 64;
-/// Live tokens a user may hold at once.
-pub const MAX_LIVE_TOKENS: i64 = 100;
 /// Characters of a token kept to tell tokens apart in a list (`daig_` and 8 more).
 const PREFIX_CHARS: usize = 13;
 /// Shortest lifetime a token may be given.
 const MIN_TTL_SECS: u64 = 60;
-
-/// A token to create.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    /// 1 to 64 characters, no control characters.
-    pub name: String,
-    /// Lifetime in seconds, at least 60 and at most the server's `token_ttl_secs` (its default).
-    pub expires_in_secs: Option<u64>,
-}
-
-/// A token just created: the only time `token` is shown.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedToken {
-    pub id: i64,
-    pub name: String,
-    /// `daig_` and 43 base64url characters; send it as `Authorization: Bearer <token>`. Only its hash is kept.
-    pub token: String,
-    pub prefix: String,
-    pub created_at_unix: i64,
-    pub expires_at_unix: i64,
-}
-
-/// A live token, without its secret.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct TokenView {
-    pub id: i64,
-    pub name: String,
-    /// The token's first characters.
-    pub prefix: String,
-    pub created_at_unix: i64,
-    pub expires_at_unix: i64,
-    /// To the minute.
-    pub last_used_at_unix: Option<i64>,
-}
-
-/// The caller's live tokens, oldest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenList {
-    pub tokens: Vec<TokenView>,
-}
 
 /// Creates a token.
 #[utoipa::path(post, path = "/api/tokens", tag = "tokens", request_body = CreateToken,
@@ -95,13 +52,7 @@ pub async fn create_token(
         return Err(AppError::Validation(errors));
     }
     let now = now_unix();
-    let live: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM api_tokens WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?",
-    )
-    .bind(user.id)
-    .bind(now)
-    .fetch_one(state.db())
-    .await?;
+    let live = db::accounts::count_live_tokens(state.db(), user.id, now).await?;
     if live >= MAX_LIVE_TOKENS {
         return Err(AppError::Conflict {
             message: format!("you hold {MAX_LIVE_TOKENS} live tokens, the most allowed; revoke one first"),
@@ -111,18 +62,16 @@ pub async fn create_token(
     let token = secret::new_api_token()?;
     let prefix: String = token.chars().take(PREFIX_CHARS).collect();
     let expires_at_unix = now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO api_tokens (user_id, name, token_hash, prefix, created_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(user.id)
-    .bind(&body.name)
-    .bind(secret::digest(&token))
-    .bind(&prefix)
-    .bind(now)
-    .bind(expires_at_unix)
-    .fetch_one(state.db())
-    .await?;
+    let token_hash = secret::digest(&token);
+    let new = db::accounts::NewToken {
+        user_id: user.id,
+        name: &body.name,
+        token_hash: &token_hash,
+        prefix: &prefix,
+        created_at: now,
+        expires_at: expires_at_unix,
+    };
+    let id = db::accounts::insert_token(state.db(), &new).await?;
     let created = CreatedToken { id, name: body.name, token, prefix, created_at_unix: now, expires_at_unix };
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -133,20 +82,23 @@ pub async fn create_token(
     (status = 401, description = "No valid credentials", body = ErrorBody),
 ))]
 pub async fn list_tokens(State(state): State<AppState>, user: CurrentUser) -> Result<Json<TokenList>, AppError> {
-    let tokens = sqlx::query_as::<_, TokenView>(
-        "SELECT id, name, prefix, created_at AS created_at_unix, expires_at AS expires_at_unix,
-                last_used_at AS last_used_at_unix
-         FROM api_tokens WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? ORDER BY id",
-    )
-    .bind(user.id)
-    .bind(now_unix())
-    .fetch_all(state.db())
-    .await?;
+    let tokens = db::accounts::list_live_tokens(state.db(), user.id, now_unix())
+        .await?
+        .into_iter()
+        .map(|t| TokenView {
+            id: t.id,
+            name: t.name,
+            prefix: t.prefix,
+            created_at_unix: t.created_at,
+            expires_at_unix: t.expires_at,
+            last_used_at_unix: t.last_used_at,
+        })
+        .collect();
     Ok(Json(TokenList { tokens }))
 }
 
 /// A token's id and owner, for the ownership check.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct TokenOwner {
     id: i64,
     user_id: i64,
@@ -174,15 +126,8 @@ pub async fn revoke_token(
     user: CurrentUser,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, AppError> {
-    let row = sqlx::query_as::<_, TokenOwner>("SELECT id, user_id FROM api_tokens WHERE id = ? AND revoked_at IS NULL")
-        .bind(id)
-        .fetch_optional(state.db())
-        .await?;
+    let row = db::accounts::token_owner(state.db(), id).await?.map(|user_id| TokenOwner { id, user_id });
     let token = user.owned(row, "token")?;
-    sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ?")
-        .bind(now_unix())
-        .bind(token.id)
-        .execute(state.db())
-        .await?;
+    db::accounts::revoke_token(state.db(), token.id, now_unix()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,23 +7,18 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
+pub use daig_shared::api::training::{
+    CheckpointList, CheckpointView, CreditLine, MetricsView, ProjectCredits, ProviderCredits, ProviderProjectCredit,
+    SiteCredit,
+};
 
-use super::projects::load_owned;
 use crate::auth::CurrentUser;
+use crate::db;
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::project::load_owned;
 use crate::state::AppState;
 use crate::store::StoreError;
-use crate::training::{MetricPoint, metrics_history};
-
-/// A project's metrics history.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MetricsView {
-    pub project: i64,
-    pub metrics: Vec<MetricPoint>,
-}
 
 /// The metrics history: validation loss and accuracy and training loss over versions, oldest first.
 #[utoipa::path(get, path = "/api/projects/{id}/metrics", tag = "training", security(("bearer" = []), ("session" = [])),
@@ -40,22 +35,7 @@ pub async fn project_metrics(
     Path(id): Path<i64>,
 ) -> Result<Json<MetricsView>, AppError> {
     let row = load_owned(&state, &user, id).await?;
-    Ok(Json(MetricsView { project: row.id, metrics: metrics_history(&state, row.id).await? }))
-}
-
-/// A stored checkpoint.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct CheckpointView {
-    pub version: i64,
-    pub epoch: i64,
-    pub size_bytes: i64,
-    pub created_at_unix: i64,
-}
-
-/// The checkpoints kept.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CheckpointList {
-    pub checkpoints: Vec<CheckpointView>,
+    Ok(Json(MetricsView { project: row.id, metrics: db::training::metrics_history(state.db(), row.id).await? }))
 }
 
 /// The project's checkpoints, newest first (the last few are kept).
@@ -74,13 +54,7 @@ pub async fn list_checkpoints(
     Path(id): Path<i64>,
 ) -> Result<Json<CheckpointList>, AppError> {
     let row = load_owned(&state, &user, id).await?;
-    let checkpoints = sqlx::query_as::<_, CheckpointView>(
-        "SELECT version, epoch, size_bytes, created_at AS created_at_unix FROM checkpoints WHERE project_id = ?
-         ORDER BY version DESC",
-    )
-    .bind(row.id)
-    .fetch_all(state.db())
-    .await?;
+    let checkpoints = db::training::list_checkpoints(state.db(), row.id).await?;
     Ok(Json(CheckpointList { checkpoints }))
 }
 
@@ -100,12 +74,7 @@ pub async fn download_checkpoint(
     Path((id, version)): Path<(i64, i64)>,
 ) -> Result<Response, AppError> {
     let row = load_owned(&state, &user, id).await?;
-    let key: Option<String> =
-        sqlx::query_scalar("SELECT params_key FROM checkpoints WHERE project_id = ? AND version = ?")
-            .bind(row.id)
-            .bind(version)
-            .fetch_optional(state.db())
-            .await?;
+    let key = db::training::checkpoint_keys(state.db(), row.id, version).await?.map(|(params, _)| params);
     let Some(key) = key else {
         return Err(AppError::Missing(format!("the project has no checkpoint of version {version}")));
     };
@@ -128,34 +97,6 @@ pub async fn download_checkpoint(
         .into_response())
 }
 
-/// Credit of one provider or site.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct CreditLine {
-    pub provider_id: i64,
-    pub site_key: Option<String>,
-    pub backend: Option<String>,
-    pub contributions: i64,
-    pub samples: i64,
-}
-
-/// Credit of a site, over its providers.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct SiteCredit {
-    pub site_key: Option<String>,
-    pub contributions: i64,
-    pub samples: i64,
-}
-
-/// A project's ledger: every applied contribution credits its provider and site with its samples.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectCredits {
-    pub project: i64,
-    pub contributions: i64,
-    pub samples: i64,
-    pub providers: Vec<CreditLine>,
-    pub sites: Vec<SiteCredit>,
-}
-
 /// The project's credit ledger. Refused and stale work earns nothing.
 #[utoipa::path(get, path = "/api/projects/{id}/credits", tag = "training", security(("bearer" = []), ("session" = [])),
     params(("id" = i64, Path, description = "The project's id")),
@@ -171,41 +112,11 @@ pub async fn project_credits(
     Path(id): Path<i64>,
 ) -> Result<Json<ProjectCredits>, AppError> {
     let row = load_owned(&state, &user, id).await?;
-    let providers = sqlx::query_as::<_, CreditLine>(
-        "SELECT c.provider_id, c.site_key, p.backend, COUNT(*) AS contributions, SUM(c.samples) AS samples
-         FROM contributions c LEFT JOIN providers p ON p.id = c.provider_id
-         WHERE c.project_id = ? GROUP BY c.provider_id ORDER BY samples DESC",
-    )
-    .bind(row.id)
-    .fetch_all(state.db())
-    .await?;
-    let sites = sqlx::query_as::<_, SiteCredit>(
-        "SELECT site_key, COUNT(*) AS contributions, SUM(samples) AS samples FROM contributions
-         WHERE project_id = ? GROUP BY site_key ORDER BY samples DESC",
-    )
-    .bind(row.id)
-    .fetch_all(state.db())
-    .await?;
+    let providers = db::training::provider_credits_of_project(state.db(), row.id).await?;
+    let sites = db::training::site_credits_of_project(state.db(), row.id).await?;
     let contributions = providers.iter().map(|p| p.contributions).sum();
     let samples = providers.iter().map(|p| p.samples).sum();
     Ok(Json(ProjectCredits { project: row.id, contributions, samples, providers, sites }))
-}
-
-/// A provider's credit in one project.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct ProviderProjectCredit {
-    pub project_id: i64,
-    pub contributions: i64,
-    pub samples: i64,
-}
-
-/// A provider's ledger.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProviderCredits {
-    pub provider: i64,
-    pub contributions: i64,
-    pub samples: i64,
-    pub projects: Vec<ProviderProjectCredit>,
 }
 
 /// A provider's credit per project, by the id its `Welcome` gave it. Public: providers have no account, and
@@ -221,20 +132,10 @@ pub async fn provider_credits(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<ProviderCredits>, AppError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM providers WHERE id = ?)")
-        .bind(id)
-        .fetch_one(state.db())
-        .await?;
-    if !exists {
+    if !db::training::provider_exists(state.db(), id).await? {
         return Err(AppError::NotFound("provider"));
     }
-    let projects = sqlx::query_as::<_, ProviderProjectCredit>(
-        "SELECT project_id, COUNT(*) AS contributions, SUM(samples) AS samples FROM contributions
-         WHERE provider_id = ? GROUP BY project_id ORDER BY project_id",
-    )
-    .bind(id)
-    .fetch_all(state.db())
-    .await?;
+    let projects = db::training::project_credits_of_provider(state.db(), id).await?;
     let contributions = projects.iter().map(|p| p.contributions).sum();
     let samples = projects.iter().map(|p| p.samples).sum();
     Ok(Json(ProviderCredits { provider: id, contributions, samples, projects }))

@@ -3,52 +3,15 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-use crate::auth::{AuthMethod, CurrentUser, password};
-use crate::db::now_unix;
+pub use daig_shared::api::accounts::{EMAIL_MAX_BYTES, Me, PASSWORD_CHARS, SignUp, USERNAME_CHARS, UserView};
+
+use crate::auth::{CurrentUser, password};
+use crate::db::{self, now_unix};
 use crate::error::{AppError, ErrorBody, FieldError};
 use crate::extract::Json;
 use crate::limits::AuthRateLimit;
 use crate::state::AppState;
-
-/// Password length in characters.
-pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
-/// Username length in characters.
-pub const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
-/// Longest e-mail address, in bytes (RFC 5321's path limit).
-pub const EMAIL_MAX_BYTES: usize = 254;
-
-/// A sign-up.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SignUp {
-    /// 3 to 32 ASCII letters, digits, `_` or `-`, starting with a letter or digit; unique ignoring case.
-    pub username: String,
-    /// An e-mail address; unique ignoring case.
-    pub email: String,
-    /// 8 to 128 characters.
-    pub password: String,
-}
-
-/// A user as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UserView {
-    pub id: i64,
-    pub username: String,
-    /// Lowercased.
-    pub email: String,
-    pub created_at_unix: i64,
-}
-
-/// The current user and how the request was authenticated.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Me {
-    #[serde(flatten)]
-    pub user: UserView,
-    pub auth: AuthMethod,
-}
 
 /// Creates an account. Rate-limited per client IP.
 #[utoipa::path(post, path = "/api/users", tag = "accounts", request_body = SignUp, responses(
@@ -70,27 +33,12 @@ pub async fn sign_up(
     if !errors.is_empty() {
         return Err(AppError::Validation(errors));
     }
-    let taken: Option<(bool,)> =
-        sqlx::query_as("SELECT username = ? COLLATE NOCASE FROM users WHERE username = ? COLLATE NOCASE OR email = ?")
-            .bind(&body.username)
-            .bind(&body.username)
-            .bind(&email)
-            .fetch_optional(state.db())
-            .await?;
-    if let Some((username_taken,)) = taken {
+    if let Some(username_taken) = db::accounts::name_or_email_taken(state.db(), &body.username, &email).await? {
         return Err(taken_error(username_taken));
     }
     let hash = password::hash(body.password).await?;
     let now = now_unix();
-    let inserted = sqlx::query_scalar::<_, i64>(
-        "INSERT INTO users (username, email, password_hash, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-    )
-    .bind(&body.username)
-    .bind(&email)
-    .bind(hash)
-    .bind(now)
-    .fetch_one(state.db())
-    .await;
+    let inserted = db::accounts::insert_user(state.db(), &body.username, &email, &hash, now).await;
     let id = match inserted {
         Ok(id) => id,
         // A sign-up with the same name that raced this one between the check and the insert.
@@ -117,8 +65,7 @@ fn taken_error(username: bool) -> AppError {
     (status = 401, description = "No valid credentials", body = ErrorBody),
 ))]
 pub async fn me(State(state): State<AppState>, user: CurrentUser) -> Result<Json<Me>, AppError> {
-    let created_at_unix: i64 =
-        sqlx::query_scalar("SELECT created_at FROM users WHERE id = ?").bind(user.id).fetch_one(state.db()).await?;
+    let created_at_unix = db::accounts::user_created_at(state.db(), user.id).await?;
     Ok(Json(Me {
         user: UserView { id: user.id, username: user.username, email: user.email, created_at_unix },
         auth: user.auth,

@@ -5,11 +5,11 @@ use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
 
 /// The session cookie's name.
-pub const SESSION: &str = "daig_session";
+pub const SESSION: &str = daig_shared::api::accounts::SESSION_COOKIE;
 /// The CSRF cookie's name.
-pub const CSRF: &str = "daig_csrf";
+pub const CSRF: &str = daig_shared::api::accounts::CSRF_COOKIE;
 /// The header that must repeat the CSRF cookie on cookie-authenticated writes.
-pub const CSRF_HEADER: &str = "x-csrf-token";
+pub const CSRF_HEADER: &str = daig_shared::api::accounts::CSRF_HEADER;
 
 /// The value of cookie `name` in the request's `Cookie` headers, if any.
 pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

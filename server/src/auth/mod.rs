@@ -10,22 +10,12 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
-use serde::Serialize;
-use utoipa::ToSchema;
 
-use crate::db::now_unix;
+pub use daig_shared::api::accounts::AuthMethod;
+
+use crate::db::{self, now_unix};
 use crate::error::AppError;
 use crate::state::AppState;
-
-/// How the current request was authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AuthMethod {
-    /// An API token, by its id.
-    Token { token_id: i64 },
-    /// A dashboard session cookie, by the session's id.
-    Session { session_id: i64 },
-}
 
 /// The authenticated user of a request.
 ///
@@ -93,41 +83,21 @@ async fn by_token(state: &AppState, token: &str) -> Result<CurrentUser, AppError
         return Err(INVALID_CREDENTIAL);
     }
     let now = now_unix();
-    let row: Option<(i64, Option<i64>, i64, String, String)> = sqlx::query_as(
-        "SELECT t.id, t.last_used_at, u.id, u.username, u.email FROM api_tokens t JOIN users u ON u.id = t.user_id
-         WHERE t.token_hash = ? AND t.revoked_at IS NULL AND t.expires_at > ?",
-    )
-    .bind(secret::digest(token))
-    .bind(now)
-    .fetch_optional(state.db())
-    .await?;
-    let (token_id, last_used_at, id, username, email) = row.ok_or(INVALID_CREDENTIAL)?;
+    let row = db::accounts::find_live_token(state.db(), &secret::digest(token), now).await?;
+    let (token_id, last_used_at, user) = row.ok_or(INVALID_CREDENTIAL)?;
     // Decided on the value read, not in the UPDATE's WHERE: an UPDATE that changes no row still takes SQLite's
     // write lock, which every request of a busy token would then queue for (see BENCHMARKS.md). The condition is
     // kept in the UPDATE too, so that concurrent requests write at most once.
     if last_used_at.is_none_or(|t| t < now - LAST_USED_GRANULARITY_SECS) {
-        sqlx::query(
-            "UPDATE api_tokens SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
-        )
-        .bind(now)
-        .bind(token_id)
-        .bind(now - LAST_USED_GRANULARITY_SECS)
-        .execute(state.db())
-        .await?;
+        db::accounts::touch_token(state.db(), token_id, now, now - LAST_USED_GRANULARITY_SECS).await?;
     }
+    let db::accounts::UserRow { id, username, email } = user;
     Ok(CurrentUser { id, username, email, auth: AuthMethod::Token { token_id } })
 }
 
 async fn by_session(state: &AppState, session: &str) -> Result<(CurrentUser, Vec<u8>), AppError> {
-    let row: Option<(i64, Vec<u8>, i64, String, String)> = sqlx::query_as(
-        "SELECT s.id, s.csrf_hash, u.id, u.username, u.email FROM sessions s JOIN users u ON u.id = s.user_id
-         WHERE s.token_hash = ? AND s.expires_at > ?",
-    )
-    .bind(secret::digest(session))
-    .bind(now_unix())
-    .fetch_optional(state.db())
-    .await?;
-    let (session_id, csrf_hash, id, username, email) = row.ok_or(INVALID_CREDENTIAL)?;
+    let row = db::accounts::find_live_session(state.db(), &secret::digest(session), now_unix()).await?;
+    let (session_id, csrf_hash, db::accounts::UserRow { id, username, email }) = row.ok_or(INVALID_CREDENTIAL)?;
     Ok((CurrentUser { id, username, email, auth: AuthMethod::Session { session_id } }, csrf_hash))
 }
 

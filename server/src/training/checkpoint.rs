@@ -12,9 +12,10 @@ use daig_shared::params::{from_safetensors, to_safetensors};
 use daig_shared::train::OptimizerState;
 use serde::{Deserialize, Serialize};
 
+use super::error::TrainingError;
 use super::plan::Unit;
-use crate::db::now_unix;
-use crate::error::AppError;
+use crate::db::{self, now_unix};
+use crate::project::keys;
 use crate::state::AppState;
 
 /// Checkpoints kept per project; older ones are deleted.
@@ -33,21 +34,15 @@ pub struct TrainerState {
     pub optimizer: OptimizerState,
 }
 
-/// Keys of a checkpoint's objects.
-pub fn keys(project: i64, version: u64) -> (String, String) {
-    let dir = format!("projects/{project}/checkpoints/{version:012}");
-    (format!("{dir}/params.safetensors"), format!("{dir}/state.bin"))
-}
-
-fn internal(context: &str, e: impl std::fmt::Display) -> AppError {
-    AppError::Internal(anyhow::anyhow!("{context}: {e}"))
+fn internal(context: &str, e: impl std::fmt::Display) -> TrainingError {
+    TrainingError::other(context, e)
 }
 
 /// Parameters as a safetensors file with the model spec and version in its metadata.
 ///
 /// # Errors
 /// Parameters that do not fit the model.
-pub fn params_file(model: &Model, params: &[f32], version: u64) -> Result<Vec<u8>, AppError> {
+pub fn params_file(model: &Model, params: &[f32], version: u64) -> Result<Vec<u8>, TrainingError> {
     let metadata = BTreeMap::from([
         ("daig.model".to_owned(), model.spec.to_json()),
         ("daig.version".to_owned(), version.to_string()),
@@ -66,52 +61,26 @@ pub async fn save(
     model: &Model,
     params: &[f32],
     trainer: &TrainerState,
-) -> Result<(), AppError> {
-    let (params_key, state_key) = keys(project, trainer.version);
+) -> Result<(), TrainingError> {
+    let (params_key, state_key) = keys::checkpoint_keys(project, trainer.version);
     let file = params_file(model, params, trainer.version)?;
     let blob = postcard::to_allocvec(trainer).map_err(|e| internal("encoding trainer state", e))?;
-    let size = (file.len() + blob.len()) as i64;
+    let size = (file.len() + blob.len()) as u64;
     state.store().put(&state_key, Bytes::from(blob)).await?;
     state.store().put(&params_key, Bytes::from(file)).await?;
-    let version = i64::try_from(trainer.version).unwrap_or(i64::MAX);
-    let epoch = i64::try_from(trainer.epoch).unwrap_or(i64::MAX);
     let mut tx = state.db().begin().await?;
-    sqlx::query(
-        "INSERT OR REPLACE INTO checkpoints (project_id, version, epoch, params_key, state_key, size_bytes, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(project)
-    .bind(version)
-    .bind(epoch)
-    .bind(&params_key)
-    .bind(&state_key)
-    .bind(size)
-    .bind(now_unix())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE projects SET version = ?, epoch = ?, checkpoint_version = ?, updated_at = ? WHERE id = ?")
-        .bind(version)
-        .bind(epoch)
-        .bind(version)
-        .bind(now_unix())
-        .bind(project)
-        .execute(&mut *tx)
-        .await?;
+    let checkpoint = db::training::NewCheckpoint {
+        version: trainer.version,
+        epoch: trainer.epoch,
+        params_key: &params_key,
+        state_key: &state_key,
+        size_bytes: size,
+    };
+    db::training::record_checkpoint(&mut tx, project, &checkpoint, now_unix()).await?;
     tx.commit().await?;
-    let old: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT version, params_key, state_key FROM checkpoints WHERE project_id = ? ORDER BY version DESC LIMIT -1
-         OFFSET ?",
-    )
-    .bind(project)
-    .bind(KEEP as i64)
-    .fetch_all(state.db())
-    .await?;
+    let old = db::training::checkpoints_beyond(state.db(), project, KEEP).await?;
     for (version, params_key, state_key) in old {
-        sqlx::query("DELETE FROM checkpoints WHERE project_id = ? AND version = ?")
-            .bind(project)
-            .bind(version)
-            .execute(state.db())
-            .await?;
+        db::training::delete_checkpoint(state.db(), project, version).await?;
         // Best effort: an object left behind is removed with the project.
         for key in [params_key, state_key] {
             if let Err(e) = state.store().delete(&key).await {
@@ -130,19 +99,10 @@ pub async fn load_latest(
     state: &AppState,
     project: i64,
     model: &Model,
-) -> Result<Option<(Vec<f32>, TrainerState)>, AppError> {
-    let version: Option<i64> = sqlx::query_scalar("SELECT checkpoint_version FROM projects WHERE id = ?")
-        .bind(project)
-        .fetch_optional(state.db())
-        .await?
-        .flatten();
+) -> Result<Option<(Vec<f32>, TrainerState)>, TrainingError> {
+    let version = db::training::checkpoint_version(state.db(), project).await?;
     let Some(version) = version else { return Ok(None) };
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT params_key, state_key FROM checkpoints WHERE project_id = ? AND version = ?")
-            .bind(project)
-            .bind(version)
-            .fetch_optional(state.db())
-            .await?;
+    let row = db::training::checkpoint_keys(state.db(), project, version).await?;
     let Some((params_key, state_key)) = row else {
         return Err(internal("checkpoint", format!("version {version} is recorded but not registered")));
     };

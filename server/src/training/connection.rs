@@ -32,9 +32,9 @@ use tokio::time::Instant;
 use super::coordinator::{Event, JoinRequest, Joined};
 use super::data::ShardObject;
 use super::{Detach, ParamsSnapshot, ProjectHandle, SocketOrigin, ToProvider};
-use crate::api::projects::{Access, TrainingSettings, parse_origin};
-use crate::db::now_unix;
+use crate::db::{self, now_unix};
 use crate::error::AppError;
+use crate::project::{Access, TrainingSettings, parse_origin};
 use crate::state::AppState;
 
 /// Time a new connection has to send its `Hello`.
@@ -131,15 +131,9 @@ impl<S: Socket> Connection<S> {
                 return;
             }
         };
-        let id: i64 = match sqlx::query_scalar(
-            "INSERT INTO providers (backend, adapter, site_key, connected_at) VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(format!("{:?}", hello.backend))
-        .bind(&hello.adapter)
-        .bind(&hello.site_key)
-        .bind(now_unix())
-        .fetch_one(state.db())
-        .await
+        let backend = format!("{:?}", hello.backend);
+        let site_key = hello.site_key.as_deref();
+        let id = match db::training::register_provider(state.db(), &backend, &hello.adapter, site_key, now_unix()).await
         {
             Ok(id) => id,
             Err(e) => {
@@ -165,11 +159,7 @@ impl<S: Socket> Connection<S> {
             let _ = connection.send(&Frame::Goodbye(Goodbye { reason, detail })).await;
         }
         let _ = connection.socket.send(Message::Close(None)).await;
-        let _ = sqlx::query("UPDATE providers SET disconnected_at = ? WHERE id = ?")
-            .bind(now_unix())
-            .bind(id)
-            .execute(connection.state.db())
-            .await;
+        let _ = db::training::provider_disconnected(connection.state.db(), id, now_unix()).await;
     }
 
     async fn send(&mut self, frame: &Frame<'_>) -> Result<(), Stop> {
@@ -272,12 +262,9 @@ impl<S: Socket> Connection<S> {
 
     /// A project named in `Hello` that is not running: wait if it may run later, else refuse.
     async fn check_waitable(&mut self, id: i64) -> Result<(), Stop> {
-        let row: Option<(String, Option<String>, String)> =
-            sqlx::query_as("SELECT state, site_key, settings_json FROM projects WHERE id = ?")
-                .bind(id)
-                .fetch_optional(self.state.db())
-                .await
-                .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
+        let row = db::projects::admission(self.state.db(), id)
+            .await
+            .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
         match row {
             Some((state, site_key, settings)) if state == "draft" || state == "paused" || state == "running" => {
                 if site_key.is_some() && site_key != self.hello.site_key {

@@ -26,8 +26,8 @@ use super::core::{Core, CoreConfig, Effect, EvalRequest, JoinInfo, Restore};
 use super::data::{ShardObject, Validation};
 use super::error::TrainingError;
 use super::{LiveStatus, ParamsSnapshot, ToProvider};
-use crate::api::projects::ProjectRow;
-use crate::db::now_unix;
+use crate::db::{self, now_unix};
+use crate::project::{ProjectRow, keys};
 use crate::state::AppState;
 
 pub use super::core::Command;
@@ -120,7 +120,9 @@ impl Coordinator {
         };
         let optimizer = Optimizer::restore(settings.optimizer.clone(), trainer.optimizer.clone(), n)
             .map_err(|e| TrainingError::other("restoring the optimiser", e))?;
-        super::ledger::reset_after(state.db(), row.id, trainer.version, trainer.epoch).await?;
+        let mut tx = state.db().begin().await?;
+        db::training::reset_after(&mut tx, row.id, trainer.version, trainer.epoch).await?;
+        tx.commit().await?;
         let project = ProjectId(u64::try_from(row.id).unwrap_or(0));
         let validation = data.validation.take().map(Arc::new);
         let config = CoreConfig {
@@ -286,12 +288,20 @@ impl Coordinator {
         while let Some(effect) = self.core.poll_effect() {
             match effect {
                 Effect::Send { provider, message } => self.send(provider, message),
-                Effect::Persist(update) => super::ledger::record_update(self.state.db(), self.id, &update).await?,
+                Effect::Persist(update) => {
+                    let mut tx = self.state.db().begin().await?;
+                    let (version, epoch) = (update.version, update.epoch);
+                    db::training::record_update(&mut tx, self.id, version, epoch, &update.contributions, now_unix())
+                        .await?;
+                    tx.commit().await?;
+                }
                 Effect::Publish(snapshot) => {
                     self.params_tx.send_replace(snapshot);
                 }
                 Effect::Evaluate(request) => self.evaluate(request),
-                Effect::RecordMetrics(row) => super::ledger::record_metrics(self.state.db(), self.id, &row).await?,
+                Effect::RecordMetrics(row) => {
+                    db::training::record_metrics(self.state.db(), self.id, &row, now_unix()).await?;
+                }
                 Effect::Checkpoint { params, state } => {
                     checkpoint::save(&self.state, self.id, &self.model, &params, &state).await?;
                 }
@@ -335,10 +345,10 @@ impl Coordinator {
     /// Stores the final model and its metrics, marks the project finished and leaves the registry.
     async fn finish(&mut self, version: u64, params: &[f32]) -> Result<(), TrainingError> {
         let file = checkpoint::params_file(&self.model, params, version)?;
-        self.state.store().put(&crate::api::projects::model_key(self.id), bytes::Bytes::from(file)).await?;
+        self.state.store().put(&keys::model_key(self.id), bytes::Bytes::from(file)).await?;
         let metrics = super::metrics_json(&self.state, self.id).await?;
-        self.state.store().put(&super::metrics_key(self.id), bytes::Bytes::from(metrics)).await?;
-        super::ledger::mark_finished(self.state.db(), self.id).await?;
+        self.state.store().put(&keys::metrics_key(self.id), bytes::Bytes::from(metrics)).await?;
+        db::training::mark_finished(self.state.db(), self.id, now_unix()).await?;
         self.publish_status();
         self.state.training().forget(self.id);
         Ok(())

@@ -10,8 +10,9 @@ use daig_shared::train::{Batch, Evaluation, Labels, Trainer};
 use daig_shared::wire::{Normalisation, ShardHash};
 use ndarray::{Array2, ArrayView2};
 
+use super::error::TrainingError;
 use super::plan::TrainShard;
-use crate::error::AppError;
+use crate::db;
 use crate::state::AppState;
 
 /// Where a shard's bytes are.
@@ -53,19 +54,8 @@ impl Validation {
     }
 }
 
-fn parse_hash(hex: &str) -> Option<ShardHash> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(ShardHash(out))
-}
-
-fn internal(context: &str, e: impl std::fmt::Display) -> AppError {
-    AppError::Internal(anyhow::anyhow!("{context}: {e}"))
+fn internal(context: &str, e: impl std::fmt::Display) -> TrainingError {
+    TrainingError::other(context, e)
 }
 
 /// Loads the shard list of project `id` and decodes its validation shards.
@@ -77,29 +67,24 @@ pub async fn load(
     id: i64,
     model: &Model,
     normalization: Option<&Normalization>,
-) -> Result<ProjectData, AppError> {
-    let rows: Vec<(String, i64, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT role, number, object_key, sha256, sample_count, size_bytes FROM shards WHERE project_id = ?
-         ORDER BY role, number",
-    )
-    .bind(id)
-    .fetch_all(state.db())
-    .await?;
-    let dtype_name: Option<String> = sqlx::query_scalar("SELECT feature_dtype FROM datasets WHERE project_id = ?")
-        .bind(id)
-        .fetch_optional(state.db())
-        .await?;
-    let dtype_name = dtype_name.ok_or_else(|| AppError::Conflict {
-        message: "the project has no dataset; upload one before training".into(),
-        field: "dataset",
-    })?;
+) -> Result<ProjectData, TrainingError> {
+    let rows = db::datasets::shards(state.db(), id).await?;
+    let dtype_name = db::datasets::feature_dtype(state.db(), id).await?.ok_or(TrainingError::NoDataset)?;
     let mut train = Vec::new();
     let mut objects = HashMap::new();
     let mut validation_keys = Vec::new();
     let dtype = dtype_from_name(&dtype_name);
     let normalization = resolve(normalization, dtype);
-    for (role, number, key, sha, samples, size) in rows {
-        let hash = parse_hash(&sha).ok_or_else(|| internal("stored shard hash", &sha))?;
+    for db::datasets::ShardRow {
+        role,
+        number,
+        object_key: key,
+        sha256: sha,
+        sample_count: samples,
+        size_bytes: size,
+    } in rows
+    {
+        let hash: ShardHash = sha.parse().map_err(|e| internal(&format!("stored shard hash {sha:?}"), e))?;
         objects.insert(hash, ShardObject { key: key.clone(), size_bytes: u64::try_from(size).unwrap_or(0) });
         if role == "train" {
             train.push(TrainShard {
@@ -145,7 +130,7 @@ pub async fn load(
     let (sub, div) = normalization.affine(dtype).map_err(|e| internal("normalisation", e))?;
     let wire_normalisation = Normalisation::Global { offset: sub, scale: 1.0 / div };
     let validation = (rows_read > 0)
-        .then(|| -> Result<Validation, AppError> {
+        .then(|| -> Result<Validation, TrainingError> {
             let x = Array2::from_shape_vec((rows_read, width), features).map_err(|e| internal("validation", e))?;
             let labels = if classes.len() == rows_read {
                 ValidationLabels::Classes(classes)

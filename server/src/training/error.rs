@@ -1,6 +1,7 @@
 //! [`TrainingError`]: why training a project could not start or had to stop, with its cause.
 
 use crate::error::AppError;
+use crate::project::CorruptProject;
 use crate::store::StoreError;
 
 /// Why a coordinator could not start or stopped. Its `Display` carries the whole cause, for the logs; the API
@@ -28,13 +29,9 @@ impl TrainingError {
     }
 }
 
-impl From<AppError> for TrainingError {
-    fn from(e: AppError) -> TrainingError {
-        match e {
-            AppError::Conflict { field: "dataset", .. } => TrainingError::NoDataset,
-            AppError::Internal(cause) => TrainingError::Other(cause),
-            other => TrainingError::Other(anyhow::Error::new(other)),
-        }
+impl From<CorruptProject> for TrainingError {
+    fn from(e: CorruptProject) -> TrainingError {
+        TrainingError::Other(e.0)
     }
 }
 
@@ -55,7 +52,7 @@ mod tests {
 
     #[test]
     fn causes_reach_the_message() {
-        let e = TrainingError::from(AppError::Internal(anyhow::anyhow!("disk full").context("writing a checkpoint")));
+        let e = TrainingError::from(CorruptProject(anyhow::anyhow!("disk full").context("writing a checkpoint")));
         assert_eq!(e.to_string(), "writing a checkpoint: disk full");
         let e = TrainingError::other("reading trainer state", "unexpected end of input");
         assert_eq!(e.to_string(), "reading trainer state: unexpected end of input");

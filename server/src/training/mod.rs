@@ -7,7 +7,6 @@
 //!   K-batch sync SGD, epochs): events and the time in, effects out.
 //! - [`coordinator`]: the task around a project's core that carries out its effects (messages, the ledger,
 //!   evaluations, checkpoints, the final model).
-//! - [`ledger`]: the database records of training.
 //! - [`error`]: the training error type, [`TrainingError`], whose causes reach the logs.
 //! - [`connection`]: one provider's socket (a `Sink`/`Stream` of messages): the handshake, frames, transfers,
 //!   heartbeats and assignment to projects.
@@ -25,7 +24,6 @@ pub mod coordinator;
 pub mod core;
 pub mod data;
 pub mod error;
-pub mod ledger;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -34,13 +32,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use daig_shared::wire::{Ack, CancelLease, Lease};
-use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use utoipa::ToSchema;
 
 use self::core::LeaseIds;
-use crate::api::projects::{Access, ProjectRow};
-use crate::error::AppError;
+use crate::db;
+use crate::project::{Access, ProjectRow};
 use crate::state::AppState;
 use coordinator::{Command, Coordinator, Event};
 pub use error::TrainingError;
@@ -84,19 +80,7 @@ impl fmt::Display for Detach {
     }
 }
 
-/// A provider working on a project, as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LiveProvider {
-    pub id: u64,
-    /// `WebGpu`, `Vulkan`, `Metal`, `Dx12`, `Gl` or `Cpu`.
-    pub backend: String,
-    pub adapter: String,
-    /// Measured training speed (its own estimate until its first contribution).
-    pub samples_per_sec: f64,
-    pub contributions_applied: u64,
-    pub site_key: Option<String>,
-    pub connected_at_unix: i64,
-}
+pub use daig_shared::api::training::{LiveProvider, MetricPoint};
 
 /// A running project's state, published by its coordinator.
 #[derive(Debug, Clone, Default)]
@@ -267,10 +251,7 @@ pub async fn start(state: &AppState, row: &ProjectRow) -> Result<(), TrainingErr
 
 /// Starts every project the database says is running: after a restart they resume from their checkpoints.
 pub async fn resume_running(state: &AppState) {
-    let rows = match sqlx::query_as::<_, ProjectRow>("SELECT * FROM projects WHERE state = 'running'")
-        .fetch_all(state.db())
-        .await
-    {
+    let rows = match db::projects::list_running(state.db()).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::error!("cannot list running projects: {e}");
@@ -285,45 +266,20 @@ pub async fn resume_running(state: &AppState) {
     }
 }
 
-/// The key of a finished project's metrics file.
-pub fn metrics_key(id: i64) -> String {
-    format!("projects/{id}/model/metrics.json")
-}
-
-/// One row of a project's metrics history.
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
-pub struct MetricPoint {
-    pub version: i64,
-    pub epoch: i64,
-    /// Training samples applied up to this version.
-    pub samples: i64,
-    /// Mean training loss of the contributions since the previous row.
-    pub train_loss: Option<f64>,
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-    pub at_unix: i64,
-}
-
 /// The project's metrics history, oldest first.
 ///
 /// # Errors
 /// A database error.
-pub async fn metrics_history(state: &AppState, id: i64) -> Result<Vec<MetricPoint>, AppError> {
-    Ok(sqlx::query_as::<_, MetricPoint>(
-        "SELECT version, epoch, samples, train_loss, val_loss, val_accuracy, at AS at_unix FROM metrics
-         WHERE project_id = ? ORDER BY version",
-    )
-    .bind(id)
-    .fetch_all(state.db())
-    .await?)
+pub async fn metrics_history(state: &AppState, id: i64) -> Result<Vec<MetricPoint>, TrainingError> {
+    Ok(db::training::metrics_history(state.db(), id).await?)
 }
 
 /// The metrics history as the JSON file stored beside the final model.
 ///
 /// # Errors
 /// A database error.
-pub async fn metrics_json(state: &AppState, id: i64) -> Result<Vec<u8>, AppError> {
-    let history = metrics_history(state, id).await?;
+pub async fn metrics_json(state: &AppState, id: i64) -> Result<Vec<u8>, TrainingError> {
+    let history = db::training::metrics_history(state.db(), id).await?;
     serde_json::to_vec_pretty(&serde_json::json!({ "project": id, "metrics": history }))
-        .map_err(|e| AppError::Internal(anyhow::Error::new(e)))
+        .map_err(|e| TrainingError::other("writing the metrics file", e))
 }

@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use daig_server::shared::data::ShardView;
+use daig_server::shared::wire::ShardHash;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
@@ -69,7 +70,7 @@ async fn an_npy_pair_is_validated_and_sharded_into_the_store() {
     assert_eq!(recorded.len(), 4);
     for (key, sha256, count) in recorded {
         let bytes = app.state.store().get(&key, 1 << 20).await.unwrap();
-        let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let hex = ShardHash(Sha256::digest(&bytes).into()).to_string();
         assert_eq!(hex, sha256, "{key}");
         let view = ShardView::decode(&bytes).unwrap();
         assert_eq!(view.len() as i64, count);
@@ -362,7 +363,7 @@ async fn assert_shards_match_rows(app: &TestApp, id: i64) {
     assert!(!rows.is_empty());
     for (key, sha256, _) in &rows {
         let bytes = app.state.store().get(key, 1 << 24).await.unwrap_or_else(|e| panic!("{key}: {e}"));
-        let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let hex = ShardHash(Sha256::digest(&bytes).into()).to_string();
         assert_eq!(&hex, sha256, "{key}");
     }
     let stored: Vec<String> =

@@ -311,7 +311,7 @@ pub fn to_vec<T: Element>(shape: &[usize], data: &[T]) -> Result<Vec<u8>, DataEr
 /// [`DataError::Malformed`] when `data` is not `info.byte_len()` bytes long, [`DataError::Io`] when `w` fails.
 pub fn write_raw(w: &mut impl Write, info: &ArrayInfo, data: &[u8]) -> Result<u64, DataError> {
     check_len(info, data.len() / info.dtype.size())?;
-    if data.len() % info.dtype.size() != 0 {
+    if !data.len().is_multiple_of(info.dtype.size()) {
         return Err(malformed(&format!("{} bytes are not a whole number of {} elements", data.len(), info.dtype)));
     }
     let offset = write_header(w, info)?;

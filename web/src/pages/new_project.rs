@@ -14,6 +14,7 @@ use web_sys::{Element, HtmlElement};
 use super::{alert_box, page, show_message};
 use crate::app;
 use crate::dom::{self, El, el, field, input, select};
+use daig_shared::api::settings::{SETTINGS as SETTING_INFO, TrainingSettings};
 use daig_shared::model::{LayerKind, Loss};
 
 use crate::model::{self, LayerRow, ModelDraft};
@@ -23,106 +24,74 @@ thread_local! {
     static DRAFT: RefCell<ModelDraft> = RefCell::new(ModelDraft::mnist_mlp());
 }
 
-/// A training setting: id suffix (the field after `settings.`), label, default, hint, whether advanced.
+/// A training setting in the form: id suffix (the field after `settings.`), label, whether advanced. Its
+/// default, range and explanation come from `daig_shared::api::settings::SETTINGS`, the table the server
+/// validates with.
 struct Setting {
     key: &'static str,
     label: &'static str,
-    default: &'static str,
-    hint: &'static str,
     advanced: bool,
 }
 
+const fn setting(key: &'static str, label: &'static str, advanced: bool) -> Setting {
+    Setting { key, label, advanced }
+}
+
+/// The settings typed as numbers. `learning_rate` is the server optimiser's (`optimizer.learning_rate`);
+/// the others are in `FORM_ELSEWHERE`.
 const SETTINGS: &[Setting] = &[
-    Setting { key: "epochs", label: "Epochs", default: "10", hint: "Passes over the training set.", advanced: false },
-    Setting {
-        key: "target_accuracy",
-        label: "Target accuracy",
-        default: "",
-        hint: "Stop at the first epoch end with this validation accuracy (0 to 1); empty trains every epoch.",
-        advanced: false,
-    },
-    Setting {
-        key: "batch_size",
-        label: "Batch size",
-        default: "32",
-        hint: "Samples per local step on a provider (1 to 4096).",
-        advanced: false,
-    },
-    Setting {
-        key: "learning_rate",
-        label: "Learning rate",
-        default: "0.001",
-        hint: "Step size of the server's optimiser.",
-        advanced: false,
-    },
-    Setting {
-        key: "k",
-        label: "Contributions per update (K)",
-        default: "4",
-        hint: "Contributions averaged into one update; the global batch is K × batch size.",
-        advanced: true,
-    },
-    Setting {
-        key: "max_staleness",
-        label: "Max staleness",
-        default: "2",
-        hint: "How many versions old a contribution may be; older ones count less, then not at all.",
-        advanced: true,
-    },
-    Setting {
-        key: "local_steps",
-        label: "Local steps",
-        default: "1",
-        hint: "SGD steps a provider takes per contribution.",
-        advanced: true,
-    },
-    Setting {
-        key: "local_learning_rate",
-        label: "Local learning rate",
-        default: "1",
-        hint: "Providers' local step size; with several local steps use e.g. 0.05 and server SGD at rate 1.",
-        advanced: true,
-    },
-    Setting {
-        key: "validation_fraction",
-        label: "Validation fraction",
-        default: "0.1",
-        hint: "Share of samples held out to measure accuracy (0 to 0.5).",
-        advanced: true,
-    },
-    Setting {
-        key: "seed",
-        label: "Seed",
-        default: "0",
-        hint: "Seeds the shuffle, the split and the initial parameters.",
-        advanced: true,
-    },
-    Setting {
-        key: "max_providers",
-        label: "Max providers",
-        default: "64",
-        hint: "Providers training at once.",
-        advanced: true,
-    },
-    Setting {
-        key: "checkpoint_every",
-        label: "Checkpoint every",
-        default: "50",
-        hint: "Updates between checkpoints (also at every epoch's end and on pause).",
-        advanced: true,
-    },
-    Setting {
-        key: "samples_per_shard",
-        label: "Samples per shard",
-        default: "1024",
-        hint: "How the dataset is cut for providers to download.",
-        advanced: true,
-    },
+    setting("epochs", "Epochs", false),
+    setting("target_accuracy", "Target accuracy", false),
+    setting("batch_size", "Batch size", false),
+    setting("learning_rate", "Learning rate", false),
+    setting("k", "Contributions per update (K)", true),
+    setting("max_staleness", "Max staleness", true),
+    setting("local_steps", "Local steps", true),
+    setting("local_learning_rate", "Local learning rate", true),
+    setting("validation_fraction", "Validation fraction", true),
+    setting("seed", "Seed", true),
+    setting("max_providers", "Max providers", true),
+    setting("checkpoint_every", "Checkpoint every", true),
+    setting("samples_per_shard", "Samples per shard", true),
 ];
+
+/// Settings of the shared table that the form sets with controls of their own (the optimiser's method and
+/// learning rate, access, sites) or leaves at their defaults (aggregation, normalisation).
+#[cfg(test)]
+const FORM_ELSEWHERE: &[&str] = &["optimizer", "access", "sites", "aggregation", "normalization"];
+
+/// A setting's default as the form shows it: empty for `null`.
+fn default_text(key: &str) -> String {
+    if key == "learning_rate" {
+        return TrainingSettings::default().optimizer.learning_rate.to_string();
+    }
+    match SETTING_INFO.iter().find(|info| info.name == key) {
+        Some(info) if info.default != "null" => info.default.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A setting's explanation with its range.
+fn hint(key: &str) -> String {
+    let Some(info) = SETTING_INFO.iter().find(|info| info.name == key) else {
+        return "Step size of the server's optimiser.".to_owned();
+    };
+    let mut hint = info.explanation.to_owned();
+    match (info.min, info.max) {
+        (Some(min), Some(max)) => hint.push_str(&format!(" From {min} to {max}.")),
+        (Some(min), None) => hint.push_str(&format!(" At least {min}.")),
+        _ => {}
+    }
+    if info.default == "null" {
+        hint.push_str(" Empty: none.");
+    }
+    hint
+}
 
 fn setting_field(s: &Setting) -> El {
     let id = format!("s-{}", s.key);
-    field(s.label, input(&id, "text").attr("inputmode", "decimal").attr("value", s.default), Some(s.hint))
+    let input = input(&id, "text").attr("inputmode", "decimal").attr("value", &default_text(s.key));
+    field(s.label, input, Some(&hint(s.key)))
 }
 
 pub fn render(main: &Element) {
@@ -607,5 +576,34 @@ fn set_busy(busy: bool) {
             let _ = button.remove_attribute("disabled");
             button.set_text_content(Some("Create project"));
         }
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    /// A setting added to the shared table fails here until the form shows it or says where it is set.
+    #[test]
+    fn the_form_covers_every_shared_setting_with_its_default() {
+        for info in SETTING_INFO {
+            let in_form = SETTINGS.iter().any(|s| s.key == info.name);
+            let elsewhere = FORM_ELSEWHERE.contains(&info.name);
+            assert!(in_form != elsewhere, "{} must be in exactly one of SETTINGS and FORM_ELSEWHERE", info.name);
+            if in_form {
+                let shown = default_text(info.name);
+                let expected = if info.default == "null" { "" } else { info.default };
+                assert_eq!(shown, expected, "{}", info.name);
+                assert!(hint(info.name).starts_with(info.explanation), "{}", info.name);
+            }
+        }
+        for s in SETTINGS {
+            assert!(
+                s.key == "learning_rate" || SETTING_INFO.iter().any(|info| info.name == s.key),
+                "{} is not a setting the server knows",
+                s.key
+            );
+        }
+        assert_eq!(default_text("learning_rate"), "0.001");
     }
 }
