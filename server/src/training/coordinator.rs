@@ -199,9 +199,7 @@ impl Coordinator {
                 event = events.recv() => match event {
                     Some(Event::Control { command, reply }) => {
                         self.core.stop(command);
-                        if let Err(e) = self.execute().await {
-                            tracing::error!(project = self.id, "cannot checkpoint while stopping: {e}");
-                        }
+                        self.execute_stopping().await;
                         self.publish_status();
                         let _ = reply.send(());
                         return;
@@ -209,9 +207,8 @@ impl Coordinator {
                     Some(event) => self.handle(event).await,
                     None => {
                         self.core.stop(Command::Shutdown);
-                        if let Err(e) = self.execute().await {
-                            tracing::error!(project = self.id, "cannot checkpoint while stopping: {e}");
-                        }
+                        self.execute_stopping().await;
+                        self.publish_status();
                         return;
                     }
                 },
@@ -311,6 +308,19 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Carries out the effects of a stop: when the checkpoint fails, the providers are still told (the
+    /// messages queued behind it are sent; nothing else is carried out).
+    async fn execute_stopping(&mut self) {
+        if let Err(e) = self.execute().await {
+            tracing::error!(project = self.id, "cannot checkpoint while stopping: {e}");
+            while let Some(effect) = self.core.poll_effect() {
+                if let Effect::Send { provider, message } = effect {
+                    self.send(provider, message);
+                }
+            }
+        }
+    }
+
     /// Sends without waiting; a connection that is gone or not reading leaves, and its leases return.
     fn send(&mut self, provider: ProviderId, message: ToProvider) {
         let detach = matches!(message, ToProvider::Detach(_));
@@ -336,9 +346,18 @@ impl Coordinator {
             let _ = tx.try_send((None, request, Err("an evaluation is already running".into())));
             return;
         };
+        let model = Arc::clone(&self.model);
         tokio::task::spawn_blocking(move || {
-            let result = validation.evaluate(&mut trainer, &request.params);
-            let _ = tx.blocking_send((Some(trainer), request, result));
+            let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                validation.evaluate(&mut trainer, &request.params)
+            }));
+            // A panic must not leave the epoch waiting for its evaluation: it is answered as an error, with a
+            // new trainer in place of the one it may have left half-written.
+            let done = match evaluated {
+                Ok(result) => (Some(trainer), request, result),
+                Err(_) => (Some(Trainer::new(&model)), request, Err("the evaluation panicked".to_owned())),
+            };
+            let _ = tx.blocking_send(done);
         });
     }
 

@@ -256,6 +256,8 @@ pub struct Core {
     train_loss: (f64, u64),
     eval_running: bool,
     last_eval_ms: Option<u64>,
+    /// The last version sent to evaluation: a periodic evaluation waits for a newer one.
+    last_eval_version: Option<u64>,
     epoch_end: EpochEnd,
     last_update_ms: Option<u64>,
     /// Seconds between updates, smoothed.
@@ -289,6 +291,7 @@ impl Core {
             train_loss: (0.0, 0),
             eval_running: false,
             last_eval_ms: None,
+            last_eval_version: None,
             epoch_end: EpochEnd::None,
             last_update_ms: None,
             update_interval: None,
@@ -588,8 +591,11 @@ impl Core {
         self.stopped = true;
     }
 
-    /// Lets every provider go after an error outside the core (the shell stops training).
+    /// Lets every provider go after an error outside the core (the shell stops training). Effects still
+    /// queued behind the one that failed are dropped: after a failed `Persist` its acks, parameters and any
+    /// checkpoint would claim an update the database lacks. Only the detach messages remain.
     pub fn abort(&mut self, why: String) {
+        self.effects.clear();
         self.detach_all(&Detach::Removed(why));
         self.stopped = true;
     }
@@ -845,11 +851,13 @@ impl Core {
             || self.eval_running
             || self.is_done()
             || self.last_eval_ms.is_some_and(|t| now_ms.saturating_sub(t) < EVAL_INTERVAL_MS)
+            || self.last_eval_version == Some(self.version)
         {
             return;
         }
         self.eval_running = true;
         self.last_eval_ms = Some(now_ms);
+        self.last_eval_version = Some(self.version);
         self.effects.push_back(Effect::Evaluate(EvalRequest {
             version: self.version,
             epoch: self.plan.epoch(),

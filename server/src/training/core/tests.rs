@@ -663,3 +663,46 @@ proptest! {
         prop_assert_eq!(expected.len(), world.versions.len(), "no version persisted twice");
     }
 }
+
+#[test]
+fn periodic_evaluations_wait_for_a_new_version() {
+    let mut world = World::new(config(1, 2, 1, 1), shards(&[64]));
+    // The starting parameters are evaluated once.
+    world.evaluate_all(0, 0.5);
+    world.join(0, 1, 0.0);
+    for second in 1..=5 {
+        world.core.tick(second * 1000);
+        world.drain();
+        assert!(world.evaluations.is_empty(), "version 0 is evaluated again at {second} s");
+    }
+    let lease = world.leases(1)[0].clone();
+    world.contribute(6_000, 1, &lease, 0, &[1.0; PARAMS]);
+    world.core.tick(7_000);
+    world.drain();
+    let versions: Vec<u64> = world.evaluations.iter().map(|e| e.version).collect();
+    assert_eq!(versions, vec![1], "a new version is evaluated once");
+}
+
+#[test]
+fn an_abort_after_a_failed_persist_carries_out_nothing_but_the_goodbyes() {
+    let mut world = World::new(config(1, 2, 1, 1), shards(&[64]));
+    world.evaluate_all(0, 0.5);
+    world.join(0, 1, 0.0);
+    world.join(0, 2, 0.0);
+    let lease = world.leases(1)[0].clone();
+    world.core.contribution(10, ProviderId(1), info(&lease, 0), &[1.0; PARAMS]);
+    // The shell carries effects out in order until one fails: here the update's `Persist`.
+    while !matches!(world.core.poll_effect().expect("the update is persisted"), Effect::Persist(_)) {}
+    world.core.abort("the database failed".into());
+    let mut detached = HashSet::new();
+    while let Some(effect) = world.core.poll_effect() {
+        match effect {
+            Effect::Send { provider, message: ToProvider::Detach(_) } => assert!(detached.insert(provider)),
+            // Its open leases are cancelled before it is let go.
+            Effect::Send { message: ToProvider::Cancel(_), .. } => {}
+            // No ack, lease, parameters, evaluation or checkpoint of the update that was not persisted.
+            other => panic!("{other:?} carried out after the update failed to persist"),
+        }
+    }
+    assert_eq!(detached, HashSet::from([ProviderId(1), ProviderId(2)]), "every provider is let go");
+}
