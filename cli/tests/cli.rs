@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use daig_server::AppState;
 use daig_server::Settings;
+use daig_shared::data::npy;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -181,8 +182,8 @@ fn mnist_files(daig: &Daig) -> (PathBuf, PathBuf, &'static str) {
     eprintln!("no shared/data/mnist-8k above {}: uploading 100 made-up samples", env!("CARGO_MANIFEST_DIR"));
     let pixels: Vec<u8> = (0..100 * 784).map(|i| (i % 251) as u8).collect();
     let labels: Vec<u8> = (0..100).map(|i| (i % 10) as u8).collect();
-    let features = daig.write("images.npy", &npy("|u1", &[100, 28, 28], &pixels));
-    let labels = daig.write("labels.npy", &npy("|u1", &[100], &labels));
+    let features = daig.write("images.npy", &npy::to_vec::<u8>(&[100, 28, 28], &pixels).unwrap());
+    let labels = daig.write("labels.npy", &npy::to_vec::<u8>(&[100], &labels).unwrap());
     (features, labels, "90 training + 10 validation samples")
 }
 
@@ -376,7 +377,7 @@ fn cli_treats_another_users_project_as_missing() {
     let ada = Daig::signed_up(&server, "ada");
     let bob = Daig::signed_up(&server, "bob");
     let id = ada.create_mlp(&[]).to_string();
-    let features = bob.write("x.npy", &npy("<f4", &[1, 784], &[0; 784 * 4]));
+    let features = bob.write("x.npy", &npy::to_vec(&[1, 784], &[0f32; 784]).unwrap());
     let features = features.to_str().unwrap();
     for args in [
         vec!["project", "show", &id],
@@ -437,22 +438,4 @@ fn settings(dir: &std::path::Path) -> Settings {
 fn mnist_dir() -> Option<PathBuf> {
     let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file())
-}
-
-/// A `.npy` file of `shape` with dtype `descr` (`<f4`, `|u1`, ...) and the given raw little-endian bytes.
-fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let shape = match shape {
-        [n] => format!("({n},)"),
-        dims => format!("({})", dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
-    };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
 }
