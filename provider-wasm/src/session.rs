@@ -34,13 +34,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use daig_shared::data::{Normalization, ShardLabels, ShardView};
-use daig_shared::model::{Limits, Loss, Model};
+use daig_shared::data::ShardView;
+use daig_shared::model::{Limits, Model};
+use daig_shared::train::lease::{self, LeaseInputs};
 use daig_shared::wire::{
     Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DEFAULT_MAX_TRANSFER_BYTES, Frame, Goodbye,
     GoodbyeReason, Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, Normalisation, PROTOCOL_VERSION,
-    ProjectId, ProviderId, Reassembler, SampleSelection, ShardHash, ShardRequest, ShardSamples, TrainingInfo, Transfer,
-    TransferId, TransferKind, TransferStart, Welcome, f32s_from_le_bytes,
+    ProjectId, ProviderId, Reassembler, SampleSelection, ShardHash, ShardRequest, TrainingInfo, Transfer, TransferId,
+    TransferKind, TransferStart, Welcome, f32s_from_le_bytes,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -920,8 +921,9 @@ impl Session {
         if !selection.iter().all(|s| self.memory.contains(&s.shard)) {
             return;
         }
-        let gathered = gather(&joined.model, &joined.training.normalisation, selection, &mut self.memory);
-        let (features, labels, samples) = match gathered {
+        let memory = &mut self.memory;
+        let gathered = lease::gather(&joined.model, &joined.training.normalisation, selection, |h| memory.get(&h));
+        let LeaseInputs { features, labels, samples } = match gathered {
             Ok(gathered) => gathered,
             Err(e) => {
                 let detail = format!("lease {}: {e}", lease.lease_id);
@@ -998,92 +1000,10 @@ fn check_shard(shard: ShardHash, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Gathers a lease's samples, in order, into normalised features and labels laid out for
-/// [`Engine::load_shard`]; returns them and the sample count.
-///
-/// # Errors
-/// A shard that is not held, does not fit the model, or lacks an index.
-pub fn gather(
-    model: &Model,
-    normalisation: &Normalisation,
-    selection: &[ShardSamples],
-    memory: &mut ShardMemory,
-) -> Result<(Vec<f32>, Vec<f32>, usize), String> {
-    let inputs = model.input_shape().elements().unwrap_or(0);
-    let outputs = model.output_shape().elements().unwrap_or(0);
-    let loss = model.spec.loss;
-    let samples: usize = selection.iter().map(|s| s.indices.len()).sum();
-    let width = if loss == Loss::CrossEntropy { 1 } else { outputs };
-    let mut features = vec![0.0f32; samples * inputs];
-    let mut labels = Vec::with_capacity(samples * width);
-    let mut rows = features.chunks_exact_mut(inputs.max(1));
-    for part in selection {
-        let shard = part.shard;
-        let bytes = memory.get(&shard).ok_or_else(|| format!("shard {shard} is not held"))?;
-        let view = ShardView::decode(&bytes).map_err(|e| format!("shard {shard} is not a valid shard: {e}"))?;
-        if view.sample_elements() != inputs {
-            return Err(format!(
-                "shard {shard} has samples of {} values but the model takes {inputs}",
-                view.sample_elements()
-            ));
-        }
-        check_labels(shard, &view.header().labels, loss, outputs)?;
-        for &index in &part.indices {
-            let row = rows.next().expect("one row per index");
-            view.sample_f32(index as usize, &Normalization::None, row).map_err(|e| format!("shard {shard}: {e}"))?;
-            normalise(normalisation, row);
-            let label = view.label(index as usize).map_err(|e| format!("shard {shard}: {e}"))?;
-            match label.class() {
-                Some(class) => labels.push(class as f32),
-                None => labels.extend(label.values()),
-            }
-        }
-    }
-    Ok((features, labels, samples))
-}
-
-/// Whether a shard's labels suit the model's loss: class indices below the output count for
-/// cross-entropy, targets of the output's size otherwise (or classes 0 and 1 for a binary cross-entropy
-/// with one output).
-fn check_labels(shard: ShardHash, labels: &ShardLabels, loss: Loss, outputs: usize) -> Result<(), String> {
-    let fits = match (loss, labels) {
-        (Loss::CrossEntropy, ShardLabels::Classes { count }) => *count as usize <= outputs,
-        (Loss::BinaryCrossEntropy, ShardLabels::Classes { count }) => outputs == 1 && *count <= 2,
-        (Loss::MeanSquaredError | Loss::BinaryCrossEntropy, ShardLabels::Values { shape }) => {
-            shape.iter().product::<usize>() == outputs
-        }
-        _ => false,
-    };
-    if fits {
-        Ok(())
-    } else {
-        Err(format!(
-            "shard {shard} has labels {labels:?}, which do not suit a {} loss with {outputs} outputs",
-            loss.name()
-        ))
-    }
-}
-
-/// Applies the project's normalisation to one sample, `x' = (x - offset) * scale`.
-fn normalise(normalisation: &Normalisation, row: &mut [f32]) {
-    match normalisation {
-        Normalisation::None => {}
-        Normalisation::Global { offset, scale } => {
-            for x in row {
-                *x = (*x - offset) * scale;
-            }
-        }
-        Normalisation::PerFeature { offset, scale } => {
-            for ((x, o), s) in row.iter_mut().zip(offset).zip(scale) {
-                *x = (*x - o) * s;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use daig_shared::data::{Dtype, LabelRef, ShardHeader, ShardWriter};
+    use daig_shared::data::{Dtype, LabelRef, ShardHeader, ShardLabels, ShardWriter};
+    use daig_shared::wire::ShardSamples;
     use daig_shared::wire::{RefusalReason, transfer_frames};
 
     use super::*;
@@ -1667,16 +1587,17 @@ mod tests {
         memory.insert(hash, bytes.into(), &HashSet::new());
         let norm = Normalisation::PerFeature { offset: vec![1.0, 2.0], scale: vec![2.0, 0.5] };
         let selection = [ShardSamples { shard: hash, indices: vec![1, 0, 1] }];
-        let (x, y, n) = gather(&model, &norm, &selection, &mut memory).unwrap();
+        let LeaseInputs { features: x, labels: y, samples: n } =
+            lease::gather(&model, &norm, &selection, |h| memory.get(&h)).unwrap();
         assert_eq!(n, 3);
         assert_eq!(x, vec![4.0, 1.0, 0.0, 0.0, 4.0, 1.0]);
         assert_eq!(y, vec![1.5, 2.5, 0.5, -0.5, 1.5, 2.5]);
 
         let out_of_range = [ShardSamples { shard: hash, indices: vec![2] }];
-        let e = gather(&model, &norm, &out_of_range, &mut memory).unwrap_err();
+        let e = lease::gather(&model, &norm, &out_of_range, |h| memory.get(&h)).unwrap_err();
         assert!(e.contains("sample 2 is past the shard's 2 samples"), "{e}");
         let classes = Model::from_json(MODEL, &Limits::default()).unwrap();
-        let e = gather(&classes, &Normalisation::None, &selection, &mut memory).unwrap_err();
+        let e = lease::gather(&classes, &Normalisation::None, &selection, |h| memory.get(&h)).unwrap_err();
         assert!(e.contains("samples of 2 values but the model takes 3"), "{e}");
     }
 

@@ -12,6 +12,8 @@
 //!   parameter delta, the plain gradient, evaluation and prediction.
 //! - [`optim`] holds SGD and Adam with schedules, weight decay and clipping, serialisable for checkpoints.
 //! - [`dropout`] defines dropout's keep-mask as a pure integer hash the GPU can reproduce.
+//! - [`lease`] is the computation a lease fixes (its samples gathered, then local steps), shared by providers
+//!   and by the server that recomputes it; [`verify`] compares a contribution with that recomputation.
 //!
 //! # Data conventions
 //! A batch is a [`Batch`]: `x` is `[samples, input elements]`, each row one sample flattened channels-last
@@ -31,11 +33,13 @@
 //!   sigmoid fused like softmax above. Accuracy over all `n * k` outputs: `(z > 0) == (t >= 0.5)`.
 
 pub mod dropout;
+pub mod lease;
 mod loss;
 mod matmul;
 mod network;
 pub mod optim;
 mod trainer;
+pub mod verify;
 
 use std::fmt::Debug;
 
