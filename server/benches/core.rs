@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use daig_server::training::ToProvider;
 use daig_server::training::aggregate;
-use daig_server::training::core::{Core, CoreConfig, Effect, JoinInfo, LeaseIds, Restore};
+use daig_server::training::core::{CheckPolicy, Core, CoreConfig, Effect, JoinInfo, LeaseIds, Restore};
 use daig_server::training::plan::TrainShard;
 use daig_shared::train::{Evaluation, Method, Optimizer, OptimizerConfig, Schedule};
 use daig_shared::wire::{Backend, ContributionInfo, Lease, ProjectId, ProviderId, SampleSelection, ShardHash};
@@ -68,6 +68,7 @@ impl Sim {
             checkpoint_every: 0,
             target_accuracy: None,
             has_validation: false,
+            checks: CheckPolicy::off(),
         };
         let shards = if shards == 0 {
             vec![TrainShard { number: 0, hash: ShardHash([1; 32]), samples: 60_000 }]
@@ -98,6 +99,7 @@ impl Sim {
                 cached: HashSet::new(),
                 site_key: None,
                 connected_at_unix: 0,
+                verified: 0,
             };
             sim.core.join(0, info).expect("join");
             sim.drain();

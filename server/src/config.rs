@@ -57,6 +57,10 @@ pub struct Args {
     /// Provider WebSocket connections held at once; more are refused [default: 20000].
     #[arg(long, env = "DAIG_MAX_PROVIDER_CONNECTIONS", value_name = "N")]
     pub max_provider_connections: Option<usize>,
+    /// CPU threads that recompute providers' contributions to check them, for all projects together
+    /// [default: 1].
+    #[arg(long, env = "DAIG_CHECK_THREADS", value_name = "N")]
+    pub check_threads: Option<usize>,
     /// Keep objects in this local directory [default: <data_dir>/objects, or the file's `[store]` table].
     #[arg(long, env = "DAIG_STORE_ROOT", value_name = "DIR", conflicts_with = "store_s3_bucket")]
     pub store_root: Option<PathBuf>,
@@ -104,6 +108,7 @@ pub struct FileConfig {
     pub max_upload_bytes: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
     pub max_provider_connections: Option<usize>,
+    pub check_threads: Option<usize>,
     pub secure_cookies: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
     pub log: Option<String>,
@@ -139,6 +144,8 @@ pub struct Settings {
     pub heartbeat_interval_ms: u64,
     /// Provider connections held at once.
     pub max_provider_connections: usize,
+    /// Threads that recompute contributions to check them (the CPU budget of checks).
+    pub check_threads: usize,
     /// Where objects (dataset shards, checkpoints, trained models) are kept.
     pub store: StoreConfig,
     /// Whether cookies carry `Secure` (the server is reached over HTTPS).
@@ -189,6 +196,7 @@ impl Default for Settings {
             max_upload_bytes: 2 << 30,
             heartbeat_interval_ms: 5000,
             max_provider_connections: 20_000,
+            check_threads: 1,
             store: StoreConfig::Local { root: PathBuf::from("./daig-data/objects") },
             secure_cookies: false,
             trust_forwarded_for: false,
@@ -251,6 +259,7 @@ impl Settings {
                 .max_provider_connections
                 .or(file.max_provider_connections)
                 .unwrap_or(d.max_provider_connections),
+            check_threads: args.check_threads.or(file.check_threads).unwrap_or(d.check_threads),
             secure_cookies: args.secure_cookies.or(file.secure_cookies).unwrap_or(d.secure_cookies),
             trust_forwarded_for: args.trust_forwarded_for.or(file.trust_forwarded_for).unwrap_or(d.trust_forwarded_for),
             log: args.log.or(file.log).unwrap_or(d.log),
@@ -294,6 +303,7 @@ impl Settings {
             (1..=1_000_000).contains(&self.max_provider_connections),
             "max_provider_connections must be in 1..=1000000",
         );
+        check((1..=1024).contains(&self.check_threads), "check_threads must be in 1..=1024");
         check(
             (1024..=1024 * 1024 * MIB as u64).contains(&self.max_upload_bytes),
             "max_upload_bytes must be in 1024..=1099511627776",

@@ -393,6 +393,9 @@ impl Provider {
             (Initiator::Server, GoodbyeReason::Normal) if self.options.project.is_some() => {
                 Outcome::Exit(Exit::ProjectEnded(detail.clone()))
             }
+            (Initiator::Server, GoodbyeReason::ShutOut) => {
+                Outcome::Fatal(anyhow!("the server shut this provider out: {detail}"))
+            }
             (Initiator::Server, GoodbyeReason::UnsupportedVersion { supported }) => Outcome::Fatal(anyhow!(
                 "the server speaks protocol version {supported} and this provider version {PROTOCOL_VERSION}; \
                  update the older one ({detail})"

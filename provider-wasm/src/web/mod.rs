@@ -398,6 +398,7 @@ impl Worker {
             if let Some(Closed { initiator: Initiator::Server, reason, detail }) = session.closed() {
                 self.figures.message = format!("the server ended the session ({reason:?}): {detail}");
                 if *reason == GoodbyeReason::Unauthorized
+                    || *reason == GoodbyeReason::ShutOut
                     || matches!(reason, GoodbyeReason::UnsupportedVersion { .. })
                     || (*reason == GoodbyeReason::Normal && self.options.project.is_some())
                 {

@@ -182,6 +182,7 @@ impl<S: Socket> Connection<S> {
                     tracing::info!(provider = %self.id, project = handle.id, "provider detached: {reason}");
                     match reason {
                         Detach::ShuttingDown => return Stop(Some((GoodbyeReason::ShuttingDown, reason.to_string()))),
+                        Detach::ShutOut(_) => return Stop(Some((GoodbyeReason::ShutOut, reason.to_string()))),
                         Detach::Finished | Detach::Cancelled | Detach::Removed(_)
                             if self.hello.project_id.is_some() =>
                         {

@@ -22,9 +22,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::checkpoint;
-use super::core::{Core, CoreConfig, Effect, EvalRequest, JoinInfo, Restore};
+use super::core::{CheckPolicy, Core, CoreConfig, Effect, EvalRequest, JoinInfo, Restore};
 use super::data::{ShardObject, Validation};
 use super::error::TrainingError;
+use super::verify::{CheckDone, Checker};
 use super::{LiveStatus, ParamsSnapshot, ToProvider};
 use crate::db::{self, now_unix};
 use crate::project::{ProjectRow, keys};
@@ -85,6 +86,8 @@ pub struct Coordinator {
     eval_tx: mpsc::Sender<EvalDone>,
     validation: Option<Arc<Validation>>,
     shard_objects: Arc<HashMap<ShardHash, ShardObject>>,
+    checker: Checker,
+    check_tx: mpsc::Sender<CheckDone>,
     welcome: Welcome,
     /// The origin of the core's clock.
     started: Instant,
@@ -138,6 +141,7 @@ impl Coordinator {
             checkpoint_every: settings.checkpoint_every,
             target_accuracy: settings.target_accuracy,
             has_validation: validation.is_some(),
+            checks: CheckPolicy::on(rand::random()),
         };
         let restore = Restore {
             params,
@@ -152,6 +156,8 @@ impl Coordinator {
         let (status_tx, status_rx) = watch::channel(core.status());
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (eval_tx, eval_rx) = mpsc::channel(2);
+        // Each held contribution has one check in flight; a provider holds at most a few.
+        let (check_tx, check_rx) = mpsc::channel(64);
         let welcome = Welcome {
             provider_id: ProviderId(0),
             project_id: project,
@@ -164,6 +170,12 @@ impl Coordinator {
             },
         };
         let shard_objects = Arc::new(std::mem::take(&mut data.objects));
+        let checker = Checker::new(
+            state.clone(),
+            Arc::clone(&model),
+            data.wire_normalisation.clone(),
+            Arc::clone(&shard_objects),
+        );
         let coordinator = Coordinator {
             state,
             id: row.id,
@@ -176,10 +188,12 @@ impl Coordinator {
             eval_tx,
             validation,
             shard_objects,
+            checker,
+            check_tx,
             welcome,
             started: Instant::now(),
         };
-        let task = tokio::spawn(coordinator.run(events_rx, eval_rx));
+        let task = tokio::spawn(coordinator.run(events_rx, eval_rx, check_rx));
         Ok(Started { events: events_tx, status: status_rx, task })
     }
 
@@ -188,7 +202,12 @@ impl Coordinator {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn run(mut self, mut events: mpsc::Receiver<Event>, mut evals: mpsc::Receiver<EvalDone>) {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut evals: mpsc::Receiver<EvalDone>,
+        mut checks: mpsc::Receiver<CheckDone>,
+    ) {
         tracing::info!(project = self.id, version = self.core.version(), epoch = self.core.epoch(), "training started");
         let now = self.now_ms();
         self.core.start(now);
@@ -220,6 +239,11 @@ impl Coordinator {
                     self.core.evaluated(now, &request, outcome);
                     self.execute().await
                 }
+                Some((lease, outcome)) = checks.recv() => {
+                    let now = self.now_ms();
+                    self.core.verified(now, lease, outcome);
+                    self.execute().await
+                }
                 _ = tick.tick() => {
                     let now = self.now_ms();
                     self.core.tick(now);
@@ -249,8 +273,16 @@ impl Coordinator {
         match event {
             Event::Join { provider, reply } => {
                 let JoinRequest { id, backend, adapter, samples_per_sec, cached, site_key, tx } = provider;
-                let info =
-                    JoinInfo { id, backend, adapter, samples_per_sec, cached, site_key, connected_at_unix: now_unix() };
+                let info = JoinInfo {
+                    id,
+                    backend,
+                    adapter,
+                    samples_per_sec,
+                    cached,
+                    site_key,
+                    connected_at_unix: now_unix(),
+                    verified: 0,
+                };
                 match self.core.join(now, info) {
                     Ok(()) => {
                         self.providers.insert(id, tx);
@@ -303,6 +335,10 @@ impl Coordinator {
                     checkpoint::save(&self.state, self.id, &self.model, &params, &state).await?;
                 }
                 Effect::Finish { version, params } => self.finish(version, &params).await?,
+                Effect::Verify(request) => self.checker.check(request, self.check_tx.clone()),
+                Effect::ShutOut { provider, reason } => {
+                    tracing::warn!(project = self.id, %provider, "provider shut out: {reason}");
+                }
             }
         }
         Ok(())

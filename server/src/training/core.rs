@@ -23,7 +23,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use daig_shared::train::{Evaluation, Optimizer};
+use daig_shared::train::lease::LeaseWork;
+use daig_shared::train::verify::{Comparison, Tolerance};
+use daig_shared::train::{Evaluation, LocalResult, Optimizer};
 use daig_shared::wire::{
     Ack, AckOutcome, Backend, CancelLease, ContributionInfo, Lease, LeaseId, LeaseProgress, ProjectId, ProviderId,
     RefusalReason, SampleSelection, ShardHash, ShardSamples,
@@ -50,6 +52,9 @@ pub const MAX_LEASE_WINDOWS: u64 = 3;
 pub const EVAL_INTERVAL_MS: u64 = 500;
 /// Cancelled leases remembered for their refusal message.
 const MAX_CANCELLED_REMEMBERED: usize = 4096;
+/// Leases in a row that a provider lets expire before it is moved out of the project, so that a provider that
+/// never returns work cannot hold a provider slot (or batches) for long.
+pub const MAX_EXPIRED_IN_A_ROW: u32 = 2;
 
 /// Lease ids, unique across the server's projects and its restarts.
 #[derive(Debug)]
@@ -83,6 +88,80 @@ pub struct CoreConfig {
     /// Whether the project has a validation split: without one only epoch ends are evaluated (recorded with
     /// no validation figures).
     pub has_validation: bool,
+    /// Which contributions are checked by recomputation.
+    pub checks: CheckPolicy,
+}
+
+/// Which contributions the core has recomputed before they count ([`Effect::Verify`]).
+///
+/// A provider starts untrusted: each of its contributions is held until its check passes. After `trust_after`
+/// passed checks it is trusted, and a random share of its contributions is checked, `trust_after / (verified
+/// + 1)` and never less than `min_rate`; the others are applied at once. One failed check shuts it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckPolicy {
+    /// Off only where every provider is trusted by construction (benchmarks of other parts).
+    pub enabled: bool,
+    pub trust_after: u32,
+    pub min_rate: f64,
+    /// The secret the random choice is drawn from, so that a provider cannot tell which contributions are
+    /// checked.
+    pub secret: u64,
+    pub tolerance: Tolerance,
+}
+
+impl CheckPolicy {
+    /// Verified contributions before a provider is trusted.
+    pub const TRUST_AFTER: u32 = 5;
+    /// The least share of a trusted provider's contributions that is checked.
+    pub const MIN_RATE: f64 = 0.05;
+
+    /// Checks on, at the default rates, with `secret`.
+    pub fn on(secret: u64) -> CheckPolicy {
+        CheckPolicy {
+            enabled: true,
+            trust_after: Self::TRUST_AFTER,
+            min_rate: Self::MIN_RATE,
+            secret,
+            tolerance: Tolerance::DEFAULT,
+        }
+    }
+
+    /// No checks: every contribution counts as it arrives.
+    pub fn off() -> CheckPolicy {
+        CheckPolicy { enabled: false, ..CheckPolicy::on(0) }
+    }
+
+    /// The share of contributions checked for a provider with `verified` passed checks.
+    pub fn rate(&self, verified: u64) -> f64 {
+        if !self.enabled {
+            0.0
+        } else if verified < u64::from(self.trust_after) {
+            1.0
+        } else {
+            (f64::from(self.trust_after) / (verified + 1) as f64).max(self.min_rate)
+        }
+    }
+
+    /// Whether a provider with `verified` passed checks is in good standing: trusted with speculative copies of
+    /// others' batches.
+    pub fn trusts(&self, verified: u64) -> bool {
+        !self.enabled || verified >= u64::from(self.trust_after)
+    }
+
+    /// Whether the contribution for `lease` of a provider with `verified` passed checks is checked: a draw
+    /// from the secret and the lease id, below [`CheckPolicy::rate`].
+    pub fn picks(&self, verified: u64, lease: LeaseId) -> bool {
+        let rate = self.rate(verified);
+        let draw = (splitmix64(self.secret ^ lease.0) >> 11) as f64 / (1u64 << 53) as f64;
+        rate >= 1.0 || draw < rate
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Where training starts: a checkpoint's state, or fresh parameters at version 0.
@@ -102,11 +181,13 @@ pub struct JoinInfo {
     pub id: ProviderId,
     pub backend: Backend,
     pub adapter: String,
-    /// Its own estimate, used until its first contribution is measured.
+    /// Its own estimate, shown to operators; leases are sized only by what the core measures.
     pub samples_per_sec: f32,
     pub cached: HashSet<ShardHash>,
     pub site_key: Option<String>,
     pub connected_at_unix: i64,
+    /// Checks it passed before (its standing under a persistent key); 0 for a new provider.
+    pub verified: u64,
 }
 
 /// A lifecycle command from the API or the server's shutdown.
@@ -151,6 +232,18 @@ pub struct MetricsRecord {
     pub val_accuracy: Option<f64>,
 }
 
+/// A contribution to recompute: the lease's work from the parameters the provider says it started from. The
+/// reference result comes back through [`Core::verified`], which compares it with the contribution.
+#[derive(Debug, Clone)]
+pub struct VerifyRequest {
+    pub lease: LeaseId,
+    pub provider: ProviderId,
+    /// The parameters of the contribution's base version.
+    pub params: Arc<[f32]>,
+    pub selection: Vec<ShardSamples>,
+    pub work: LeaseWork,
+}
+
 /// An evaluation to run on the validation split; its result comes back through [`Core::evaluated`].
 #[derive(Debug, Clone)]
 pub struct EvalRequest {
@@ -180,6 +273,11 @@ pub enum Effect {
     /// Training is done: store these parameters as the final model, the metrics beside it, and mark the
     /// project finished.
     Finish { version: u64, params: Vec<f32> },
+    /// Recompute this contribution on the reference trainer and call [`Core::verified`] with the result.
+    Verify(VerifyRequest),
+    /// `provider` failed a check and is shut out: the shell records why, withdraws its credit and refuses it
+    /// (its connection is told with a `Detach` before this effect).
+    ShutOut { provider: ProviderId, reason: String },
 }
 
 struct Provider {
@@ -188,10 +286,18 @@ struct Provider {
     site_key: Option<String>,
     cached: HashSet<ShardHash>,
     leases: Vec<LeaseId>,
-    /// Samples per second, smoothed; the provider's own estimate until a contribution is measured.
+    /// Samples per second, smoothed, as measured from its contributions; `None` until the first.
     speed: Option<f64>,
     applied: u64,
     connected_at_unix: i64,
+    /// Its checks by recomputation: passed (including those before it joined), failed, and its contributions
+    /// that were not picked for a check.
+    verified: u64,
+    unchecked: u64,
+    /// Its contributions held until their check.
+    held: usize,
+    /// Its leases that expired since its last contribution.
+    expired_in_a_row: u32,
 }
 
 /// An open lease.
@@ -200,6 +306,8 @@ struct LeaseRecord {
     provider: ProviderId,
     units: Vec<Unit>,
     samples: u32,
+    /// The version the lease was issued on: a contribution must start from it or a later one.
+    params_version: u64,
     issued_ms: u64,
     deadline_ms: u64,
     window_ms: u64,
@@ -221,6 +329,14 @@ pub struct OpenLease {
 
 struct Buffered {
     contribution: AppliedContribution,
+}
+
+/// A contribution held until its check by recomputation.
+struct Held {
+    provider: ProviderId,
+    record: LeaseRecord,
+    info: ContributionInfo,
+    delta: Vec<f32>,
 }
 
 /// Where an epoch's end stands.
@@ -251,6 +367,11 @@ pub struct Core {
     /// Why recent leases were cancelled, for the refusal of a contribution already on its way.
     cancelled: HashMap<LeaseId, &'static str>,
     providers: HashMap<ProviderId, Provider>,
+    /// Contributions waiting for their check, by lease.
+    held: HashMap<LeaseId, Held>,
+    /// The parameters of the versions a contribution may still start from (the last `max_staleness + 1`),
+    /// kept while checks are on.
+    history: VecDeque<(u64, Arc<[f32]>)>,
     updates_since_checkpoint: u32,
     /// The training loss of the updates since the last metrics row: sum of loss * samples, and samples.
     train_loss: (f64, u64),
@@ -272,6 +393,10 @@ impl Core {
     pub fn new(config: CoreConfig, shards: Vec<TrainShard>, restore: Restore, lease_ids: Arc<LeaseIds>) -> Core {
         let plan = EpochPlan::new(restore.epoch, config.seed, config.batch_size, shards.clone(), &restore.applied);
         let n = restore.params.len();
+        let mut history = VecDeque::new();
+        if config.checks.enabled {
+            history.push_back((restore.version, Arc::from(restore.params.as_slice())));
+        }
         Core {
             config,
             shards,
@@ -287,6 +412,8 @@ impl Core {
             leases: HashMap::new(),
             cancelled: HashMap::new(),
             providers: HashMap::new(),
+            held: HashMap::new(),
+            history,
             updates_since_checkpoint: 0,
             train_loss: (0.0, 0),
             eval_running: false,
@@ -382,17 +509,19 @@ impl Core {
             return Err(format!("the project has its maximum of {} providers", self.config.max_providers));
         }
         let id = info.id;
-        let speed =
-            (info.samples_per_sec.is_finite() && info.samples_per_sec > 0.0).then_some(f64::from(info.samples_per_sec));
         let provider = Provider {
             backend: info.backend,
             adapter: info.adapter,
             site_key: info.site_key,
             cached: info.cached,
             leases: Vec::new(),
-            speed,
+            speed: None,
             applied: 0,
             connected_at_unix: info.connected_at_unix,
+            verified: info.verified,
+            unchecked: 0,
+            held: 0,
+            expired_in_a_row: 0,
         };
         if let Some(old) = self.providers.insert(id, provider) {
             // The same id joining twice is a new session of it: its old leases return.
@@ -444,16 +573,40 @@ impl Core {
         let mut expired: Vec<LeaseId> =
             self.leases.iter().filter(|(_, l)| l.deadline_ms <= now_ms).map(|(id, _)| *id).collect();
         expired.sort_unstable();
+        let mut idle: Vec<ProviderId> = Vec::new();
         for id in expired {
             tracing::info!(project = self.config.project.0, lease = %id, "lease expired");
+            if let Some(provider) = self.leases.get(&id).map(|l| l.provider)
+                && let Some(p) = self.providers.get_mut(&provider)
+            {
+                p.expired_in_a_row += 1;
+                if p.expired_in_a_row >= MAX_EXPIRED_IN_A_ROW && !idle.contains(&provider) {
+                    idle.push(provider);
+                }
+            }
             self.cancel_lease(id, "its deadline passed");
+        }
+        for provider in idle {
+            // A provider that returns nothing must not hold a slot: it is moved out (it may connect again).
+            if let Some(p) = self.providers.remove(&provider) {
+                tracing::info!(
+                    project = self.config.project.0, %provider,
+                    "provider moved out: it let {MAX_EXPIRED_IN_A_ROW} leases in a row expire"
+                );
+                for lease in p.leases {
+                    self.cancel_lease(lease, "its provider was moved out of the project");
+                }
+                metrics::gauge!("daig_providers_connected").decrement(1.0);
+                let why = format!("it let {MAX_EXPIRED_IN_A_ROW} leases in a row pass their deadlines");
+                self.send(provider, ToProvider::Detach(Detach::Removed(why)));
+            }
         }
         self.fill_all(now_ms);
         self.maybe_evaluate(now_ms);
     }
 
-    /// A provider's contribution for one of its leases: refused, acked stale, or buffered (and applied with
-    /// the buffer once it holds `k`).
+    /// A provider's contribution for one of its leases: refused, acked stale, held for its check by
+    /// recomputation, or buffered (and applied with the buffer once it holds `k`).
     pub fn contribution(&mut self, now_ms: u64, provider: ProviderId, info: ContributionInfo, delta: &[f32]) {
         let lease_id = info.lease_id;
         let Some(record) = self.leases.get(&lease_id).filter(|l| l.provider == provider) else {
@@ -483,6 +636,11 @@ impl Core {
                 RefusalReason::Rejected,
                 format!("its base version {} is ahead of the server's {}", info.base_version, self.version),
             ))
+        } else if info.base_version < record.params_version {
+            Some((
+                RefusalReason::Rejected,
+                format!("its base version {} is older than the lease's {}", info.base_version, record.params_version),
+            ))
         } else if record.epoch != self.plan.epoch() || !self.plan.can_buffer(&record.units) {
             Some((RefusalReason::Other, "its batches were already contributed by another provider".to_owned()))
         } else {
@@ -497,26 +655,140 @@ impl Core {
         let staleness = self.version - info.base_version;
         if staleness > u64::from(self.config.max_staleness) {
             self.drop_lease(lease_id);
-            metrics::counter!("daig_contributions_total", "outcome" => "stale").increment(1);
-            let ack = Ack { lease_id, outcome: AckOutcome::Stale { current_version: self.version } };
-            self.send(provider, ToProvider::Ack(ack));
+            self.ack_stale(provider, lease_id);
             self.fill(provider, now_ms);
             return;
         }
         let Some(record) = self.leases.remove(&lease_id) else { return };
         let elapsed = (now_ms.saturating_sub(record.issued_ms) as f64 / 1000.0).max(1e-3);
-        let site_key = match self.providers.get_mut(&provider) {
+        let verified = match self.providers.get_mut(&provider) {
             Some(p) => {
                 p.leases.retain(|l| *l != lease_id);
+                p.expired_in_a_row = 0;
                 let measured = f64::from(record.samples) / elapsed;
                 p.speed = Some(match p.speed {
                     Some(old) if p.applied > 0 => 0.7 * old + 0.3 * measured,
                     _ => measured,
                 });
-                p.site_key.clone()
+                p.verified
             }
-            None => None,
+            None => 0,
         };
+        if self.config.checks.picks(verified, lease_id) {
+            self.hold(provider, lease_id, record, info, delta.to_vec());
+        } else {
+            if let Some(p) = self.providers.get_mut(&provider) {
+                p.unchecked += 1;
+            }
+            metrics::counter!("daig_checks_total", "outcome" => "not_picked").increment(1);
+            self.accept(now_ms, provider, lease_id, record, &info, delta);
+        }
+        self.fill(provider, now_ms);
+    }
+
+    /// The reference result of an [`Effect::Verify`]: a contribution within rounding of it counts as if it
+    /// had just arrived (and is acked stale if the wait made it too stale); any other shuts its provider out.
+    /// A recomputation that failed on the server's side is no one's fault: the contribution is refused and
+    /// its batches are leased again.
+    pub fn verified(&mut self, now_ms: u64, lease: LeaseId, result: Result<LocalResult, String>) {
+        let Some(held) = self.held.remove(&lease) else { return };
+        let provider = held.provider;
+        if let Some(p) = self.providers.get_mut(&provider) {
+            p.held -= 1;
+        }
+        let reference = match result {
+            Ok(reference) => reference,
+            Err(e) => {
+                tracing::error!(project = self.config.project.0, %lease, "cannot check a contribution: {e}");
+                metrics::counter!("daig_checks_total", "outcome" => "error").increment(1);
+                self.release_record(&held.record);
+                let detail = format!("the server could not check it ({e}); its batches are leased again");
+                self.refuse(provider, lease, RefusalReason::Other, detail);
+                self.fill_all(now_ms);
+                return;
+            }
+        };
+        let comparison =
+            Comparison::new(&held.delta, f64::from(held.info.mean_loss), &reference.delta, reference.mean_loss);
+        let backend = self.providers.get(&provider).map_or("gone", |p| backend_name(p.backend));
+        metrics::histogram!("daig_check_relative_distance", "backend" => backend).record(comparison.relative_distance);
+        match comparison.check(&self.config.checks.tolerance) {
+            Ok(()) => {
+                metrics::counter!("daig_checks_total", "outcome" => "passed").increment(1);
+                if let Some(p) = self.providers.get_mut(&provider) {
+                    p.verified += 1;
+                }
+                let Held { record, info, delta, .. } = held;
+                let staleness = self.version - info.base_version;
+                if record.epoch != self.plan.epoch() || !self.plan.can_buffer(&record.units) {
+                    self.release_record(&record);
+                    let detail = "its batches were already contributed by another provider".to_owned();
+                    self.refuse(provider, lease, RefusalReason::Other, detail);
+                } else if staleness > u64::from(self.config.max_staleness) {
+                    self.release_record(&record);
+                    self.ack_stale(provider, lease);
+                } else {
+                    self.accept(now_ms, provider, lease, record, &info, &delta);
+                }
+                self.fill(provider, now_ms);
+            }
+            Err(why) => {
+                metrics::counter!("daig_checks_total", "outcome" => "failed").increment(1);
+                self.release_record(&held.record);
+                let detail = format!("it is not the computation its lease asked for: {why}");
+                self.refuse(provider, lease, RefusalReason::Rejected, detail.clone());
+                self.shut_out(now_ms, provider, detail);
+            }
+        }
+    }
+
+    /// Holds a contribution and asks for its check.
+    fn hold(
+        &mut self,
+        provider: ProviderId,
+        lease: LeaseId,
+        record: LeaseRecord,
+        info: ContributionInfo,
+        delta: Vec<f32>,
+    ) {
+        let Some(params) = self.history.iter().find(|(v, _)| *v == info.base_version).map(|(_, p)| Arc::clone(p))
+        else {
+            // Unreachable: the history holds every version within the staleness bound.
+            self.release_record(&record);
+            self.ack_stale(provider, lease);
+            return;
+        };
+        let request = VerifyRequest {
+            lease,
+            provider,
+            params,
+            selection: self.selection(&record.units),
+            work: LeaseWork {
+                batch_size: self.config.batch_size as usize,
+                local_steps: record.units.len(),
+                learning_rate: self.config.local_learning_rate,
+                seed: lease.0,
+            },
+        };
+        if let Some(p) = self.providers.get_mut(&provider) {
+            p.held += 1;
+        }
+        self.held.insert(lease, Held { provider, record, info, delta });
+        self.effects.push_back(Effect::Verify(request));
+    }
+
+    /// Buffers a contribution that passed its checks (and applies the buffer once it holds `k`).
+    fn accept(
+        &mut self,
+        now_ms: u64,
+        provider: ProviderId,
+        lease_id: LeaseId,
+        record: LeaseRecord,
+        info: &ContributionInfo,
+        delta: &[f32],
+    ) {
+        let staleness = self.version - info.base_version;
+        let site_key = self.providers.get(&provider).and_then(|p| p.site_key.clone());
         self.plan.buffer(&record.units);
         // Other copies of these batches can no longer win.
         let mut copies: Vec<LeaseId> = self
@@ -547,7 +819,72 @@ impl Core {
             self.apply_update(now_ms);
             self.after_update(now_ms);
         }
-        self.fill(provider, now_ms);
+    }
+
+    /// Shuts `provider` out after a failed check: its leases return, its held contributions are dropped, and
+    /// so is the buffer if it holds one of its contributions (they cannot be taken out of the running sum; the
+    /// others' batches are leased again and their providers told why).
+    fn shut_out(&mut self, now_ms: u64, provider: ProviderId, reason: String) {
+        tracing::warn!(project = self.config.project.0, %provider, "provider shut out: {reason}");
+        metrics::counter!("daig_providers_shut_out_total").increment(1);
+        let mut held: Vec<LeaseId> =
+            self.held.iter().filter(|(_, h)| h.provider == provider).map(|(id, _)| *id).collect();
+        held.sort_unstable();
+        for lease in held {
+            if let Some(h) = self.held.remove(&lease) {
+                self.release_record(&h.record);
+            }
+        }
+        if self.buffer.iter().any(|b| b.contribution.provider == provider) {
+            for b in std::mem::take(&mut self.buffer) {
+                let b = b.contribution;
+                self.plan.unbuffer(&b.units);
+                if b.provider != provider {
+                    let detail = "dropped with the contribution of a provider that was shut out in the same update; \
+                                  its batches are leased again"
+                        .to_owned();
+                    self.refuse(b.provider, b.lease, RefusalReason::Other, detail);
+                }
+            }
+            self.sum.fill(0.0);
+            self.weight = 0.0;
+        }
+        if let Some(p) = self.providers.remove(&provider) {
+            for lease in p.leases {
+                self.drop_lease(lease);
+            }
+            metrics::gauge!("daig_providers_connected").decrement(1.0);
+            self.send(provider, ToProvider::Detach(Detach::ShutOut(reason.clone())));
+        }
+        self.effects.push_back(Effect::ShutOut { provider, reason });
+        self.fill_all(now_ms);
+    }
+
+    fn ack_stale(&mut self, provider: ProviderId, lease_id: LeaseId) {
+        metrics::counter!("daig_contributions_total", "outcome" => "stale").increment(1);
+        let ack = Ack { lease_id, outcome: AckOutcome::Stale { current_version: self.version } };
+        self.send(provider, ToProvider::Ack(ack));
+    }
+
+    /// Returns the units of a lease that is no longer in `leases` (a held contribution's) to the plan.
+    fn release_record(&mut self, record: &LeaseRecord) {
+        if record.epoch == self.plan.epoch() {
+            self.plan.release(&record.units);
+        }
+    }
+
+    /// The samples of `units`, shard by shard, as a lease names them.
+    fn selection(&self, units: &[Unit]) -> Vec<ShardSamples> {
+        let mut selection: Vec<ShardSamples> = Vec::new();
+        for unit in units {
+            let shard = self.plan.shards()[unit.shard as usize].hash;
+            let indices = self.plan.samples(*unit);
+            match selection.last_mut() {
+                Some(last) if last.shard == shard => last.indices.extend_from_slice(indices),
+                _ => selection.push(ShardSamples { shard, indices: indices.to_vec() }),
+            }
+        }
+        selection
     }
 
     /// The result of an [`Effect::Evaluate`]: recorded as a metrics row; after an epoch's last update, the
@@ -631,31 +968,25 @@ impl Core {
         }
     }
 
-    /// Sends `provider` leases until it holds [`LEASE_DEPTH`] or nothing is left to lease.
+    /// Sends `provider` leases until it holds [`LEASE_DEPTH`] (counting its contributions held for a check) or
+    /// nothing is left to lease. A provider whose speed is not measured yet gets leases of one batch; only a
+    /// trusted one gets speculative copies of others' batches.
     fn fill(&mut self, id: ProviderId, now_ms: u64) {
         while let Some(p) = self.providers.get(&id) {
-            if p.leases.len() >= LEASE_DEPTH || self.is_done() {
+            if p.leases.len() + p.held >= LEASE_DEPTH || self.is_done() {
                 return;
             }
             let batch = f64::from(self.config.batch_size.max(1));
             let max_units = match p.speed {
                 Some(speed) => ((speed * TARGET_LEASE_SECS / batch).floor() as u32).clamp(1, self.config.local_steps),
-                None => self.config.local_steps,
+                None => 1,
             };
+            let speculate = self.config.checks.trusts(p.verified);
             let held: HashSet<Unit> =
                 p.leases.iter().filter_map(|l| self.leases.get(l)).flat_map(|l| l.units.iter().copied()).collect();
-            let Some(pick) = self.plan.pick(max_units, &p.cached, &held, now_ms) else { return };
-            let mut selection: Vec<ShardSamples> = Vec::new();
-            let mut samples = 0u32;
-            for unit in &pick.units {
-                let shard = self.plan.shards()[unit.shard as usize].hash;
-                let indices = self.plan.samples(*unit);
-                samples += indices.len() as u32;
-                match selection.last_mut() {
-                    Some(last) if last.shard == shard => last.indices.extend_from_slice(indices),
-                    _ => selection.push(ShardSamples { shard, indices: indices.to_vec() }),
-                }
-            }
+            let Some(pick) = self.plan.pick(max_units, &p.cached, &held, now_ms, speculate) else { return };
+            let selection = self.selection(&pick.units);
+            let samples: u32 = selection.iter().map(|s| s.indices.len() as u32).sum();
             let window_ms = match p.speed {
                 Some(speed) => ((f64::from(samples) / speed * DEADLINE_FACTOR * 1000.0) as u64).max(MIN_DEADLINE_MS),
                 None => FIRST_DEADLINE_MS,
@@ -677,6 +1008,7 @@ impl Core {
                     provider: id,
                     units: pick.units,
                     samples,
+                    params_version: self.version,
                     issued_ms: now_ms,
                     deadline_ms: now_ms.saturating_add(window_ms),
                     window_ms,
@@ -760,6 +1092,13 @@ impl Core {
             return;
         }
         self.version += 1;
+        if self.config.checks.enabled {
+            self.history.push_back((self.version, Arc::from(self.params.as_slice())));
+            let oldest = self.version.saturating_sub(u64::from(self.config.max_staleness));
+            while self.history.front().is_some_and(|(v, _)| *v < oldest) {
+                self.history.pop_front();
+            }
+        }
         let record = UpdateRecord {
             version: self.version,
             epoch: self.plan.epoch(),
@@ -909,6 +1248,7 @@ impl Core {
     }
 
     fn detach_all(&mut self, reason: &Detach) {
+        self.held.clear();
         let mut ids: Vec<LeaseId> = self.leases.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -924,6 +1264,18 @@ impl Core {
             self.send(id, ToProvider::Detach(reason.clone()));
             metrics::gauge!("daig_providers_connected").decrement(1.0);
         }
+    }
+}
+
+/// The backend's name as metrics label it.
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::WebGpu => "webgpu",
+        Backend::Vulkan => "vulkan",
+        Backend::Metal => "metal",
+        Backend::Dx12 => "dx12",
+        Backend::Gl => "gl",
+        Backend::Cpu => "cpu",
     }
 }
 

@@ -25,6 +25,7 @@ pub mod core;
 pub mod data;
 pub mod error;
 pub mod plan;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -66,6 +67,8 @@ pub enum Detach {
     Cancelled,
     ShuttingDown,
     Removed(String),
+    /// It failed a check by recomputation.
+    ShutOut(String),
 }
 
 impl fmt::Display for Detach {
@@ -76,6 +79,7 @@ impl fmt::Display for Detach {
             Detach::Cancelled => f.write_str("the project was cancelled"),
             Detach::ShuttingDown => f.write_str("the server is shutting down"),
             Detach::Removed(why) => f.write_str(why),
+            Detach::ShutOut(why) => write!(f, "shut out: {why}"),
         }
     }
 }
@@ -137,10 +141,12 @@ pub struct Training {
     changed: watch::Sender<u64>,
     lease_ids: Arc<LeaseIds>,
     provider_connections: Arc<Semaphore>,
+    /// The server's CPU budget for checks by recomputation: one permit per thread, shared by every project.
+    check_permits: Arc<Semaphore>,
 }
 
 impl Training {
-    pub fn new(max_connections: usize) -> Training {
+    pub fn new(max_connections: usize, check_threads: usize) -> Training {
         // Lease ids stay unique across restarts: they start at the current time in microseconds.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -150,7 +156,13 @@ impl Training {
             changed: watch::channel(0).0,
             lease_ids: Arc::new(LeaseIds::starting_at(start)),
             provider_connections: Arc::new(Semaphore::new(max_connections)),
+            check_permits: Arc::new(Semaphore::new(check_threads.max(1))),
         }
+    }
+
+    /// The permits a check by recomputation holds while it computes.
+    pub fn check_permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.check_permits)
     }
 
     /// The server's lease ids, shared by every project's core.

@@ -170,13 +170,15 @@ impl EpochPlan {
 
     /// Up to `max_units` pending batches of one shard, preferring shards in `cached`, for a lease at `now_ms`.
     /// A short batch (the last of a shard) goes alone, since minibatches are cut from the concatenated samples.
-    /// When nothing is pending, one speculative copy of the unit leased longest ago that `held` does not hold.
+    /// When nothing is pending and `speculate`, one speculative copy of the unit leased longest ago that `held`
+    /// does not hold.
     pub fn pick(
         &mut self,
         max_units: u32,
         cached: &HashSet<ShardHash>,
         held: &HashSet<Unit>,
         now_ms: u64,
+        speculate: bool,
     ) -> Option<Pick> {
         if self.pending > 0 {
             let pending_in = |states: &Vec<UnitState>| states.iter().filter(|s| **s == UnitState::Pending).count();
@@ -207,6 +209,9 @@ impl EpochPlan {
             }
             self.pending -= units.len();
             return Some(Pick { units, speculative: false });
+        }
+        if !speculate {
+            return None;
         }
         let oldest = self
             .units_where(|s| matches!(s, UnitState::Leased { .. }))
@@ -323,11 +328,11 @@ mod tests {
     fn picks_prefer_cached_shards_and_short_batches_go_alone() {
         let mut plan = EpochPlan::new(0, 1, 4, shards(), &[]);
         let cached: HashSet<_> = [ShardHash([2; 32])].into();
-        let pick = plan.pick(5, &cached, &HashSet::new(), 0).unwrap();
+        let pick = plan.pick(5, &cached, &HashSet::new(), 0, true).unwrap();
         assert_eq!(pick.units, vec![Unit { shard: 1, batch: 0 }], "full batch first, the short one not mixed in");
-        let pick = plan.pick(5, &cached, &HashSet::new(), 0).unwrap();
+        let pick = plan.pick(5, &cached, &HashSet::new(), 0, true).unwrap();
         assert_eq!(pick.units, vec![Unit { shard: 1, batch: 1 }], "the short batch alone");
-        let pick = plan.pick(5, &cached, &HashSet::new(), 0).unwrap();
+        let pick = plan.pick(5, &cached, &HashSet::new(), 0, true).unwrap();
         assert_eq!(pick.units, vec![Unit { shard: 0, batch: 0 }, Unit { shard: 0, batch: 1 }]);
         assert!(!pick.speculative);
     }
@@ -337,7 +342,7 @@ mod tests {
         let mut plan = EpochPlan::new(0, 1, 4, shards(), &[]);
         let none: HashSet<ShardHash> = HashSet::new();
         let mut leases = Vec::new();
-        while let Some(pick) = plan.pick(1, &none, &HashSet::new(), leases.len() as u64) {
+        while let Some(pick) = plan.pick(1, &none, &HashSet::new(), leases.len() as u64, true) {
             if pick.speculative {
                 leases.push(pick);
                 break;
@@ -355,7 +360,7 @@ mod tests {
         assert!(!plan.is_leased(leases[0].units[0]));
         // A released unit is leased again.
         plan.release(&leases[1].units);
-        let again = plan.pick(1, &none, &HashSet::new(), 9).unwrap();
+        let again = plan.pick(1, &none, &HashSet::new(), 9, true).unwrap();
         assert_eq!(again.units, leases[1].units);
         assert!(!again.speculative);
         for lease in leases.iter().skip(1) {
@@ -367,7 +372,7 @@ mod tests {
         plan.apply(&all);
         assert!(plan.is_complete());
         assert_eq!(plan.applied_units().len(), 5);
-        assert!(plan.pick(1, &none, &HashSet::new(), 10).is_none());
+        assert!(plan.pick(1, &none, &HashSet::new(), 10, true).is_none());
     }
 
     #[test]
@@ -377,7 +382,7 @@ mod tests {
         assert_eq!(plan.applied(), 2);
         let none: HashSet<ShardHash> = HashSet::new();
         let mut picked = Vec::new();
-        while let Some(pick) = plan.pick(1, &none, &HashSet::new(), 0) {
+        while let Some(pick) = plan.pick(1, &none, &HashSet::new(), 0, true) {
             if pick.speculative {
                 break;
             }
@@ -387,6 +392,6 @@ mod tests {
         assert_eq!(picked, vec![Unit { shard: 0, batch: 0 }, Unit { shard: 0, batch: 2 }, Unit { shard: 1, batch: 1 }]);
         plan.buffer(&picked);
         plan.unbuffer(&picked[..1]);
-        assert_eq!(plan.pick(1, &none, &HashSet::new(), 0).unwrap().units, picked[..1]);
+        assert_eq!(plan.pick(1, &none, &HashSet::new(), 0, true).unwrap().units, picked[..1]);
     }
 }

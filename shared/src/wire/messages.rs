@@ -394,4 +394,7 @@ pub enum GoodbyeReason {
     ProtocolError,
     /// Something failed on the sender's side.
     InternalError,
+    /// Server to provider: a contribution failed its check by recomputation (it was not the computation its
+    /// lease asked for), so the provider is shut out; the detail says how it differed. Not worth retrying.
+    ShutOut,
 }

@@ -24,6 +24,7 @@ fn config(k: u32, max_staleness: u32, local_steps: u32, epochs: u32) -> CoreConf
         checkpoint_every: 3,
         target_accuracy: None,
         has_validation: true,
+        checks: CheckPolicy::off(),
     }
 }
 
@@ -77,6 +78,7 @@ fn join_info(id: u64, samples_per_sec: f32) -> JoinInfo {
         cached: HashSet::new(),
         site_key: None,
         connected_at_unix: 0,
+        verified: 0,
     }
 }
 
@@ -104,6 +106,9 @@ struct World {
     evaluations: VecDeque<EvalRequest>,
     published: Vec<u64>,
     finished: Option<u64>,
+    /// Checks asked for and not yet answered.
+    checks: VecDeque<VerifyRequest>,
+    shut_out: Vec<(ProviderId, String)>,
 }
 
 impl World {
@@ -119,6 +124,8 @@ impl World {
             evaluations: VecDeque::new(),
             published: Vec::new(),
             finished: None,
+            checks: VecDeque::new(),
+            shut_out: Vec::new(),
         };
         world.core.start(0);
         world.drain();
@@ -149,6 +156,8 @@ impl World {
                 Effect::RecordMetrics(row) => self.metrics.push(row),
                 Effect::Checkpoint { params, state } => self.checkpoints.push((params, state)),
                 Effect::Finish { version, .. } => self.finished = Some(version),
+                Effect::Verify(request) => self.checks.push_back(request),
+                Effect::ShutOut { provider, reason } => self.shut_out.push((provider, reason)),
             }
         }
     }
@@ -247,10 +256,21 @@ fn leases_expire_at_their_deadline_and_their_batches_return() {
             "the expired lease is cancelled"
         );
     }
-    // The same batches are leased again (to the only provider there is), under new ids.
-    let again = world.leases(1);
+    // Two leases in a row expired: the provider returns nothing, so it is moved out and holds no slot.
+    assert!(
+        matches!(world.inbox[&ProviderId(1)].last(), Some(ToProvider::Detach(Detach::Removed(why))) if why.contains("deadlines")),
+        "{:?}",
+        world.inbox[&ProviderId(1)].last()
+    );
+    assert_eq!(world.core.provider_count(), 0);
+    // The same batches go to the next provider, under new ids.
+    world.join(FIRST_DEADLINE_MS, 2, 0.0);
+    let again = world.leases(2);
     assert_eq!(again.len(), 2);
-    let again_units: Vec<Vec<Unit>> = again.iter().map(|l| units_of(&world, l.lease_id)).collect();
+    let mut again_units: Vec<Vec<Unit>> = again.iter().map(|l| units_of(&world, l.lease_id)).collect();
+    let mut units = units;
+    again_units.sort();
+    units.sort();
     assert_eq!(again_units, units);
     assert!(again.iter().all(|l| first.iter().all(|f| f.lease_id != l.lease_id)));
 
@@ -264,11 +284,29 @@ fn leases_expire_at_their_deadline_and_their_batches_return() {
 }
 
 #[test]
-fn heartbeats_extend_deadlines_but_only_so_far() {
-    // A measured provider (100 samples/s) gets leases of up to 4 batches with a 20 s window.
+fn leases_are_sized_by_measured_speed_never_by_a_providers_claim() {
     let mut world = World::new(config(1, 2, 4, 1), shards(&[64]));
-    world.join(0, 1, 100.0);
-    let lease = world.leases(1)[0].clone();
+    // It claims a billion samples a second: its first leases are still one batch with the first deadline.
+    world.join(0, 1, 1e9);
+    let first = world.leases(1);
+    assert!(first.iter().all(|l| l.local_steps == 1 && l.deadline_ms == FIRST_DEADLINE_MS), "{first:?}");
+    // One batch of 4 samples in 40 ms is 100 samples/s: the next lease is cut to 5 s of that (clamped to 4
+    // batches), with at least the least window.
+    world.contribute(40, 1, &first[0], 0, &[0.1; PARAMS]);
+    let next = world.leases(1).into_iter().find(|l| first.iter().all(|f| f.lease_id != l.lease_id)).unwrap();
+    assert_eq!((next.local_steps, next.deadline_ms), (4, MIN_DEADLINE_MS));
+}
+
+#[test]
+fn heartbeats_extend_deadlines_but_only_so_far() {
+    // A measured provider (100 samples/s, from a first contribution at 40 ms) gets leases of up to 4 batches
+    // with a 20 s window.
+    let mut world = World::new(config(1, 2, 4, 1), shards(&[64]));
+    world.join(0, 1, 0.0);
+    let first = world.leases(1);
+    world.contribute(40, 1, &first[0], 0, &[0.1; PARAMS]);
+    let lease = world.leases(1).into_iter().find(|l| first.iter().all(|f| f.lease_id != l.lease_id)).unwrap();
+    let t0 = 40;
     assert_eq!(lease.local_steps, 4);
     let window = lease.deadline_ms;
     assert_eq!(window, 20_000);
@@ -288,11 +326,12 @@ fn heartbeats_extend_deadlines_but_only_so_far() {
     assert_eq!(open(&world).unwrap().deadline_ms, 35_000, "another provider cannot extend it");
     beat(&mut world, 30_000, 2);
     beat(&mut world, 45_000, 3);
-    assert_eq!(open(&world).unwrap().deadline_ms, 3 * window, "never past MAX_LEASE_WINDOWS windows after issue");
+    let bound = t0 + 3 * window;
+    assert_eq!(open(&world).unwrap().deadline_ms, bound, "never past MAX_LEASE_WINDOWS windows after issue");
     beat(&mut world, 59_000, 4);
-    assert_eq!(open(&world).unwrap().deadline_ms, 3 * window);
+    assert_eq!(open(&world).unwrap().deadline_ms, bound);
 
-    world.core.tick(3 * window);
+    world.core.tick(bound);
     world.drain();
     assert!(open(&world).is_none(), "the lease expires at the bound however the provider beats");
 }
@@ -705,4 +744,164 @@ fn an_abort_after_a_failed_persist_carries_out_nothing_but_the_goodbyes() {
         }
     }
     assert_eq!(detached, HashSet::from([ProviderId(1), ProviderId(2)]), "every provider is let go");
+}
+
+/// What an honest provider sends for `lease`, and what the recomputation gives (the tests' stand-in for the
+/// reference trainer).
+fn honest_delta(lease: LeaseId) -> Vec<f32> {
+    vec![0.01 * (lease.0 % 7 + 1) as f32; PARAMS]
+}
+
+fn checked_config() -> CoreConfig {
+    CoreConfig { checks: CheckPolicy::on(99), ..config(1, 4, 1, 1) }
+}
+
+impl World {
+    /// Answers every check asked for with the honest recomputation.
+    fn answer_checks(&mut self, now_ms: u64) -> Vec<VerifyRequest> {
+        let mut answered = Vec::new();
+        while let Some(request) = self.checks.pop_front() {
+            let reference = LocalResult { delta: honest_delta(request.lease), mean_loss: 0.5, samples: 4 };
+            self.core.verified(now_ms, request.lease, Ok(reference));
+            self.drain();
+            answered.push(request);
+        }
+        answered
+    }
+}
+
+#[test]
+fn an_untrusted_providers_contribution_counts_only_once_its_recomputation_matches() {
+    let mut world = World::new(checked_config(), shards(&[16]));
+    world.join(0, 1, 0.0);
+    let lease = world.leases(1)[0].clone();
+    world.contribute(10, 1, &lease, 0, &honest_delta(lease.lease_id));
+    assert!(world.versions.is_empty(), "held, not applied, until checked");
+    assert_eq!(world.leases(1).len(), 2, "no lease beyond the held contribution and the other lease");
+    assert_eq!(world.core.open_leases().len(), 1, "a held contribution counts against its provider's leases in flight");
+    let request = world.checks.front().cloned().expect("a check is asked for");
+    // The check recomputes exactly what the lease fixed: its samples, steps, rate and seed, from the base version.
+    assert_eq!(request.lease, lease.lease_id);
+    assert_eq!(SampleSelection::Shards(request.selection.clone()), lease.samples);
+    assert_eq!(request.work.local_steps as u32, lease.local_steps);
+    assert_eq!(request.work.learning_rate, lease.learning_rate);
+    assert_eq!(request.work.seed, lease.lease_id.0);
+    assert_eq!(&request.params[..], &[0.0; PARAMS]);
+    world.answer_checks(20);
+    assert_eq!(world.versions, vec![1], "applied once its check passed");
+    assert!(matches!(
+        world.answer(1, lease.lease_id),
+        Some(ToProvider::Ack(Ack { outcome: AckOutcome::Applied { .. }, .. }))
+    ));
+    assert!(world.shut_out.is_empty());
+}
+
+#[test]
+fn a_contribution_that_differs_from_its_recomputation_shuts_its_provider_out_and_nothing_of_it_counts() {
+    // Whatever the deviation: each of these alone fails, and an honest provider beside it is never shut out.
+    type Deviation = fn(&[f32]) -> Vec<f32>;
+    let deviations: [(&str, Deviation); 5] = [
+        ("zero", |d| vec![0.0; d.len()]),
+        ("scaled by -10", |d| d.iter().map(|v| -10.0 * v).collect()),
+        ("huge", |d| vec![1e25; d.len()]),
+        ("slightly off", |d| d.iter().map(|v| v * 1.01).collect()),
+        ("one value changed", |d| {
+            let mut d = d.to_vec();
+            d[0] += 1e-3;
+            d
+        }),
+    ];
+    for (name, deviate) in deviations {
+        let mut world = World::new(checked_config(), shards(&[32]));
+        world.join(0, 1, 0.0);
+        world.join(0, 2, 0.0);
+        let hostile = world.leases(2);
+        let held_units: Vec<Vec<Unit>> = hostile.iter().map(|l| units_of(&world, l.lease_id)).collect();
+        world.contribute(10, 2, &hostile[0], 0, &deviate(&honest_delta(hostile[0].lease_id)));
+        world.answer_checks(20);
+        let (reason, detail) = refusal(world.answer(2, hostile[0].lease_id)).expect("refused");
+        assert_eq!(reason, RefusalReason::Rejected, "{name}");
+        assert!(detail.contains("not the computation its lease asked for"), "{name}: {detail}");
+        assert!(
+            matches!(world.inbox[&ProviderId(2)].last(), Some(ToProvider::Detach(Detach::ShutOut(_)))),
+            "{name}: the provider is told"
+        );
+        assert_eq!(world.shut_out.iter().map(|(p, _)| p.0).collect::<Vec<_>>(), vec![2], "{name}");
+        assert!(world.versions.is_empty(), "{name}: nothing of it was applied");
+        assert_eq!(world.core.provider_count(), 1, "{name}");
+        // Its batches (the checked one and the one it still held) go to the honest provider, which finishes
+        // the epoch with every batch applied once.
+        let honest_units: Vec<Unit> = world.leases(1).iter().flat_map(|l| units_of(&world, l.lease_id)).collect();
+        let mut now = 30;
+        while world.finished.is_none() && now < 10_000 {
+            for lease in world.leases(1) {
+                world.contribute(now, 1, &lease, world.core.version(), &honest_delta(lease.lease_id));
+                now += 1;
+            }
+            world.answer_checks(now);
+            world.evaluate_all(now, 0.9);
+            now += 1;
+        }
+        assert!(world.finished.is_some(), "{name}: training finished");
+        assert!(world.shut_out.len() == 1, "{name}: the honest provider was never shut out");
+        for units in held_units.iter().chain([&honest_units]) {
+            for unit in units {
+                assert!(world.ledger.contains_key(&(0, *unit)), "{name}: {unit:?} applied");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_check_that_fails_on_the_servers_side_blames_no_one() {
+    let mut world = World::new(checked_config(), shards(&[16]));
+    world.join(0, 1, 0.0);
+    let lease = world.leases(1)[0].clone();
+    let units = units_of(&world, lease.lease_id);
+    world.contribute(10, 1, &lease, 0, &honest_delta(lease.lease_id));
+    let request = world.checks.pop_front().unwrap();
+    world.core.verified(20, request.lease, Err("cannot read shard".into()));
+    world.drain();
+    let (reason, detail) = refusal(world.answer(1, lease.lease_id)).expect("refused");
+    assert_eq!(reason, RefusalReason::Other);
+    assert!(detail.contains("could not check it"), "{detail}");
+    assert!(world.shut_out.is_empty() && world.core.provider_count() == 1);
+    // Its batches are leased again.
+    let again: Vec<Unit> = world.leases(1).iter().flat_map(|l| units_of(&world, l.lease_id)).collect();
+    assert!(units.iter().all(|u| again.contains(u)), "{units:?} in {again:?}");
+}
+
+#[test]
+fn trusted_providers_are_checked_at_a_falling_rate_that_never_reaches_zero() {
+    let policy = CheckPolicy::on(7);
+    for verified in 0..u64::from(CheckPolicy::TRUST_AFTER) {
+        assert_eq!(policy.rate(verified), 1.0);
+        assert!(!policy.trusts(verified));
+    }
+    let mut last = 1.0;
+    for verified in u64::from(CheckPolicy::TRUST_AFTER)..100_000 {
+        let rate = policy.rate(verified);
+        assert!(rate <= last && rate >= CheckPolicy::MIN_RATE, "{verified}: {rate}");
+        last = rate;
+    }
+    assert_eq!(last, CheckPolicy::MIN_RATE);
+    // The draw follows the rate, and depends on the secret.
+    let picked = (0..20_000).filter(|&l| policy.picks(1_000_000, LeaseId(l))).count();
+    assert!((800..1200).contains(&picked), "{picked} of 20000 at 5%");
+    let other = CheckPolicy::on(8);
+    assert!((0..200).any(|l| policy.picks(1_000_000, LeaseId(l)) != other.picks(1_000_000, LeaseId(l))));
+    assert!(!CheckPolicy::off().picks(0, LeaseId(1)));
+}
+
+#[test]
+fn untrusted_providers_get_no_speculative_copies() {
+    // One batch, held by provider 1: an idle untrusted provider 2 gets no copy of it.
+    let mut world = World::new(checked_config(), shards(&[4]));
+    world.join(0, 1, 0.0);
+    world.join(0, 2, 0.0);
+    assert_eq!(world.leases(1).len(), 1);
+    assert!(world.leases(2).is_empty());
+    world.core.tick(100);
+    world.drain();
+    assert!(world.leases(2).is_empty());
 }
