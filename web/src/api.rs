@@ -1,5 +1,7 @@
 //! The server's HTTP API as the dashboard calls it: JSON requests with the session cookie, the CSRF header on
 //! writes, streamed uploads with progress, and the one error shape (`{"error": {"code", "message", "details"}}`).
+//! Requests and answers are `daig_shared::api`'s types, the ones the server serialises; an answer that does not
+//! read as its type is an [`ApiError`] (`bad_answer`).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -231,21 +233,6 @@ pub async fn put_json<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -
 /// The server's error, or a network error (status 0).
 pub async fn delete(path: &str) -> Result<(), ApiError> {
     send("DELETE", path, None).await.map(|_| ())
-}
-
-/// The answer as untyped JSON (`null` when empty); kept until every page reads typed answers.
-pub async fn call(method: &str, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
-    let body = body.map(Value::to_string);
-    let (_, text) = send(method, path, body.as_deref()).await?;
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-pub async fn get(path: &str) -> Result<Value, ApiError> {
-    call("GET", path, None).await
-}
-
-pub async fn post(path: &str, body: &Value) -> Result<Value, ApiError> {
-    call("POST", path, Some(body)).await
 }
 
 /// Uploads `file` with `PUT` to `path`, calling `progress(sent_bytes, total_bytes)` as it goes. An
