@@ -5,7 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use serde_json::Value;
+use daig_shared::api::accounts::{Me, UserView};
 use wasm_bindgen::JsCast;
 use web_sys::{Element, EventSource, HtmlAnchorElement, MouseEvent};
 
@@ -49,7 +49,7 @@ impl Route {
 
 thread_local! {
     /// The logged-in user (`UserView`), `None` when logged out.
-    static USER: RefCell<Option<Value>> = const { RefCell::new(None) };
+    static USER: RefCell<Option<UserView>> = const { RefCell::new(None) };
     /// Bumped on every navigation, so that answers for a page that is gone are dropped.
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     /// Whether the user has moved from page to page (focus then moves to the new page's heading).
@@ -59,11 +59,11 @@ thread_local! {
 }
 
 /// The logged-in user.
-pub fn user() -> Option<Value> {
+pub fn user() -> Option<UserView> {
     USER.with(|u| u.borrow().clone())
 }
 
-pub fn set_user(user: Option<Value>) {
+pub fn set_user(user: Option<UserView>) {
     USER.with(|u| *u.borrow_mut() = user);
     render_nav();
 }
@@ -142,8 +142,8 @@ pub fn start() {
         });
     }
     wasm_bindgen_futures::spawn_local(async {
-        match api::get("/api/me").await {
-            Ok(me) => USER.with(|u| *u.borrow_mut() = Some(me["user"].clone())),
+        match api::get_json::<Me>("/api/me").await {
+            Ok(me) => USER.with(|u| *u.borrow_mut() = Some(me.user)),
             Err(_) => USER.with(|u| *u.borrow_mut() = None),
         }
         render_current();
@@ -228,7 +228,7 @@ fn render_nav() {
             .child(link("/", "Projects"))
             .child(link("/projects/new", "New project"))
             .child(link("/tokens", "API tokens"))
-            .child(el("li").class("who").text(user["username"].as_str().unwrap_or("")))
+            .child(el("li").class("who").text(&user.username))
             .child(el("li").child(el("button").id("logout").attr("type", "button").text("Log out").on(
                 "click",
                 |_| {

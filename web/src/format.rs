@@ -1,6 +1,6 @@
 //! Numbers, times and estimates as the dashboard shows them. Pure functions, tested natively.
 
-use serde_json::Value;
+use daig_shared::api::training::MetricPoint;
 
 /// `3725` seconds -> `1 h 2 min`; under a minute `45 s`.
 pub fn duration(secs: f64) -> String {
@@ -17,9 +17,8 @@ pub fn duration(secs: f64) -> String {
 
 /// Seconds left to train, from the metrics history: the sample rate over the last minute of points, and the
 /// samples still to apply (`train_samples * epochs`, less those applied). `None` without enough history.
-pub fn eta_secs(metrics: &[Value], train_samples: f64, epochs: f64) -> Option<f64> {
-    let points: Vec<(f64, f64)> =
-        metrics.iter().filter_map(|m| Some((m["at_unix"].as_f64()?, m["samples"].as_f64()?))).collect();
+pub fn eta_secs(metrics: &[MetricPoint], train_samples: f64, epochs: f64) -> Option<f64> {
+    let points: Vec<(f64, f64)> = metrics.iter().map(|m| (m.at_unix as f64, m.samples as f64)).collect();
     let &(t_last, s_last) = points.last()?;
     let &(t_first, s_first) = points.iter().find(|(t, _)| t_last - t <= 60.0)?;
     let (t_first, s_first) = if t_last - t_first < 2.0 {
@@ -81,7 +80,6 @@ pub fn bytes(n: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn durations_read_well() {
@@ -94,8 +92,17 @@ mod tests {
     #[test]
     fn the_estimate_follows_the_recent_sample_rate() {
         // 100 samples/s over the last points; 10,000 samples of 20,000 left to do.
-        let metrics: Vec<Value> =
-            (0..=10).map(|i| json!({"at_unix": 1000 + i * 10, "samples": i * 1000, "version": i})).collect();
+        let metrics: Vec<MetricPoint> = (0..=10)
+            .map(|i| MetricPoint {
+                version: i,
+                epoch: 0,
+                samples: i * 1000,
+                train_loss: None,
+                val_loss: None,
+                val_accuracy: None,
+                at_unix: 1000 + i * 10,
+            })
+            .collect();
         let eta = eta_secs(&metrics, 10_000.0, 2.0).unwrap();
         assert!((eta - 100.0).abs() < 1e-9, "{eta}");
         assert_eq!(eta_secs(&metrics[..1], 10_000.0, 2.0), None, "one point gives no rate");

@@ -6,8 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use daig_shared::model::{self as vocab, FieldKind, LayerKind, Limits, Loss, Resolution};
+use daig_shared::model::{self as vocab, FieldKind, LayerKind, Limits, Loss, Resolution, SpecError};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
+
+use crate::api::FieldProblem;
 
 /// One layer in the editor: its type and each field's text as typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +154,7 @@ pub fn model_summary(resolution: &Resolution) -> String {
 }
 
 /// A model problem as a line for its layer: `field: message`, unless the message starts with its field already.
-pub fn layer_message(error: &vocab::SpecError) -> String {
+pub fn layer_message(error: &SpecError) -> String {
     match error.field.as_deref() {
         Some(field) if !field.is_empty() && !error.message.starts_with(field) => format!("{field}: {}", error.message),
         _ => error.message.clone(),
@@ -199,13 +202,21 @@ pub struct ProblemsByPlace {
     pub fields: Vec<(String, String)>,
 }
 
-/// Sorts `details` of a `validation_failed` answer: `{"model": [SpecError], "fields": [FieldError]}`.
-pub fn sort_problems(details: &Value) -> ProblemsByPlace {
+/// The details of a project's `validation_failed` answer: the model's problems and the request fields'.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ProjectProblems {
+    pub model: Vec<SpecError>,
+    pub fields: Vec<FieldProblem>,
+}
+
+/// Sorts a project's problems by where the form shows them.
+pub fn sort_problems(problems: &ProjectProblems) -> ProblemsByPlace {
     let mut out = ProblemsByPlace::default();
-    for e in details["model"].as_array().into_iter().flatten() {
-        let message = e["message"].as_str().unwrap_or_default().to_owned();
-        let field = e["field"].as_str().unwrap_or_default().to_owned();
-        match e["layer"].as_u64().and_then(|l| usize::try_from(l).ok()) {
+    for e in &problems.model {
+        let message = e.message.clone();
+        let field = e.field.clone().unwrap_or_default();
+        match e.layer {
             Some(layer) => {
                 // Messages often start with their field already ("units must be at least 1").
                 let text = if field.is_empty() || message.starts_with(&field) {
@@ -218,11 +229,8 @@ pub fn sort_problems(details: &Value) -> ProblemsByPlace {
             None => out.model.push((field, message)),
         }
     }
-    for e in details["fields"].as_array().into_iter().flatten() {
-        out.fields.push((
-            e["field"].as_str().unwrap_or_default().to_owned(),
-            e["message"].as_str().unwrap_or_default().to_owned(),
-        ));
+    for e in &problems.fields {
+        out.fields.push((e.field.clone(), e.message.clone()));
     }
     out
 }
@@ -299,7 +307,7 @@ mod tests {
                 {"layer": null, "layer_type": null, "field": "loss", "message": "unknown loss"},
                 {"layer": 1, "layer_type": "dense", "field": null, "message": "second"}],
             "fields": [{"field": "settings.epochs", "message": "must be in 1..=10000, not 0"}]});
-        let p = sort_problems(&details);
+        let p = sort_problems(&serde_json::from_value(details).unwrap());
         assert_eq!(
             p.layers[&1],
             vec!["units: must be at least 1".to_owned(), "units must be even".to_owned(), "second".to_owned()]

@@ -1,9 +1,10 @@
 //! Log-in and sign-up.
 
-use serde_json::json;
+use daig_shared::api::accounts::{LogIn, SessionView, SignUp, UserView};
 use web_sys::Element;
 
 use super::{alert_box, link, page, show_error};
+use crate::api::{ApiError, Conflict, FieldProblems};
 use crate::app;
 use crate::dom::{self, el, field, input};
 
@@ -41,10 +42,10 @@ pub fn render_login(main: &Element) {
 async fn log_in() {
     dom::clear_field_errors("login-form");
     dom::clear("login-alert");
-    let body = json!({"login": dom::value("login"), "password": dom::value("password")});
-    match crate::api::post("/api/session", &body).await {
+    let body = LogIn { login: dom::value("login"), password: dom::value("password") };
+    match crate::api::post_json::<_, SessionView>("/api/session", &body).await {
         Ok(session) => {
-            app::set_user(Some(session["user"].clone()));
+            app::set_user(Some(session.user));
             app::announce("Logged in");
             after_login();
         }
@@ -87,15 +88,15 @@ async fn sign_up() {
     dom::clear("signup-alert");
     let username = dom::value("username");
     let password = dom::value("password");
-    let body = json!({"username": username, "email": dom::value("email"), "password": password});
-    if let Err(e) = crate::api::post("/api/users", &body).await {
+    let body = SignUp { username: username.clone(), email: dom::value("email"), password: password.clone() };
+    if let Err(e) = crate::api::post_json::<_, UserView>("/api/users", &body).await {
         show_field_errors(&e);
         show_error("signup-alert", &e);
         return;
     }
-    match crate::api::post("/api/session", &json!({"login": username, "password": password})).await {
+    match crate::api::post_json::<_, SessionView>("/api/session", &LogIn { login: username, password }).await {
         Ok(session) => {
-            app::set_user(Some(session["user"].clone()));
+            app::set_user(Some(session.user));
             app::announce("Account created; logged in");
             app::navigate("/");
         }
@@ -104,13 +105,11 @@ async fn sign_up() {
 }
 
 /// Puts each `details.fields` entry (and a conflict's `details.field`) beside its input.
-fn show_field_errors(e: &crate::api::ApiError) {
-    for f in e.details["fields"].as_array().into_iter().flatten() {
-        if let (Some(field), Some(message)) = (f["field"].as_str(), f["message"].as_str()) {
-            dom::field_error(field, message);
-        }
+fn show_field_errors(e: &ApiError) {
+    for f in e.details_as::<FieldProblems>().unwrap_or_default().fields {
+        dom::field_error(&f.field, &f.message);
     }
-    if let Some(field) = e.details["field"].as_str() {
-        dom::field_error(field, &e.message);
+    if let Some(conflict) = e.details_as::<Conflict>() {
+        dom::field_error(&conflict.field, &e.message);
     }
 }

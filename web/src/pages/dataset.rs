@@ -1,8 +1,9 @@
 //! The dataset upload: features and labels files (`.npy`, `.npz`, IDX, or one CSV holding both), each sent with
 //! a progress bar. Used by the new-project form and by a draft project's page.
 
-use serde_json::Value;
+use daig_shared::api::datasets::{DatasetStatus, DatasetSummary};
 
+use crate::api::Refusal;
 use crate::dom::{self, El, el, field, input};
 use crate::format;
 
@@ -40,7 +41,7 @@ pub fn chosen() -> bool {
 ///
 /// # Errors
 /// A message to show (also put in the form's alert).
-pub async fn upload(id: i64) -> Result<Value, String> {
+pub async fn upload(id: i64) -> Result<DatasetSummary, String> {
     dom::clear("ds-alert");
     let format = dom::value("ds-format");
     let features = dom::file("ds-features").ok_or_else(|| fail("Choose the features file"))?;
@@ -55,7 +56,7 @@ pub async fn upload(id: i64) -> Result<Value, String> {
     {
         parts.push(("labels", labels));
     }
-    let mut last = Value::Null;
+    let mut last: Option<DatasetStatus> = None;
     for (part, file) in parts {
         let bar_id = format!("ds-{part}-bar");
         let text_id = format!("ds-{part}-text");
@@ -70,7 +71,7 @@ pub async fn upload(id: i64) -> Result<Value, String> {
         }
         let path = format!("/api/projects/{id}/dataset/{part}?format={format}");
         let (bar, text) = (bar_id.clone(), text_id.clone());
-        let result = crate::api::upload(&path, &file, move |sent, total| {
+        let result = crate::api::upload::<DatasetStatus>(&path, &file, move |sent, total| {
             let fraction = if total > 0.0 { sent / total } else { 0.0 };
             if let Some(b) = dom::by_id(&bar) {
                 let _ = b.set_attribute("value", &format!("{fraction:.4}"));
@@ -84,22 +85,22 @@ pub async fn upload(id: i64) -> Result<Value, String> {
                     let _ = b.set_attribute("value", "1");
                 }
                 dom::set_text(&text_id, "done");
-                last = status;
+                last = Some(status);
             }
             Err(e) => {
                 dom::set_text(&text_id, "failed");
-                let message = match e.details["reason"].as_str() {
-                    Some(reason) if e.code == "invalid_dataset" => format!("The {part} were refused: {reason}"),
+                let message = match e.details_as::<Refusal>() {
+                    Some(refusal) if e.code == "invalid_dataset" => {
+                        format!("The {part} were refused: {}", refusal.reason)
+                    }
                     _ => e.describe(),
                 };
                 return Err(fail(&message));
             }
         }
     }
-    if last["dataset"].is_null() {
-        return Err(fail("The files were stored but no dataset was committed; upload both parts"));
-    }
-    Ok(last["dataset"].clone())
+    last.and_then(|status| status.dataset)
+        .ok_or_else(|| fail("The files were stored but no dataset was committed; upload both parts"))
 }
 
 fn fail(message: &str) -> String {

@@ -7,15 +7,17 @@
 
 use std::cell::RefCell;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use wasm_bindgen::JsCast;
 use web_sys::{Element, HtmlElement};
 
 use super::{alert_box, page, show_message};
 use crate::app;
 use crate::dom::{self, El, el, field, input, select};
-use daig_shared::api::settings::{SETTINGS as SETTING_INFO, TrainingSettings};
+use daig_shared::api::project::{CreateProject, ProjectView};
+use daig_shared::api::settings::{Access, SETTINGS as SETTING_INFO, TrainingSettings};
 use daig_shared::model::{LayerKind, Loss};
+use daig_shared::train::Method;
 
 use crate::model::{self, LayerRow, ModelDraft};
 
@@ -388,40 +390,89 @@ fn layer_item(i: usize, row: &LayerRow, count: usize) -> El {
     )
 }
 
-fn number(text: &str) -> Value {
-    model::parse_number_or_pair(text)
+/// Sets setting `key` (a key of [`SETTINGS`]) from its text, which is not empty.
+///
+/// # Errors
+/// What the field must hold, when the text is not a number of the setting's kind.
+fn set_setting(settings: &mut TrainingSettings, key: &str, text: &str) -> Result<(), String> {
+    fn whole<T: std::str::FromStr>(key: &str, text: &str) -> Result<T, String> {
+        text.parse().map_err(|_| must_be(key, "a whole number"))
+    }
+    fn real<T: std::str::FromStr + Into<f64> + Copy>(key: &str, text: &str) -> Result<T, String> {
+        text.parse::<T>().ok().filter(|x| (*x).into().is_finite()).ok_or_else(|| must_be(key, "a number"))
+    }
+    match key {
+        "epochs" => settings.epochs = whole(key, text)?,
+        "target_accuracy" => settings.target_accuracy = Some(real(key, text)?),
+        "batch_size" => settings.batch_size = whole(key, text)?,
+        "learning_rate" => settings.optimizer.learning_rate = real(key, text)?,
+        "k" => settings.k = whole(key, text)?,
+        "max_staleness" => settings.max_staleness = whole(key, text)?,
+        "local_steps" => settings.local_steps = whole(key, text)?,
+        "local_learning_rate" => settings.local_learning_rate = real(key, text)?,
+        "validation_fraction" => settings.validation_fraction = real(key, text)?,
+        "seed" => settings.seed = whole(key, text)?,
+        "max_providers" => settings.max_providers = whole(key, text)?,
+        "checkpoint_every" => settings.checkpoint_every = whole(key, text)?,
+        "samples_per_shard" => settings.samples_per_shard = whole(key, text)?,
+        _ => return Err(format!("{key} is not a setting the form knows")),
+    }
+    Ok(())
 }
 
-/// The request body from the form.
-fn body() -> Value {
-    let mut settings = serde_json::Map::new();
+/// `must be a whole number from 1 to 4096`, with the range of the shared table.
+fn must_be(key: &str, kind: &str) -> String {
+    match SETTING_INFO.iter().find(|info| info.name == key).map(|info| (info.min, info.max)) {
+        Some((Some(min), Some(max))) => format!("must be {kind} from {min} to {max}"),
+        Some((Some(min), None)) => format!("must be {kind}, at least {min}"),
+        _ => format!("must be {kind}"),
+    }
+}
+
+/// The request body from the form (the Keras file's text is added by [`submit`]), or `None` after showing
+/// beside their fields the settings that are not numbers of their kind. Empty settings keep their defaults.
+fn body() -> Option<CreateProject> {
+    let mut settings = TrainingSettings::default();
+    let mut valid = true;
     for s in SETTINGS {
         let text = dom::value(&format!("s-{}", s.key));
         let text = text.trim();
-        if s.key == "learning_rate" || text.is_empty() {
+        if text.is_empty() {
             continue;
         }
-        settings.insert(s.key.into(), number(text));
+        if let Err(message) = set_setting(&mut settings, s.key, text) {
+            setting_error(&format!("s-{}", s.key), &message);
+            valid = false;
+        }
     }
-    let method =
-        if dom::value("s-method") == "sgd" { json!({"type": "sgd", "momentum": 0.9}) } else { json!({"type": "adam"}) };
-    settings.insert(
-        "optimizer".into(),
-        json!({"method": method, "learning_rate": number(dom::value("s-learning_rate").trim())}),
-    );
-    settings.insert("access".into(), json!(dom::value("s-access")));
-    let sites = super::project::parse_sites(&dom::value("s-sites"));
-    if !sites.is_empty() {
-        settings.insert("sites".into(), json!(sites));
+    settings.optimizer.method =
+        if dom::value("s-method") == "sgd" { Method::Sgd { momentum: 0.9, nesterov: false } } else { Method::adam() };
+    settings.access = if dom::value("s-access") == "site_key" { Access::SiteKey } else { Access::Public };
+    settings.sites = super::project::parse_sites(&dom::value("s-sites"));
+    if !valid {
+        return None;
     }
-    let mut body = json!({"name": dom::value("project-name"), "settings": settings});
-    if dom::checked("model-source-keras") {
-        body["loss"] = json!(dom::value("keras-loss"));
-    } else {
+    let keras = dom::checked("model-source-keras");
+    let model = (!keras).then(|| {
         sync_from_inputs();
-        body["model"] = DRAFT.with(|d| d.borrow().to_json());
+        DRAFT.with(|d| d.borrow().to_json())
+    });
+    Some(CreateProject {
+        name: dom::value("project-name"),
+        model,
+        keras_model: None,
+        loss: keras.then(|| dom::value("keras-loss")),
+        settings,
+    })
+}
+
+/// Shows `message` beside the setting `id`, opening the advanced settings when it is among them.
+fn setting_error(id: &str, message: &str) {
+    dom::field_error(id, message);
+    // Problems in the advanced settings must not hide in a closed section.
+    if let Some(details) = dom::by_id(id).and_then(|e| e.closest("details").ok().flatten()) {
+        let _ = details.set_attribute("open", "");
     }
-    body
 }
 
 /// Clears every problem shown.
@@ -453,8 +504,8 @@ fn push_item(list_id: &str, text: &str) {
 }
 
 /// Shows a 422 answer's problems where they belong.
-fn show_problems(details: &Value, keras: bool) {
-    let problems = model::sort_problems(details);
+fn show_problems(problems: &model::ProjectProblems, keras: bool) {
+    let problems = model::sort_problems(problems);
     for (layer, messages) in &problems.layers {
         if keras {
             for m in messages {
@@ -502,12 +553,10 @@ fn show_problems(details: &Value, keras: bool) {
                 }
             },
         };
-        dom::field_error(&id, message);
-        // Problems in the advanced settings must not hide in a closed section.
-        if id.starts_with("s-")
-            && let Some(details) = dom::by_id(&id).and_then(|e| e.closest("details").ok().flatten())
-        {
-            let _ = details.set_attribute("open", "");
+        if id.starts_with("s-") {
+            setting_error(&id, message);
+        } else {
+            dom::field_error(&id, message);
         }
     }
 }
@@ -515,14 +564,17 @@ fn show_problems(details: &Value, keras: bool) {
 async fn submit() {
     clear_problems();
     let keras = dom::checked("model-source-keras");
-    let mut body = body();
+    let Some(mut body) = body() else {
+        show_message("project-alert", "The project was not created: fix the problems shown below.");
+        return;
+    };
     if keras {
         let Some(file) = dom::file("keras-file") else {
             dom::field_error("keras-file", "Choose the Keras JSON file");
             return;
         };
         match wasm_bindgen_futures::JsFuture::from(file.text()).await.ok().and_then(|t| t.as_string()) {
-            Some(text) => body["keras_model"] = json!(text),
+            Some(text) => body.keras_model = Some(text),
             None => {
                 dom::field_error("keras-file", "The file cannot be read");
                 return;
@@ -531,7 +583,7 @@ async fn submit() {
     }
     let generation = app::generation();
     set_busy(true);
-    let result = crate::api::post("/api/projects", &body).await;
+    let result = crate::api::post_json::<_, ProjectView>("/api/projects", &body).await;
     if !app::is_current(generation) {
         return;
     }
@@ -540,7 +592,7 @@ async fn submit() {
         Err(e) => {
             set_busy(false);
             if e.code == "validation_failed" {
-                show_problems(&e.details, keras);
+                show_problems(&e.details_as().unwrap_or_default(), keras);
                 show_message("project-alert", "The project was not created: fix the problems shown below.");
             } else {
                 super::show_error("project-alert", &e);
@@ -548,7 +600,7 @@ async fn submit() {
             return;
         }
     };
-    let id = project["id"].as_i64().unwrap_or(0);
+    let id = project.id;
     app::announce("Project created");
     if super::dataset::chosen() && super::dataset::upload(id).await.is_err() {
         set_busy(false);
@@ -605,5 +657,34 @@ mod settings_tests {
             );
         }
         assert_eq!(default_text("learning_rate"), "0.001");
+    }
+
+    /// Every setting of the form is read into its field of `TrainingSettings`: its default text gives the default.
+    #[test]
+    fn the_form_reads_each_setting_as_its_type() {
+        for s in SETTINGS {
+            let mut settings = TrainingSettings::default();
+            let text = default_text(s.key);
+            if text.is_empty() {
+                continue;
+            }
+            set_setting(&mut settings, s.key, &text).unwrap();
+            assert_eq!(settings, TrainingSettings::default(), "{}", s.key);
+        }
+        let mut settings = TrainingSettings::default();
+        set_setting(&mut settings, "epochs", "4").unwrap();
+        set_setting(&mut settings, "learning_rate", "0.003").unwrap();
+        set_setting(&mut settings, "target_accuracy", "0.9").unwrap();
+        assert_eq!(
+            (settings.epochs, settings.optimizer.learning_rate, settings.target_accuracy),
+            (4, 0.003, Some(0.9))
+        );
+        assert_eq!(
+            set_setting(&mut settings, "batch_size", "-1").unwrap_err(),
+            "must be a whole number from 1 to 4096"
+        );
+        assert_eq!(set_setting(&mut settings, "seed", "x").unwrap_err(), "must be a whole number, at least 0");
+        assert!(set_setting(&mut settings, "validation_fraction", "NaN").is_err());
+        assert!(set_setting(&mut settings, "aggregation", "1").is_err());
     }
 }

@@ -4,13 +4,15 @@
 
 use std::cell::RefCell;
 
-use serde_json::{Value, json};
+use daig_shared::api::project::{Action, DatasetSummary, ProjectState, ProjectView, SetSites};
+use daig_shared::api::training::{CheckpointList, LiveProvider, MetricPoint, ProjectCredits};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{Element, EventSource, MessageEvent};
 
 use super::projects::state_badge;
 use super::{alert_box, page, progress_bar, show_error};
+use crate::api::FieldProblems;
 use crate::app;
 use crate::chart::{self, Series};
 use crate::dom::{self, El, el, raw_html};
@@ -19,7 +21,8 @@ use crate::format;
 /// What the page last drew, to redraw only what changed.
 #[derive(Default)]
 struct Seen {
-    state: String,
+    /// `None` before the first view.
+    state: Option<ProjectState>,
     version: i64,
     /// `performance.now()` of the last credits and checkpoints fetch.
     side_fetch_ms: f64,
@@ -42,7 +45,7 @@ pub fn render(main: &Element, id: i64) {
         el("div").id("project").attr("aria-busy", "true").child(alert_box("project-alert")).text("Loading…"),
     );
     wasm_bindgen_futures::spawn_local(async move {
-        let result = crate::api::get(&format!("/api/projects/{id}")).await;
+        let result = crate::api::get_json::<ProjectView>(&format!("/api/projects/{id}")).await;
         if !app::is_current(generation) {
             return;
         }
@@ -66,8 +69,8 @@ pub fn render(main: &Element, id: i64) {
     });
 }
 
-fn is_terminal(view: &Value) -> bool {
-    matches!(view["state"].as_str(), Some("finished" | "cancelled"))
+fn is_terminal(view: &ProjectView) -> bool {
+    matches!(view.state, ProjectState::Finished | ProjectState::Cancelled)
 }
 
 /// Opens the live updates for project `id`.
@@ -78,7 +81,7 @@ fn subscribe(id: i64, generation: u64) {
             return;
         }
         let Some(text) = event.data().as_string() else { return };
-        let Ok(view) = serde_json::from_str::<Value>(&text) else { return };
+        let Ok(view) = serde_json::from_str::<ProjectView>(&text) else { return };
         dom::set_text("live", "Live");
         update(&view);
         if is_terminal(&view) {
@@ -105,9 +108,9 @@ fn subscribe(id: i64, generation: u64) {
 }
 
 /// The page's fixed structure, filled by [`update`].
-fn build(view: &Value) {
-    let id = view["id"].as_i64().unwrap_or(0);
-    let name = view["name"].as_str().unwrap_or("");
+fn build(view: &ProjectView) {
+    let id = view.id;
+    let name = view.name.as_str();
     dom::document().set_title(&format!("{name} · DAIG"));
     dom::set_text("page-title", name);
     let stat = |label: &str, id: &str| el("div").child(el("dt").text(label)).child(el("dd").id(id));
@@ -156,27 +159,17 @@ fn build(view: &Value) {
         .attr("aria-labelledby", "providers-h")
         .child(el("h2").id("providers-h").text("Providers working on it"))
         .child(el("div").id("providers"));
-    let model = &view["model"];
+    let model = &view.model;
     let about = el("section")
         .attr("aria-labelledby", "about-h")
         .child(el("h2").id("about-h").text("Model and data"))
         .child(
             el("dl")
                 .class("stats")
-                .child(
-                    el("div")
-                        .child(el("dt").text("Parameters"))
-                        .child(el("dd").text(&format::count(model["params"].as_u64().unwrap_or(0)))),
-                )
-                .child(el("div").child(el("dt").text("Layers")).child(el("dd").text(&model["layers"].to_string())))
-                .child(
-                    el("div")
-                        .child(el("dt").text("Input shape"))
-                        .child(el("dd").text(&model["input_shape"].to_string())),
-                )
-                .child(
-                    el("div").child(el("dt").text("Loss")).child(el("dd").text(model["loss"].as_str().unwrap_or(""))),
-                )
+                .child(el("div").child(el("dt").text("Parameters")).child(el("dd").text(&format::count(model.params))))
+                .child(el("div").child(el("dt").text("Layers")).child(el("dd").text(&model.layers.to_string())))
+                .child(el("div").child(el("dt").text("Input shape")).child(el("dd").text(&shape(&model.input_shape))))
+                .child(el("div").child(el("dt").text("Loss")).child(el("dd").text(&model.loss)))
                 .child(el("div").child(el("dt").text("Dataset")).child(el("dd").id("dataset-summary"))),
         )
         .child(el("div").id("draft-dataset"));
@@ -249,13 +242,17 @@ pub fn parse_sites(text: &str) -> Vec<String> {
     text.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
-fn embed_section(view: &Value) -> Option<El> {
-    let site_key = view["site_key"].as_str()?;
-    let id = view["id"].as_i64().unwrap_or(0);
+/// A shape as JSON writes it: `[28,28,1]`.
+pub fn shape(dims: &[usize]) -> String {
+    format!("[{}]", dims.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
+}
+
+fn embed_section(view: &ProjectView) -> Option<El> {
+    let site_key = view.site_key.as_deref()?;
+    let id = view.id;
     let origin = web_sys::window().and_then(|w| w.location().origin().ok()).unwrap_or_default();
     let snippet = embed_snippet(&origin, id, site_key);
-    let sites: Vec<&str> =
-        view["settings"]["sites"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let sites = &view.settings.sites;
     let editor = el("form")
         .id("sites-form")
         .attr("novalidate", "")
@@ -274,12 +271,12 @@ fn embed_section(view: &Value) -> Option<El> {
             event.prevent_default();
             wasm_bindgen_futures::spawn_local(async move {
                 dom::clear_field_errors("sites-form");
-                let body = json!({"sites": parse_sites(&dom::value("sites"))});
-                match crate::api::call("PUT", &format!("/api/projects/{id}/sites"), Some(&body)).await {
+                let body = SetSites { sites: parse_sites(&dom::value("sites")) };
+                match crate::api::put_json::<_, ProjectView>(&format!("/api/projects/{id}/sites"), &body).await {
                     Ok(_) => app::announce("Sites saved"),
                     Err(e) => {
-                        let message =
-                            e.details["fields"][0]["message"].as_str().map_or_else(|| e.describe(), str::to_owned);
+                        let first = e.details_as::<FieldProblems>().and_then(|p| p.fields.into_iter().next());
+                        let message = first.map_or_else(|| e.describe(), |f| f.message);
                         dom::field_error("sites", &message);
                     }
                 }
@@ -301,60 +298,59 @@ fn embed_section(view: &Value) -> Option<El> {
 }
 
 /// Redraws the live parts from a project view.
-fn update(view: &Value) {
-    let id = view["id"].as_i64().unwrap_or(0);
-    let state = view["state"].as_str().unwrap_or("").to_owned();
-    let version = view["version"].as_i64().unwrap_or(0);
-    let settings = &view["settings"];
-    let epochs = settings["epochs"].as_f64().unwrap_or(1.0);
-    let progress = view["progress"].as_f64().unwrap_or(0.0);
+fn update(view: &ProjectView) {
+    let id = view.id;
+    let state = view.state;
+    let version = view.version;
+    let epochs = f64::from(view.settings.epochs);
+    let progress = view.progress;
     if let Some(p) = dom::by_id("project") {
         let _ = p.remove_attribute("aria-busy");
-        let _ = p.set_attribute("data-state", &state);
+        let _ = p.set_attribute("data-state", state.as_str());
         let _ = p.set_attribute("data-version", &version.to_string());
     }
-    dom::set_text("epoch", &format!("{} of {}", view["epoch"].as_i64().unwrap_or(0), epochs));
+    dom::set_text("epoch", &format!("{} of {}", view.epoch, epochs));
     dom::set_text("version", &version.to_string());
     if let Some(bar) = dom::by_id("progress") {
         let _ = bar.set_attribute("value", &format!("{:.4}", progress.clamp(0.0, 1.0)));
         bar.set_text_content(Some(&format!("{:.0}%", progress * 100.0)));
     }
-    let metrics = view["metrics"].as_array().map_or(&[][..], Vec::as_slice);
-    let train_samples = view["dataset"]["train_samples"].as_f64().unwrap_or(0.0);
-    let eta = match state.as_str() {
-        "running" => format::eta_secs(metrics, train_samples, epochs).map_or_else(
+    let metrics = view.metrics.as_slice();
+    let train_samples = view.dataset.as_ref().map_or(0.0, |d| d.train_samples as f64);
+    let eta = match state {
+        ProjectState::Running => format::eta_secs(metrics, train_samples, epochs).map_or_else(
             || " · estimating time left…".to_owned(),
             |s| format!(" · about {} left", format::duration(s)),
         ),
-        "finished" => " · done".to_owned(),
+        ProjectState::Finished => " · done".to_owned(),
         _ => String::new(),
     };
     dom::set_text("progress-text", &format!("{:.0}%{eta}", progress * 100.0));
 
     // Charts.
-    let series = |key: &str, name: &str, class: &'static str| Series {
+    let series = |value: fn(&MetricPoint) -> Option<f64>, name: &str, class: &'static str| Series {
         name: name.into(),
         class,
-        points: metrics.iter().filter_map(|m| Some((m["version"].as_f64()?, m[key].as_f64()?))).collect(),
+        points: metrics.iter().filter_map(|m| Some((m.version as f64, value(m)?))).collect(),
     };
     let loss = chart::line_chart(
         "Loss",
         "version (updates applied)",
-        &[series("train_loss", "training", "s1"), series("val_loss", "validation", "s2")],
+        &[series(|m| m.train_loss, "training", "s1"), series(|m| m.val_loss, "validation", "s2")],
         None,
     );
     let accuracy = chart::line_chart(
         "Validation accuracy",
         "version (updates applied)",
-        &[series("val_accuracy", "accuracy", "s3")],
+        &[series(|m| m.val_accuracy, "accuracy", "s3")],
         Some((0.0, 1.0)),
     );
     dom::replace("loss-chart", raw_html("div", &loss));
     dom::replace("accuracy-chart", raw_html("div", &accuracy));
 
     // Providers and throughput.
-    let providers = view["providers"].as_array().map_or(&[][..], Vec::as_slice);
-    let throughput: f64 = providers.iter().filter_map(|p| p["samples_per_sec"].as_f64()).sum();
+    let providers = view.providers.as_slice();
+    let throughput: f64 = providers.iter().map(|p| p.samples_per_sec).sum();
     dom::set_text(
         "throughput",
         &if providers.is_empty() {
@@ -363,16 +359,16 @@ fn update(view: &Value) {
             format!("{} samples/s", format::count(throughput.round() as u64))
         },
     );
-    dom::replace("providers", providers_table(providers, &state));
-    dom::replace("dataset-summary", dataset_summary(&view["dataset"]));
+    dom::replace("providers", providers_table(providers, state));
+    dom::replace("dataset-summary", dataset_summary(view.dataset.as_ref()));
 
     let (state_changed, version_changed, fetch_side) = SEEN.with(|s| {
         let mut s = s.borrow_mut();
-        let state_changed = s.state != state;
+        let state_changed = s.state != Some(state);
         let version_changed = s.version != version;
         let due = now_ms() - s.side_fetch_ms > 2000.0 || s.side_fetch_ms == 0.0;
         let fetch_side = state_changed || (version_changed && due);
-        s.state.clone_from(&state);
+        s.state = Some(state);
         s.version = version;
         if fetch_side {
             s.side_fetch_ms = now_ms().max(1.0);
@@ -380,14 +376,14 @@ fn update(view: &Value) {
         (state_changed, version_changed, fetch_side)
     });
     if state_changed {
-        dom::replace("state", state_badge(&state));
-        dom::replace("actions", actions(id, &state));
-        dom::replace("downloads", downloads(id, &state));
-        dom::replace("draft-dataset", draft_dataset(id, &state, view["dataset"].is_null()));
+        dom::replace("state", state_badge(state));
+        dom::replace("actions", actions(id, state));
+        dom::replace("downloads", downloads(id, state));
+        dom::replace("draft-dataset", draft_dataset(id, state, view.dataset.is_none()));
         if is_terminal(view) {
             dom::set_text("live", "");
         }
-        app::announce(&format!("Project is {state}"));
+        app::announce(&format!("Project is {}", state.as_str()));
     }
     let _ = version_changed;
     if fetch_side {
@@ -396,22 +392,22 @@ fn update(view: &Value) {
     }
 }
 
-fn dataset_summary(dataset: &Value) -> El {
-    if dataset.is_null() {
+fn dataset_summary(dataset: Option<&DatasetSummary>) -> El {
+    let Some(dataset) = dataset else {
         return el("span").text("none yet");
-    }
+    };
     el("span").text(&format!(
         "{} training and {} validation samples of shape {} ({})",
-        format::count(dataset["train_samples"].as_u64().unwrap_or(0)),
-        format::count(dataset["validation_samples"].as_u64().unwrap_or(0)),
-        dataset["sample_shape"],
-        dataset["format"].as_str().unwrap_or(""),
+        format::count(u64::try_from(dataset.train_samples).unwrap_or(0)),
+        format::count(u64::try_from(dataset.validation_samples).unwrap_or(0)),
+        shape(&dataset.sample_shape),
+        dataset.format,
     ))
 }
 
-fn providers_table(providers: &[Value], state: &str) -> El {
+fn providers_table(providers: &[LiveProvider], state: ProjectState) -> El {
     if providers.is_empty() {
-        let text = if state == "running" {
+        let text = if state == ProjectState::Running {
             "No provider is working on it right now. Training goes on as soon as one connects: open the contribute \
              page, or run daig-provider."
         } else {
@@ -425,18 +421,17 @@ fn providers_table(providers: &[Value], state: &str) -> El {
             .map(|h| el("th").attr("scope", "col").text(h)),
     );
     let rows = providers.iter().map(|p| {
-        let backend = p["backend"].as_str().unwrap_or("");
-        let adapter = p["adapter"].as_str().unwrap_or("");
+        let (backend, adapter) = (p.backend.as_str(), p.adapter.as_str());
         el("tr")
-            .child(el("th").attr("scope", "row").text(&format!("#{}", p["id"])))
+            .child(el("th").attr("scope", "row").text(&format!("#{}", p.id)))
             .child(el("td").text(&if adapter.is_empty() {
                 backend.to_owned()
             } else {
                 format!("{backend} ({adapter})")
             }))
-            .child(el("td").text(&format!("{:.0}", p["samples_per_sec"].as_f64().unwrap_or(0.0))))
-            .child(el("td").text(&p["contributions_applied"].to_string()))
-            .child(el("td").text(p["site_key"].as_str().unwrap_or("—")))
+            .child(el("td").text(&format!("{:.0}", p.samples_per_sec)))
+            .child(el("td").text(&p.contributions_applied.to_string()))
+            .child(el("td").text(p.site_key.as_deref().unwrap_or("—")))
     });
     el("div").class("table-wrap").child(
         el("table")
@@ -447,12 +442,33 @@ fn providers_table(providers: &[Value], state: &str) -> El {
     )
 }
 
-fn actions(id: i64, state: &str) -> El {
-    let button = |label: &str, action: &'static str, class: &str| {
-        el("button").attr("type", "button").id(&format!("action-{action}")).class(class).text(label).on(
+/// A lifecycle action's button: its label and class.
+fn action_button(action: Action) -> (&'static str, &'static str) {
+    match action {
+        Action::Start => ("Start training", "primary"),
+        Action::Pause => ("Pause", ""),
+        Action::Resume => ("Resume", "primary"),
+        Action::Cancel => ("Cancel", "danger"),
+    }
+}
+
+/// The moves a project in `state` allows, by the shared state machine (a missing dataset is the server's to report
+/// when Start is pressed).
+fn allowed_actions(state: ProjectState) -> impl Iterator<Item = Action> {
+    [Action::Start, Action::Pause, Action::Resume, Action::Cancel]
+        .into_iter()
+        .filter(move |action| action.apply(state, true).is_ok())
+}
+
+/// The buttons of the moves the project's state allows.
+fn actions(id: i64, state: ProjectState) -> El {
+    let button = |action: Action| {
+        let (label, class) = action_button(action);
+        let name = action.name();
+        el("button").attr("type", "button").id(&format!("action-{name}")).class(class).text(label).on(
             "click",
             move |_| {
-                if action == "cancel" {
+                if action == Action::Cancel {
                     let confirmed = web_sys::window()
                         .and_then(|w| {
                             w.confirm_with_message("Cancel training for good? A cancelled project cannot be resumed.")
@@ -465,10 +481,10 @@ fn actions(id: i64, state: &str) -> El {
                 }
                 wasm_bindgen_futures::spawn_local(async move {
                     dom::clear("project-alert");
-                    match crate::api::post(&format!("/api/projects/{id}/{action}"), &json!({})).await {
+                    match crate::api::post_empty::<ProjectView>(&format!("/api/projects/{id}/{name}")).await {
                         Ok(view) => {
                             update(&view);
-                            if !is_terminal(&view) && action != "pause" {
+                            if !is_terminal(&view) && action != Action::Pause {
                                 subscribe(id, app::generation());
                             }
                         }
@@ -478,18 +494,12 @@ fn actions(id: i64, state: &str) -> El {
             },
         )
     };
-    let row = el("div").id("actions").class("row");
-    match state {
-        "draft" => row.child(button("Start training", "start", "primary")),
-        "running" => row.child(button("Pause", "pause", "")).child(button("Cancel", "cancel", "danger")),
-        "paused" => row.child(button("Resume", "resume", "primary")).child(button("Cancel", "cancel", "danger")),
-        _ => row,
-    }
+    el("div").id("actions").class("row").children(allowed_actions(state).map(button))
 }
 
-fn downloads(id: i64, state: &str) -> El {
+fn downloads(id: i64, state: ProjectState) -> El {
     let list = el("ul").class("downloads");
-    let model = if state == "finished" {
+    let model = if state == ProjectState::Finished {
         el("li").child(
             el("a")
                 .id("download-model")
@@ -512,8 +522,8 @@ fn downloads(id: i64, state: &str) -> El {
     )
 }
 
-fn draft_dataset(id: i64, state: &str, missing: bool) -> El {
-    if state != "draft" {
+fn draft_dataset(id: i64, state: ProjectState, missing: bool) -> El {
+    if state != ProjectState::Draft {
         return el("div").id("draft-dataset");
     }
     let title = if missing { "Upload the dataset" } else { "Replace the dataset" };
@@ -522,7 +532,7 @@ fn draft_dataset(id: i64, state: &str, missing: bool) -> El {
             wasm_bindgen_futures::spawn_local(async move {
                 if super::dataset::upload(id).await.is_ok() {
                     app::announce("Dataset stored");
-                    if let Ok(view) = crate::api::get(&format!("/api/projects/{id}")).await {
+                    if let Ok(view) = crate::api::get_json::<ProjectView>(&format!("/api/projects/{id}")).await {
                         update(&view);
                     }
                 }
@@ -534,33 +544,33 @@ fn draft_dataset(id: i64, state: &str, missing: bool) -> El {
 /// Credits and checkpoints, fetched when the version moves (at most every 2 s) or the state changes.
 async fn side_data(id: i64, generation: u64) {
     let (credits, checkpoints) = (
-        crate::api::get(&format!("/api/projects/{id}/credits")).await,
-        crate::api::get(&format!("/api/projects/{id}/checkpoints")).await,
+        crate::api::get_json::<ProjectCredits>(&format!("/api/projects/{id}/credits")).await,
+        crate::api::get_json::<CheckpointList>(&format!("/api/projects/{id}/checkpoints")).await,
     );
     if !app::is_current(generation) {
         return;
     }
     if let Ok(c) = credits {
-        let providers = c["providers"].as_array().map_or(0, Vec::len);
+        let providers = c.providers.len();
         dom::set_text(
             "credits",
             &format!(
                 "{} samples in {} contributions from {} provider{}",
-                format::count(c["samples"].as_u64().unwrap_or(0)),
-                format::count(c["contributions"].as_u64().unwrap_or(0)),
+                format::count(u64::try_from(c.samples).unwrap_or(0)),
+                format::count(u64::try_from(c.contributions).unwrap_or(0)),
                 providers,
                 if providers == 1 { "" } else { "s" }
             ),
         );
     }
     if let Ok(c) = checkpoints {
-        let list = c["checkpoints"].as_array().map_or(&[][..], Vec::as_slice);
+        let list = c.checkpoints;
         let content = if list.is_empty() {
             el("p").text("No checkpoints yet.")
         } else {
             el("div").child(el("h3").text("Checkpoints")).child(el("ul").class("downloads").children(
                 list.iter().rev().map(|cp| {
-                    let version = cp["version"].as_i64().unwrap_or(0);
+                    let version = cp.version;
                     el("li").child(
                         el("a")
                             .class("checkpoint")
@@ -568,8 +578,8 @@ async fn side_data(id: i64, generation: u64) {
                             .attr("download", &format!("project-{id}-v{version}.safetensors"))
                             .text(&format!(
                                 "Version {version} (epoch {}, {})",
-                                cp["epoch"],
-                                format::bytes(cp["size_bytes"].as_f64().unwrap_or(0.0))
+                                cp.epoch,
+                                format::bytes(cp.size_bytes as f64)
                             )),
                     )
                 }),
@@ -587,6 +597,22 @@ mod tests {
             super::embed_snippet("https://daig.example", 7, "site_abc"),
             r#"<script src="https://daig.example/embed.js" data-project="7" data-site-key="site_abc" async></script>"#
         );
+    }
+
+    #[test]
+    fn shapes_read_as_json_writes_them() {
+        assert_eq!(super::shape(&[784]), "[784]");
+        assert_eq!(super::shape(&[28, 28, 1]), "[28,28,1]");
+    }
+
+    #[test]
+    fn each_state_shows_the_buttons_of_its_moves() {
+        use daig_shared::api::project::ProjectState;
+        let allowed = |state| super::allowed_actions(state).map(|a| super::action_button(a).0).collect::<Vec<_>>();
+        assert_eq!(allowed(ProjectState::Draft), ["Start training"]);
+        assert_eq!(allowed(ProjectState::Running), ["Pause", "Cancel"]);
+        assert_eq!(allowed(ProjectState::Paused), ["Resume", "Cancel"]);
+        assert!(allowed(ProjectState::Finished).is_empty() && allowed(ProjectState::Cancelled).is_empty());
     }
 
     #[test]

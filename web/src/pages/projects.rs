@@ -1,6 +1,6 @@
 //! `/`: the user's projects with their state and progress.
 
-use serde_json::Value;
+use daig_shared::api::project::{ProjectList, ProjectState, ProjectSummary};
 use web_sys::Element;
 
 use super::{alert_box, link, page, progress_bar, show_error};
@@ -16,12 +16,12 @@ pub fn render(main: &Element) {
     page(main, "Projects", content);
     let generation = app::generation();
     wasm_bindgen_futures::spawn_local(async move {
-        let result = crate::api::get("/api/projects").await;
+        let result = crate::api::get_json::<ProjectList>("/api/projects").await;
         if !app::is_current(generation) {
             return;
         }
         match result {
-            Ok(list) => dom::replace("project-list", table(list["projects"].as_array().map_or(&[][..], Vec::as_slice))),
+            Ok(list) => dom::replace("project-list", table(&list.projects)),
             Err(e) => {
                 dom::clear("project-list");
                 show_error("projects-alert", &e);
@@ -33,7 +33,7 @@ pub fn render(main: &Element) {
     });
 }
 
-fn table(projects: &[Value]) -> El {
+fn table(projects: &[ProjectSummary]) -> El {
     if projects.is_empty() {
         return el("p").text("No projects yet. Create one to train a model on volunteers' GPUs.");
     }
@@ -41,20 +41,17 @@ fn table(projects: &[Value]) -> El {
         ["Project", "State", "Epoch", "Progress", "Created"].iter().map(|h| el("th").attr("scope", "col").text(h)),
     );
     let rows = projects.iter().map(|p| {
-        let id = p["id"].as_i64().unwrap_or(0);
-        let name = p["name"].as_str().unwrap_or("");
-        let state = p["state"].as_str().unwrap_or("");
-        let progress = p["progress"].as_f64().unwrap_or(0.0);
+        let (id, name, progress) = (p.id, p.name.as_str(), p.progress);
         el("tr")
             .child(el("th").attr("scope", "row").child(link(&format!("/projects/{id}"), name)))
-            .child(el("td").child(state_badge(state)))
-            .child(el("td").text(&p["epoch"].as_i64().unwrap_or(0).to_string()))
+            .child(el("td").child(state_badge(p.state)))
+            .child(el("td").text(&p.epoch.to_string()))
             .child(
                 el("td")
                     .child(progress_bar(&format!("progress-{id}"), &format!("Progress of {name}"), progress))
                     .child(el("span").class("pct").text(&format!(" {:.0}%", progress * 100.0))),
             )
-            .child(el("td").text(&format::date(p["created_at_unix"].as_i64().unwrap_or(0))))
+            .child(el("td").text(&format::date(p.created_at_unix)))
     });
     el("div").class("table-wrap").child(
         el("table")
@@ -66,6 +63,7 @@ fn table(projects: &[Value]) -> El {
 }
 
 /// A project's state as a coloured badge (the word is the content; colour only repeats it).
-pub fn state_badge(state: &str) -> El {
+pub fn state_badge(state: ProjectState) -> El {
+    let state = state.as_str();
     el("span").class(&format!("badge state-{state}")).text(state)
 }

@@ -1,9 +1,10 @@
 //! `/tokens`: the user's API tokens for the CLI and scripts: create (shown once), list, revoke.
 
-use serde_json::{Value, json};
+use daig_shared::api::accounts::{CreateToken, CreatedToken, TokenList, TokenView};
 use web_sys::Element;
 
 use super::{alert_box, page, show_error};
+use crate::api::FieldProblems;
 use crate::app;
 use crate::dom::{self, El, el, field, input};
 use crate::format;
@@ -44,12 +45,12 @@ pub fn render(main: &Element) {
 }
 
 async fn load(generation: u64) {
-    let result = crate::api::get("/api/tokens").await;
+    let result = crate::api::get_json::<TokenList>("/api/tokens").await;
     if !app::is_current(generation) {
         return;
     }
     match result {
-        Ok(list) => dom::replace("token-list", table(list["tokens"].as_array().map_or(&[][..], Vec::as_slice))),
+        Ok(list) => dom::replace("token-list", table(&list.tokens)),
         Err(e) => show_error("tokens-alert", &e),
     }
     if let Some(list) = dom::by_id("token-list") {
@@ -57,7 +58,7 @@ async fn load(generation: u64) {
     }
 }
 
-fn table(tokens: &[Value]) -> El {
+fn table(tokens: &[TokenView]) -> El {
     if tokens.is_empty() {
         return el("p").text("No live tokens.");
     }
@@ -67,14 +68,14 @@ fn table(tokens: &[Value]) -> El {
             .map(|h| el("th").attr("scope", "col").text(h)),
     );
     let rows = tokens.iter().map(|t| {
-        let id = t["id"].as_i64().unwrap_or(0);
-        let name = t["name"].as_str().unwrap_or("").to_owned();
-        let last_used = t["last_used_at_unix"].as_i64().map_or_else(|| "never".to_owned(), format::date);
+        let id = t.id;
+        let name = t.name.clone();
+        let last_used = t.last_used_at_unix.map_or_else(|| "never".to_owned(), format::date);
         el("tr")
             .child(el("th").attr("scope", "row").text(&name))
-            .child(el("td").child(el("code").text(t["prefix"].as_str().unwrap_or(""))))
-            .child(el("td").text(&format::date(t["created_at_unix"].as_i64().unwrap_or(0))))
-            .child(el("td").text(&format::date(t["expires_at_unix"].as_i64().unwrap_or(0))))
+            .child(el("td").child(el("code").text(&t.prefix)))
+            .child(el("td").text(&format::date(t.created_at_unix)))
+            .child(el("td").text(&format::date(t.expires_at_unix)))
             .child(el("td").text(&last_used))
             .child(
                 el("td").child(
@@ -109,43 +110,38 @@ fn table(tokens: &[Value]) -> El {
 async fn create() {
     dom::clear_field_errors("token-form");
     dom::clear("tokens-alert");
-    let mut body = json!({"name": dom::value("token-name")});
+    let mut body = CreateToken { name: dom::value("token-name"), expires_in_secs: None };
     let days = dom::value("token-days");
     if !days.trim().is_empty() {
         match days.trim().parse::<u64>() {
-            Ok(d) if d > 0 => body["expires_in_secs"] = json!(d * 86_400),
+            Ok(d) if d > 0 => body.expires_in_secs = Some(d * 86_400),
             _ => {
                 dom::field_error("token-days", "must be a whole number of days, at least 1");
                 return;
             }
         }
     }
-    match crate::api::post("/api/tokens", &body).await {
+    match crate::api::post_json::<_, CreatedToken>("/api/tokens", &body).await {
         Ok(created) => {
-            let token = created["token"].as_str().unwrap_or("").to_owned();
             dom::replace(
                 "new-token",
                 el("div")
                     .class("notice")
                     .attr("role", "status")
-                    .child(el("p").text(&format!(
-                        "Token {} created. Copy it now: it is not shown again.",
-                        created["name"].as_str().unwrap_or("")
-                    )))
+                    .child(
+                        el("p").text(&format!("Token {} created. Copy it now: it is not shown again.", created.name)),
+                    )
                     .child(el("label").attr("for", "created-token").text("Token"))
-                    .child(input("created-token", "text").attr("readonly", "").attr("value", &token)),
+                    .child(input("created-token", "text").attr("readonly", "").attr("value", &created.token)),
             );
             dom::set_value("token-name", "");
             dom::set_value("token-days", "");
             load(app::generation()).await;
         }
         Err(e) => {
-            for f in e.details["fields"].as_array().into_iter().flatten() {
-                let id = match f["field"].as_str() {
-                    Some("expires_in_secs") => "token-days",
-                    _ => "token-name",
-                };
-                dom::field_error(id, f["message"].as_str().unwrap_or(""));
+            for f in e.details_as::<FieldProblems>().unwrap_or_default().fields {
+                let id = if f.field == "expires_in_secs" { "token-days" } else { "token-name" };
+                dom::field_error(id, &f.message);
             }
             show_error("tokens-alert", &e);
         }
