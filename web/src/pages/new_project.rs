@@ -53,10 +53,11 @@ const SETTINGS: &[Setting] = &[
     setting("max_providers", "Max providers", true),
     setting("checkpoint_every", "Checkpoint every", true),
     setting("samples_per_shard", "Samples per shard", true),
+    setting("norm_bound_factor", "Norm bound factor", true),
 ];
 
 /// Settings of the shared table that the form sets with controls of their own (the optimiser's method and
-/// learning rate, access, sites) or leaves at their defaults (aggregation, normalisation).
+/// learning rate, aggregation, access, sites) or leaves at their defaults (normalisation).
 #[cfg(test)]
 const FORM_ELSEWHERE: &[&str] = &["optimizer", "access", "sites", "aggregation", "normalization"];
 
@@ -111,6 +112,20 @@ pub fn render(main: &Element) {
                 el("div")
                     .class("grid")
                     .children(advanced)
+                    .child(field(
+                        "Aggregation",
+                        select(
+                            "s-aggregation",
+                            &[
+                                ("mean", "Mean"),
+                                ("trimmed_mean", "Trimmed mean"),
+                                ("median", "Median"),
+                                ("centered_clip", "Centered clipping"),
+                            ],
+                            "mean",
+                        ),
+                        Some(&hint("aggregation")),
+                    ))
                     .child(field(
                         "Who may contribute",
                         select(
@@ -409,6 +424,7 @@ fn body() -> Value {
         "optimizer".into(),
         json!({"method": method, "learning_rate": number(dom::value("s-learning_rate").trim())}),
     );
+    settings.insert("aggregation".into(), json!(dom::value("s-aggregation")));
     settings.insert("access".into(), json!(dom::value("s-access")));
     let sites = super::project::parse_sites(&dom::value("s-sites"));
     if !sites.is_empty() {
