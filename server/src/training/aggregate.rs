@@ -73,7 +73,8 @@ impl NormBound {
         NormBound { factor, norms: VecDeque::with_capacity(NORM_WINDOW), scratch: Vec::with_capacity(NORM_WINDOW) }
     }
 
-    /// The largest norm allowed now for a contribution of `steps` local steps, if any.
+    /// The largest norm allowed now for a contribution of `steps` local steps, if any: none without a factor,
+    /// with fewer than [`MIN_NORMS`] norms recorded, or while their median is 0 (nothing to be relative to).
     pub fn bound(&mut self, steps: u32) -> Option<f64> {
         let factor = self.factor?;
         if self.norms.len() < MIN_NORMS {
@@ -81,7 +82,8 @@ impl NormBound {
         }
         self.scratch.clear();
         self.scratch.extend(self.norms.iter().copied());
-        Some(factor * median_f64(&mut self.scratch) * f64::from(steps.max(1)))
+        let median = median_f64(&mut self.scratch);
+        (median > 0.0).then(|| factor * median * f64::from(steps.max(1)))
     }
 
     /// The factor a contribution of `norm` over `steps` local steps is scaled by (1, or less when above the
@@ -106,21 +108,32 @@ impl NormBound {
 pub struct Aggregator {
     rule: Aggregation,
     params: usize,
-    /// `mean`: the running weighted mean; then the pseudo-gradient. Robust rules: their result.
+    /// `mean`: minus the running weighted mean, which is the pseudo-gradient. Robust rules: their result.
     out: Vec<f32>,
     total_weight: f64,
     count: usize,
+    /// The largest norm pushed since the last [`Aggregator::finish`], after the bound: no value is larger.
+    largest: f64,
     /// Robust rules: the deltas, one after the other (norm-bounded).
     kept: Vec<f32>,
-    /// One value per contribution, for a coordinate's selection.
+    /// A block of coordinates of every kept delta, sorted per coordinate by `network`.
     scratch: Vec<f32>,
+    /// The sorting network for `count` values (up to [`MAX_NETWORK`]), and the count it is for.
+    network: Vec<(usize, usize)>,
+    network_for: usize,
     /// Centered clipping: one factor, and one distance, per contribution.
-    factors: Vec<f64>,
+    factors: Vec<f32>,
     distances: Vec<f64>,
     bound: NormBound,
     /// Contributions scaled down by the norm bound, ever.
     bounded: u64,
 }
+
+/// Contributions up to which the robust rules sort each coordinate's values with a sorting network over
+/// blocks of coordinates (vectorised compare-exchanges); beyond, each coordinate is selected on its own.
+pub const MAX_NETWORK: usize = 32;
+/// Coordinates per block of the sorting network: `MAX_NETWORK` of them fit in 16 KiB.
+const NETWORK_BLOCK: usize = 128;
 
 impl Aggregator {
     /// An empty aggregator of deltas of `params` values by `rule`, with the norm bound at `norm_bound_factor`
@@ -132,8 +145,11 @@ impl Aggregator {
             out: vec![0.0; params],
             total_weight: 0.0,
             count: 0,
+            largest: 0.0,
             kept: Vec::new(),
             scratch: Vec::new(),
+            network: Vec::new(),
+            network_for: 0,
             factors: Vec::new(),
             distances: Vec::new(),
             bound: NormBound::new(norm_bound_factor),
@@ -164,7 +180,9 @@ impl Aggregator {
     /// by `mean` only), made in `steps` local steps. Returns the factor its norm bound scaled it by (1: none).
     pub fn push(&mut self, delta: &[f32], weight: f64, steps: u32) -> f32 {
         assert_eq!(delta.len(), self.params, "a delta of the model's size");
-        let scale = self.bound.scale(norm(delta), steps);
+        let norm = norm(delta);
+        let scale = self.bound.scale(norm, steps);
+        self.largest = self.largest.max(norm * scale);
         if scale < 1.0 {
             self.bounded += 1;
             metrics::counter!("daig_contributions_norm_bounded_total").increment(1);
@@ -173,17 +191,25 @@ impl Aggregator {
         match self.rule {
             Aggregation::Mean => {
                 self.total_weight += weight;
-                // m <- (1 - a) m + a x with a = w / W: a convex combination, so never beyond the deltas.
+                // g <- (1 - a) g - a x with a = w / W: minus a convex combination, so never beyond the deltas.
                 let a = if self.total_weight > 0.0 { weight / self.total_weight } else { 1.0 };
                 if self.count == 0 || a >= 1.0 {
-                    for (m, d) in self.out.iter_mut().zip(delta) {
-                        *m = scale * d;
+                    let minus = -scale;
+                    for (g, d) in self.out.iter_mut().zip(delta) {
+                        *g = minus * d;
                     }
                 } else {
-                    let (keep, add) = ((1.0 - a) as f32, (a as f32) * scale);
-                    for (m, d) in self.out.iter_mut().zip(delta) {
-                        // Both terms are finite; rounding could take their sum just past f32::MAX.
-                        *m = (keep * *m + add * d).clamp(-f32::MAX, f32::MAX);
+                    let (keep, sub) = ((1.0 - a) as f32, (a as f32) * scale);
+                    if self.largest < f64::from(f32::MAX) / 4.0 {
+                        // Every value so far is below f32::MAX / 4, and so is the sum.
+                        for (g, d) in self.out.iter_mut().zip(delta) {
+                            *g = keep * *g - sub * d;
+                        }
+                    } else {
+                        for (g, d) in self.out.iter_mut().zip(delta) {
+                            // Both terms are finite; rounding could take their sum just past f32::MAX.
+                            *g = (keep * *g - sub * d).clamp(-f32::MAX, f32::MAX);
+                        }
                     }
                 }
             }
@@ -205,28 +231,92 @@ impl Aggregator {
         let n = self.count;
         self.count = 0;
         self.total_weight = 0.0;
+        self.largest = 0.0;
         if n == 0 {
             self.out.fill(0.0);
             return &self.out;
         }
-        match self.rule {
-            Aggregation::Mean => {}
-            Aggregation::TrimmedMean => self.trimmed(n, trimmed_count(n)),
-            Aggregation::Median => self.trimmed(n, (n - 1) / 2),
+        let robust = match self.rule {
+            Aggregation::Mean => false,
+            Aggregation::TrimmedMean => {
+                self.trimmed(n, trimmed_count(n));
+                true
+            }
+            Aggregation::Median => {
+                self.trimmed(n, (n - 1) / 2);
+                true
+            }
             Aggregation::CenteredClip => {
                 self.trimmed(n, (n - 1) / 2);
                 self.centered_clip(n);
+                true
             }
+        };
+        if robust {
+            for g in &mut self.out {
+                *g = -*g;
+            }
+            self.kept.clear();
         }
-        for g in &mut self.out {
-            *g = -*g;
-        }
-        self.kept.clear();
         &self.out
     }
 
     /// `out` = per coordinate, the mean of the kept values once the `t` lowest and `t` highest are dropped.
     fn trimmed(&mut self, n: usize, t: usize) {
+        if n > MAX_NETWORK {
+            self.trimmed_by_selection(n, t);
+            return;
+        }
+        if self.network_for != n {
+            self.network = sorting_network(n);
+            self.network_for = n;
+        }
+        let p = self.params;
+        let kept = &self.kept[..n * p];
+        const B: usize = NETWORK_BLOCK;
+        self.scratch.resize(n * B, 0.0);
+        let scratch = &mut self.scratch;
+        let inv_keep = 1.0 / (n - 2 * t) as f32;
+        for (block, out) in self.out.chunks_mut(B).enumerate() {
+            let (start, len) = (block * B, out.len());
+            for (j, row) in scratch.chunks_exact_mut(B).enumerate() {
+                row[..len].copy_from_slice(&kept[j * p + start..][..len]);
+            }
+            for &(a, b) in &self.network {
+                // a < b: rows a and b get each coordinate's smaller and larger value.
+                let (low, high) = scratch.split_at_mut(b * B);
+                let (x, y) = (&mut low[a * B..a * B + len], &mut high[..len]);
+                for (x, y) in x.iter_mut().zip(y.iter_mut()) {
+                    let (small, large) = if *y < *x { (*y, *x) } else { (*x, *y) };
+                    *x = small;
+                    *y = large;
+                }
+            }
+            // The rows t..n-t hold the values kept, each coordinate's in order.
+            let rows = &scratch[t * B..(n - t) * B];
+            if n - 2 * t == 1 {
+                out.copy_from_slice(&rows[..len]);
+                continue;
+            }
+            for (o, v) in out.iter_mut().zip(&rows[..len]) {
+                *o = v * inv_keep;
+            }
+            for row in rows.chunks_exact(B).skip(1) {
+                for (o, v) in out.iter_mut().zip(&row[..len]) {
+                    *o += v * inv_keep;
+                }
+            }
+            // The mean lies between the smallest and the largest value kept: only rounding could take it
+            // past them (or past f32::MAX).
+            let (lowest, highest) = (&rows[..len], &rows[(n - 2 * t - 1) * B..][..len]);
+            for ((o, &lo), &hi) in out.iter_mut().zip(lowest).zip(highest) {
+                *o = o.max(lo).min(hi);
+            }
+        }
+    }
+
+    /// [`Self::trimmed`] for many contributions: each coordinate's values selected on their own.
+    fn trimmed_by_selection(&mut self, n: usize, t: usize) {
         let p = self.params;
         let kept = &self.kept[..n * p];
         let scratch = &mut self.scratch;
@@ -249,26 +339,56 @@ impl Aggregator {
         self.distances.clear();
         self.distances.extend(kept.chunks_exact(p).map(|x| distance(x, v)));
         let tau = median_f64(&mut self.distances);
-        self.factors.clear();
-        self.factors.resize(n, 0.0);
         let inv_n = 1.0 / n as f64;
         for _ in 0..CLIP_ITERATIONS {
-            for (c, x) in self.factors.iter_mut().zip(kept.chunks_exact(p)) {
+            // clip(x - v, tau) / n = (x - v) * c with c = min(1, tau / |x - v|) / n.
+            self.factors.clear();
+            self.factors.extend(kept.chunks_exact(p).map(|x| {
                 let d = distance(x, v);
-                // The fraction of the pull kept, over n: clip(x - v, tau) / n = (x - v) * c.
-                *c = if d <= tau { inv_n } else { tau / d * inv_n };
+                (if d <= tau { inv_n } else { tau / d * inv_n }) as f32
+            }));
+            // v + sum c (x - v) = (1 - sum c) v + sum c x: a convex combination (sum c <= 1), so finite; only
+            // rounding could take it past f32::MAX.
+            let rest = (1.0 - self.factors.iter().sum::<f32>()).max(0.0);
+            for vi in v.iter_mut() {
+                *vi *= rest;
             }
-            for (i, vi) in v.iter_mut().enumerate() {
-                let old = f64::from(*vi);
-                let mut step = 0.0;
-                for (j, c) in self.factors.iter().enumerate() {
-                    step += c * (f64::from(kept[j * p + i]) - old);
+            for (&c, x) in self.factors.iter().zip(kept.chunks_exact(p)) {
+                for (vi, xi) in v.iter_mut().zip(x) {
+                    *vi += c * xi;
                 }
-                // A convex combination of v and the x_i (the factors sum to at most 1): finite.
-                *vi = (old + step) as f32;
+            }
+            for vi in v.iter_mut() {
+                *vi = vi.clamp(-f32::MAX, f32::MAX);
             }
         }
     }
+}
+
+/// Batcher's odd-even merge sort for `n` values, as compare-exchanges `(a, b)` with `a < b` (the smaller value
+/// goes to `a`): the network for the next power of two, less the pairs that reach past `n` (think of those
+/// positions as holding +infinity: such a pair never moves anything).
+fn sorting_network(n: usize) -> Vec<(usize, usize)> {
+    let size = n.next_power_of_two();
+    let mut pairs = Vec::new();
+    let mut p = 1;
+    while p < size {
+        let mut k = p;
+        while k >= 1 {
+            let mut j = k % p;
+            while j + k < size {
+                for i in 0..k.min(size - j - k) {
+                    if (i + j) / (2 * p) == (i + j + k) / (2 * p) && i + j + k < n {
+                        pairs.push((i + j, i + j + k));
+                    }
+                }
+                j += 2 * k;
+            }
+            k /= 2;
+        }
+        p *= 2;
+    }
+    pairs
 }
 
 /// The mean of `values` without their `t` lowest and `t` highest (`keep = len - 2t`); reorders `values`.
@@ -296,41 +416,62 @@ fn median_f64(values: &mut [f64]) -> f64 {
     if n % 2 == 1 { mid } else { 0.5 * (low.iter().copied().fold(f64::NEG_INFINITY, f64::max) + mid) }
 }
 
-/// The L2 norm of `x`, summed in f64 in eight lanes (no overflow, and vectorised).
+/// Values per block of a sum of squares: summed in f32 lanes (fast), added up in f64.
+const SQUARES_BLOCK: usize = 1024;
+
+/// The L2 norm of `x`: blocks summed in f32 lanes, and in f64 where f32 overflows.
 pub fn norm(x: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            let v = f64::from(v);
-            *a += v * v;
-        }
+    let mut total = 0.0;
+    for block in x.chunks(SQUARES_BLOCK) {
+        let fast = squares(block);
+        total += if fast.is_finite() { f64::from(fast) } else { block.iter().map(|&v| f64::from(v).powi(2)).sum() };
     }
-    let tail: f64 = rest.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    (acc.iter().sum::<f64>() + tail).sqrt()
+    total.sqrt()
 }
 
-/// The L2 distance between `x` and `y`, in f64 like [`norm`].
+/// The L2 distance between `x` and `y`, like [`norm`].
 fn distance(x: &[f32], y: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f64 = xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .map(|(&a, &b)| {
-            let d = f64::from(a) - f64::from(b);
-            d * d
-        })
-        .sum();
-    for (a8, b8) in xc.zip(yc) {
-        for ((s, &a), &b) in acc.iter_mut().zip(a8).zip(b8) {
-            let d = f64::from(a) - f64::from(b);
-            *s += d * d;
+    let mut total = 0.0;
+    for (xb, yb) in x.chunks(SQUARES_BLOCK).zip(y.chunks(SQUARES_BLOCK)) {
+        let fast = squares_of_differences(xb, yb);
+        total += if fast.is_finite() {
+            f64::from(fast)
+        } else {
+            xb.iter().zip(yb).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum()
+        };
+    }
+    total.sqrt()
+}
+
+/// Lanes of the f32 sums of squares: independent chains, which the compiler vectorises.
+const LANES: usize = 32;
+
+/// The sum of the squares of `x`, in [`LANES`] f32 lanes.
+#[inline]
+fn squares(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v * v;
         }
     }
-    (acc.iter().sum::<f64>() + tail).sqrt()
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// The sum of the squares of `x - y`, in [`LANES`] f32 lanes.
+#[inline]
+fn squares_of_differences(x: &[f32], y: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let rest: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| (a - b) * (a - b)).sum();
+    for (xs, ys) in xc.zip(yc) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(xs).zip(ys) {
+            *lane += (a - b) * (a - b);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]

@@ -348,3 +348,80 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_sorting_networks_sort() {
+    // Every 0/1 input up to 16 values (the 0-1 principle: then every input), random ones beyond.
+    for n in 1..=MAX_NETWORK {
+        let network = sorting_network(n);
+        assert!(network.iter().all(|&(a, b)| a < b && b < n), "{n}");
+        let apply = |values: &mut [u32]| {
+            for &(a, b) in &network {
+                if values[b] < values[a] {
+                    values.swap(a, b);
+                }
+            }
+        };
+        if n <= 16 {
+            for bits in 0u32..1 << n {
+                let mut values: Vec<u32> = (0..n).map(|i| (bits >> i) & 1).collect();
+                apply(&mut values);
+                assert!(values.is_sorted(), "{n}: {bits:b}");
+            }
+        } else {
+            let mut state = 12345u32;
+            for _ in 0..2000 {
+                let mut values: Vec<u32> = (0..n)
+                    .map(|_| {
+                        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        state >> 20
+                    })
+                    .collect();
+                apply(&mut values);
+                assert!(values.is_sorted(), "{n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn many_contributions_are_selected_per_coordinate_as_the_definitions_say() {
+    // Beyond MAX_NETWORK contributions, and with more coordinates than a block.
+    let n = MAX_NETWORK + 5;
+    let p = 2 * NETWORK_BLOCK + 3;
+    let deltas: Vec<Vec<f32>> =
+        (0..n).map(|j| (0..p).map(|i| (((i * 31 + j * 17) % 23) as f32 - 11.0) * 0.5).collect()).collect();
+    for (rule, expected) in [
+        (Aggregation::TrimmedMean, reference_trimmed(&deltas, trimmed_count(n))),
+        (Aggregation::Median, reference_median(&deltas)),
+        (Aggregation::CenteredClip, reference_centered_clip(&deltas)),
+    ] {
+        let out = aggregate(rule, &deltas);
+        assert!(out.iter().zip(&expected).all(|(o, e)| (f64::from(*o) - e).abs() < 1e-3), "{rule:?}");
+    }
+    // And by the networks, with blocks.
+    let deltas = &deltas[..MAX_NETWORK];
+    let out = aggregate(Aggregation::Median, deltas);
+    let expected = reference_median(deltas);
+    assert!(out.iter().zip(&expected).all(|(o, e)| (f64::from(*o) - e).abs() < 1e-6));
+}
+
+#[test]
+fn norms_are_exact_enough_and_never_overflow() {
+    let x: Vec<f32> = (0..10_000).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    let exact = x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+    assert!((norm(&x) - exact).abs() < 1e-6 * exact);
+    let huge = vec![f32::MAX; 3000];
+    assert!(close(norm(&huge), f64::from(f32::MAX) * 3000f64.sqrt()));
+    let minus: Vec<f32> = huge.iter().map(|v| -v).collect();
+    assert!(close(distance(&huge, &minus), 2.0 * f64::from(f32::MAX) * 3000f64.sqrt()));
+}
+
+#[test]
+fn zero_deltas_set_no_bound() {
+    let mut aggregator = Aggregator::new(Aggregation::Mean, 2, Some(3.0));
+    for _ in 0..MIN_NORMS {
+        aggregator.push(&[0.0, 0.0], 1.0, 1);
+    }
+    assert_eq!(aggregator.push(&[1.0, 1.0], 1.0, 1), 1.0);
+}
