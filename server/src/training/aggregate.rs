@@ -24,13 +24,20 @@
 //! Every rule first bounds each contribution's L2 norm ([`NormBound`]): with a factor `f` (3 by default), a
 //! contribution whose norm per local step exceeds `f` times the median norm per step of the last
 //! [`NORM_WINDOW`] contributions is scaled down to that bound (not dropped); with fewer than [`MIN_NORMS`]
-//! norms recorded there is no bound yet. Norms are per local step because a lease of `s` batches is trained in
+//! norms recorded, or while their median is 0, there is no bound. Norms are per local step because a lease of `s` batches is trained in
 //! `s` local steps and its delta is up to `s` times larger. The raw norms are recorded (a bounded one too): the
 //! median ignores a minority of outliers, and recording bounded norms instead could freeze the bound (at zero,
 //! after a run of zero deltas) or make it lag behind honest growth.
 //!
-//! From finite deltas no rule produces a non-finite value: the mean is a running convex combination, the
-//! robust rules sum in f64 and stay within the inputs' range per coordinate.
+//! From finite deltas no rule produces a non-finite value: the mean is a running convex combination (clamped to
+//! the finite range when values near f32::MAX could round past it), the trimmed mean and the median are
+//! clamped to the values they keep per coordinate, and centered clipping is a convex combination of its start
+//! and the deltas.
+//!
+//! The robust rules sort each coordinate's values with a sorting network (Batcher's odd-even merge sort) applied
+//! to blocks of coordinates, which vectorises; beyond [`MAX_NETWORK`] contributions, each coordinate's values
+//! are selected with `select_nth_unstable_by`. Norms are summed in f32 lanes per block, in f64 where f32
+//! overflows.
 
 use std::collections::VecDeque;
 
