@@ -5,7 +5,8 @@
 //! a version or two stale), and its effects are carried out in memory (leases queued for their providers, acks
 //! counted, evaluations answered at once). Time advances one millisecond per contribution, with a `tick` every
 //! 500 ms of it. The peer, in the same run and on the same thread, is the arithmetic alone: the same number
-//! of `aggregate::accumulate` calls and one `into_gradient` + Adam `Optimizer::step` per K, which is the
+//! of `Aggregator::push` calls (the mean, norm-bounded, as the core's default) and one `Aggregator::finish` +
+//! Adam `Optimizer::step` per K, which is the
 //! least any K-batch server must do per contribution. The ratio is what the core's bookkeeping (leasing,
 //! checks, the plan, effects) costs on top.
 //!
@@ -67,6 +68,8 @@ impl Sim {
             local_learning_rate: 0.01,
             checkpoint_every: 0,
             target_accuracy: None,
+            aggregation: aggregate::Aggregation::Mean,
+            norm_bound_factor: Some(aggregate::DEFAULT_NORM_BOUND_FACTOR),
             has_validation: false,
             checks: CheckPolicy::off(),
         };
@@ -146,20 +149,16 @@ impl Sim {
 /// The peer: `n` contributions' arithmetic alone.
 fn arithmetic(params: usize, n: u64) -> f64 {
     let delta: Vec<f32> = (0..params).map(|i| ((i * 7) % 101) as f32 * 1e-4 - 5e-3).collect();
-    let mut sum = vec![0f32; params];
-    let mut weights = 0.0;
+    let mut aggregator =
+        aggregate::Aggregator::new(aggregate::Aggregation::Mean, params, Some(aggregate::DEFAULT_NORM_BOUND_FACTOR));
     let mut model: Vec<f32> = (0..params).map(|i| (i % 17) as f32 * 0.01).collect();
     let mut optimizer = Optimizer::new(adam(), params).expect("optimizer");
     let started = Instant::now();
     for i in 1..=n {
         let weight = aggregate::weight(BATCH, 0);
-        aggregate::accumulate(&mut sum, std::hint::black_box(&delta), weight);
-        weights += weight;
+        aggregator.push(std::hint::black_box(&delta), weight, 1);
         if i.is_multiple_of(u64::from(K)) {
-            aggregate::into_gradient(&mut sum, weights);
-            optimizer.step(&mut model, &sum).expect("step");
-            sum.fill(0.0);
-            weights = 0.0;
+            optimizer.step(&mut model, aggregator.finish()).expect("step");
         }
     }
     std::hint::black_box(&model);

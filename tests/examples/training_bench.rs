@@ -11,9 +11,10 @@
 //!   trained from the same initial parameters on the same train split with the same global batch (K x batch
 //!   size), optimiser and epochs, over several shuffles (their spread is the noise floor), all evaluated on the
 //!   project's validation split as the server stored it (read from its database and object store).
-//! - `aggregate`: GB/s of contribution deltas averaged and applied by the server's arithmetic
-//!   (`aggregate::accumulate` per contribution, `aggregate::into_gradient` and one Adam `Optimizer::step` per K
-//!   contributions), beside `copy_from_slice` of the same bytes in the same run.
+//! - `aggregate`: GB/s of contribution deltas aggregated and applied by the server's arithmetic, for each
+//!   aggregation rule (`--rules`): `Aggregator::push` per contribution, `Aggregator::finish` and one Adam
+//!   `Optimizer::step` per K contributions, and the aggregation alone without the step, each beside
+//!   `copy_from_slice` of the same bytes in the same run.
 //! - `connections`: N simulated providers (this process, a plain WebSocket client of the wire protocol)
 //!   connected to one `daig-server` process over loopback, answering heartbeats, while a subset sends
 //!   contributions for its leases one at a time and times each Ack; the idle ones in the same project (every
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use daig_server::training::aggregate;
+use daig_server::training::aggregate::{self, Aggregation, Aggregator};
 use daig_shared::data::{ShardView, npy, permutation};
 use daig_shared::model::{Limits, Model};
 use daig_shared::params::{from_safetensors, init_params};
@@ -118,6 +119,9 @@ struct Args {
     /// aggregate: timed runs of each case (the median is reported), after one of warm-up.
     #[arg(long, default_value_t = 7)]
     runs: usize,
+    /// aggregate: the aggregation rules, each beside memcpy in the same run.
+    #[arg(long, value_delimiter = ',', default_values_t = ["mean".to_owned(), "trimmed_mean".to_owned(), "median".to_owned(), "centered_clip".to_owned()])]
+    rules: Vec<String>,
 
     /// connections: the numbers of simulated providers, one run each.
     #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10_000])]
@@ -611,23 +615,34 @@ fn timed(reps: usize, mut f: impl FnMut()) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// Repetitions of `f` that take about `secs` (at least 3), from one timed call.
+fn reps_for(secs: f64, mut f: impl FnMut()) -> usize {
+    let once = timed(1, &mut f).max(1e-9);
+    ((secs / once) as usize).clamp(3, 100_000)
+}
+
 fn aggregate_bench(args: &Args) -> anyhow::Result<()> {
     let k = args.k.max(1);
+    let rules: Vec<Aggregation> = args
+        .rules
+        .iter()
+        .map(|r| serde_json::from_value(Value::from(r.as_str())).with_context(|| format!("the rule {r:?}")))
+        .collect::<anyhow::Result<_>>()?;
     println!(
-        "\naggregation: one update = K = {k} x aggregate::accumulate of a delta + aggregate::into_gradient + one Adam \
-         Optimizer::step + clearing the sum, as the coordinator runs it; bytes = K x params x 4 (the deltas read); \
-         peer: K x copy_from_slice of the same deltas; median of {} runs after one of warm-up",
+        "\naggregation: one update = K = {k} x Aggregator::push of a delta (norm bound at its default factor) + \
+         Aggregator::finish + one Adam Optimizer::step, as the training core runs it; bytes = K x params x 4 (the \
+         deltas read); peer: K x copy_from_slice of the same deltas, in the same run; each case about 0.3 s per \
+         run, median of {} runs after one of warm-up",
         args.runs
     );
     println!(
-        "  | params | memcpy GB/s | update GB/s | update / memcpy | ms per update | accumulate GB/s | step + gradient ms |"
+        "  | rule | params | memcpy GB/s | update GB/s | update / memcpy | ms per update | aggregate GB/s | \
+         aggregate / memcpy | aggregate ms |"
     );
     for &n in &args.params {
         let deltas: Vec<Vec<f32>> =
             (0..k).map(|c| (0..n).map(|i| ((i * 7 + c * 13) % 101) as f32 * 1e-4 - 5e-3).collect()).collect();
-        let mut sum = vec![0f32; n];
         let mut copy = vec![0f32; n];
-        let mut params: Vec<f32> = (0..n).map(|i| (i % 17) as f32 * 0.01).collect();
         let config = OptimizerConfig {
             method: Method::adam(),
             learning_rate: 1e-3,
@@ -635,60 +650,56 @@ fn aggregate_bench(args: &Args) -> anyhow::Result<()> {
             weight_decay: 0.0,
             clip_norm: None,
         };
-        let mut optimizer = Optimizer::new(config, n)?;
         let weight = aggregate::weight(32, 0);
         let bytes = (k * n * 4) as f64;
-        // About 0.3 s of memcpy per run.
-        let reps = ((3e9 / bytes) as usize).clamp(3, 100_000);
-        let (mut memcpy, mut update, mut accumulate, mut step) = (vec![], vec![], vec![], vec![]);
-        for run in 0..=args.runs {
-            let memcpy_secs = timed(reps, || {
-                for delta in &deltas {
-                    copy.copy_from_slice(std::hint::black_box(delta));
-                    std::hint::black_box(&mut copy);
-                }
-            });
-            let update_secs = timed(reps, || {
-                let mut total = 0.0;
-                for delta in &deltas {
-                    aggregate::accumulate(&mut sum, std::hint::black_box(delta), weight);
-                    total += weight;
-                }
-                aggregate::into_gradient(&mut sum, total);
-                optimizer.step(&mut params, &sum).expect("a finite gradient");
-                sum.fill(0.0);
-                std::hint::black_box(&mut params);
-            });
-            let accumulate_secs = timed(reps, || {
-                for delta in &deltas {
-                    aggregate::accumulate(&mut sum, std::hint::black_box(delta), weight);
-                }
-                std::hint::black_box(&mut sum);
-            });
-            // A real gradient: a zero one would drive Adam's moments into subnormal numbers, which are slow.
-            sum.copy_from_slice(&deltas[0]);
-            let step_secs = timed(reps, || {
-                aggregate::into_gradient(&mut sum, 1.0);
-                optimizer.step(&mut params, &sum).expect("a finite gradient");
-                std::hint::black_box(&mut params);
-            });
-            sum.fill(0.0);
-            if run > 0 {
-                memcpy.push(bytes * reps as f64 / memcpy_secs / 1e9);
-                update.push(bytes * reps as f64 / update_secs / 1e9);
-                accumulate.push(bytes * reps as f64 / accumulate_secs / 1e9);
-                step.push(step_secs / reps as f64 * 1e3);
+        let mut memcpy_once = || {
+            for delta in &deltas {
+                copy.copy_from_slice(std::hint::black_box(delta));
+                std::hint::black_box(&mut copy);
             }
+        };
+        let memcpy_reps = reps_for(0.3, &mut memcpy_once);
+        for &rule in &rules {
+            let mut params: Vec<f32> = (0..n).map(|i| (i % 17) as f32 * 0.01).collect();
+            let mut optimizer = Optimizer::new(config.clone(), n)?;
+            let mut aggregator = Aggregator::new(rule, n, Some(aggregate::DEFAULT_NORM_BOUND_FACTOR));
+            let mut update_once = |step: bool| {
+                for delta in &deltas {
+                    aggregator.push(std::hint::black_box(delta), weight, 1);
+                }
+                let gradient = aggregator.finish();
+                if step {
+                    optimizer.step(&mut params, gradient).expect("a finite gradient");
+                    std::hint::black_box(&mut params);
+                } else {
+                    std::hint::black_box(gradient);
+                }
+            };
+            let update_reps = reps_for(0.3, || update_once(true));
+            let aggregate_reps = reps_for(0.3, || update_once(false));
+            let (mut memcpy, mut update, mut alone) = (vec![], vec![], vec![]);
+            for run in 0..=args.runs {
+                let memcpy_secs = timed(memcpy_reps, &mut memcpy_once);
+                let update_secs = timed(update_reps, || update_once(true));
+                let alone_secs = timed(aggregate_reps, || update_once(false));
+                if run > 0 {
+                    memcpy.push(bytes * memcpy_reps as f64 / memcpy_secs / 1e9);
+                    update.push(bytes * update_reps as f64 / update_secs / 1e9);
+                    alone.push(bytes * aggregate_reps as f64 / alone_secs / 1e9);
+                }
+            }
+            assert_eq!(aggregator.bounded(), 0, "no delta of the benchmark is beyond the norm bound");
+            let (memcpy_gbs, update_gbs, alone_gbs) = (median(&mut memcpy), median(&mut update), median(&mut alone));
+            let name = serde_json::to_value(rule)?;
+            println!(
+                "  | {} | {n} | {memcpy_gbs:.2} | {update_gbs:.3} | {:.3} | {:.3} | {alone_gbs:.3} | {:.3} | {:.3} |",
+                name.as_str().unwrap_or("?"),
+                update_gbs / memcpy_gbs,
+                bytes / update_gbs / 1e6,
+                alone_gbs / memcpy_gbs,
+                bytes / alone_gbs / 1e6,
+            );
         }
-        let update_gbs = median(&mut update);
-        let memcpy_gbs = median(&mut memcpy);
-        println!(
-            "  | {n} | {memcpy_gbs:.2} | {update_gbs:.2} | {:.2} | {:.3} | {:.2} | {:.3} |",
-            update_gbs / memcpy_gbs,
-            bytes / update_gbs / 1e6,
-            median(&mut accumulate),
-            median(&mut step),
-        );
     }
     Ok(())
 }

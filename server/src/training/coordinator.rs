@@ -140,6 +140,8 @@ impl Coordinator {
             local_learning_rate: settings.local_learning_rate,
             checkpoint_every: settings.checkpoint_every,
             target_accuracy: settings.target_accuracy,
+            aggregation: settings.aggregation,
+            norm_bound_factor: settings.norm_bound_factor,
             has_validation: validation.is_some(),
             checks: CheckPolicy::on(rand::random()),
         };

@@ -12,8 +12,9 @@
 //!
 //! K-batch sync SGD: a contribution made on version `v'` while the core is at `v` is acked `Stale` when
 //! `v - v' > max_staleness`; otherwise its delta joins the buffer with the weight `samples / (1 + v - v')`.
-//! When the buffer holds `k` contributions (or the epoch's last batches), the weighted mean delta `d` becomes
-//! the pseudo-gradient `-d` of the server optimiser and the version goes up by one.
+//! When the buffer holds `k` contributions (or the epoch's last batches), their aggregate `d` (the weighted mean,
+//! or a robust rule; norm-bounded: `aggregate.rs`) becomes the pseudo-gradient `-d` of the server optimiser and
+//! the version goes up by one.
 //!
 //! Exactly once: a contribution is buffered only for units its own open lease holds in the current epoch and
 //! that the plan still has leased ([`EpochPlan::can_buffer`]); an update's units are applied in the plan only
@@ -85,6 +86,9 @@ pub struct CoreConfig {
     pub local_learning_rate: f32,
     pub checkpoint_every: u32,
     pub target_accuracy: Option<f64>,
+    /// How contributions are combined, and the norm bound's factor (`None`: no bound).
+    pub aggregation: aggregate::Aggregation,
+    pub norm_bound_factor: Option<f64>,
     /// Whether the project has a validation split: without one only epoch ends are evaluated (recorded with
     /// no validation figures).
     pub has_validation: bool,
@@ -360,8 +364,7 @@ pub struct Core {
     version: u64,
     plan: EpochPlan,
     samples_applied: u64,
-    sum: Vec<f32>,
-    weight: f64,
+    aggregator: aggregate::Aggregator,
     buffer: Vec<Buffered>,
     leases: HashMap<LeaseId, LeaseRecord>,
     /// Why recent leases were cancelled, for the refusal of a contribution already on its way.
@@ -392,22 +395,21 @@ impl Core {
     /// A core at `restore`'s state over the train `shards`.
     pub fn new(config: CoreConfig, shards: Vec<TrainShard>, restore: Restore, lease_ids: Arc<LeaseIds>) -> Core {
         let plan = EpochPlan::new(restore.epoch, config.seed, config.batch_size, shards.clone(), &restore.applied);
-        let n = restore.params.len();
         let mut history = VecDeque::new();
         if config.checks.enabled {
             history.push_back((restore.version, Arc::from(restore.params.as_slice())));
         }
+        let aggregator = aggregate::Aggregator::new(config.aggregation, restore.params.len(), config.norm_bound_factor);
         Core {
             config,
             shards,
             lease_ids,
-            sum: vec![0.0; n],
+            aggregator,
             params: restore.params,
             optimizer: restore.optimizer,
             version: restore.version,
             plan,
             samples_applied: restore.samples_applied,
-            weight: 0.0,
             buffer: Vec::new(),
             leases: HashMap::new(),
             cancelled: HashMap::new(),
@@ -802,8 +804,7 @@ impl Core {
             self.cancel_lease(copy, "another provider contributed these batches first");
         }
         let weight = aggregate::weight(info.sample_count, staleness);
-        aggregate::accumulate(&mut self.sum, delta, weight);
-        self.weight += weight;
+        self.aggregator.push(delta, weight, record.units.len() as u32);
         self.buffer.push(Buffered {
             contribution: AppliedContribution {
                 provider,
@@ -846,8 +847,7 @@ impl Core {
                     self.refuse(b.provider, b.lease, RefusalReason::Other, detail);
                 }
             }
-            self.sum.fill(0.0);
-            self.weight = 0.0;
+            self.aggregator.discard();
         }
         if let Some(p) = self.providers.remove(&provider) {
             for lease in p.leases {
@@ -1076,14 +1076,11 @@ impl Core {
         if self.buffer.is_empty() {
             return;
         }
-        aggregate::into_gradient(&mut self.sum, self.weight);
         let buffer = std::mem::take(&mut self.buffer);
-        let stepped = self.optimizer.step(&mut self.params, &self.sum);
-        self.sum.fill(0.0);
-        self.weight = 0.0;
+        let stepped = self.optimizer.step(&mut self.params, self.aggregator.finish());
         if let Err(e) = stepped {
-            // Every delta was finite, so only overflow in the sum gets here: nothing changes and the batches
-            // are leased again.
+            // The aggregate of finite deltas is finite, so only overflow in the optimiser gets here: nothing
+            // changes and the batches are leased again.
             for b in &buffer {
                 let b = &b.contribution;
                 self.plan.unbuffer(&b.units);

@@ -1,7 +1,8 @@
 //! Training coordination: the provider WebSocket endpoint, one coordinator task per running project, and the
 //! registry that starts, stops and finds them.
 //!
-//! - [`aggregate`]: the weighted running sum of contributions and the pseudo-gradient.
+//! - [`aggregate`]: contributions combined into the pseudo-gradient: the weighted mean or a robust rule, after
+//!   a bound on each one's norm.
 //! - [`plan`]: an epoch's batches (per shard, seeded) and their states; exactly-once bookkeeping.
 //! - [`core`]: the sans-IO state machine of one project's training (providers, leases, contribution checks,
 //!   K-batch sync SGD, epochs): events and the time in, effects out.

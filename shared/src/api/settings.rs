@@ -8,14 +8,23 @@ use super::project::{MAX_SITES, parse_origin};
 use crate::data::Normalization;
 use crate::train::{Method, OptimizerConfig, Schedule};
 
-/// How contributions are combined into one update.
+/// How contributions are combined into one update. Whatever the rule, each contribution's norm is first bounded
+/// relative to the recent ones ([`TrainingSettings::norm_bound_factor`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
-    /// The mean of the `k` contributions.
+    /// The mean of the `k` contributions, weighted by samples and staleness.
     #[default]
     Mean,
+    /// Per coordinate, the mean of the values left once the 20% lowest and 20% highest are dropped (at least
+    /// one of each from 3 contributions on); unweighted.
+    TrimmedMean,
+    /// Per coordinate, the median of the contributions; unweighted.
+    Median,
+    /// Centered clipping (Karimireddy et al. 2021) from the coordinate-wise median: each contribution's pull
+    /// is clipped to the median distance; unweighted.
+    CenteredClip,
 }
 
 /// Who may contribute to a project.
@@ -48,8 +57,11 @@ pub struct TrainingSettings {
     /// The server's optimiser (shared `OptimizerConfig`) [Adam, learning rate 0.001].
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub optimizer: OptimizerConfig,
-    /// How contributions are combined [mean].
+    /// How contributions are combined: mean, trimmed_mean, median or centered_clip [mean].
     pub aggregation: Aggregation,
+    /// A contribution whose norm (per local step) exceeds this many times the median of the last 64 is scaled
+    /// down to that bound, whatever the aggregation (at least 1) [3; null: no bound].
+    pub norm_bound_factor: Option<f64>,
     /// Fraction of samples held out for validation (0 to 0.5) [0.1].
     pub validation_fraction: f64,
     /// Seed of the shuffle, the split and the initial parameters [0].
@@ -96,6 +108,7 @@ impl Default for TrainingSettings {
                 clip_norm: None,
             },
             aggregation: Aggregation::Mean,
+            norm_bound_factor: Some(3.0),
             validation_fraction: 0.1,
             seed: 0,
             max_providers: 64,
@@ -133,6 +146,14 @@ impl TrainingSettings {
             problems.push(FieldError {
                 field: "settings.local_learning_rate",
                 message: format!("must be above 0 and at most 100, not {}", self.local_learning_rate),
+            });
+        }
+        if let Some(factor) = self.norm_bound_factor
+            && !(factor.is_finite() && factor >= 1.0)
+        {
+            problems.push(FieldError {
+                field: "settings.norm_bound_factor",
+                message: format!("must be a number of at least 1, or null, not {factor}"),
             });
         }
         if let Some(target) = self.target_accuracy
@@ -220,7 +241,8 @@ macro_rules! setting {
 }
 
 /// Every training setting with its default, range and explanation. [`TrainingSettings::problems`] checks the
-/// integer ranges listed here; `validation_fraction` is at least 0 and `local_learning_rate` above 0.
+/// integer ranges listed here; `validation_fraction` is at least 0, `local_learning_rate` above 0 and
+/// `norm_bound_factor` a number (or null).
 pub const SETTINGS: &[SettingInfo] = &[
     setting!("batch_size", "32", Some(1.0), Some(4096.0), "Samples per local step on a provider."),
     setting!("k", "4", Some(1.0), Some(1024.0), "Contributions averaged into one update."),
@@ -246,7 +268,21 @@ pub const SETTINGS: &[SettingInfo] = &[
         None,
         "The server's optimiser: method, learning rate, schedule, weight decay and clipping."
     ),
-    setting!("aggregation", r#""mean""#, None, None, "How contributions are combined into one update."),
+    setting!(
+        "aggregation",
+        r#""mean""#,
+        None,
+        None,
+        "How contributions are combined into one update: mean, or against hostile providers trimmed_mean, median \
+         or centered_clip (these keep the k contributions in memory)."
+    ),
+    setting!(
+        "norm_bound_factor",
+        "3",
+        Some(1.0),
+        None,
+        "A contribution whose norm exceeds this many times the recent median is scaled down to it; null: no bound."
+    ),
     setting!("validation_fraction", "0.1", Some(0.0), Some(0.5), "Fraction of samples held out for validation."),
     setting!("seed", "0", Some(0.0), None, "Seed of the shuffle, the split and the initial parameters."),
     setting!("max_providers", "64", Some(1.0), Some(100_000.0), "Providers training at once."),
@@ -310,6 +346,23 @@ mod tests {
         let settings = TrainingSettings { batch_size: 0, k: 2000, ..TrainingSettings::default() };
         let fields: Vec<_> = settings.problems().into_iter().map(|p| p.field).collect();
         assert_eq!(fields, ["settings.batch_size", "settings.k"]);
+        for (factor, ok) in [(None, true), (Some(1.0), true), (Some(0.5), false), (Some(f64::INFINITY), false)] {
+            let settings = TrainingSettings { norm_bound_factor: factor, ..TrainingSettings::default() };
+            assert_eq!(settings.problems().is_empty(), ok, "{factor:?}");
+        }
+    }
+
+    #[test]
+    fn aggregation_rules_have_snake_case_names() {
+        for (rule, name) in [
+            (Aggregation::Mean, "mean"),
+            (Aggregation::TrimmedMean, "trimmed_mean"),
+            (Aggregation::Median, "median"),
+            (Aggregation::CenteredClip, "centered_clip"),
+        ] {
+            assert_eq!(serde_json::to_value(rule).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Aggregation>(name.into()).unwrap(), rule);
+        }
     }
 
     #[test]

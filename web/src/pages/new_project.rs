@@ -55,10 +55,11 @@ const SETTINGS: &[Setting] = &[
     setting("max_providers", "Max providers", true),
     setting("checkpoint_every", "Checkpoint every", true),
     setting("samples_per_shard", "Samples per shard", true),
+    setting("norm_bound_factor", "Norm bound factor", true),
 ];
 
 /// Settings of the shared table that the form sets with controls of their own (the optimiser's method and
-/// learning rate, access, sites) or leaves at their defaults (aggregation, normalisation).
+/// learning rate, aggregation, access, sites) or leaves at their defaults (normalisation).
 #[cfg(test)]
 const FORM_ELSEWHERE: &[&str] = &["optimizer", "access", "sites", "aggregation", "normalization"];
 
@@ -113,6 +114,20 @@ pub fn render(main: &Element) {
                 el("div")
                     .class("grid")
                     .children(advanced)
+                    .child(field(
+                        "Aggregation",
+                        select(
+                            "s-aggregation",
+                            &[
+                                ("mean", "Mean"),
+                                ("trimmed_mean", "Trimmed mean"),
+                                ("median", "Median"),
+                                ("centered_clip", "Centered clipping"),
+                            ],
+                            "mean",
+                        ),
+                        Some(&hint("aggregation")),
+                    ))
                     .child(field(
                         "Who may contribute",
                         select(
@@ -415,6 +430,7 @@ fn set_setting(settings: &mut TrainingSettings, key: &str, text: &str) -> Result
         "max_providers" => settings.max_providers = whole(key, text)?,
         "checkpoint_every" => settings.checkpoint_every = whole(key, text)?,
         "samples_per_shard" => settings.samples_per_shard = whole(key, text)?,
+        "norm_bound_factor" => settings.norm_bound_factor = Some(real(key, text)?),
         _ => return Err(format!("{key} is not a setting the form knows")),
     }
     Ok(())
@@ -447,6 +463,7 @@ fn body() -> Option<CreateProject> {
     }
     settings.optimizer.method =
         if dom::value("s-method") == "sgd" { Method::Sgd { momentum: 0.9, nesterov: false } } else { Method::adam() };
+    settings.aggregation = serde_json::from_value(Value::String(dom::value("s-aggregation"))).unwrap_or_default();
     settings.access = if dom::value("s-access") == "site_key" { Access::SiteKey } else { Access::Public };
     settings.sites = super::project::parse_sites(&dom::value("s-sites"));
     if !valid {

@@ -23,6 +23,8 @@ fn config(k: u32, max_staleness: u32, local_steps: u32, epochs: u32) -> CoreConf
         local_learning_rate: 1.0,
         checkpoint_every: 3,
         target_accuracy: None,
+        aggregation: aggregate::Aggregation::Mean,
+        norm_bound_factor: Some(aggregate::DEFAULT_NORM_BOUND_FACTOR),
         has_validation: true,
         checks: CheckPolicy::off(),
     }
@@ -402,6 +404,22 @@ fn staleness_weighs_contributions_and_too_stale_ones_are_acked_stale() {
     assert_eq!(world.core.params(), before.as_slice());
     assert_eq!(world.core.version(), 2);
     assert!(world.core.open_leases().iter().any(|l| l.units == units), "the stale batches are leased again");
+}
+
+#[test]
+fn the_projects_aggregation_rule_combines_the_buffer() {
+    // k = 3 and the median: a huge contribution among three moves nothing beyond the honest ones.
+    let config = CoreConfig { aggregation: aggregate::Aggregation::Median, ..config(3, 1, 1, 1) };
+    let mut world = World::new(config, shards(&[64]));
+    for id in 1..=3 {
+        world.join(0, id, 0.0);
+    }
+    for (id, value) in [(1, 1.0), (2, 2.0), (3, 1e30)] {
+        let lease = world.leases(id)[0].clone();
+        world.contribute(10, id, &lease, 0, &[value; PARAMS]);
+    }
+    assert_eq!(world.core.version(), 1);
+    assert_eq!(world.core.params(), &[2.0; PARAMS]);
 }
 
 #[test]
