@@ -9,7 +9,7 @@ use daig_shared::wire::{ContributionInfo, Frame, GoodbyeReason, Hello, LeaseId, 
 use serde_json::{Value, json};
 
 use crate::support::{TestApp, request, with_token};
-use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, run_honest};
+use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, run_honest, train_lease};
 
 /// The app of `app` also served on a real socket.
 async fn serve(app: &TestApp) -> SocketAddr {
@@ -223,9 +223,11 @@ async fn ack_of(client: &mut WireClient, honest: &mut Honest, lease: LeaseId) ->
     loop {
         match client.recv().await {
             Incoming::Frame(Frame::Ack(ack)) if ack.lease_id == lease => return ack.outcome,
-            Incoming::Frame(Frame::Lease(l)) => honest.leases.push_back(l),
             Incoming::Closed => panic!("closed before the ack of {lease}"),
-            _ => {}
+            // Leases, parameters and shards that arrive meanwhile are kept for later.
+            other => {
+                let _ = honest.take(other, &mut Outcome::default());
+            }
         }
     }
 }
@@ -296,17 +298,43 @@ async fn hostile_contributions_are_refused_and_change_nothing() {
     assert_eq!(scalar(&app, "SELECT COUNT(*) FROM contributions WHERE project_id = ?", a).await, 0, "no credit");
     assert_eq!(project(&app, &token, b).await["version"], 0);
 
-    // An honest contribution is applied; one made on the old version is then stale (max_staleness 0).
+    // An honest contribution is applied once its recomputation matches; one made on the old version is then
+    // stale (max_staleness 0).
     let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
     let stale_lease = next_lease(&mut client, &mut honest, &mut outcome).await;
-    client.contribute(info(lease.lease_id, samples), &vec![0.0; n]).await;
-    assert!(matches!(ack_of(&mut client, &mut honest, lease.lease_id).await, AckOutcome::Applied { new_version: 1 }));
-    client.contribute(info(stale_lease.lease_id, samples), &vec![0.0; n]).await;
+    let (first, first_delta) = train_lease(&mut client, &mut honest, &mut outcome, lease).await;
+    let (second, second_delta) = train_lease(&mut client, &mut honest, &mut outcome, stale_lease).await;
+    assert_eq!((first.base_version, second.base_version), (0, 0));
+    client.contribute(first.clone(), &first_delta).await;
+    assert!(matches!(ack_of(&mut client, &mut honest, first.lease_id).await, AckOutcome::Applied { new_version: 1 }));
+    client.contribute(second.clone(), &second_delta).await;
     assert!(matches!(
-        ack_of(&mut client, &mut honest, stale_lease.lease_id).await,
+        ack_of(&mut client, &mut honest, second.lease_id).await,
         AckOutcome::Stale { current_version: 1 }
     ));
     assert_eq!(scalar(&app, "SELECT COUNT(*) FROM contributions WHERE project_id = ?", a).await, 1);
+
+    // A well-formed contribution that is not the leased computation (here: zeros) fails its check: refused, the
+    // provider is shut out, and nothing of it counts.
+    let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+    let (info, delta) = train_lease(&mut client, &mut honest, &mut outcome, lease).await;
+    client.contribute(info.clone(), &vec![0.0; delta.len()]).await;
+    match ack_of(&mut client, &mut honest, info.lease_id).await {
+        AckOutcome::Refused { reason, detail } => {
+            assert_eq!(reason, RefusalReason::Rejected);
+            assert!(detail.contains("not the computation its lease asked for"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    loop {
+        let incoming = client.recv().await;
+        if !honest.take(incoming, &mut outcome) {
+            break;
+        }
+    }
+    let goodbye = outcome.goodbye.clone().expect("a goodbye");
+    assert_eq!(goodbye.reason, GoodbyeReason::ShutOut, "{goodbye:?}");
+    assert_eq!(scalar(&app, "SELECT COUNT(*) FROM contributions WHERE project_id = ?", a).await, 1, "no credit");
     let _ = outcome;
 }
 

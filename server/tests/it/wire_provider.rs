@@ -117,6 +117,16 @@ impl WireClient {
 
     /// Sends a contribution for `info.lease_id`.
     pub async fn contribute(&mut self, info: ContributionInfo, delta: &[f32]) {
+        self.try_contribute(info, delta).await.expect("send");
+    }
+
+    /// Sends a contribution; an error when the server has closed the socket meanwhile (e.g. the project
+    /// finished while it was being trained).
+    pub async fn try_contribute(
+        &mut self,
+        info: ContributionInfo,
+        delta: &[f32],
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         self.next_transfer += 1;
         let bytes = daig_shared::wire::f32s_to_le_bytes(delta);
         let frames: Vec<Vec<u8>> =
@@ -124,8 +134,9 @@ impl WireClient {
                 .map(|f| f.encode())
                 .collect();
         for frame in frames {
-            self.send_raw(frame).await;
+            self.ws.send(Message::Binary(frame.into())).await?;
         }
+        Ok(())
     }
 
     pub async fn goodbye(&mut self) {
@@ -240,6 +251,33 @@ impl Honest {
     }
 }
 
+/// Trains `lease` as an honest provider does (asking for its shards, waiting for its parameters) and returns its
+/// contribution; leases that arrive meanwhile wait in `honest`.
+pub async fn train_lease(
+    client: &mut WireClient,
+    honest: &mut Honest,
+    outcome: &mut Outcome,
+    lease: Lease,
+) -> (ContributionInfo, Vec<f32>) {
+    honest.leases.push_front(lease);
+    loop {
+        if let Some(contribution) = tokio::task::block_in_place(|| honest.train_next()) {
+            return contribution;
+        }
+        if let Some(shard) = honest.missing_shard()
+            && honest.requested != Some(shard)
+        {
+            honest.requested = Some(shard);
+            client.send(&Frame::ShardRequest(ShardRequest { shard })).await;
+        }
+        let incoming = client.recv().await;
+        if let Incoming::Frame(Frame::Heartbeat(_)) = &incoming {
+            client.send(&Frame::Heartbeat(Heartbeat::default())).await;
+        }
+        assert!(honest.take(incoming, outcome), "closed: {outcome:?}");
+    }
+}
+
 /// Runs an honest provider until the server says goodbye, the socket closes, or `stop_after` contributions are
 /// applied (then it says goodbye itself).
 pub async fn run_honest(addr: SocketAddr, hello: Hello, stop_after: Option<u32>) -> Outcome {
@@ -255,7 +293,11 @@ pub async fn run_honest(addr: SocketAddr, hello: Hello, stop_after: Option<u32>)
             return outcome;
         }
         if let Some((info, delta)) = tokio::task::block_in_place(|| honest.train_next()) {
-            client.contribute(info, &delta).await;
+            if client.try_contribute(info, &delta).await.is_err() {
+                // The server closed the socket while the lease trained: its goodbye says why.
+                while honest.take(client.recv().await, &mut outcome) {}
+                return outcome;
+            }
             outcome.sent += 1;
             continue;
         }
