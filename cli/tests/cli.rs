@@ -179,7 +179,7 @@ fn mnist_files(daig: &Daig) -> (PathBuf, PathBuf, &'static str) {
         return (dir.join("images.npy"), dir.join("labels.npy"), "7,200 training + 800 validation samples");
     }
     assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
-    eprintln!("no shared/data/mnist-8k above {}: uploading 100 made-up samples", env!("CARGO_MANIFEST_DIR"));
+    eprintln!("no shared/data/mnist-8k above {}: uploading 100 made-up samples", manifest_dir().display());
     let pixels: Vec<u8> = (0..100 * 784).map(|i| (i % 251) as u8).collect();
     let labels: Vec<u8> = (0..100).map(|i| (i % 10) as u8).collect();
     let features = daig.write("images.npy", &npy::to_vec::<u8>(&[100, 28, 28], &pixels).unwrap());
@@ -436,6 +436,12 @@ fn settings(dir: &std::path::Path) -> Settings {
 
 /// `shared/data/mnist-8k` above this crate, if the checkout has it.
 fn mnist_dir() -> Option<PathBuf> {
-    let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let start = manifest_dir();
     start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file())
+}
+
+/// This crate's directory in the checkout the test runs in: read when it runs (cargo sets it for tests), not
+/// compiled in, since with a shared target directory a test binary built in one clone may run in another.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

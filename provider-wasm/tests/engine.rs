@@ -132,7 +132,7 @@ fn bad_calls_are_errors_on_both_engines() {
 
 /// `shared/data/mnist-8k`, found from the workspace upwards (beside the clone in CI).
 fn mnist_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
         .ancestors()
         .map(|a| a.join("shared/data/mnist-8k"))
         .find(|d| d.join("images.npy").is_file())
@@ -209,4 +209,10 @@ fn a_gpu_that_fails_mid_session_hands_over_to_the_cpu_without_losing_state() {
         LocalConfig { batch_size: 4, local_steps: 1, learning_rate: 0.1, dropout: DropoutKey { seed: 3, step: 0 } };
     let want = reference.train_local(&batch, &[4, 5, 6, 7], &config).unwrap();
     assert_eq!(second.delta, want.delta);
+}
+
+/// This crate's directory in the checkout the test runs in: read when it runs (cargo sets it for tests), not
+/// compiled in, since with a shared target directory a test binary built in one clone may run in another.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

@@ -1,8 +1,6 @@
 //! Every kernel of the engine, as assembled from its `.wgsl` files, parses and validates with naga, and
 //! every `.wgsl` file belongs to a kernel. Needs no GPU.
 
-use std::path::Path;
-
 use daig_provider::gpu::kernels::ALL;
 
 /// Values for the template placeholders, as the engine fills them (both tile shapes of `matmul.wgsl`).
@@ -32,7 +30,7 @@ fn every_kernel_validates_with_naga() {
 
 #[test]
 fn every_wgsl_file_is_part_of_a_kernel() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gpu/shaders");
+    let dir = manifest_dir().join("src/gpu/shaders");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let wgsl: Vec<_> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "wgsl")).collect();
@@ -45,4 +43,10 @@ fn every_wgsl_file_is_part_of_a_kernel() {
             path.display()
         );
     }
+}
+
+/// This crate's directory in the checkout the test runs in: read when it runs (cargo sets it for tests), not
+/// compiled in, since with a shared target directory a test binary built in one clone may run in another.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

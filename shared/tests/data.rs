@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::io::{Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use daig_shared::data::csv::{CsvOptions, LabelColumn};
 use daig_shared::data::npz::NpzArchive;
@@ -16,14 +16,14 @@ use daig_shared::data::{
 use expect_test::{Expect, expect};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/data/testdata").join(name);
+    let path = manifest_dir().join("src/data/testdata").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 /// `shared/data/mnist-8k`, found from the workspace upwards: beside the workspace in CI, in a parent for a
 /// worktree.
 fn mnist_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
         .ancestors()
         .map(|a| a.join("shared/data/mnist-8k"))
         .find(|p| p.join("images.npy").is_file())
@@ -1079,4 +1079,10 @@ fn memory_child() {
     let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB");
     println!("PEAK_RSS_KB={peak}");
     println!("SHARDED={count}");
+}
+
+/// This crate's directory in the checkout the test runs in: read when it runs (cargo sets it for tests), not
+/// compiled in, since with a shared target directory a test binary built in one clone may run in another.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

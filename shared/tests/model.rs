@@ -218,11 +218,7 @@ fn validation_never_panics_on_mutated_specs() {
     // A small deterministic mutator over valid specs: every mutated text must give Ok or Err, never panic.
     let seeds = [
         MLP.to_owned(),
-        std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/keras/mnist_convnet_tf_keras2.json"
-        ))
-        .unwrap(),
+        std::fs::read_to_string(manifest_dir().join("tests/fixtures/keras/mnist_convnet_tf_keras2.json")).unwrap(),
     ];
     let numbers = ["0", "1", "-1", "1e308", "18446744073709551615", "3.5", "null", "[]", "\"x\"", "[0,0]"];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -284,7 +280,7 @@ fn spec_json_round_trips() {
 }
 
 fn keras_fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/fixtures/keras/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(manifest_dir().join("tests/fixtures/keras").join(name)).unwrap()
 }
 
 #[test]
@@ -608,4 +604,10 @@ fn resolution_gives_each_layer_its_shape_and_params_up_to_the_first_broken_one()
     assert_eq!(r.output_shape(), Some(&Shape(vec![10])));
     assert_eq!(r.param_count(), 784 * 128 + 128 + 128 * 10 + 10);
     assert_eq!(r.into_model(spec.clone()).unwrap(), Model::new(spec, &Limits::default()).unwrap());
+}
+
+/// This crate's directory in the checkout the test runs in: read when it runs (cargo sets it for tests), not
+/// compiled in, since with a shared target directory a test binary built in one clone may run in another.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

@@ -650,7 +650,7 @@ fn optimizer_checkpoint_continues_bit_identically() {
 
 /// The directory of the MNIST subset: 8,000 images of 28x28 uint8 and their labels, sorted by class.
 fn mnist_dir() -> std::path::PathBuf {
-    let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let start = manifest_dir();
     start
         .ancestors()
         .map(|d| d.join("shared/data/mnist-8k"))
@@ -756,4 +756,10 @@ fn mnist_convnet_reaches_95_percent() {
         {"type": "dense", "units": 10, "activation": "softmax"}], "loss": "cross_entropy"}"#;
     let accuracy = train_mnist(json, 5, 0.1);
     assert!(accuracy >= 0.95, "held-out accuracy {accuracy}");
+}
+
+/// This crate's directory in the checkout the test runs in: read when it runs (cargo sets it for tests), not
+/// compiled in, since with a shared target directory a test binary built in one clone may run in another.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

@@ -316,7 +316,7 @@ fn corpus_frames() -> Vec<(String, Frame<'static>)> {
 
 #[test]
 fn fuzz_seed_corpus_matches_sample_frames() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode_frame");
+    let dir = manifest_dir().join("fuzz/corpus/decode_frame");
     let update = std::env::var_os("UPDATE_EXPECT").is_some();
     if update {
         std::fs::create_dir_all(&dir).unwrap();
@@ -748,4 +748,10 @@ fn random_and_mutated_input_never_panics() {
     // The mutations are not so harsh that nothing decodes.
     assert!(decoded > 2_000, "only {decoded} inputs decoded");
     assert!(transfers > 0);
+}
+
+/// This crate's directory in the checkout the test runs in: read when it runs (cargo sets it for tests), not
+/// compiled in, since with a shared target directory a test binary built in one clone may run in another.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

@@ -46,7 +46,7 @@ fn xtask_root(cwd: &Path) -> PathBuf {
 }
 
 fn this_checkout() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().canonicalize().unwrap()
+    manifest_dir().parent().unwrap().canonicalize().unwrap()
 }
 
 #[test]
@@ -78,4 +78,10 @@ fn outside_any_workspace_xtask_fails() {
         assert!(!output.status.success(), "xtask root succeeded outside a workspace: {output:?}");
         assert!(String::from_utf8_lossy(&output.stderr).contains("locate-project"), "{output:?}");
     }
+}
+
+/// This crate's directory in the checkout the test runs in: read when it runs (cargo sets it for tests), not
+/// compiled in, since with a shared target directory a test binary built in one clone may run in another.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }

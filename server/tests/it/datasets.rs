@@ -9,7 +9,7 @@ use daig_server::shared::wire::ShardHash;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{TestApp, npy, request, small_dataset, with_token};
+use crate::support::{TestApp, manifest_dir, npy, request, small_dataset, with_token};
 
 /// Counts the rows of `table` for project `id`.
 async fn rows(app: &TestApp, table: &str, id: i64) -> i64 {
@@ -198,7 +198,7 @@ async fn unknown_parts_are_bad_requests() {
 
 /// The directory `shared/data/mnist-8k`, searched for upward from this crate.
 pub fn mnist_dir() -> Option<std::path::PathBuf> {
-    let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let start = manifest_dir();
     start.ancestors().map(|dir| dir.join("shared/data/mnist-8k")).find(|dir| dir.join("images.npy").is_file())
 }
 
@@ -207,16 +207,14 @@ async fn the_mnist_files_are_sharded_shuffled_into_the_local_store() {
     let Some(dir) = mnist_dir() else {
         // Tests and CI read `../shared/data`; a checkout without it can still run the rest.
         assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
-        eprintln!("skipped: no shared/data/mnist-8k above {}", env!("CARGO_MANIFEST_DIR"));
+        eprintln!("skipped: no shared/data/mnist-8k above {}", manifest_dir().display());
         return;
     };
     let app = TestApp::new().await;
     let (_, token) = app.user_with_token("ada").await;
-    let keras = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/tests/fixtures/keras/mnist_convnet_keras3.json"
-    ))
-    .unwrap();
+    let keras =
+        std::fs::read_to_string(manifest_dir().join("../shared/tests/fixtures/keras/mnist_convnet_keras3.json"))
+            .unwrap();
     let body = json!({"name": "mnist", "keras_model": keras, "loss": "cross_entropy",
                       "settings": {"samples_per_shard": 1000, "validation_fraction": 0.1, "seed": 7}});
     let id = app.create_project(&token, &body).await["id"].as_i64().unwrap();

@@ -5,10 +5,10 @@ use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, json_request, request, small_model, with_token};
+use crate::support::{TestApp, json_request, manifest_dir, request, small_model, with_token};
 
 fn keras_fixture() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/tests/fixtures/keras/mnist_convnet_keras3.json");
+    let path = manifest_dir().join("../shared/tests/fixtures/keras/mnist_convnet_keras3.json");
     std::fs::read_to_string(path).unwrap()
 }
 

@@ -8,7 +8,7 @@ use axum::http::{Method, StatusCode};
 use daig_shared::wire::{ContributionInfo, Frame, GoodbyeReason, Hello, LeaseId, PROTOCOL_VERSION, SampleSelection};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, request, with_token};
+use crate::support::{TestApp, manifest_dir, request, with_token};
 use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, run_honest, train_lease};
 
 /// The app of `app` also served on a real socket.
@@ -88,7 +88,7 @@ fn mnist_dir() -> Option<std::path::PathBuf> {
     let dir = crate::datasets::mnist_dir();
     if dir.is_none() {
         assert!(std::env::var_os("CI").is_none(), "CI must have shared/data/mnist-8k beside the clone");
-        eprintln!("skipped: no shared/data/mnist-8k above {}", env!("CARGO_MANIFEST_DIR"));
+        eprintln!("skipped: no shared/data/mnist-8k above {}", manifest_dir().display());
     }
     dir
 }
