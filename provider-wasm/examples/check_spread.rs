@@ -29,6 +29,16 @@ const CONVNET: &str = r#"{"input_shape": [28, 28, 1], "layers": [
     {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu"}, {"type": "max_pool2d", "pool_size": 2},
     {"type": "flatten"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#;
 
+const CONV_RELU: &str = r#"{"input_shape": [28, 28, 1], "layers": [
+    {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu"},
+    {"type": "flatten"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#;
+const CONV_POOL: &str = r#"{"input_shape": [28, 28, 1], "layers": [
+    {"type": "conv2d", "filters": 8, "kernel_size": 3}, {"type": "max_pool2d", "pool_size": 2},
+    {"type": "flatten"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#;
+const CONV_LINEAR: &str = r#"{"input_shape": [28, 28, 1], "layers": [
+    {"type": "conv2d", "filters": 8, "kernel_size": 3},
+    {"type": "flatten"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#;
+
 struct Mnist {
     features: Vec<f32>,
     labels: Vec<f32>,
@@ -74,8 +84,13 @@ fn main() {
         "| model | params | batch | local steps | lr | max rel. distance | min cosine | max loss diff. | margin |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let models: &[(&str, &str)] =
-        if quick { &[("mlp", MLP)] } else { &[("mlp", MLP), ("mlp+dropout", MLP_DROPOUT), ("convnet", CONVNET)] };
+    let models: &[(&str, &str)] = if quick {
+        &[("mlp", MLP)]
+    } else if args.iter().any(|a| a == "--probe") {
+        &[("conv-relu", CONV_RELU), ("conv-pool", CONV_POOL), ("conv-linear", CONV_LINEAR)]
+    } else {
+        &[("mlp", MLP), ("mlp+dropout", MLP_DROPOUT), ("convnet", CONVNET)]
+    };
     let shapes: &[(usize, usize, f32)] = &[(32, 1, 1.0), (64, 1, 1.0), (32, 4, 0.1), (64, 16, 0.05)];
     let mut worst: f64 = 0.0;
     for &(name, json) in models {
