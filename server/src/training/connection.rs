@@ -13,7 +13,7 @@
 //! decoding, its place in the sequence, a transfer's declared size against the model's parameter count. A
 //! broken frame ends the connection with `Goodbye(ProtocolError)`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +22,8 @@ use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use daig_shared::wire::{
-    self, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, LeaseId, LeaseProgress, ProviderId, Reassembler, ShardHash,
-    TransferId, TransferKind, transfer_frames,
+    self, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, LeaseId, LeaseProgress, ProviderId, Reassembler,
+    SampleSelection, ShardHash, TransferId, TransferKind, transfer_frames,
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -36,6 +36,19 @@ use crate::db::{self, now_unix};
 use crate::error::AppError;
 use crate::project::{Access, TrainingSettings, parse_origin};
 use crate::state::AppState;
+
+/// Leases that ended whose shards a provider may still ask for: a request may cross a cancellation.
+const ENDED_LEASES_SERVED: usize = 8;
+
+/// Lease `lease` ended: its shards move to the few of ended leases still served.
+fn end_lease(named: &mut HashMap<LeaseId, Vec<ShardHash>>, ended: &mut VecDeque<Vec<ShardHash>>, lease: LeaseId) {
+    if let Some(shards) = named.remove(&lease) {
+        if ended.len() >= ENDED_LEASES_SERVED {
+            ended.pop_front();
+        }
+        ended.push_back(shards);
+    }
+}
 
 /// Time a new connection has to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -337,6 +350,10 @@ impl<S: Socket> Connection<S> {
         self.send_params(&first).await?;
         let mut reassembler = Reassembler::new(param_bytes);
         let mut open: HashMap<LeaseId, u32> = HashMap::new();
+        // Training data only by lease: the shards each open lease names, and those of the last few leases that
+        // ended (a request may cross a lease's cancellation). Nothing else is sent, validation shards never.
+        let mut named: HashMap<LeaseId, Vec<ShardHash>> = HashMap::new();
+        let mut ended: VecDeque<Vec<ShardHash>> = VecDeque::new();
         let mut beat = tokio::time::interval(self.interval);
         let mut silent_until = Instant::now() + 3 * self.interval;
         loop {
@@ -345,14 +362,21 @@ impl<S: Socket> Connection<S> {
                 message = rx.recv() => match message {
                     Some(ToProvider::Lease(lease)) => {
                         open.insert(lease.lease_id, 0);
+                        let shards = match &lease.samples {
+                            SampleSelection::Shards(parts) => parts.iter().map(|p| p.shard).collect(),
+                            SampleSelection::Indices(_) => Vec::new(),
+                        };
+                        named.insert(lease.lease_id, shards);
                         self.send(&Frame::Lease(lease)).await?;
                     }
                     Some(ToProvider::Ack(ack)) => {
                         open.remove(&ack.lease_id);
+                        end_lease(&mut named, &mut ended, ack.lease_id);
                         self.send(&Frame::Ack(ack)).await?;
                     }
                     Some(ToProvider::Cancel(cancel)) => {
                         open.remove(&cancel.lease_id);
+                        end_lease(&mut named, &mut ended, cancel.lease_id);
                         self.send(&Frame::CancelLease(cancel)).await?;
                     }
                     Some(ToProvider::Detach(reason)) => return Ok(End::Detached(reason)),
@@ -390,8 +414,14 @@ impl<S: Socket> Connection<S> {
                             let _ = handle.events.send(event).await;
                         }
                         Frame::ShardRequest(request) => {
-                            let Some(object) = shards.get(&request.shard).cloned() else {
-                                return Err(Stop::protocol(format!("shard {} is not in this project", request.shard)));
+                            let leased = named.values().chain(ended.iter()).any(|s| s.contains(&request.shard));
+                            let object = shards.get(&request.shard).cloned().filter(|_| leased);
+                            let Some(object) = object else {
+                                return Err(Stop::protocol(format!(
+                                    "shard {} is named by none of this provider's leases: training data is sent \
+                                     only for a lease",
+                                    request.shard
+                                )));
                             };
                             self.send_shard(request.shard, &object).await?;
                         }
@@ -403,6 +433,7 @@ impl<S: Socket> Connection<S> {
                             };
                             let delta = transfer.f32s().map_err(|e| Stop::protocol(e.to_string()))?;
                             open.remove(&info.lease_id);
+                            end_lease(&mut named, &mut ended, info.lease_id);
                             let event = Event::Contribution { provider: self.id, info, delta };
                             if handle.events.send(event).await.is_err() {
                                 return Ok(End::Detached(Detach::Removed("training of the project stopped".into())));

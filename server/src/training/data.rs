@@ -25,7 +25,8 @@ pub struct ShardObject {
 /// The dataset as training needs it.
 pub struct ProjectData {
     pub train: Vec<TrainShard>,
-    /// Every shard of the project by hash, train and validation: what providers may request.
+    /// The train shards by hash: what a provider may request while a lease names it (validation shards are
+    /// never sent).
     pub objects: HashMap<ShardHash, ShardObject>,
     /// The project's normalisation as the wire states it: `x' = (x - offset) * scale`.
     pub wire_normalisation: Normalisation,
@@ -85,8 +86,8 @@ pub async fn load(
     } in rows
     {
         let hash: ShardHash = sha.parse().map_err(|e| internal(&format!("stored shard hash {sha:?}"), e))?;
-        objects.insert(hash, ShardObject { key: key.clone(), size_bytes: u64::try_from(size).unwrap_or(0) });
         if role == "train" {
+            objects.insert(hash, ShardObject { key: key.clone(), size_bytes: u64::try_from(size).unwrap_or(0) });
             train.push(TrainShard {
                 number: u32::try_from(number).unwrap_or(u32::MAX),
                 hash,

@@ -204,6 +204,84 @@ async fn leases_of_a_vanished_provider_are_leased_again() {
     assert!(timed_out, "the silent provider was told it timed out");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_data_is_sent_only_for_a_lease_and_validation_data_never() {
+    use daig_shared::wire::{ShardHash, ShardRequest};
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 4, "epochs": 50});
+    let id = small_running(&app, &token, settings).await;
+    let hashes = |role: &'static str| {
+        let app = &app;
+        async move {
+            let rows: Vec<String> = sqlx::query_scalar("SELECT sha256 FROM shards WHERE project_id = ? AND role = ?")
+                .bind(id)
+                .bind(role)
+                .fetch_all(app.state.db())
+                .await
+                .unwrap();
+            rows.iter().map(|h| h.parse::<ShardHash>().unwrap()).collect::<Vec<_>>()
+        }
+    };
+    let (train, validation) = (hashes("train").await, hashes("validation").await);
+    assert!(train.len() >= 3 && !validation.is_empty());
+
+    // A shard its lease names is sent.
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(hello(Some(id)))).await;
+    let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
+    let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+    let SampleSelection::Shards(parts) = &lease.samples else { panic!("shard selections") };
+    let leased = parts[0].shard;
+    client.send(&Frame::ShardRequest(ShardRequest { shard: leased })).await;
+    loop {
+        match client.recv().await {
+            Incoming::Shard { hash, .. } => {
+                assert_eq!(hash, leased);
+                break;
+            }
+            Incoming::Closed => panic!("closed"),
+            _ => {}
+        }
+    }
+    // Any other shard of the project (one no lease of this provider names, or a validation shard) ends the
+    // connection with a goodbye that says why, and nothing is sent.
+    let held: Vec<ShardHash> = honest
+        .leases
+        .iter()
+        .chain([&lease])
+        .flat_map(|l| match &l.samples {
+            SampleSelection::Shards(parts) => parts.iter().map(|p| p.shard).collect::<Vec<_>>(),
+            SampleSelection::Indices(_) => Vec::new(),
+        })
+        .collect();
+    let unleased = train.iter().copied().find(|h| !held.contains(h)).expect("a shard no lease of it names");
+    for shard in [unleased, validation[0]] {
+        let mut client = WireClient::connect(addr).await;
+        client.send(&Frame::Hello(hello(Some(id)))).await;
+        let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
+        let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+        let SampleSelection::Shards(parts) = &lease.samples else { panic!("shard selections") };
+        if parts.iter().any(|p| p.shard == shard) {
+            continue;
+        }
+        client.send(&Frame::ShardRequest(ShardRequest { shard })).await;
+        loop {
+            match client.recv().await {
+                Incoming::Shard { hash, .. } => panic!("shard {hash} was sent without a lease"),
+                Incoming::Frame(Frame::Goodbye(goodbye)) => {
+                    assert_eq!(goodbye.reason, GoodbyeReason::ProtocolError);
+                    assert!(goodbye.detail.contains("named by none of this provider's leases"), "{}", goodbye.detail);
+                    break;
+                }
+                Incoming::Closed => panic!("closed without a goodbye"),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// The next lease: one seen earlier by [`ack_of`], or the next to arrive (params and shards go to `honest`).
 async fn next_lease(client: &mut WireClient, honest: &mut Honest, outcome: &mut Outcome) -> daig_shared::wire::Lease {
     if let Some(lease) = honest.leases.pop_front() {
