@@ -15,7 +15,9 @@ pub fn form() -> El {
         .child(el("legend").text("Dataset"))
         .child(el("p").class("hint").text(
             "Features and labels as NumPy .npy or .npz files or IDX files (MNIST's format), or one CSV file whose \
-             last column holds the labels. The server checks them against the model and cuts them into shards.",
+             last column holds the labels. The server checks them against the model and cuts them into shards. \
+             Training samples are sent to the visitors' browsers that train on them (only the validation split \
+             stays on the server): do not upload data that must stay private.",
         ))
         .child(field(
             "Format",
