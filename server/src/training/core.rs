@@ -294,10 +294,8 @@ struct Provider {
     speed: Option<f64>,
     applied: u64,
     connected_at_unix: i64,
-    /// Its checks by recomputation: passed (including those before it joined), failed, and its contributions
-    /// that were not picked for a check.
+    /// Its checks by recomputation passed, including those before it joined.
     verified: u64,
-    unchecked: u64,
     /// Its contributions held until their check.
     held: usize,
     /// Its leases that expired since its last contribution.
@@ -521,7 +519,6 @@ impl Core {
             applied: 0,
             connected_at_unix: info.connected_at_unix,
             verified: info.verified,
-            unchecked: 0,
             held: 0,
             expired_in_a_row: 0,
         };
@@ -679,9 +676,6 @@ impl Core {
         if self.config.checks.picks(verified, lease_id) {
             self.hold(provider, lease_id, record, info, delta.to_vec());
         } else {
-            if let Some(p) = self.providers.get_mut(&provider) {
-                p.unchecked += 1;
-            }
             metrics::counter!("daig_checks_total", "outcome" => "not_picked").increment(1);
             self.accept(now_ms, provider, lease_id, record, &info, delta);
         }

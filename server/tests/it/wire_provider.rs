@@ -6,16 +6,15 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use daig_shared::data::ShardView;
 use daig_shared::model::{Limits, Model};
-use daig_shared::train::{Batch, DropoutKey, Labels, LocalConfig, Trainer};
+use daig_shared::train::Trainer;
+use daig_shared::train::lease::{self, LeaseWork};
 use daig_shared::wire::{
-    AckOutcome, Backend, ContributionInfo, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease, Normalisation,
-    PROTOCOL_VERSION, ProjectId, Reassembler, SampleSelection, ShardHash, ShardRequest, TransferId, TransferKind,
-    Welcome, transfer_frames,
+    AckOutcome, Backend, ContributionInfo, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease, PROTOCOL_VERSION,
+    ProjectId, Reassembler, SampleSelection, ShardHash, ShardRequest, TransferId, TransferKind, Welcome,
+    transfer_frames,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
-use ndarray::Array2;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -212,35 +211,18 @@ impl Honest {
         let lease = self.leases.pop_front()?;
         let welcome = self.welcome.as_ref()?;
         let model = self.model.as_ref()?;
-        let width: usize = model.spec.input_shape.iter().product();
-        let Normalisation::Global { offset, scale } = welcome.training.normalisation else {
-            panic!("the server sends global normalisation")
-        };
         let SampleSelection::Shards(parts) = &lease.samples else { panic!("shard selections") };
-        let mut x = Vec::new();
-        let mut classes = Vec::new();
-        for part in parts {
-            let view = ShardView::decode(&self.shards[&part.shard]).expect("a valid shard");
-            let mut raw = vec![0f32; width];
-            for &i in &part.indices {
-                view.sample_f32(i as usize, &daig_shared::data::Normalization::None, &mut raw).unwrap();
-                x.extend(raw.iter().map(|v| (v - offset) * scale));
-                classes.push(view.label(i as usize).unwrap().class().unwrap());
-            }
-        }
-        let n = classes.len();
-        let x = Array2::from_shape_vec((n, width), x).unwrap();
-        let trainer = self.trainer.as_mut()?;
-        trainer.load_params(params).unwrap();
-        let indices: Vec<u32> = (0..n as u32).collect();
-        let config = LocalConfig {
+        let shards = &self.shards;
+        let inputs =
+            lease::gather(model, &welcome.training.normalisation, parts, |h| shards.get(&h).map(Vec::as_slice))
+                .expect("the lease's samples");
+        let work = LeaseWork {
             batch_size: welcome.training.batch_size as usize,
             local_steps: lease.local_steps as usize,
             learning_rate: lease.learning_rate,
-            dropout: DropoutKey { seed: lease.lease_id.0, step: 0 },
+            seed: lease.lease_id.0,
         };
-        let result =
-            trainer.train_local(&Batch { x: x.view(), y: Labels::Classes(&classes) }, &indices, &config).unwrap();
+        let result = lease::recompute(self.trainer.as_mut()?, model, &inputs, params, &work).expect("it trains");
         let info = ContributionInfo {
             lease_id: lease.lease_id,
             base_version: *version,
@@ -249,6 +231,22 @@ impl Honest {
         };
         Some((info, result.delta))
     }
+}
+
+/// Asks for the shard the first lease lacks (once), then takes in the next incoming item, answering a
+/// heartbeat; false when the connection ended.
+async fn wait(client: &mut WireClient, honest: &mut Honest, outcome: &mut Outcome) -> bool {
+    if let Some(shard) = honest.missing_shard()
+        && honest.requested != Some(shard)
+    {
+        honest.requested = Some(shard);
+        client.send(&Frame::ShardRequest(ShardRequest { shard })).await;
+    }
+    let incoming = client.recv().await;
+    if let Incoming::Frame(Frame::Heartbeat(_)) = &incoming {
+        client.send(&Frame::Heartbeat(Heartbeat::default())).await;
+    }
+    honest.take(incoming, outcome)
 }
 
 /// Trains `lease` as an honest provider does (asking for its shards, waiting for its parameters) and returns its
@@ -264,17 +262,7 @@ pub async fn train_lease(
         if let Some(contribution) = tokio::task::block_in_place(|| honest.train_next()) {
             return contribution;
         }
-        if let Some(shard) = honest.missing_shard()
-            && honest.requested != Some(shard)
-        {
-            honest.requested = Some(shard);
-            client.send(&Frame::ShardRequest(ShardRequest { shard })).await;
-        }
-        let incoming = client.recv().await;
-        if let Incoming::Frame(Frame::Heartbeat(_)) = &incoming {
-            client.send(&Frame::Heartbeat(Heartbeat::default())).await;
-        }
-        assert!(honest.take(incoming, outcome), "closed: {outcome:?}");
+        assert!(wait(client, honest, outcome).await, "closed: {outcome:?}");
     }
 }
 
@@ -301,17 +289,7 @@ pub async fn run_honest(addr: SocketAddr, hello: Hello, stop_after: Option<u32>)
             outcome.sent += 1;
             continue;
         }
-        if let Some(shard) = honest.missing_shard()
-            && honest.requested != Some(shard)
-        {
-            honest.requested = Some(shard);
-            client.send(&Frame::ShardRequest(ShardRequest { shard })).await;
-        }
-        let incoming = client.recv().await;
-        if let Incoming::Frame(Frame::Heartbeat(_)) = &incoming {
-            client.send(&Frame::Heartbeat(Heartbeat::default())).await;
-        }
-        if !honest.take(incoming, &mut outcome) {
+        if !wait(&mut client, &mut honest, &mut outcome).await {
             return outcome;
         }
     }
