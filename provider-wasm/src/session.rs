@@ -40,8 +40,8 @@ use daig_shared::train::lease::{self, LeaseInputs};
 use daig_shared::wire::{
     Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DEFAULT_MAX_TRANSFER_BYTES, Frame, Goodbye,
     GoodbyeReason, Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, Normalisation, PROTOCOL_VERSION,
-    ProjectId, ProviderId, Reassembler, SampleSelection, ShardHash, ShardRequest, TrainingInfo, Transfer, TransferId,
-    TransferKind, TransferStart, Welcome, f32s_from_le_bytes,
+    ProjectId, ProviderId, ProviderKey, Reassembler, SampleSelection, ShardHash, ShardRequest, TrainingInfo, Transfer,
+    TransferId, TransferKind, TransferStart, Welcome, f32s_from_le_bytes,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -72,6 +72,8 @@ pub struct SessionConfig {
     pub site_key: Option<String>,
     /// The project to join; `None` lets the server choose.
     pub project_id: Option<ProjectId>,
+    /// The provider's persistent key, for [`Hello::provider_key`]: its standing and credit survive reconnects.
+    pub provider_key: Option<ProviderKey>,
     /// Shards the driver's persistent cache holds (native: the cache directory). The session asks for them
     /// with [`Event::LoadShard`] and lists them in its `Hello`.
     pub stored_shards: Vec<ShardHash>,
@@ -92,6 +94,7 @@ impl SessionConfig {
             samples_per_sec: 0.0,
             site_key: None,
             project_id: None,
+            provider_key: None,
             stored_shards: Vec::new(),
             max_shard_bytes: DEFAULT_MAX_TRANSFER_BYTES,
             initial_heartbeat_interval_ms: 10_000,
@@ -393,6 +396,7 @@ impl Session {
             cached_shards: cached,
             site_key: config.site_key.clone(),
             project_id: config.project_id,
+            provider_key: config.provider_key,
         };
         let stored = config.stored_shards.iter().filter(|h| !memory.contains(h)).copied().collect();
         let interval = u64::from(config.initial_heartbeat_interval_ms.max(1));
@@ -1141,6 +1145,7 @@ mod tests {
         let config = SessionConfig {
             samples_per_sec: 1234.0,
             site_key: Some("site".into()),
+            provider_key: Some(ProviderKey([3; 32])),
             stored_shards: vec![b, a],
             ..config()
         };
@@ -1158,6 +1163,7 @@ mod tests {
                 cached_shards: cached,
                 site_key: Some("site".into()),
                 project_id: Some(PROJECT),
+                provider_key: Some(ProviderKey([3; 32])),
             })]
         );
     }

@@ -170,6 +170,8 @@ fn start_provider_on(addr: std::net::SocketAddr, dir: &Path, backend: &str, extr
     Command::new(env!("CARGO_BIN_EXE_daig-provider"))
         .args(["--server", &format!("http://{addr}"), "--backend", backend, "--cache-dir"])
         .arg(dir.join("cache"))
+        .arg("--key-file")
+        .arg(dir.join("provider.key"))
         .args(extra)
         .env("RUST_LOG", "daig_provider=debug")
         .stdout(Stdio::null())

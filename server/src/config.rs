@@ -61,6 +61,14 @@ pub struct Args {
     /// [default: 1].
     #[arg(long, env = "DAIG_CHECK_THREADS", value_name = "N")]
     pub check_threads: Option<usize>,
+    /// Provider connections one client address holds at once (an IPv6 address counts by its /64), so that
+    /// opening sockets cannot multiply a client's share [default: 8].
+    #[arg(long, env = "DAIG_MAX_PROVIDER_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_provider_connections_per_address: Option<usize>,
+    /// How long the address of a provider shut out for failing a check is refused, in seconds; 0 bans no
+    /// address (its key is refused for good either way) [default: 3600].
+    #[arg(long, env = "DAIG_SHUT_OUT_BAN_SECS", value_name = "SECS")]
+    pub shut_out_ban_secs: Option<u64>,
     /// Keep objects in this local directory [default: <data_dir>/objects, or the file's `[store]` table].
     #[arg(long, env = "DAIG_STORE_ROOT", value_name = "DIR", conflicts_with = "store_s3_bucket")]
     pub store_root: Option<PathBuf>,
@@ -109,6 +117,8 @@ pub struct FileConfig {
     pub heartbeat_interval_ms: Option<u64>,
     pub max_provider_connections: Option<usize>,
     pub check_threads: Option<usize>,
+    pub max_provider_connections_per_address: Option<usize>,
+    pub shut_out_ban_secs: Option<u64>,
     pub secure_cookies: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
     pub log: Option<String>,
@@ -146,6 +156,10 @@ pub struct Settings {
     pub max_provider_connections: usize,
     /// Threads that recompute contributions to check them (the CPU budget of checks).
     pub check_threads: usize,
+    /// Provider connections one client address (an IPv6 /64) holds at once.
+    pub max_provider_connections_per_address: usize,
+    /// How long a shut-out provider's address is refused; 0 bans none.
+    pub shut_out_ban_secs: u64,
     /// Where objects (dataset shards, checkpoints, trained models) are kept.
     pub store: StoreConfig,
     /// Whether cookies carry `Secure` (the server is reached over HTTPS).
@@ -197,6 +211,8 @@ impl Default for Settings {
             heartbeat_interval_ms: 5000,
             max_provider_connections: 20_000,
             check_threads: 1,
+            max_provider_connections_per_address: 8,
+            shut_out_ban_secs: 3600,
             store: StoreConfig::Local { root: PathBuf::from("./daig-data/objects") },
             secure_cookies: false,
             trust_forwarded_for: false,
@@ -260,6 +276,11 @@ impl Settings {
                 .or(file.max_provider_connections)
                 .unwrap_or(d.max_provider_connections),
             check_threads: args.check_threads.or(file.check_threads).unwrap_or(d.check_threads),
+            max_provider_connections_per_address: args
+                .max_provider_connections_per_address
+                .or(file.max_provider_connections_per_address)
+                .unwrap_or(d.max_provider_connections_per_address),
+            shut_out_ban_secs: args.shut_out_ban_secs.or(file.shut_out_ban_secs).unwrap_or(d.shut_out_ban_secs),
             secure_cookies: args.secure_cookies.or(file.secure_cookies).unwrap_or(d.secure_cookies),
             trust_forwarded_for: args.trust_forwarded_for.or(file.trust_forwarded_for).unwrap_or(d.trust_forwarded_for),
             log: args.log.or(file.log).unwrap_or(d.log),
@@ -304,6 +325,11 @@ impl Settings {
             "max_provider_connections must be in 1..=1000000",
         );
         check((1..=1024).contains(&self.check_threads), "check_threads must be in 1..=1024");
+        check(
+            (1..=1_000_000).contains(&self.max_provider_connections_per_address),
+            "max_provider_connections_per_address must be in 1..=1000000",
+        );
+        check(self.shut_out_ban_secs <= 365 * 24 * 3600, "shut_out_ban_secs must be in 0..=31536000");
         check(
             (1024..=1024 * 1024 * MIB as u64).contains(&self.max_upload_bytes),
             "max_upload_bytes must be in 1024..=1099511627776",

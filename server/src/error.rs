@@ -68,6 +68,9 @@ pub enum AppError {
     /// Too many attempts from this client; retry after the given time.
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The client's address holds as many provider connections as one client may.
+    #[error("this address already holds {max} provider connections, the most one client may hold at once")]
+    TooManyConnections { max: usize },
     /// The request took longer than the configured timeout.
     #[error("the request took too long")]
     Timeout,
@@ -119,7 +122,7 @@ impl AppError {
             Self::NotFound(_) | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -144,6 +147,7 @@ impl AppError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict { .. } => "conflict",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TooManyConnections { .. } => "too_many_connections",
             Self::Timeout => "timeout",
             Self::Overloaded => "overloaded",
             Self::Internal(_) => "internal",
@@ -158,6 +162,7 @@ impl AppError {
             Self::InvalidDataset { part, reason } => Some(serde_json::json!({ "part": part, "reason": reason })),
             Self::Conflict { field, .. } => Some(serde_json::json!({ "field": field })),
             Self::RateLimited { retry_after_secs } => Some(serde_json::json!({ "retry_after_secs": retry_after_secs })),
+            Self::TooManyConnections { max } => Some(serde_json::json!({ "max": max })),
             _ => None,
         }
     }
@@ -185,6 +190,9 @@ impl IntoResponse for AppError {
             }
             Self::Overloaded | Self::Timeout => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::TooManyConnections { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
             }
             _ => {}
         }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use daig_shared::wire::{
     Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DecodeError, Frame, Goodbye, GoodbyeReason,
     Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, MAX_FRAME_BYTES, Normalisation, PROTOCOL_VERSION,
-    ParseShardHashError, PayloadError, ProjectId, ProviderId, Reassembler, ReassemblyError, RefusalReason,
+    ParseShardHashError, PayloadError, ProjectId, ProviderId, ProviderKey, Reassembler, ReassemblyError, RefusalReason,
     SampleSelection, ShardHash, ShardRequest, ShardSamples, TrainingInfo, Transfer, TransferId, TransferKind,
     TransferStart, Welcome, f32s_from_le_bytes, f32s_to_le_bytes, peek_hello_version, transfer_frames,
 };
@@ -126,6 +126,7 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
                 cached_shards: vec![hash(0xa0)],
                 site_key: Some("key".into()),
                 project_id: Some(ProjectId(7)),
+                provider_key: Some(ProviderKey([0x5a; 32])),
             }),
         ),
         (
@@ -138,6 +139,7 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
                 cached_shards: Vec::new(),
                 site_key: None,
                 project_id: None,
+                provider_key: None,
             }),
         ),
         (
@@ -283,8 +285,8 @@ fn encoded_frames_match_snapshot() {
         out
     });
     expect![[r#"
-        hello                  000100036770750080bb4401a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf01036b65790107
-        hello_minimal          0001050000000000000000
+        hello                  000200036770750080bb4401a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf01036b65790107015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a
+        hello_minimal          000205000000000000000000
         welcome                01ac0207027b7d8a9b0620882701000000008180803b
         welcome_per_feature    0101020003010102020000803f000080bf020000003f00000040
         lease_indices          02090703000500017f8001f0a204040ad7233cb0ea01
@@ -300,7 +302,7 @@ fn encoded_frames_match_snapshot() {
         transfer_contribution  070302090380010000803e08
         chunk                  080300080000803f000000c0
         goodbye                090000
-        goodbye_version        09020106757064617465
+        goodbye_version        09020206757064617465
     "#]]
     .assert_eq(&listing);
 }
@@ -604,10 +606,11 @@ fn decode_errors_are_told_apart() {
 
 #[test]
 fn a_hello_of_another_version_is_recognised_whatever_follows() {
-    // Version 2 as a varint after the Hello tag, then a layout this version cannot read.
-    let future = [0x00, 0x02, 0xff, 0xff, 0xff];
-    assert_eq!(peek_hello_version(&future), Ok(Some(2)));
-    assert_eq!(Frame::decode(&future), Err(DecodeError::UnsupportedVersion { got: 2, supported: PROTOCOL_VERSION }));
+    // The next version as a varint after the Hello tag, then a layout this version cannot read.
+    let next = PROTOCOL_VERSION + 1;
+    let future = [0x00, u8::try_from(next).unwrap_or(0x7f), 0xff, 0xff, 0xff];
+    assert_eq!(peek_hello_version(&future), Ok(Some(next)));
+    assert_eq!(Frame::decode(&future), Err(DecodeError::UnsupportedVersion { got: next, supported: PROTOCOL_VERSION }));
     // A large version number takes three varint bytes.
     assert_eq!(peek_hello_version(&[0x00, 0xff, 0xff, 0x03]), Ok(Some(u16::MAX)));
     assert_eq!(peek_hello_version(&[0x00, 0xff]), Err(DecodeError::Incomplete));
@@ -644,9 +647,10 @@ fn hostile_length_prefixes_allocate_nothing_large() {
     // Chunk { transfer_id: 1, index: 0, bytes: <4 GB> } in a few bytes.
     cases.push(("chunk bytes", [&[0x08, 0x01, 0x00][..], &huge, &[0xaa; 12]].concat()));
     // Hello with 4 G cached shard hashes.
-    cases.push(("hello shards", [&[0x00, 0x01, 0x00, 0x00, 0, 0, 0, 0][..], &huge, &[0x11; 40]].concat()));
+    let version = u8::try_from(PROTOCOL_VERSION).unwrap_or(0x7f);
+    cases.push(("hello shards", [&[0x00, version, 0x00, 0x00, 0, 0, 0, 0][..], &huge, &[0x11; 40]].concat()));
     // Hello with a 4 GB adapter string.
-    cases.push(("hello adapter", [&[0x00, 0x01, 0x00][..], &huge, b"abcdefgh"].concat()));
+    cases.push(("hello adapter", [&[0x00, version, 0x00][..], &huge, b"abcdefgh"].concat()));
     // Lease with 4 G sample indices: lease id, project id, version, Indices tag, then the length.
     cases.push(("lease indices", [&[0x02, 0x01, 0x01, 0x01, 0x00][..], &huge, &[0x05; 16]].concat()));
     // Welcome with per-feature normalisation of 4 G values.
@@ -754,4 +758,23 @@ fn random_and_mutated_input_never_panics() {
 /// compiled in, since with a shared target directory a test binary built in one clone may run in another.
 fn manifest_dir() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn provider_keys_read_back_from_their_hex_and_refuse_anything_else() {
+    let key = ProviderKey(std::array::from_fn(|i| u8::try_from(i * 7).unwrap_or(0)));
+    assert_eq!(ProviderKey::from_hex(&key.to_hex()), Some(key));
+    assert_eq!(ProviderKey::from_hex(&key.to_hex().to_uppercase()), Some(key));
+    assert_eq!(
+        ProviderKey::from_hex(&format!("{}\n", key.to_hex())),
+        Some(key),
+        "a trailing newline is kept by editors"
+    );
+    let hex = key.to_hex();
+    for bad in
+        [String::new(), hex[..62].to_owned(), format!("{hex}00"), format!("g{}", &hex[1..]), format!("+{}", &hex[1..])]
+    {
+        assert_eq!(ProviderKey::from_hex(&bad), None, "{bad:?}");
+    }
+    assert_eq!(format!("{key:?}"), "ProviderKey(..)", "the key is a secret and never printed");
 }

@@ -337,7 +337,9 @@ async fn mnist_run(
     let features = std::fs::read(mnist.join("images.npy"))?;
     let labels = std::fs::read(mnist.join("labels.npy"))?;
     let dir = temp_dir(args, &format!("daig-{name}-"))?;
-    let server = Server::start(bins, dir.path(), &[]).await?;
+    // Every provider runs on this machine, from its one address.
+    let per_address = ["--max-provider-connections-per-address".to_owned(), "1000".to_owned()];
+    let server = Server::start(bins, dir.path(), &per_address).await?;
     let api = Api::sign_up(&server, "bench").await?;
     let mut settings = mnist_settings(seed, epochs, target);
     settings["max_staleness"] = json!(max_staleness);
@@ -790,6 +792,7 @@ async fn simulated_provider(
         samples_per_sec: 0.0,
         cached_shards: Vec::new(),
         site_key: None,
+        provider_key: None,
         project_id: Some(ProjectId(project as u64)),
     };
     if let Err(e) = ws.send(Message::Binary(Frame::Hello(hello).encode().into())).await {
@@ -931,6 +934,9 @@ async fn connections_bench(args: &Args, bins: &Programs, n: usize, same_project:
         dir.path(),
         &[
             "--max-provider-connections".into(),
+            (n + 1000).to_string(),
+            // Every simulated provider connects from this machine's one address.
+            "--max-provider-connections-per-address".into(),
             (n + 1000).to_string(),
             "--heartbeat-interval-ms".into(),
             args.heartbeat_interval_ms.to_string(),

@@ -311,6 +311,8 @@ impl Provider {
             .args(["--server", &server.url(""), "--project", &project.to_string(), "--backend", "cpu", "--quiet"])
             .arg("--cache-dir")
             .arg(dir.join(format!("{name}-cache")))
+            .arg("--key-file")
+            .arg(dir.join(format!("{name}.key")))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

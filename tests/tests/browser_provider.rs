@@ -157,6 +157,12 @@ async fn an_embedding_site_is_credited_and_a_site_the_project_does_not_list_is_r
     );
     let credits = api.get(&format!("/api/projects/{id}/credits")).await.unwrap();
     assert_eq!(credits["sites"][0]["site_key"], key.as_str(), "{credits}");
+    // The page kept a provider key in its local storage and the worker presented it.
+    let keyed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM providers WHERE identity_id IS NOT NULL")
+        .fetch_one(&server.db().await.unwrap())
+        .await
+        .unwrap();
+    assert!(keyed >= 1, "no browser connection presented a provider key");
 
     let mut args = base;
     args["sitePort"] = json!(other_port);

@@ -71,6 +71,8 @@ impl AnyProvider {
         let child = Command::new(env!("CARGO_BIN_EXE_e2e-daig-provider"))
             .args(["--server", &server.url(""), "--backend", "cpu", "--quiet", "--cache-dir"])
             .arg(dir.join("provider-cache"))
+            .arg("--key-file")
+            .arg(dir.join("provider.key"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

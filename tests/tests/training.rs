@@ -41,6 +41,19 @@ async fn four_native_providers_train_mnist_to_90_percent_and_apply_every_batch_o
     assert_exactly_once(&server.db().await.unwrap(), id, view["epoch"].as_i64().unwrap(), 32).await;
     let credits = api.get(&format!("/api/projects/{id}/credits")).await.unwrap();
     assert_eq!(credits["providers"].as_array().unwrap().len(), 4, "every provider earned credit: {credits}");
+    // Each presented the persistent key it created in its key file, and none was shut out.
+    let db = server.db().await.unwrap();
+    let identities: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM provider_identities WHERE verified > 0 AND shut_out_at IS NULL")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(identities, 4, "one identity per key file, each with passed checks");
+    assert!(credits["shut_out"].as_array().unwrap().is_empty(), "{credits}");
+    for i in 0..4 {
+        let key = std::fs::read_to_string(dir.path().join(format!("provider{i}.key"))).unwrap();
+        assert_eq!(key.trim().len(), 64, "{key:?}");
+    }
     let model = api.get_bytes(&format!("/api/projects/{id}/model")).await.unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&model).unwrap();
     assert_eq!(tensors.names().len(), 4);

@@ -22,6 +22,27 @@
   var SERVER = script && script.src ? script.src.replace(/\/embed\.js(\?.*)?$/, "") : location.origin;
   var instances = [];
 
+  /**
+   * This browser's provider key for SERVER (64 hex digits), created once and kept in localStorage, so that the
+   * server remembers the visitor's standing and credit across visits. Null where storage is unavailable
+   * (private windows may refuse it): the provider then starts as new each time.
+   */
+  function providerKey() {
+    var name = "daig-provider-key:" + SERVER;
+    try {
+      var key = localStorage.getItem(name);
+      if (key && /^[0-9a-f]{64}$/.test(key)) return key;
+      var bytes = new Uint8Array(32);
+      crypto.getRandomValues(bytes);
+      key = "";
+      for (var i = 0; i < bytes.length; i++) key += (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+      localStorage.setItem(name, key);
+      return key;
+    } catch (e) {
+      return null;
+    }
+  }
+
   function consentKey(project, siteKey) {
     return "daig-consent:" + SERVER + ":" + (project || "") + ":" + (siteKey || "");
   }
@@ -81,6 +102,7 @@
       if (m.type === "ready") {
         self.worker.postMessage({
           type: "start", server: SERVER, project: o.project ? Number(o.project) : null, siteKey: o.siteKey || null,
+          providerKey: providerKey(),
           throttle: o.throttle || 0.5, software: !!o.software, cacheBytes: o.cacheBytes || 134217728
         });
         self._applyPause();

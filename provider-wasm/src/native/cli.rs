@@ -32,6 +32,14 @@ struct Args {
     /// Where downloaded shards are kept [default: the user's cache directory, daig/shards].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// The file holding this provider's persistent key, created on first use: with it the server remembers
+    /// the provider's standing and credit across reconnects [default: the user's config directory,
+    /// daig/provider.key].
+    #[arg(long, conflicts_with = "no_key")]
+    key_file: Option<PathBuf>,
+    /// Present no persistent key: the server treats every connection as a new provider.
+    #[arg(long)]
+    no_key: bool,
     /// The most disk space the shard cache takes, in MiB.
     #[arg(long, default_value_t = 4096)]
     cache_max_mb: u64,
@@ -55,11 +63,28 @@ pub fn main() -> ExitCode {
         eprintln!("error: this system has no cache directory; give one with --cache-dir");
         return ExitCode::FAILURE;
     };
+    let provider_key = if args.no_key {
+        None
+    } else {
+        let Some(path) = args.key_file.or_else(|| dirs::config_dir().map(|d| d.join("daig").join("provider.key")))
+        else {
+            eprintln!("error: this system has no config directory; give a key file with --key-file, or --no-key");
+            return ExitCode::FAILURE;
+        };
+        match crate::native::key::load_or_create(&path) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let options = Options {
         server: args.server,
         project: args.project.map(ProjectId),
         backend: args.backend,
         site_key: args.site_key,
+        provider_key,
         cache_dir,
         cache_max_bytes: args.cache_max_mb.saturating_mul(1 << 20),
         max_contributions: args.max_contributions,

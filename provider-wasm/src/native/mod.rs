@@ -1,11 +1,12 @@
 //! The native provider (`daig-provider`): one WebSocket connection at a time to the server's
 //! `/ws/provider`, driving a [`Session`] with tokio, a training thread ([`trainer`]), a shard cache on disk
-//! ([`cache`]) and a progress line ([`progress`]). It reconnects with exponential backoff after errors and
+//! ([`cache`]), a persistent key ([`key`]) and a progress line ([`progress`]). It reconnects with exponential backoff after errors and
 //! dropped connections, and on a stop request (Ctrl-C) says `Goodbye` so that the server returns its leases
 //! at once.
 
 pub mod cache;
 pub mod cli;
+pub mod key;
 pub mod progress;
 pub mod trainer;
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use daig_shared::wire::{
-    AckOutcome, DEFAULT_MAX_TRANSFER_BYTES, GoodbyeReason, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProjectId,
+    AckOutcome, DEFAULT_MAX_TRANSFER_BYTES, GoodbyeReason, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProjectId, ProviderKey,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
@@ -50,6 +51,8 @@ pub struct Options {
     pub project: Option<ProjectId>,
     pub backend: BackendChoice,
     pub site_key: Option<String>,
+    /// The persistent key presented in `Hello`.
+    pub provider_key: Option<ProviderKey>,
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
     /// Exit after this many applied contributions.
@@ -220,6 +223,7 @@ impl Provider {
             samples_per_sec: self.train_samples_per_sec as f32,
             site_key: self.options.site_key.clone(),
             project_id: self.options.project,
+            provider_key: self.options.provider_key,
             stored_shards: self.cache.list(),
             max_shard_bytes: DEFAULT_MAX_TRANSFER_BYTES,
             initial_heartbeat_interval_ms: INITIAL_HEARTBEAT_MS,
@@ -242,6 +246,14 @@ impl Provider {
         };
         let ws = match connected {
             Ok(Ok((ws, _response))) => ws,
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                // The server refused the socket (too many connections from this address, overloaded): its
+                // answer says why.
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                let why: String = body.chars().take(300).collect();
+                warn!("{} refused the connection ({}): {why}", self.url, response.status());
+                return (memory, Outcome::Retry { healthy: false });
+            }
             Ok(Err(e)) => {
                 warn!("cannot connect to {}: {e}", self.url);
                 return (memory, Outcome::Retry { healthy: false });

@@ -20,7 +20,7 @@ mod trainer;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use daig_shared::wire::{DEFAULT_MAX_TRANSFER_BYTES, GoodbyeReason, MAX_FRAME_BYTES, ProjectId};
+use daig_shared::wire::{DEFAULT_MAX_TRANSFER_BYTES, GoodbyeReason, MAX_FRAME_BYTES, ProjectId, ProviderKey};
 use futures_channel::mpsc;
 use futures_util::{FutureExt as _, StreamExt as _};
 use js_sys::{Object, Reflect, Uint8Array};
@@ -47,6 +47,8 @@ struct Options {
     url: String,
     project: Option<ProjectId>,
     site_key: Option<String>,
+    /// The browser's persistent key (kept by the page in local storage: workers have none).
+    provider_key: Option<ProviderKey>,
     /// Train on a software adapter (SwiftShader) too: for tests on machines without a GPU.
     software: bool,
     cache_bytes: u64,
@@ -121,6 +123,7 @@ fn parse_command(data: &JsValue) -> Option<Command> {
                 url: provider_url(&server),
                 project: get("project").and_then(|v| v.as_f64()).map(|p| ProjectId(p as u64)),
                 site_key: get("siteKey").and_then(|v| v.as_string()).filter(|k| !k.is_empty()),
+                provider_key: get("providerKey").and_then(|v| v.as_string()).and_then(|k| ProviderKey::from_hex(&k)),
                 software: get("software").and_then(|v| v.as_bool()).unwrap_or(false),
                 cache_bytes: get("cacheBytes").and_then(|v| v.as_f64()).map_or(DEFAULT_CACHE_BYTES, |b| b as u64),
             };
@@ -293,6 +296,7 @@ impl Worker {
         config.samples_per_sec = self.figures.samples_per_sec as f32;
         config.site_key = self.options.site_key.clone();
         config.project_id = self.options.project;
+        config.provider_key = self.options.provider_key;
         config.stored_shards = self.cache.as_ref().map(|c| c.list()).unwrap_or_default();
         config.max_shard_bytes = DEFAULT_MAX_TRANSFER_BYTES;
         config.initial_heartbeat_interval_ms = INITIAL_HEARTBEAT_MS;

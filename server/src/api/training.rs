@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 pub use daig_shared::api::training::{
     CheckpointList, CheckpointView, CreditLine, MetricsView, ProjectCredits, ProviderCredits, ProviderProjectCredit,
-    SiteCredit,
+    ShutOutView, SiteCredit, Standing,
 };
 
 use crate::auth::CurrentUser;
@@ -97,7 +97,8 @@ pub async fn download_checkpoint(
         .into_response())
 }
 
-/// The project's credit ledger. Refused and stale work earns nothing.
+/// The project's credit ledger, and the providers shut out of it. Refused and stale work earns nothing, and a
+/// provider shut out for failing a check loses the credit it had.
 #[utoipa::path(get, path = "/api/projects/{id}/credits", tag = "training", security(("bearer" = []), ("session" = [])),
     params(("id" = i64, Path, description = "The project's id")),
     responses(
@@ -114,9 +115,10 @@ pub async fn project_credits(
     let row = load_owned(&state, &user, id).await?;
     let providers = db::training::provider_credits_of_project(state.db(), row.id).await?;
     let sites = db::training::site_credits_of_project(state.db(), row.id).await?;
+    let shut_out = db::trust::shut_out_of_project(state.db(), row.id).await?;
     let contributions = providers.iter().map(|p| p.contributions).sum();
     let samples = providers.iter().map(|p| p.samples).sum();
-    Ok(Json(ProjectCredits { project: row.id, contributions, samples, providers, sites }))
+    Ok(Json(ProjectCredits { project: row.id, contributions, samples, providers, sites, shut_out }))
 }
 
 /// A provider's credit per project, by the id its `Welcome` gave it. Public: providers have no account, and

@@ -5,7 +5,8 @@
 //! - [`accounts`]: users, API tokens, sessions;
 //! - [`projects`]: project rows and their states;
 //! - [`datasets`]: datasets and shards;
-//! - [`training`]: providers, checkpoints, contributions, applied batches, metrics and credits.
+//! - [`training`]: providers, checkpoints, contributions, applied batches, metrics and credits;
+//! - [`trust`]: providers' persistent identities and standing, shut-outs, address bans, withdrawn credit.
 //!
 //! Statements use `sqlx::query` with binds, so nothing needs a database at build time; instead, every statement is
 //! listed in [`ALL_STATEMENTS`] and a test prepares each against the migrated schema, so that a schema change that
@@ -15,6 +16,7 @@ pub mod accounts;
 pub mod datasets;
 pub mod projects;
 pub mod training;
+pub mod trust;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -130,6 +132,15 @@ pub const ALL_STATEMENTS: &[(&str, &str)] = statements![
     training::PROVIDER_CREDITS_OF_PROJECT,
     training::SITE_CREDITS_OF_PROJECT,
     training::PROJECT_CREDITS_OF_PROVIDER,
+    trust::UPSERT_IDENTITY,
+    trust::ACTIVE_BAN,
+    trust::CHECK_PASSED,
+    trust::SHUT_OUT_CONNECTION,
+    trust::SHUT_OUT_IDENTITY,
+    trust::BAN_ADDRESS,
+    trust::WITHDRAW_CREDIT,
+    trust::SHUT_OUT_OF_PROJECT,
+    trust::DELETE_EXPIRED_BANS,
 ];
 
 /// Seconds since the Unix epoch, the unit of every timestamp in the database and the API.
@@ -184,6 +195,7 @@ mod tests {
             ("projects", include_str!("projects.rs")),
             ("datasets", include_str!("datasets.rs")),
             ("training", include_str!("training.rs")),
+            ("trust", include_str!("trust.rs")),
         ] {
             declared.extend(constants(module, source));
         }

@@ -11,15 +11,16 @@ pub const DELETE_BATCHES_AFTER: &str = "DELETE FROM applied_batches WHERE projec
 pub const DELETE_METRICS_AFTER: &str = "DELETE FROM metrics WHERE project_id = ? AND version > ?";
 pub const SET_VERSION: &str = "UPDATE projects SET version = ?, epoch = ? WHERE id = ?";
 pub const INSERT_CONTRIBUTION: &str = "INSERT INTO contributions (project_id, provider_id, site_key, lease_id, \
-     base_version, version, samples, mean_loss, applied_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id";
+     base_version, version, samples, mean_loss, applied_at, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+     RETURNING id";
 pub const INSERT_APPLIED_BATCH: &str = "INSERT INTO applied_batches (project_id, epoch, shard, batch, \
      contribution_id, version) VALUES (?, ?, ?, ?, ?, ?)";
 pub const RECORD_METRICS: &str = "INSERT OR REPLACE INTO metrics (project_id, version, epoch, samples, train_loss, \
      val_loss, val_accuracy, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
 pub const METRICS_HISTORY: &str = "SELECT version, epoch, samples, train_loss, val_loss, val_accuracy, at FROM metrics \
      WHERE project_id = ? ORDER BY version";
-pub const REGISTER_PROVIDER: &str =
-    "INSERT INTO providers (backend, adapter, site_key, connected_at) VALUES (?, ?, ?, ?) RETURNING id";
+pub const REGISTER_PROVIDER: &str = "INSERT INTO providers (backend, adapter, site_key, connected_at, identity_id, \
+     address) VALUES (?, ?, ?, ?, ?, ?) RETURNING id";
 pub const PROVIDER_DISCONNECTED: &str = "UPDATE providers SET disconnected_at = ? WHERE id = ?";
 pub const PROVIDER_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM providers WHERE id = ?)";
 pub const INSERT_CHECKPOINT: &str = "INSERT OR REPLACE INTO checkpoints (project_id, version, epoch, params_key, \
@@ -34,12 +35,13 @@ pub const CHECKPOINT_KEYS: &str = "SELECT params_key, state_key FROM checkpoints
 pub const LIST_CHECKPOINTS: &str =
     "SELECT version, epoch, size_bytes, created_at FROM checkpoints WHERE project_id = ? ORDER BY version DESC";
 pub const PROVIDER_CREDITS_OF_PROJECT: &str = "SELECT c.provider_id, c.site_key, p.backend, COUNT(*) AS contributions, \
-     SUM(c.samples) AS samples FROM contributions c LEFT JOIN providers p ON p.id = c.provider_id \
-     WHERE c.project_id = ? GROUP BY c.provider_id ORDER BY samples DESC";
+     SUM(c.verified) AS verified, SUM(c.samples) AS samples FROM contributions c \
+     LEFT JOIN providers p ON p.id = c.provider_id WHERE c.project_id = ? AND c.withdrawn_at IS NULL \
+     GROUP BY c.provider_id ORDER BY samples DESC";
 pub const SITE_CREDITS_OF_PROJECT: &str = "SELECT site_key, COUNT(*) AS contributions, SUM(samples) AS samples \
-     FROM contributions WHERE project_id = ? GROUP BY site_key ORDER BY samples DESC";
+     FROM contributions WHERE project_id = ? AND withdrawn_at IS NULL GROUP BY site_key ORDER BY samples DESC";
 pub const PROJECT_CREDITS_OF_PROVIDER: &str = "SELECT project_id, COUNT(*) AS contributions, SUM(samples) AS samples \
-     FROM contributions WHERE provider_id = ? GROUP BY project_id ORDER BY project_id";
+     FROM contributions WHERE provider_id = ? AND withdrawn_at IS NULL GROUP BY project_id ORDER BY project_id";
 
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -75,6 +77,7 @@ pub async fn record_update(
             .bind(i64::from(b.samples))
             .bind(f64::from(b.mean_loss))
             .bind(now)
+            .bind(b.verified)
             .fetch_one(&mut *tx)
             .await?;
         for unit in &b.units {
@@ -136,15 +139,33 @@ pub async fn metrics_history(db: impl SqliteExecutor<'_>, project: i64) -> Resul
         .collect())
 }
 
+/// A provider connection to register.
+#[derive(Debug)]
+pub struct NewProvider<'a> {
+    pub backend: &'a str,
+    pub adapter: &'a str,
+    pub site_key: Option<&'a str>,
+    /// The persistent identity it presented, if any.
+    pub identity: Option<i64>,
+    /// The client address it came from (see `training::connection::address_key`).
+    pub address: &'a str,
+}
+
 /// Registers a provider's connection; its id.
 pub async fn register_provider(
     db: impl SqliteExecutor<'_>,
-    backend: &str,
-    adapter: &str,
-    site_key: Option<&str>,
+    provider: &NewProvider<'_>,
     now: i64,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(REGISTER_PROVIDER).bind(backend).bind(adapter).bind(site_key).bind(now).fetch_one(db).await
+    sqlx::query_scalar(REGISTER_PROVIDER)
+        .bind(provider.backend)
+        .bind(provider.adapter)
+        .bind(provider.site_key)
+        .bind(now)
+        .bind(provider.identity)
+        .bind(provider.address)
+        .fetch_one(db)
+        .await
 }
 
 /// Records the end of a provider's connection.
@@ -245,15 +266,16 @@ pub async fn provider_credits_of_project(
     db: impl SqliteExecutor<'_>,
     project: i64,
 ) -> Result<Vec<CreditLine>, sqlx::Error> {
-    type Row = (i64, Option<String>, Option<String>, i64, i64);
+    type Row = (i64, Option<String>, Option<String>, i64, i64, i64);
     let rows: Vec<Row> = sqlx::query_as(PROVIDER_CREDITS_OF_PROJECT).bind(project).fetch_all(db).await?;
     Ok(rows
         .into_iter()
-        .map(|(provider_id, site_key, backend, contributions, samples)| CreditLine {
+        .map(|(provider_id, site_key, backend, contributions, verified, samples)| CreditLine {
             provider_id,
             site_key,
             backend,
             contributions,
+            verified,
             samples,
         })
         .collect())

@@ -14,6 +14,7 @@
 //! broken frame ends the connection with `Goodbye(ProtocolError)`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use daig_shared::wire::{
     SampleSelection, ShardHash, TransferId, TransferKind, transfer_frames,
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -34,6 +36,7 @@ use super::data::ShardObject;
 use super::{Detach, ParamsSnapshot, ProjectHandle, SocketOrigin, ToProvider};
 use crate::db::{self, now_unix};
 use crate::error::AppError;
+use crate::extract::ClientIp;
 use crate::project::{Access, TrainingSettings, parse_origin};
 use crate::state::AppState;
 
@@ -59,9 +62,21 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Messages queued from the coordinator to one connection; a connection this far behind is dropped.
 const QUEUE: usize = 256;
 
-/// Upgrades to the provider protocol, within the connection limit.
-pub async fn ws_provider(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+/// Upgrades to the provider protocol, within the connection limits: the server's, and the one of each client
+/// address.
+pub async fn ws_provider(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let origin = socket_origin(&headers);
+    let address = address_key(ip);
+    let max = state.settings().max_provider_connections_per_address;
+    let Some(slot) = state.training().address_slot(&address, max) else {
+        metrics::counter!("daig_provider_connections_refused_total", "why" => "address").increment(1);
+        return AppError::TooManyConnections { max }.into_response();
+    };
     let Ok(permit) = state.training().connections().try_acquire_owned() else {
         return AppError::Overloaded.into_response();
     };
@@ -72,10 +87,33 @@ pub async fn ws_provider(State(state): State<AppState>, headers: HeaderMap, ws: 
         .max_frame_size(wire::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
+            let _slot = slot;
             metrics::gauge!("daig_provider_connections").increment(1.0);
-            Connection::run(state, socket, origin).await;
+            Connection::run(state, socket, Peer { origin, address }).await;
             metrics::gauge!("daig_provider_connections").decrement(1.0);
         })
+}
+
+/// The key a client address counts under, for the per-address connection limit and bans: an IPv4 address (an
+/// IPv4-mapped IPv6 one included) as itself, an IPv6 address by its /64, which one client usually holds whole.
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Who is at the other end of a socket: where its page is, and its client address (see [`address_key`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    pub origin: SocketOrigin,
+    pub address: String,
 }
 
 /// Where the socket was opened from (see [`SocketOrigin`]): a browser's `Origin` compared with the `Host` it
@@ -126,6 +164,8 @@ struct Connection<S> {
     origin: SocketOrigin,
     hello: Hello,
     id: ProviderId,
+    /// The checks its persistent identity passed before this connection.
+    verified: u64,
     interval: Duration,
     next_transfer: u32,
 }
@@ -133,9 +173,13 @@ struct Connection<S> {
 impl<S: Socket> Connection<S> {
     /// Serves one provider from its `Hello` to the end of the socket; registers it in the database while it
     /// lasts.
-    pub(crate) async fn run(state: AppState, mut socket: S, origin: SocketOrigin) {
-        let hello = match read_hello(&mut socket).await {
-            Ok(hello) => hello,
+    pub(crate) async fn run(state: AppState, mut socket: S, peer: Peer) {
+        let admitted = match read_hello(&mut socket).await {
+            Ok(hello) => admit(&state, hello, &peer.address).await,
+            Err(stop) => Err(stop),
+        };
+        let (hello, id, verified) = match admitted {
+            Ok(admitted) => admitted,
             Err(Stop(goodbye)) => {
                 if let Some((reason, detail)) = goodbye {
                     let _ = send_frame(&mut socket, &Frame::Goodbye(Goodbye { reason, detail })).await;
@@ -144,25 +188,14 @@ impl<S: Socket> Connection<S> {
                 return;
             }
         };
-        let backend = format!("{:?}", hello.backend);
-        let site_key = hello.site_key.as_deref();
-        let id = match db::training::register_provider(state.db(), &backend, &hello.adapter, site_key, now_unix()).await
-        {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::error!("cannot register a provider: {e}");
-                let goodbye = Goodbye { reason: GoodbyeReason::InternalError, detail: "the server failed".into() };
-                let _ = send_frame(&mut socket, &Frame::Goodbye(goodbye)).await;
-                return;
-            }
-        };
         let interval = Duration::from_millis(state.settings().heartbeat_interval_ms);
         let mut connection = Connection {
-            origin,
+            origin: peer.origin,
             state,
             socket,
             hello,
             id: ProviderId(u64::try_from(id).unwrap_or(0)),
+            verified,
             interval,
             next_transfer: 0,
         };
@@ -260,7 +293,8 @@ impl<S: Socket> Connection<S> {
                     adapter: self.hello.adapter.clone(),
                     samples_per_sec: self.hello.samples_per_sec,
                     cached: self.hello.cached_shards.iter().copied().collect::<HashSet<ShardHash>>(),
-                    site_key: self.hello.site_key.clone(),
+                    site_key: self.credited_site(&handle),
+                    verified: self.verified,
                     tx,
                 };
                 if handle.events.send(Event::Join { provider: request, reply }).await.is_err() {
@@ -293,6 +327,20 @@ impl<S: Socket> Connection<S> {
             }
             Some((state, _, _)) => Err(Stop(Some((GoodbyeReason::Normal, format!("project {id} is {state}"))))),
             None => Err(Stop(Some((GoodbyeReason::UnknownProject, format!("there is no project {id}"))))),
+        }
+    }
+
+    /// The site the provider's work in project `handle` is credited to: the project's own site key when the
+    /// provider presents it (a key is checked against the project; a browser's page must be one of the
+    /// project's sites or this server's), else the listed origin of the page a browser came from. A site key
+    /// that is not the project's, or an origin it does not list, earns no one anything.
+    fn credited_site(&self, handle: &ProjectHandle) -> Option<String> {
+        let listed = |origin: &String| handle.sites.iter().any(|s| s == origin);
+        let own_key = self.hello.site_key.as_ref().filter(|k| handle.site_key.as_ref() == Some(*k));
+        match &self.origin {
+            SocketOrigin::Site(origin) if listed(origin) => Some(own_key.cloned().unwrap_or_else(|| origin.clone())),
+            SocketOrigin::Site(_) => None,
+            SocketOrigin::None | SocketOrigin::SameOrigin => own_key.cloned(),
         }
     }
 
@@ -495,6 +543,48 @@ fn incoming(
         Ok(Some(Ok(Message::Text(_)))) => Err(Stop::protocol("frames are binary postcard, not text")),
         Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => Ok(None),
     }
+}
+
+/// Admits the provider of `hello` from `address` (see [`address_key`]): refuses a banned address or a shut-out
+/// key, finds (or creates) the identity of its persistent key, and registers the connection. The `Hello`, the
+/// connection's provider id and its identity's standing (checks passed).
+async fn admit(state: &AppState, hello: Hello, address: &str) -> Result<(Hello, i64, u64), Stop> {
+    let failed = |e: sqlx::Error| {
+        tracing::error!("cannot admit a provider: {e}");
+        Stop(Some((GoodbyeReason::InternalError, "the server failed".into())))
+    };
+    let now = now_unix();
+    if let Some((until, reason)) = db::trust::active_ban(state.db(), address, now).await.map_err(failed)? {
+        let minutes = (until - now + 59) / 60;
+        return Err(Stop(Some((
+            GoodbyeReason::ShutOut,
+            format!("this address is refused for {minutes} more minutes: a provider from it failed a check ({reason})"),
+        ))));
+    }
+    let identity = match &hello.provider_key {
+        Some(key) => {
+            let hash: String = Sha256::digest(key.0).iter().map(|b| format!("{b:02x}")).collect();
+            let identity = db::trust::identity(state.db(), &hash, now).await.map_err(failed)?;
+            if let Some(reason) = identity.shut_out {
+                return Err(Stop(Some((
+                    GoodbyeReason::ShutOut,
+                    format!("this provider key was shut out: a check of its work failed ({reason})"),
+                ))));
+            }
+            Some(identity)
+        }
+        None => None,
+    };
+    let backend = format!("{:?}", hello.backend);
+    let provider = db::training::NewProvider {
+        backend: &backend,
+        adapter: &hello.adapter,
+        site_key: hello.site_key.as_deref(),
+        identity: identity.as_ref().map(|i| i.id),
+        address,
+    };
+    let id = db::training::register_provider(state.db(), &provider, now).await.map_err(failed)?;
+    Ok((hello, id, identity.map_or(0, |i| i.verified)))
 }
 
 async fn read_hello(socket: &mut impl Socket) -> Result<Hello, Stop> {

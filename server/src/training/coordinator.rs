@@ -50,7 +50,10 @@ pub struct JoinRequest {
     pub adapter: String,
     pub samples_per_sec: f32,
     pub cached: HashSet<ShardHash>,
+    /// The site its work is credited to, if any (checked by the connection).
     pub site_key: Option<String>,
+    /// The checks its persistent identity passed before (0 without one).
+    pub verified: u64,
     pub tx: mpsc::Sender<ToProvider>,
 }
 
@@ -67,6 +70,11 @@ pub struct Started {
     pub events: mpsc::Sender<Event>,
     pub status: watch::Receiver<LiveStatus>,
     pub task: tokio::task::JoinHandle<()>,
+}
+
+/// The `providers` row of a provider's connection: its id is the row's.
+fn provider_row(provider: ProviderId) -> i64 {
+    i64::try_from(provider.0).unwrap_or(i64::MAX)
 }
 
 /// An evaluation's result, with the evaluator handed back.
@@ -275,7 +283,7 @@ impl Coordinator {
         let now = self.now_ms();
         match event {
             Event::Join { provider, reply } => {
-                let JoinRequest { id, backend, adapter, samples_per_sec, cached, site_key, tx } = provider;
+                let JoinRequest { id, backend, adapter, samples_per_sec, cached, site_key, verified, tx } = provider;
                 let info = JoinInfo {
                     id,
                     backend,
@@ -284,7 +292,7 @@ impl Coordinator {
                     cached,
                     site_key,
                     connected_at_unix: now_unix(),
-                    verified: 0,
+                    verified,
                 };
                 match self.core.join(now, info) {
                     Ok(()) => {
@@ -339,8 +347,17 @@ impl Coordinator {
                 }
                 Effect::Finish { version, params } => self.finish(version, &params).await?,
                 Effect::Verify(request) => self.checker.check(request, self.check_tx.clone()),
+                Effect::CheckPassed { provider } => {
+                    db::trust::check_passed(self.state.db(), provider_row(provider)).await?;
+                }
                 Effect::ShutOut { provider, reason } => {
                     tracing::warn!(project = self.id, %provider, "provider shut out: {reason}");
+                    let now = now_unix();
+                    let ban = self.state.settings().shut_out_ban_secs;
+                    let until = (ban > 0).then(|| now.saturating_add(i64::try_from(ban).unwrap_or(i64::MAX)));
+                    let mut tx = self.state.db().begin().await?;
+                    db::trust::shut_out(&mut tx, provider_row(provider), self.id, &reason, until, now).await?;
+                    tx.commit().await?;
                 }
             }
         }

@@ -36,6 +36,7 @@ use super::aggregate;
 use super::checkpoint::TrainerState;
 use super::plan::{EpochPlan, TrainShard, Unit};
 use super::{Detach, LiveProvider, LiveStatus, ParamsSnapshot, ToProvider};
+use daig_shared::api::training::Standing;
 
 /// Leases a provider holds at once: one to train, one queued so that it never waits for a round trip.
 pub const LEASE_DEPTH: usize = 2;
@@ -215,6 +216,8 @@ pub struct AppliedContribution {
     pub samples: u32,
     pub mean_loss: f32,
     pub units: Vec<Unit>,
+    /// Whether its check by recomputation passed before it was applied (else the sample skipped it).
+    pub verified: bool,
 }
 
 /// An update to record: its version, the epoch it belongs to and what it is made of.
@@ -279,6 +282,8 @@ pub enum Effect {
     Finish { version: u64, params: Vec<f32> },
     /// Recompute this contribution on the reference trainer and call [`Core::verified`] with the result.
     Verify(VerifyRequest),
+    /// `provider` passed a check: the shell adds it to the standing of its persistent identity.
+    CheckPassed { provider: ProviderId },
     /// `provider` failed a check and is shut out: the shell records why, withdraws its credit and refuses it
     /// (its connection is told with a `Detach` before this effect).
     ShutOut { provider: ProviderId, reason: String },
@@ -294,8 +299,12 @@ struct Provider {
     speed: Option<f64>,
     applied: u64,
     connected_at_unix: i64,
-    /// Its checks by recomputation passed, including those before it joined.
+    /// Its checks by recomputation passed, including those before it joined (its standing).
     verified: u64,
+    /// Its checks that passed in this project.
+    verified_here: u64,
+    /// Its contributions applied without a check.
+    unchecked: u64,
     /// Its contributions held until their check.
     held: usize,
     /// Its leases that expired since its last contribution.
@@ -519,6 +528,8 @@ impl Core {
             applied: 0,
             connected_at_unix: info.connected_at_unix,
             verified: info.verified,
+            verified_here: 0,
+            unchecked: 0,
             held: 0,
             expired_in_a_row: 0,
         };
@@ -677,7 +688,7 @@ impl Core {
             self.hold(provider, lease_id, record, info, delta.to_vec());
         } else {
             metrics::counter!("daig_checks_total", "outcome" => "not_picked").increment(1);
-            self.accept(now_ms, provider, lease_id, record, &info, delta);
+            self.accept(now_ms, lease_id, record, &info, delta, false);
         }
         self.fill(provider, now_ms);
     }
@@ -713,7 +724,9 @@ impl Core {
                 metrics::counter!("daig_checks_total", "outcome" => "passed").increment(1);
                 if let Some(p) = self.providers.get_mut(&provider) {
                     p.verified += 1;
+                    p.verified_here += 1;
                 }
+                self.effects.push_back(Effect::CheckPassed { provider });
                 let Held { record, info, delta, .. } = held;
                 let staleness = self.version - info.base_version;
                 if record.epoch != self.plan.epoch() || !self.plan.can_buffer(&record.units) {
@@ -724,7 +737,7 @@ impl Core {
                     self.release_record(&record);
                     self.ack_stale(provider, lease);
                 } else {
-                    self.accept(now_ms, provider, lease, record, &info, &delta);
+                    self.accept(now_ms, lease, record, &info, &delta, true);
                 }
                 self.fill(provider, now_ms);
             }
@@ -773,18 +786,26 @@ impl Core {
         self.effects.push_back(Effect::Verify(request));
     }
 
-    /// Buffers a contribution that passed its checks (and applies the buffer once it holds `k`).
+    /// Buffers a contribution (for `record`'s provider) that passed its checks, `verified` if its
+    /// recomputation was one of them, and applies the buffer once it holds `k`.
     fn accept(
         &mut self,
         now_ms: u64,
-        provider: ProviderId,
         lease_id: LeaseId,
         record: LeaseRecord,
         info: &ContributionInfo,
         delta: &[f32],
+        verified: bool,
     ) {
+        let provider = record.provider;
         let staleness = self.version - info.base_version;
-        let site_key = self.providers.get(&provider).and_then(|p| p.site_key.clone());
+        let site_key = match self.providers.get_mut(&provider) {
+            Some(p) => {
+                p.unchecked += u64::from(!verified);
+                p.site_key.clone()
+            }
+            None => None,
+        };
         self.plan.buffer(&record.units);
         // Other copies of these batches can no longer win.
         let mut copies: Vec<LeaseId> = self
@@ -808,6 +829,7 @@ impl Core {
                 samples: info.sample_count,
                 mean_loss: info.mean_loss,
                 units: record.units,
+                verified,
             },
         });
         if self.buffer.len() >= self.config.k as usize || self.plan.all_contributed() {
@@ -948,6 +970,10 @@ impl Core {
                 contributions_applied: p.applied,
                 site_key: p.site_key.clone(),
                 connected_at_unix: p.connected_at_unix,
+                verified: p.verified_here,
+                unchecked: p.unchecked,
+                held: p.held as u64,
+                standing: if self.config.checks.trusts(p.verified) { Standing::Trusted } else { Standing::New },
             })
             .collect();
         providers.sort_by_key(|p| p.id);

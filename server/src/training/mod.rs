@@ -142,6 +142,8 @@ pub struct Training {
     changed: watch::Sender<u64>,
     lease_ids: Arc<LeaseIds>,
     provider_connections: Arc<Semaphore>,
+    /// Provider connections held per client address (see `connection::address_key`).
+    addresses: Arc<Mutex<HashMap<String, usize>>>,
     /// The server's CPU budget for checks by recomputation: one permit per thread, shared by every project.
     check_permits: Arc<Semaphore>,
 }
@@ -157,6 +159,7 @@ impl Training {
             changed: watch::channel(0).0,
             lease_ids: Arc::new(LeaseIds::starting_at(start)),
             provider_connections: Arc::new(Semaphore::new(max_connections)),
+            addresses: Arc::new(Mutex::new(HashMap::new())),
             check_permits: Arc::new(Semaphore::new(check_threads.max(1))),
         }
     }
@@ -174,6 +177,17 @@ impl Training {
     /// The semaphore bounding provider connections.
     pub fn connections(&self) -> Arc<Semaphore> {
         Arc::clone(&self.provider_connections)
+    }
+
+    /// A provider connection slot of client `address`, if it holds fewer than `max`; held until dropped.
+    pub fn address_slot(&self, address: &str, max: usize) -> Option<AddressSlot> {
+        let mut held = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(address.to_owned()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot { addresses: Arc::clone(&self.addresses), address: address.to_owned() })
     }
 
     /// Notified when projects start.
@@ -236,6 +250,24 @@ impl Training {
         let ids: Vec<i64> = self.lock().keys().copied().collect();
         for id in ids {
             self.stop(id, Command::Shutdown).await;
+        }
+    }
+}
+
+/// One provider connection of a client address, counted while it lives.
+pub struct AddressSlot {
+    addresses: Arc<Mutex<HashMap<String, usize>>>,
+    address: String,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.address);
+            }
         }
     }
 }

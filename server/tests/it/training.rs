@@ -9,7 +9,7 @@ use daig_shared::wire::{ContributionInfo, Frame, GoodbyeReason, Hello, LeaseId, 
 use serde_json::{Value, json};
 
 use crate::support::{TestApp, manifest_dir, request, with_token};
-use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, run_honest, train_lease};
+use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, run_honest, run_honest_on, train_lease};
 
 /// The app of `app` also served on a real socket.
 async fn serve(app: &TestApp) -> SocketAddr {
@@ -482,4 +482,151 @@ async fn pause_checkpoints_and_resume_continues_where_it_stopped() {
     let outcome = tokio::time::timeout(Duration::from_secs(30), provider).await.unwrap().unwrap();
     assert_eq!(outcome.goodbye.unwrap().reason, GoodbyeReason::Normal);
     assert_exactly_once(&app, id, 30, 2).await;
+}
+
+/// The Hello of a provider with persistent key `key` (one byte repeated).
+fn keyed(project: i64, key: u8) -> Hello {
+    Hello { provider_key: Some(daig_shared::wire::ProviderKey([key; 32])), ..hello(Some(project)) }
+}
+
+/// Loopback address 127.0.0.`n`: another client.
+fn client(n: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, n)
+}
+
+/// The goodbye that ends a connection that sent `hello`, with the frames before it.
+async fn goodbye_to(addr: SocketAddr, from: u8, hello: Hello) -> daig_shared::wire::Goodbye {
+    let mut client = WireClient::connect_as(addr, client(from)).await.expect("upgraded");
+    client.send(&Frame::Hello(hello)).await;
+    let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
+    while honest.take(client.recv().await, &mut outcome) {}
+    outcome.goodbye.expect("a goodbye")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standing_follows_a_provider_key_and_a_shut_out_loses_its_key_its_address_and_its_credit() {
+    use daig_shared::wire::{AckOutcome, RefusalReason};
+    let app = TestApp::with(|s| s.max_provider_connections_per_address = 3).await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 4, "k": 1,
+                          "epochs": 200, "max_staleness": 2});
+    let id = small_running(&app, &token, settings).await;
+    let identity_verified = |key: u8| {
+        use sha2::Digest as _;
+        let hash: String = sha2::Sha256::digest([key; 32]).iter().map(|b| format!("{b:02x}")).collect();
+        let db = app.state.db().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT verified FROM provider_identities WHERE key_hash = ?")
+                .bind(hash)
+                .fetch_optional(&db)
+                .await
+                .unwrap()
+        }
+    };
+
+    // An honest provider's passed checks are its key's standing, across connections.
+    let first = run_honest_on(WireClient::connect_as(addr, client(2)).await.unwrap(), keyed(id, 7), Some(2)).await;
+    assert!(first.applied >= 2, "{first:?}");
+    let after_first = identity_verified(7).await.expect("the key's identity");
+    // Every contribution of a new provider is checked before it is applied (one still in flight when it left
+    // may have passed too).
+    assert!(after_first >= i64::from(first.applied), "{after_first} checks passed, {} applied", first.applied);
+    let second = run_honest_on(WireClient::connect_as(addr, client(2)).await.unwrap(), keyed(id, 7), Some(1)).await;
+    assert!(second.applied >= 1);
+    assert!(identity_verified(7).await.unwrap() > after_first, "the standing grew on the second connection");
+    // Enough standing makes a provider trusted when it joins: the project page says so.
+    sqlx::query("UPDATE provider_identities SET verified = 100 WHERE verified > 0")
+        .execute(app.state.db())
+        .await
+        .unwrap();
+    let mut trusted = WireClient::connect_as(addr, client(2)).await.unwrap();
+    trusted.send(&Frame::Hello(keyed(id, 7))).await;
+    let (mut h, mut o) = (Honest::default(), Outcome::default());
+    let _ = next_lease(&mut trusted, &mut h, &mut o).await;
+    let start = std::time::Instant::now();
+    loop {
+        let providers = project(&app, &token, id).await["providers"].clone();
+        if providers.as_array().unwrap().iter().any(|p| p["standing"] == "trusted") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no trusted provider: {providers}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    trusted.goodbye().await;
+
+    // A provider with another key earns credit honestly, then cheats.
+    let mut cheat = WireClient::connect_as(addr, client(3)).await.unwrap();
+    cheat.send(&Frame::Hello(keyed(id, 9))).await;
+    let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
+    let lease = next_lease(&mut cheat, &mut honest, &mut outcome).await;
+    let (info, delta) = train_lease(&mut cheat, &mut honest, &mut outcome, lease).await;
+    cheat.contribute(info.clone(), &delta).await;
+    assert!(matches!(ack_of(&mut cheat, &mut honest, info.lease_id).await, AckOutcome::Applied { .. }));
+    let cheat_id = outcome.welcome.as_ref().unwrap().provider_id.0 as i64;
+    let credited = "SELECT COUNT(*) FROM contributions WHERE provider_id = ? AND withdrawn_at IS NULL";
+    assert_eq!(scalar(&app, credited, cheat_id).await, 1);
+    let lease = next_lease(&mut cheat, &mut honest, &mut outcome).await;
+    let (info, delta) = train_lease(&mut cheat, &mut honest, &mut outcome, lease).await;
+    let scaled: Vec<f32> = delta.iter().map(|v| v * 1.5).collect();
+    cheat.contribute(info.clone(), &scaled).await;
+    match ack_of(&mut cheat, &mut honest, info.lease_id).await {
+        AckOutcome::Refused { reason, .. } => assert_eq!(reason, RefusalReason::Rejected),
+        other => panic!("{other:?}"),
+    }
+    while honest.take(cheat.recv().await, &mut outcome) {}
+    assert_eq!(outcome.goodbye.as_ref().map(|g| g.reason), Some(GoodbyeReason::ShutOut));
+    // Its credit is withdrawn, and the requestor sees who was shut out and why.
+    assert_eq!(scalar(&app, credited, cheat_id).await, 0, "its credit is withdrawn");
+    let credits = app.send(with_token(request(Method::GET, &format!("/api/projects/{id}/credits")), &token)).await;
+    let credits = credits.json();
+    assert!(credits["providers"].as_array().unwrap().iter().all(|p| p["provider_id"] != cheat_id), "{credits}");
+    let shut_out = &credits["shut_out"][0];
+    assert_eq!(shut_out["provider_id"], cheat_id, "{credits}");
+    assert_eq!(shut_out["address"], "127.0.0.3");
+    assert!(shut_out["reason"].as_str().unwrap().contains("not the computation its lease asked for"), "{credits}");
+    // The honest provider keeps its credit, with its checks counted.
+    let honest_line = credits["providers"].as_array().unwrap().iter().find(|p| p["verified"].as_i64() > Some(0));
+    assert!(honest_line.is_some(), "{credits}");
+
+    // Its key is refused from any address, and its address for a while with any key or none.
+    let goodbye = goodbye_to(addr, 4, keyed(id, 9)).await;
+    assert_eq!(goodbye.reason, GoodbyeReason::ShutOut);
+    assert!(goodbye.detail.contains("provider key was shut out"), "{goodbye:?}");
+    for hello in [hello(Some(id)), keyed(id, 10)] {
+        let goodbye = goodbye_to(addr, 3, hello).await;
+        assert_eq!(goodbye.reason, GoodbyeReason::ShutOut);
+        assert!(goodbye.detail.contains("this address is refused"), "{goodbye:?}");
+    }
+    // Another client is not affected.
+    let other = run_honest_on(WireClient::connect_as(addr, client(5)).await.unwrap(), hello(Some(id)), Some(1)).await;
+    assert_eq!(other.applied, 1, "{other:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_holds_only_so_many_provider_connections() {
+    let app = TestApp::with(|s| s.max_provider_connections_per_address = 3).await;
+    let addr = serve(&app).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(WireClient::connect_as(addr, client(6)).await.expect("within the limit"));
+    }
+    match WireClient::connect_as(addr, client(6)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("too_many_connections"), "{body}");
+        }
+        Ok(_) => panic!("a fourth connection from one address was upgraded"),
+        Err(e) => panic!("{e}"),
+    }
+    // Other addresses are counted on their own.
+    let _other = WireClient::connect_as(addr, client(7)).await.expect("another address");
+    // A closed connection frees its place.
+    held.pop().unwrap().goodbye().await;
+    let start = std::time::Instant::now();
+    while WireClient::connect_as(addr, client(6)).await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the closed connection's place was not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

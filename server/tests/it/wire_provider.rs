@@ -36,6 +36,7 @@ pub fn hello(project: Option<i64>) -> Hello {
         cached_shards: Vec::new(),
         site_key: None,
         project_id: project.map(|p| ProjectId(p as u64)),
+        provider_key: None,
     }
 }
 
@@ -62,6 +63,20 @@ impl WireClient {
     pub async fn connect(addr: SocketAddr) -> WireClient {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/provider")).await.expect("connect");
         WireClient { ws, reassembler: Reassembler::new(1 << 30), next_transfer: 0 }
+    }
+
+    /// Connects from loopback address `source` (any of 127.0.0.0/8), as another client would; the server's
+    /// refusal (an HTTP error) when it does not upgrade.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        source: std::net::Ipv4Addr,
+    ) -> Result<WireClient, tokio_tungstenite::tungstenite::Error> {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.bind(SocketAddr::from((source, 0))).expect("bind to the source address");
+        let stream = socket.connect(addr).await.expect("connect");
+        let (ws, _) =
+            tokio_tungstenite::client_async(format!("ws://{addr}/ws/provider"), MaybeTlsStream::Plain(stream)).await?;
+        Ok(WireClient { ws, reassembler: Reassembler::new(1 << 30), next_transfer: 0 })
     }
 
     /// Connects as a browser page on `origin` would: with an `Origin` header.
@@ -269,7 +284,11 @@ pub async fn train_lease(
 /// Runs an honest provider until the server says goodbye, the socket closes, or `stop_after` contributions are
 /// applied (then it says goodbye itself).
 pub async fn run_honest(addr: SocketAddr, hello: Hello, stop_after: Option<u32>) -> Outcome {
-    let mut client = WireClient::connect(addr).await;
+    run_honest_on(WireClient::connect(addr).await, hello, stop_after).await
+}
+
+/// [`run_honest`] on a connected client.
+pub async fn run_honest_on(mut client: WireClient, hello: Hello, stop_after: Option<u32>) -> Outcome {
     client.send(&Frame::Hello(hello)).await;
     let mut honest = Honest::default();
     let mut outcome = Outcome::default();

@@ -13,8 +13,41 @@ pub struct LiveProvider {
     /// Measured training speed (its own estimate until its first contribution).
     pub samples_per_sec: f64,
     pub contributions_applied: u64,
+    /// The credited site: the project's site key, or the listed origin its browser came from.
     pub site_key: Option<String>,
     pub connected_at_unix: i64,
+    /// Its checks by recomputation that passed, in this project (its standing counts earlier ones too).
+    pub verified: u64,
+    /// Its contributions applied without a check (the sample skipped them: it is in good standing).
+    pub unchecked: u64,
+    /// Its contributions held until their check passes.
+    pub held: u64,
+    pub standing: Standing,
+}
+
+/// Where a provider stands with the server's checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// Too few checks passed yet: every contribution is held and checked before it is applied.
+    New,
+    /// Enough checks passed: a random sample of its contributions is checked, the rest applied at once.
+    Trusted,
+}
+
+/// A provider shut out of a project: a check by recomputation of its work failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShutOutView {
+    pub provider_id: i64,
+    pub backend: String,
+    pub adapter: String,
+    /// The client address it came from (banned for a while), when known.
+    pub address: Option<String>,
+    pub at_unix: i64,
+    /// What the check found.
+    pub reason: String,
 }
 
 /// One row of a project's metrics history.
@@ -65,6 +98,8 @@ pub struct CreditLine {
     pub site_key: Option<String>,
     pub backend: Option<String>,
     pub contributions: i64,
+    /// Of `contributions`, those whose check by recomputation passed before they were applied.
+    pub verified: i64,
     pub samples: i64,
 }
 
@@ -77,7 +112,8 @@ pub struct SiteCredit {
     pub samples: i64,
 }
 
-/// A project's ledger: every applied contribution credits its provider and site with its samples.
+/// A project's ledger: every applied contribution credits its provider and site with its samples, unless its
+/// provider was later shut out (its credit is withdrawn, everywhere).
 #[derive(Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectCredits {
@@ -86,6 +122,8 @@ pub struct ProjectCredits {
     pub samples: i64,
     pub providers: Vec<CreditLine>,
     pub sites: Vec<SiteCredit>,
+    /// The providers shut out of the project and why, latest first.
+    pub shut_out: Vec<ShutOutView>,
 }
 
 /// A provider's credit in one project.

@@ -192,6 +192,42 @@ pub struct Hello {
     pub site_key: Option<String>,
     /// The project the provider wants to join; `None` lets the server choose.
     pub project_id: Option<ProjectId>,
+    /// The provider's persistent key, a secret it keeps (the browser in local storage, the native provider in
+    /// its config directory) so that its standing and credit survive reconnects; `None` starts it as new. The
+    /// server keeps only a hash of it.
+    pub provider_key: Option<ProviderKey>,
+}
+
+/// A provider's persistent key: 32 random bytes it generated once and keeps to itself.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderKey(pub [u8; 32]);
+
+impl ProviderKey {
+    /// The key as 64 lowercase hex digits, how providers store it.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reads 64 hex digits (either case); `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<ProviderKey> {
+        let text = text.trim().as_bytes();
+        if text.len() != 64 {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        for (byte, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+            let digit = |c: u8| char::from(c).to_digit(16);
+            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+        }
+        Some(ProviderKey(key))
+    }
+}
+
+/// Never printed: the key is a secret.
+impl fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProviderKey(..)")
+    }
 }
 
 /// Server to provider: the provider is accepted and this is what it trains.

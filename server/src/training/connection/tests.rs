@@ -14,7 +14,7 @@ use daig_shared::wire::{
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
 
-use super::{Connection, SocketOrigin};
+use super::{Connection, Peer, SocketOrigin};
 use crate::{AppState, Settings};
 
 /// Heartbeat interval of the test server: a silent provider is dropped after three.
@@ -85,7 +85,11 @@ impl Provider {
         let (to_server, incoming) = mpsc::unbounded_channel();
         let (outgoing, from_server) = mpsc::unbounded_channel();
         let socket = ChannelSocket { incoming, outgoing };
-        let task = tokio::spawn(Connection::run(state, socket, SocketOrigin::None));
+        let task = tokio::spawn(Connection::run(
+            state,
+            socket,
+            Peer { origin: SocketOrigin::None, address: "192.0.2.1".into() },
+        ));
         Provider { to_server, from_server, task, _dir: dir }
     }
 
@@ -145,6 +149,7 @@ fn hello(project: Option<u64>) -> Hello {
         cached_shards: Vec::new(),
         site_key: None,
         project_id: project.map(ProjectId),
+        provider_key: None,
     }
 }
 

@@ -111,6 +111,10 @@ struct World {
     /// Checks asked for and not yet answered.
     checks: VecDeque<VerifyRequest>,
     shut_out: Vec<(ProviderId, String)>,
+    /// The providers whose checks passed, one entry a check.
+    passed: Vec<ProviderId>,
+    /// Every applied contribution's provider and whether it was checked first.
+    applied: Vec<(ProviderId, bool)>,
 }
 
 impl World {
@@ -128,6 +132,8 @@ impl World {
             finished: None,
             checks: VecDeque::new(),
             shut_out: Vec::new(),
+            passed: Vec::new(),
+            applied: Vec::new(),
         };
         world.core.start(0);
         world.drain();
@@ -143,6 +149,7 @@ impl World {
                     let last = self.versions.last().copied().unwrap_or(0);
                     assert_eq!(update.version, last + 1, "versions count updates");
                     for c in &update.contributions {
+                        self.applied.push((c.provider, c.verified));
                         for &unit in &c.units {
                             let old = self.ledger.insert((update.epoch, unit), update.version);
                             assert!(old.is_none(), "batch {unit:?} of epoch {} applied twice", update.epoch);
@@ -159,6 +166,7 @@ impl World {
                 Effect::Checkpoint { params, state } => self.checkpoints.push((params, state)),
                 Effect::Finish { version, .. } => self.finished = Some(version),
                 Effect::Verify(request) => self.checks.push_back(request),
+                Effect::CheckPassed { provider } => self.passed.push(provider),
                 Effect::ShutOut { provider, reason } => self.shut_out.push((provider, reason)),
             }
         }
@@ -805,8 +813,13 @@ fn an_untrusted_providers_contribution_counts_only_once_its_recomputation_matche
     assert_eq!(request.work.learning_rate, lease.learning_rate);
     assert_eq!(request.work.seed, lease.lease_id.0);
     assert_eq!(&request.params[..], &[0.0; PARAMS]);
+    let live = world.core.status().providers[0].clone();
+    assert_eq!((live.verified, live.unchecked, live.held, live.standing), (0, 0, 1, Standing::New));
     world.answer_checks(20);
     assert_eq!(world.versions, vec![1], "applied once its check passed");
+    assert_eq!(world.passed, vec![ProviderId(1)], "its identity's standing grows by the check");
+    let live = world.core.status().providers[0].clone();
+    assert_eq!((live.verified, live.unchecked, live.held, live.standing), (1, 0, 0, Standing::New));
     assert!(matches!(
         world.answer(1, lease.lease_id),
         Some(ToProvider::Ack(Ack { outcome: AckOutcome::Applied { .. }, .. }))
@@ -922,4 +935,29 @@ fn untrusted_providers_get_no_speculative_copies() {
     world.core.tick(100);
     world.drain();
     assert!(world.leases(2).is_empty());
+}
+
+#[test]
+fn a_provider_in_good_standing_is_checked_by_sample_and_its_unchecked_contributions_are_counted() {
+    let mut world = World::new(checked_config(), shards(&[256]));
+    world.core.join(0, JoinInfo { verified: 1_000_000, ..join_info(1, 0.0) }).expect("joins");
+    world.drain();
+    let mut now = 10;
+    for _ in 0..20 {
+        for lease in world.leases(1) {
+            world.contribute(now, 1, &lease, world.core.version(), &honest_delta(lease.lease_id));
+            now += 1;
+        }
+        world.answer_checks(now);
+        now += 1;
+    }
+    let live = world.core.status().providers[0].clone();
+    assert_eq!(live.standing, Standing::Trusted);
+    let unchecked = world.applied.iter().filter(|(_, checked)| !checked).count() as u64;
+    let checked = world.applied.iter().filter(|(_, checked)| *checked).count() as u64;
+    assert_eq!(live.unchecked, unchecked, "{live:?}");
+    assert_eq!(live.verified, checked, "{live:?}");
+    assert_eq!(world.passed.len() as u64, checked);
+    // At the minimum rate (5%) most of 64 contributions go unchecked, and not all of them.
+    assert!(unchecked > checked && unchecked + checked >= 40, "{unchecked} unchecked, {checked} checked");
 }
