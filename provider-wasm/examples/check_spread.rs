@@ -7,7 +7,9 @@
 //! `cargo run --release -p daig-provider --example check_spread [-- --data DIR] [--leases N] [--quick]`
 //!
 //! Prints a Markdown table: per model and lease shape, the largest relative L2 distance, the smallest cosine and
-//! the largest relative loss difference over the leases, and the margin to the default tolerance.
+//! the largest relative loss difference over the leases, the margin to the default tolerance, and the parameter
+//! tensor whose own delta differs most (relative L2): a wrong gradient of a small tensor, such as a convolution
+//! kernel, hides in the distance of the whole delta, which the largest tensor dominates.
 
 use std::path::PathBuf;
 
@@ -71,6 +73,13 @@ fn lease_inputs(data: &Mnist, start: usize, n: usize) -> LeaseInputs {
     LeaseInputs { features, labels, samples: n }
 }
 
+/// `|got - want| / |want|` (L2).
+fn relative_distance(got: &[f32], want: &[f32]) -> f64 {
+    let diff: f64 = got.iter().zip(want).map(|(g, w)| (f64::from(*g) - f64::from(*w)).powi(2)).sum();
+    let norm: f64 = want.iter().map(|w| f64::from(*w).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -81,9 +90,9 @@ fn main() {
     let mut gpu = pollster::block_on(Gpu::new()).expect("a GPU adapter");
     println!("adapter: {}; {leases} leases per row; tolerance {:?}\n", gpu.adapter.name, Tolerance::DEFAULT);
     println!(
-        "| model | params | batch | local steps | lr | max rel. distance | min cosine | max loss diff. | margin |"
+        "| model | params | batch | local steps | lr | max rel. distance | min cosine | max loss diff. | margin | worst tensor |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let models: &[(&str, &str)] = if quick {
         &[("mlp", MLP)]
     } else if args.iter().any(|a| a == "--probe") {
@@ -107,6 +116,7 @@ fn main() {
         for (state, params) in [("fresh", &fresh), ("trained", &trained)] {
             for &(batch, steps, lr) in shapes {
                 let (mut distance, mut cosine, mut loss) = (0.0f64, 1.0f64, 0.0f64);
+                let mut tensor = (0.0f64, "");
                 for l in 0..leases {
                     let inputs = lease_inputs(&data, 1000 * l + 17, batch * steps);
                     let seed = 1_000_000 + l as u64;
@@ -123,14 +133,22 @@ fn main() {
                     distance = distance.max(c.relative_distance);
                     cosine = cosine.min(c.cosine);
                     loss = loss.max(c.loss_difference);
+                    for t in &model.params.tensors {
+                        let d = relative_distance(&got.delta[t.range()], &want.delta[t.range()]);
+                        if d >= tensor.0 {
+                            tensor = (d, &t.name);
+                        }
+                    }
                 }
                 let margin = (Tolerance::DEFAULT.max_relative_distance / distance.max(1e-12))
                     .min((1.0 - Tolerance::DEFAULT.min_cosine) / (1.0 - cosine).max(1e-15))
                     .min(Tolerance::DEFAULT.max_loss_difference / loss.max(1e-12));
                 worst = worst.max(distance);
                 println!(
-                    "| {name} ({state}) | {} | {batch} | {steps} | {lr} | {distance:.2e} | {cosine:.8} | {loss:.2e} | {margin:.0}x |",
-                    model.param_count()
+                    "| {name} ({state}) | {} | {batch} | {steps} | {lr} | {distance:.2e} | {cosine:.8} | {loss:.2e} | {margin:.0}x | {} {:.2e} |",
+                    model.param_count(),
+                    tensor.1,
+                    tensor.0
                 );
             }
         }

@@ -73,6 +73,35 @@ fn matmul_matches_reference() {
     }
 }
 
+/// Products with a long inner dimension, such as a convolution's kernel gradient (k = batch x output
+/// positions): lavapipe ends every loop of an invocation after 65535 iterations in all, so the k range must be
+/// cut into slices (split-K) even where no split was asked for.
+#[test]
+fn matmul_with_a_long_k_matches_reference() {
+    let gpu = gpu();
+    let (m, n, k) = (9, 8, 40_000);
+    let a = random(k * m, 7);
+    let b = random(k * n, 8);
+    let mut want = vec![0f64; m * n];
+    for p in 0..k {
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] += f64::from(a[p * m + i]) * f64::from(b[p * n + j]);
+            }
+        }
+    }
+    let ga = gpu.buffer_from("a", &a).unwrap();
+    let gb = gpu.buffer_from("b", &b).unwrap();
+    let gc = gpu.buffer("c", m * n).unwrap();
+    for tiles in [MatmulTiles::SMALL, MatmulTiles::LARGE] {
+        let mm = Matmul { trans_a: true, ..Matmul::new(m, n, k) };
+        let launches = mm.prepare(&gpu, tiles, &ga, &gb, None, &gc).unwrap();
+        gpu.run(&launches.iter().collect::<Vec<_>>());
+        let got = pollster::block_on(gpu.read(&gc, m * n)).unwrap();
+        assert_close(&got, &want, &format!("{m}x{n}x{k} ta=true {tiles:?}"));
+    }
+}
+
 #[test]
 fn wgpu_errors_come_back_as_errors_not_panics() {
     let gpu = gpu();

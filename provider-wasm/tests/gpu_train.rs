@@ -121,3 +121,59 @@ fn training_steps_match_reference_for_every_layer_and_loss() {
         gpu = compare(gpu, json, 5, 3, 11);
     }
 }
+
+/// The relative L2 distance `|got - want| / |want|`.
+fn relative_distance(got: &[f32], want: &[f32]) -> f64 {
+    let diff: f64 = got.iter().zip(want).map(|(g, w)| (f64::from(*g) - f64::from(*w)).powi(2)).sum();
+    let norm: f64 = want.iter().map(|w| f64::from(*w).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+/// Convolutions on MNIST-sized inputs (28x28) at a realistic batch: the kernel gradient is a product whose
+/// inner dimension is batch x output positions (here 32 x 26 x 26 = 21632), far longer than the small
+/// shapes above. Every parameter tensor must match the reference on its own, not only the delta as a whole
+/// (whose norm the dense kernel dominates).
+#[test]
+fn conv_gradients_on_mnist_sized_inputs_match_reference() {
+    let models = [
+        // A linear convolution straight into the classifier.
+        r#"{"input_shape": [28, 28, 1], "layers": [{"type": "conv2d", "filters": 8, "kernel_size": 3},
+            {"type": "flatten"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#,
+        // Same padding, relu, pooling and a second convolution (whose input gradient goes through col2im).
+        r#"{"input_shape": [28, 28, 1], "layers": [
+            {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+            {"type": "max_pool2d", "pool_size": 2},
+            {"type": "conv2d", "filters": 16, "kernel_size": 3, "activation": "relu"},
+            {"type": "flatten"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"}"#,
+    ];
+    let batch = 32;
+    let mut gpu = gpu();
+    for json in models {
+        let model = Model::from_json(json, &Limits::default()).unwrap();
+        let in_elems = model.input_shape().elements().unwrap();
+        // Digit-like inputs: in [0, 1), about half of them background zeros.
+        let x: Vec<f32> = random(batch * in_elems, 11).into_iter().map(|v| v.max(0.0)).collect();
+        let (classes, y) = labels(&model, batch);
+        let params = init_params(&model, 3);
+        let indices: Vec<u32> = (0..batch as u32).collect();
+        let lr = 0.1;
+        let dropout = DropoutKey { seed: 5, step: 0 };
+
+        let mut reference = Trainer::new(&model);
+        reference.load_params(&params).unwrap();
+        let xs = ArrayView2::from_shape((batch, in_elems), &x).unwrap();
+        let config = LocalConfig { batch_size: batch, local_steps: 1, learning_rate: lr, dropout };
+        let want = reference.train_local(&Batch { x: xs, y: Labels::Classes(&classes) }, &indices, &config).unwrap();
+
+        let mut trainer = GpuTrainer::new(gpu, model.clone(), batch).unwrap();
+        trainer.load_params(&params).unwrap();
+        trainer.load_shard(&x, &y).unwrap();
+        let seed = DropoutSeed { seed: dropout.seed, first_step: dropout.step };
+        let got = pollster::block_on(trainer.train(&indices, batch, 1, lr, seed)).unwrap();
+        for t in &model.params.tensors {
+            let distance = relative_distance(&got.delta[t.range()], &want.delta[t.range()]);
+            assert!(distance <= 1e-4, "{json}\n{}: the delta differs by {distance:e} (relative L2)", t.name);
+        }
+        gpu = trainer.into_gpu();
+    }
+}

@@ -8,6 +8,14 @@ use super::kernels::{MATMUL as KERNEL, MATMUL_LARGE as KERNEL_LARGE, SPLIT_K};
 /// Workgroups that keep a large GPU busy; split-K aims for this many when a product has fewer tiles.
 const TARGET_WORKGROUPS: u32 = 264;
 
+/// The most k-steps (slices of `bk` along k) one workgroup runs: longer products are always cut into slices
+/// (split-K), whatever `splits` asks. lavapipe (llvmpipe) counts every loop iteration of an invocation, all
+/// loops together, and silently ends every loop once the count passes 65535 (gallivm's
+/// `LP_MAX_TGSI_LOOP_ITERATIONS`); the small tiles spend 32 iterations per k-step (the k loop, the two staging
+/// loops and the k-slice loop), so a single slice of more than 2047 k-steps (k > 16376) came back as a partial
+/// sum, and its last rows unwritten. 512 k-steps keep a slice at a quarter of that budget.
+pub const MAX_K_STEPS: u32 = 512;
+
 /// The tile shape of the matmul kernel: `wg_x * wg_y` threads, each computing `tm x tn` outputs. `large`
 /// selects `matmul_large.wgsl`, whose shape is fixed (16 x 16 threads, 8 x 8 each, k-slices of 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,7 +72,8 @@ pub enum FusedActivation {
 /// One matmul's shape and options. `a` is `[m, k]` (`[k, m]` when `trans_a`), `b` is `[k, n]` (`[n, k]`
 /// when `trans_b`), `c` is `[m, n]`. With `splits > 1` the k dimension is cut into that many slices
 /// computed by separate workgroups into a scratch buffer, then summed (split-K): for products with few
-/// output tiles and a long k, such as weight gradients (k = batch x positions) and small batches.
+/// output tiles and a long k, such as weight gradients (k = batch x positions) and small batches. A k longer
+/// than [`MAX_K_STEPS`] k-steps is split however many `splits` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Matmul {
     pub m: u32,
@@ -123,7 +132,8 @@ impl Matmul {
         ];
         // The layout always has a bias binding; without a bias any buffer will do (it is not read).
         let bias = bias.unwrap_or(a);
-        let k_split = self.k.div_ceil(self.splits.max(1)).next_multiple_of(tiles.bk).max(tiles.bk);
+        let k_split =
+            self.k.div_ceil(self.splits.max(1)).next_multiple_of(tiles.bk).clamp(tiles.bk, MAX_K_STEPS * tiles.bk);
         let splits = self.k.div_ceil(k_split).max(1);
         let groups = [self.n.div_ceil(tiles.block_n()), self.m.div_ceil(tiles.block_m()), splits];
         let most = gpu.limits.max_compute_workgroups_per_dimension;
