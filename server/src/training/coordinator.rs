@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use daig_shared::model::Model;
 use daig_shared::params::init_params;
-use daig_shared::train::verify::Tolerance;
 use daig_shared::train::{Evaluation, Optimizer, Trainer};
 use daig_shared::wire::{
     Backend, ContributionInfo, LeaseProgress, ProjectId, ProviderId, ShardHash, TrainingInfo, Welcome,
@@ -152,7 +151,7 @@ impl Coordinator {
             aggregation: settings.aggregation,
             norm_bound_factor: settings.norm_bound_factor,
             has_validation: validation.is_some(),
-            checks: CheckPolicy { tolerance: Tolerance::for_model(&model), ..CheckPolicy::on(rand::random()) },
+            checks: CheckPolicy::on(rand::random()),
         };
         let restore = Restore {
             params,

@@ -9,7 +9,7 @@ use daig_shared::wire::{Frame, GoodbyeReason};
 use serde_json::{Value, json};
 
 use crate::support::{TestApp, request, with_token};
-use crate::wire_provider::{Incoming, WireClient, hello};
+use crate::wire_provider::{Incoming, WireClient, hello, run_honest_on};
 
 fn write(dir: &std::path::Path, name: &str, text: &str) {
     let path = dir.join(name);
@@ -208,4 +208,41 @@ async fn the_provider_socket_admits_only_listed_sites_to_site_key_projects() {
     let mut client = WireClient::connect_from(addr, "http://127.0.0.1:9001").await;
     client.send(&Frame::Hello(hello(Some(public)))).await;
     assert_eq!(welcome(client).await, public as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn site_credit_goes_only_to_listed_origins_and_the_projects_own_site_key() {
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "k": 1, "epochs": 100,
+                          "max_staleness": 4, "sites": ["http://127.0.0.1:9000"]});
+    let (id, _) = running(&app, &token, settings).await;
+    let forged = || {
+        let mut h = hello(Some(id));
+        h.site_key = Some("site_anyone_can_claim".into());
+        h
+    };
+    // (how it connects, the site its work is credited to)
+    let cases: [(Option<&str>, Option<&str>); 3] = [
+        (None, None),
+        (Some("http://127.0.0.1:9000"), Some("http://127.0.0.1:9000")),
+        (Some("http://127.0.0.1:9001"), None),
+    ];
+    for (origin, credited) in cases {
+        let client = match origin {
+            Some(o) => WireClient::connect_from(addr, o).await,
+            None => WireClient::connect(addr).await,
+        };
+        let outcome = run_honest_on(client, forged(), Some(1)).await;
+        assert!(outcome.applied >= 1, "{origin:?}: {outcome:?}");
+        let provider = outcome.welcome.as_ref().unwrap().provider_id.0 as i64;
+        let sites: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT DISTINCT site_key FROM contributions WHERE provider_id = ?")
+                .bind(provider)
+                .fetch_all(app.state.db())
+                .await
+                .unwrap();
+        assert_eq!(sites, vec![credited.map(str::to_owned)], "{origin:?}");
+    }
 }

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use daig_shared::api::project::{Action, DatasetSummary, ProjectState, ProjectView, SetSites};
-use daig_shared::api::training::{CheckpointList, LiveProvider, MetricPoint, ProjectCredits};
+use daig_shared::api::training::{CheckpointList, LiveProvider, MetricPoint, ProjectCredits, ShutOutView, Standing};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{Element, EventSource, MessageEvent};
@@ -158,7 +158,8 @@ fn build(view: &ProjectView) {
     let providers = el("section")
         .attr("aria-labelledby", "providers-h")
         .child(el("h2").id("providers-h").text("Providers working on it"))
-        .child(el("div").id("providers"));
+        .child(el("div").id("providers"))
+        .child(el("div").id("shut-out"));
     let model = &view.model;
     let about = el("section")
         .attr("aria-labelledby", "about-h")
@@ -416,7 +417,7 @@ fn providers_table(providers: &[LiveProvider], state: ProjectState) -> El {
         return el("p").text(text);
     }
     let head = el("tr").children(
-        ["Provider", "Backend", "Samples/s", "Contributions", "Site"]
+        ["Provider", "Backend", "Samples/s", "Contributions", "Checks", "Standing", "Site"]
             .iter()
             .map(|h| el("th").attr("scope", "col").text(h)),
     );
@@ -431,6 +432,11 @@ fn providers_table(providers: &[LiveProvider], state: ProjectState) -> El {
             }))
             .child(el("td").text(&format!("{:.0}", p.samples_per_sec)))
             .child(el("td").text(&p.contributions_applied.to_string()))
+            .child(el("td").text(&format!("{} verified, {} unchecked, {} held", p.verified, p.unchecked, p.held)))
+            .child(el("td").text(match p.standing {
+                Standing::New => "new: every contribution is checked",
+                Standing::Trusted => "trusted: a sample is checked",
+            }))
             .child(el("td").text(p.site_key.as_deref().unwrap_or("—")))
     });
     el("div").class("table-wrap").child(
@@ -440,6 +446,39 @@ fn providers_table(providers: &[LiveProvider], state: ProjectState) -> El {
             .child(el("thead").child(head))
             .child(el("tbody").children(rows)),
     )
+}
+
+/// The providers shut out of the project: who, from where, when and why (nothing when none was).
+fn shut_out_table(shut_out: &[ShutOutView]) -> El {
+    if shut_out.is_empty() {
+        return el("div");
+    }
+    let head = el("tr").children(
+        ["Provider", "Backend", "Address", "When", "Why"].iter().map(|h| el("th").attr("scope", "col").text(h)),
+    );
+    let rows = shut_out.iter().map(|s| {
+        el("tr")
+            .child(el("th").attr("scope", "row").text(&format!("#{}", s.provider_id)))
+            .child(el("td").text(&format!("{} ({})", s.backend, s.adapter)))
+            .child(el("td").text(s.address.as_deref().unwrap_or("—")))
+            .child(el("td").text(&format::date(s.at_unix)))
+            .child(el("td").text(&s.reason))
+    });
+    el("div")
+        .child(el("h3").text("Shut out"))
+        .child(el("p").text(
+            "A check by recomputation found work of these providers that was not what its lease asked for: that \
+             work was not applied, their credit was withdrawn, and they are refused from now on.",
+        ))
+        .child(
+            el("div").class("table-wrap").child(
+                el("table")
+                    .id("shut-out-table")
+                    .child(el("caption").class("visually-hidden").text("Providers shut out of the project"))
+                    .child(el("thead").child(head))
+                    .child(el("tbody").children(rows)),
+            ),
+        )
 }
 
 /// A lifecycle action's button: its label and class.
@@ -551,6 +590,7 @@ async fn side_data(id: i64, generation: u64) {
         return;
     }
     if let Ok(c) = credits {
+        dom::replace("shut-out", shut_out_table(&c.shut_out));
         let providers = c.providers.len();
         dom::set_text(
             "credits",
