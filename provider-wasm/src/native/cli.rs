@@ -89,6 +89,7 @@ pub fn main() -> ExitCode {
         cache_max_bytes: args.cache_max_mb.saturating_mul(1 << 20),
         max_contributions: args.max_contributions,
         quiet: args.quiet,
+        tamper: None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

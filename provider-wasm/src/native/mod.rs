@@ -30,7 +30,8 @@ pub use self::trainer::BackendChoice;
 use self::trainer::{Probe, Report, Trainer};
 use crate::backoff::Backoff;
 use crate::engine::Backend;
-use crate::session::{Closed, Event, Initiator, Session, SessionConfig, SessionStats, ShardMemory};
+use crate::gpu::trainer::StepResult;
+use crate::session::{Closed, Event, Initiator, Session, SessionConfig, SessionStats, ShardMemory, TrainJob};
 
 /// Shards kept in memory across leases and reconnections (the disk cache holds more).
 const MEMORY_SHARD_BYTES: u64 = 256 << 20;
@@ -59,6 +60,30 @@ pub struct Options {
     pub max_contributions: Option<u64>,
     /// No progress line.
     pub quiet: bool,
+    /// Changes what the provider computes and sends: how the end-to-end tests play a hostile provider with the
+    /// same protocol code as an honest one. The command line never sets it.
+    pub tamper: Option<Arc<dyn Tamper>>,
+}
+
+/// A hostile provider's changes to honest work (see [`Options::tamper`]); each has the honest default.
+pub trait Tamper: Send + Sync + std::fmt::Debug {
+    /// The speed claimed in `Hello` instead of the measured one.
+    fn claimed_speed(&self) -> Option<f32> {
+        None
+    }
+
+    /// Before a job trains: a result to send at once instead of training, or `None` to train `job` (which it
+    /// may change: its samples, labels, rate).
+    fn before(&self, job: &mut TrainJob) -> Option<StepResult> {
+        let _ = job;
+        None
+    }
+
+    /// After `job` trained: the result to send.
+    fn after(&self, job: &TrainJob, result: StepResult) -> StepResult {
+        let _ = job;
+        result
+    }
 }
 
 /// Why the provider stopped without an error.
@@ -112,7 +137,8 @@ pub async fn run(options: Options, mut stop: watch::Receiver<bool>) -> anyhow::R
     let cache = DiskCache::open(&options.cache_dir, options.cache_max_bytes)
         .with_context(|| format!("cannot create the shard cache {}", options.cache_dir.display()))?;
     let choice = options.backend;
-    let (trainer, reports, probe) = tokio::task::spawn_blocking(move || Trainer::start(choice))
+    let tamper = options.tamper.clone();
+    let (trainer, reports, probe) = tokio::task::spawn_blocking(move || Trainer::start(choice, tamper))
         .await
         .context("the training thread panicked while opening the GPU")??;
     info!(backend = ?probe.backend, adapter = %probe.adapter, "training engine ready");
@@ -220,7 +246,12 @@ impl Provider {
         SessionConfig {
             backend: self.probe.backend,
             adapter: self.probe.adapter.clone(),
-            samples_per_sec: self.train_samples_per_sec as f32,
+            samples_per_sec: self
+                .options
+                .tamper
+                .as_ref()
+                .and_then(|t| t.claimed_speed())
+                .unwrap_or(self.train_samples_per_sec as f32),
             site_key: self.options.site_key.clone(),
             project_id: self.options.project,
             provider_key: self.options.provider_key,

@@ -12,6 +12,7 @@ use daig_shared::model::Model;
 use daig_shared::wire;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use super::Tamper;
 use crate::engine::{AdapterPolicy, Backend, Engine, self_check};
 use crate::gpu::trainer::StepResult;
 use crate::gpu::{AdapterSummary, Gpu};
@@ -63,7 +64,10 @@ impl Trainer {
     /// # Errors
     /// With `BackendChoice::Gpu`, when no adapter opens or passes the self-check; when the thread cannot
     /// start.
-    pub fn start(choice: BackendChoice) -> anyhow::Result<(Trainer, UnboundedReceiver<Report>, Probe)> {
+    pub fn start(
+        choice: BackendChoice,
+        tamper: Option<Arc<dyn Tamper>>,
+    ) -> anyhow::Result<(Trainer, UnboundedReceiver<Report>, Probe)> {
         let (commands, command_rx) = mpsc::channel();
         let (report_tx, reports) = unbounded_channel();
         let (probe_tx, probe_rx) = mpsc::channel();
@@ -83,7 +87,7 @@ impl Trainer {
                 let _ = probe_tx.send(Ok(probe));
                 let policy =
                     if choice == BackendChoice::Gpu { AdapterPolicy::Any } else { AdapterPolicy::HardwareOnly };
-                serve(gpu, cpu_reason, policy, &command_rx, &report_tx, &current);
+                serve(gpu, cpu_reason, policy, &command_rx, &report_tx, &current, tamper.as_deref());
             })
             .context("cannot start the training thread")?;
         let probe = probe_rx.recv().context("the training thread stopped while opening the GPU")??;
@@ -151,6 +155,7 @@ fn serve(
     commands: &mpsc::Receiver<Command>,
     reports: &UnboundedSender<Report>,
     connection: &AtomicU64,
+    tamper: Option<&dyn Tamper>,
 ) {
     let mut engine: Option<(Engine, usize)> = None;
     while let Ok(command) = commands.recv() {
@@ -173,14 +178,20 @@ fn serve(
                 let _ = reports.send(Report::EngineReady { backend: built.backend().clone() });
                 engine = Some((built, max_batch));
             }
-            Command::Train { connection: of, job } => {
+            Command::Train { connection: of, mut job } => {
                 if of != connection.load(Ordering::Relaxed) {
                     continue;
                 }
                 let started = Instant::now();
-                let result = match &mut engine {
-                    Some((engine, _)) => pollster::block_on(job.run(engine)).map_err(|e| e.to_string()),
-                    None => Err("no model was loaded before the job".to_owned()),
+                let at_once = tamper.and_then(|t| t.before(&mut job));
+                let result = match (at_once, &mut engine) {
+                    (Some(result), _) => Ok(result),
+                    (None, Some((engine, _))) => pollster::block_on(job.run(engine)).map_err(|e| e.to_string()),
+                    (None, None) => Err("no model was loaded before the job".to_owned()),
+                };
+                let result = match tamper {
+                    Some(t) => result.map(|r| t.after(&job, r)),
+                    None => result,
                 };
                 let seconds = started.elapsed().as_secs_f64();
                 let _ = reports.send(Report::Trained { connection: of, job_id: job.job_id, result, seconds });
