@@ -305,14 +305,29 @@ impl Provider {
         dir: &Path,
         name: &str,
     ) -> anyhow::Result<Provider> {
+        let key = dir.join(format!("{name}.key")).display().to_string();
+        Provider::start_with(programs, server, project, dir, name, &["--backend", "cpu", "--key-file", &key])
+    }
+
+    /// A provider as [`Provider::start`] but with `args` for its backend and key (`--backend gpu --no-key`).
+    ///
+    /// # Errors
+    /// When it does not start.
+    pub fn start_with(
+        programs: &Programs,
+        server: &Server,
+        project: i64,
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Provider> {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
         let child = Command::new(&programs.provider)
-            .args(["--server", &server.url(""), "--project", &project.to_string(), "--backend", "cpu", "--quiet"])
+            .args(["--server", &server.url(""), "--project", &project.to_string(), "--quiet"])
             .arg("--cache-dir")
             .arg(dir.join(format!("{name}-cache")))
-            .arg("--key-file")
-            .arg(dir.join(format!("{name}.key")))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

@@ -207,3 +207,62 @@ async fn sixty_four_sockets_that_only_answer_heartbeats_cannot_hold_a_project() 
     let (hostile_out, hostile_credit, honest_out, failed_checks) = trust_ledger(&server, id).await;
     assert_eq!((hostile_out, hostile_credit, honest_out, failed_checks), (0, 0, 0, 0), "silence is not a lie");
 }
+
+/// A small convnet for MNIST: a convolution's gradients are where engines are most likely to part.
+fn mnist_convnet() -> Value {
+    json!({"input_shape": [28, 28, 1], "layers": [
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "relu"}, {"type": "max_pool2d", "pool_size": 2},
+        {"type": "flatten"}, {"type": "dense", "units": 10}], "loss": "cross_entropy"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_gpu_and_cpu_providers_never_fail_a_check() {
+    let Some(mnist) = mnist_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&e2e!(), dir.path(), &[]).await.unwrap();
+    let api = Api::sign_up(&server, "ada").await.unwrap();
+    let features = std::fs::read(mnist.join("images.npy")).unwrap();
+    let labels = std::fs::read(mnist.join("labels.npy")).unwrap();
+    let mut checked = 0.0;
+    // Ten runs, the MLP and the convnet in turn, each with a GPU provider (lavapipe here) and two on the CPU.
+    // Without keys every provider stays new, so that every contribution is checked.
+    for run in 0..10 {
+        let model = if run % 2 == 0 { daig_tests::mnist_model() } else { mnist_convnet() };
+        let settings = json!({"batch_size": 32, "k": 3, "epochs": 1, "samples_per_shard": 1000, "seed": run,
+                              "validation_fraction": 0.5, "max_staleness": 2,
+                              "optimizer": {"method": {"type": "adam"}, "learning_rate": 0.003}});
+        let id = api.project(&model, &settings, features.clone(), labels.clone()).await.unwrap();
+        api.post(&format!("/api/projects/{id}/start"), &json!({})).await.unwrap();
+        let start = |name: String, backend: &str| {
+            Provider::start_with(&e2e!(), &server, id, dir.path(), &name, &["--backend", backend, "--no-key"]).unwrap()
+        };
+        // The GPU provider first, until its first contribution is in: the CPU ones are fast enough to finish an
+        // epoch while lavapipe starts.
+        let mut providers = vec![start(format!("run{run}-gpu"), "gpu")];
+        let gpu_applied = |v: &Value| {
+            v["providers"].as_array().is_some_and(|p| {
+                p.iter().any(|p| p["backend"] == "Vulkan" && p["contributions_applied"].as_u64() > Some(0))
+            })
+        };
+        api.wait_until(id, LIMIT, "a GPU contribution", gpu_applied).await.unwrap();
+        providers.extend((0..2).map(|i| start(format!("run{run}-cpu{i}"), "cpu")));
+        api.wait_until(id, LIMIT, "finish", |v| v["state"] == "finished").await.unwrap();
+        for provider in &mut providers {
+            assert!(provider.expect_exit(Duration::from_secs(30)).success(), "{}", provider.log_text());
+        }
+        let metrics = server.metrics().await.unwrap();
+        let failed = daig_tests::prometheus(&metrics, "daig_checks_total{outcome=\"failed\"}");
+        assert_eq!(failed, 0.0, "run {run}: an honest provider failed a check:\n{}", server.log_text());
+        checked = daig_tests::prometheus(&metrics, "daig_checks_total{outcome=\"passed\"}");
+        let gpu: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM contributions c JOIN providers p ON p.id = c.provider_id
+             WHERE c.project_id = ? AND p.backend = 'Vulkan' AND c.verified = 1",
+        )
+        .bind(id)
+        .fetch_one(&server.db().await.unwrap())
+        .await
+        .unwrap();
+        assert!(gpu > 0, "run {run}: the GPU provider's work was checked and applied");
+    }
+    eprintln!("{checked} checks passed, none failed");
+}
