@@ -61,6 +61,10 @@ pub struct Args {
     /// [default: 1].
     #[arg(long, env = "DAIG_CHECK_THREADS", value_name = "N")]
     pub check_threads: Option<usize>,
+    /// Check providers' contributions by recomputing them [default: true]. Turn it off only where every provider is
+    /// trusted (a private grid, a benchmark of what checks cost): unchecked contributions are applied as sent.
+    #[arg(long, env = "DAIG_CHECK_CONTRIBUTIONS", value_name = "BOOL")]
+    pub check_contributions: Option<bool>,
     /// Provider connections one client address holds at once (an IPv6 address counts by its /64), so that
     /// opening sockets cannot multiply a client's share [default: 8].
     #[arg(long, env = "DAIG_MAX_PROVIDER_CONNECTIONS_PER_ADDRESS", value_name = "N")]
@@ -117,6 +121,7 @@ pub struct FileConfig {
     pub heartbeat_interval_ms: Option<u64>,
     pub max_provider_connections: Option<usize>,
     pub check_threads: Option<usize>,
+    pub check_contributions: Option<bool>,
     pub max_provider_connections_per_address: Option<usize>,
     pub shut_out_ban_secs: Option<u64>,
     pub secure_cookies: Option<bool>,
@@ -156,6 +161,8 @@ pub struct Settings {
     pub max_provider_connections: usize,
     /// Threads that recompute contributions to check them (the CPU budget of checks).
     pub check_threads: usize,
+    /// Whether contributions are checked by recomputation (off only where every provider is trusted).
+    pub check_contributions: bool,
     /// Provider connections one client address (an IPv6 /64) holds at once.
     pub max_provider_connections_per_address: usize,
     /// How long a shut-out provider's address is refused; 0 bans none.
@@ -211,6 +218,7 @@ impl Default for Settings {
             heartbeat_interval_ms: 5000,
             max_provider_connections: 20_000,
             check_threads: 1,
+            check_contributions: true,
             max_provider_connections_per_address: 8,
             shut_out_ban_secs: 3600,
             store: StoreConfig::Local { root: PathBuf::from("./daig-data/objects") },
@@ -276,6 +284,7 @@ impl Settings {
                 .or(file.max_provider_connections)
                 .unwrap_or(d.max_provider_connections),
             check_threads: args.check_threads.or(file.check_threads).unwrap_or(d.check_threads),
+            check_contributions: args.check_contributions.or(file.check_contributions).unwrap_or(d.check_contributions),
             max_provider_connections_per_address: args
                 .max_provider_connections_per_address
                 .or(file.max_provider_connections_per_address)

@@ -70,6 +70,8 @@ pub async fn shut_out(
     sqlx::query(SHUT_OUT_CONNECTION).bind(project).bind(now).bind(reason).bind(provider).execute(&mut *tx).await?;
     sqlx::query(SHUT_OUT_IDENTITY).bind(now).bind(reason).bind(provider).execute(&mut *tx).await?;
     if let Some(until) = ban_until {
+        // Bans are written here only, so this is where the ended ones are forgotten.
+        delete_expired_bans(&mut *tx, now).await?;
         sqlx::query(BAN_ADDRESS).bind(until).bind(reason).bind(now).bind(provider).execute(&mut *tx).await?;
     }
     sqlx::query(WITHDRAW_CREDIT).bind(now).bind(provider).bind(provider).execute(&mut *tx).await?;

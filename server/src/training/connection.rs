@@ -556,6 +556,7 @@ async fn admit(state: &AppState, hello: Hello, address: &str) -> Result<(Hello, 
     let now = now_unix();
     if let Some((until, reason)) = db::trust::active_ban(state.db(), address, now).await.map_err(failed)? {
         let minutes = (until - now + 59) / 60;
+        metrics::counter!("daig_provider_connections_refused_total", "why" => "banned_address").increment(1);
         return Err(Stop(Some((
             GoodbyeReason::ShutOut,
             format!("this address is refused for {minutes} more minutes: a provider from it failed a check ({reason})"),
@@ -566,6 +567,7 @@ async fn admit(state: &AppState, hello: Hello, address: &str) -> Result<(Hello, 
             let hash: String = Sha256::digest(key.0).iter().map(|b| format!("{b:02x}")).collect();
             let identity = db::trust::identity(state.db(), &hash, now).await.map_err(failed)?;
             if let Some(reason) = identity.shut_out {
+                metrics::counter!("daig_provider_connections_refused_total", "why" => "shut_out_key").increment(1);
                 return Err(Stop(Some((
                     GoodbyeReason::ShutOut,
                     format!("this provider key was shut out: a check of its work failed ({reason})"),

@@ -151,7 +151,12 @@ impl Coordinator {
             aggregation: settings.aggregation,
             norm_bound_factor: settings.norm_bound_factor,
             has_validation: validation.is_some(),
-            checks: CheckPolicy::on(rand::random()),
+            checks: if state.settings().check_contributions {
+                CheckPolicy::on(rand::random())
+            } else {
+                tracing::warn!(project = row.id, "contributions are not checked (check_contributions = false)");
+                CheckPolicy::off()
+            },
         };
         let restore = Restore {
             params,

@@ -993,7 +993,12 @@ impl Core {
     /// trusted one gets speculative copies of others' batches.
     fn fill(&mut self, id: ProviderId, now_ms: u64) {
         while let Some(p) = self.providers.get(&id) {
-            if p.leases.len() + p.held >= LEASE_DEPTH || self.is_done() {
+            // A new provider's held contributions count against its leases in flight: it never has more than
+            // LEASE_DEPTH pieces of work unverified. A trusted one keeps training while a sampled check of its
+            // work waits, up to LEASE_DEPTH held besides its leases.
+            let trusted = self.config.checks.trusts(p.verified);
+            let held = if trusted { p.held.saturating_sub(LEASE_DEPTH) } else { p.held };
+            if p.leases.len() + held >= LEASE_DEPTH || self.is_done() {
                 return;
             }
             let batch = f64::from(self.config.batch_size.max(1));

@@ -10,7 +10,7 @@ pub struct LiveProvider {
     /// `WebGpu`, `Vulkan`, `Metal`, `Dx12`, `Gl` or `Cpu`.
     pub backend: String,
     pub adapter: String,
-    /// Measured training speed (its own estimate until its first contribution).
+    /// Training speed as the server measured it from its contributions; 0 until its first.
     pub samples_per_sec: f64,
     pub contributions_applied: u64,
     /// The credited site: the project's site key, or the listed origin its browser came from.

@@ -184,7 +184,8 @@ pub struct Hello {
     pub backend: Backend,
     /// The adapter's description (e.g. "NVIDIA H100 80GB HBM3", "SwiftShader"), for operators.
     pub adapter: String,
-    /// The provider's own measured speed in samples per second, 0 if unknown; sizes the first lease.
+    /// The provider's own measured speed in samples per second, 0 if unknown; for operators only: the server
+    /// sizes leases by the speed it measures, never by this claim.
     pub samples_per_sec: f32,
     /// Shards the provider holds already, so the server need not send them again.
     pub cached_shards: Vec<ShardHash>,

@@ -961,3 +961,33 @@ fn a_provider_in_good_standing_is_checked_by_sample_and_its_unchecked_contributi
     // At the minimum rate (5%) most of 64 contributions go unchecked, and not all of them.
     assert!(unchecked > checked && unchecked + checked >= 40, "{unchecked} unchecked, {checked} checked");
 }
+
+#[test]
+fn a_trusted_provider_keeps_training_while_its_sampled_work_is_checked_and_a_new_one_does_not() {
+    // Every contribution picked (min_rate 1): held until its check, for both providers.
+    let config = CoreConfig { checks: CheckPolicy { min_rate: 1.0, ..CheckPolicy::on(99) }, ..config(1, 4, 1, 1) };
+    let mut world = World::new(config, shards(&[256]));
+    world.join(0, 1, 0.0);
+    world.core.join(0, JoinInfo { verified: 1_000_000, ..join_info(2, 0.0) }).expect("joins");
+    world.drain();
+    let issued = |world: &World, provider: u64| {
+        world.inbox[&ProviderId(provider)].iter().filter(|m| matches!(m, ToProvider::Lease(_))).count()
+    };
+    for provider in [1, 2] {
+        for lease in world.leases(provider) {
+            world.contribute(10, provider, &lease, 0, &honest_delta(lease.lease_id));
+        }
+    }
+    assert_eq!(world.checks.len(), 4, "every contribution waits for its check");
+    // The new provider waits with two pieces of unverified work; the trusted one is leased more at once.
+    assert_eq!(issued(&world, 1), LEASE_DEPTH, "a new provider holds at most LEASE_DEPTH unverified pieces of work");
+    assert_eq!(issued(&world, 2), 2 * LEASE_DEPTH, "a trusted provider keeps training");
+    let fresh: Vec<Lease> = world.leases(2).into_iter().skip(LEASE_DEPTH).collect();
+    for lease in &fresh {
+        world.contribute(20, 2, lease, 0, &honest_delta(lease.lease_id));
+    }
+    // Beyond LEASE_DEPTH held pieces, each one held takes the place of a lease: then it waits for its checks.
+    assert_eq!(issued(&world, 2), 2 * LEASE_DEPTH, "{:?}", world.core.status().providers);
+    world.answer_checks(30);
+    assert!(issued(&world, 1) > LEASE_DEPTH, "checked, the new provider trains again");
+}
