@@ -42,14 +42,15 @@ fn main() -> anyhow::Result<()> {
             None => bench(),
             Some("server") => bench_server(),
             Some("training") => bench_training(&std::env::args().skip(3).collect::<Vec<_>>()),
+            Some("trust") => bench_trust(&std::env::args().skip(3).collect::<Vec<_>>()),
             Some("browser") => bench_browser(&std::env::args().skip(3).collect::<Vec<_>>()),
             Some(other) => {
-                bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training|browser]`")
+                bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training|trust|browser]`")
             }
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|root|bench [server|training [ARGS]]>"
+                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|root|bench [server|training|trust [ARGS]|browser]>"
             );
             bail!("unknown task `{task}`")
         }
@@ -288,7 +289,18 @@ fn bench() -> anyhow::Result<()> {
     cargo(&["bench", "--package", "daig-shared", "--bench", "trainer"])?;
     cargo(&["run", "--release", "--package", "daig-provider", "--example", "gpu_bench", "--", "--quick"])?;
     bench_server()?;
-    bench_training(&[])
+    bench_training(&[])?;
+    bench_trust(&[])
+}
+
+/// Untrusted providers' benchmarks (the Byzantine table, checks on against off): the release binaries and the
+/// hostile provider as processes, driven by the `trust_bench` example; `args` go to the example.
+fn bench_trust(args: &[String]) -> anyhow::Result<()> {
+    cargo(&["build", "--release", "--package", "daig-server", "--package", "daig-provider"])?;
+    cargo(&["build", "--release", "--package", "daig-tests", "--bin", "e2e-hostile-provider"])?;
+    let mut run = vec!["run", "--release", "--package", "daig-tests", "--example", "trust_bench", "--"];
+    run.extend(args.iter().map(String::as_str));
+    cargo(&run)
 }
 
 /// The management server's benchmarks: a real server on loopback, in a release build.
