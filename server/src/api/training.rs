@@ -121,8 +121,8 @@ pub async fn project_credits(
     Ok(Json(ProjectCredits { project: row.id, contributions, samples, providers, sites, shut_out }))
 }
 
-/// A provider's credit per project, by the id its `Welcome` gave it. Public: providers have no account, and
-/// the figures name no one.
+/// A provider's credit per project, by the id a `Welcome` gave it: with a persistent key, the credit of all its
+/// connections. Public: providers have no account, and the figures name no one.
 #[utoipa::path(get, path = "/api/providers/{id}/credits", tag = "training",
     params(("id" = i64, Path, description = "The provider's id")),
     responses(

@@ -34,14 +34,16 @@ pub const CHECKPOINT_VERSION: &str = "SELECT checkpoint_version FROM projects WH
 pub const CHECKPOINT_KEYS: &str = "SELECT params_key, state_key FROM checkpoints WHERE project_id = ? AND version = ?";
 pub const LIST_CHECKPOINTS: &str =
     "SELECT version, epoch, size_bytes, created_at FROM checkpoints WHERE project_id = ? ORDER BY version DESC";
-pub const PROVIDER_CREDITS_OF_PROJECT: &str = "SELECT c.provider_id, c.site_key, p.backend, COUNT(*) AS contributions, \
-     SUM(c.verified) AS verified, SUM(c.samples) AS samples FROM contributions c \
+pub const PROVIDER_CREDITS_OF_PROJECT: &str = "SELECT MAX(c.provider_id), MAX(c.site_key), MAX(p.backend), \
+     COUNT(*) AS contributions, SUM(c.verified) AS verified, SUM(c.samples) AS samples FROM contributions c \
      LEFT JOIN providers p ON p.id = c.provider_id WHERE c.project_id = ? AND c.withdrawn_at IS NULL \
-     GROUP BY c.provider_id ORDER BY samples DESC";
+     GROUP BY COALESCE(-p.identity_id, c.provider_id) ORDER BY samples DESC";
 pub const SITE_CREDITS_OF_PROJECT: &str = "SELECT site_key, COUNT(*) AS contributions, SUM(samples) AS samples \
      FROM contributions WHERE project_id = ? AND withdrawn_at IS NULL GROUP BY site_key ORDER BY samples DESC";
 pub const PROJECT_CREDITS_OF_PROVIDER: &str = "SELECT project_id, COUNT(*) AS contributions, SUM(samples) AS samples \
-     FROM contributions WHERE provider_id = ? AND withdrawn_at IS NULL GROUP BY project_id ORDER BY project_id";
+     FROM contributions WHERE withdrawn_at IS NULL AND provider_id IN (SELECT id FROM providers WHERE id = ? \
+     OR identity_id = (SELECT identity_id FROM providers WHERE id = ? AND identity_id IS NOT NULL)) \
+     GROUP BY project_id ORDER BY project_id";
 
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -261,7 +263,8 @@ pub async fn list_checkpoints(db: impl SqliteExecutor<'_>, project: i64) -> Resu
         .collect())
 }
 
-/// The project's credit per provider, most samples first.
+/// The project's credit per provider, most samples first: the connections of one persistent key are one
+/// provider (named by its latest connection), a connection without a key is one of its own.
 pub async fn provider_credits_of_project(
     db: impl SqliteExecutor<'_>,
     project: i64,
@@ -294,12 +297,14 @@ pub async fn site_credits_of_project(
         .collect())
 }
 
-/// A provider's credit per project.
+/// A provider's credit per project: connection `provider`'s, with that of every other connection of its
+/// persistent key.
 pub async fn project_credits_of_provider(
     db: impl SqliteExecutor<'_>,
     provider: i64,
 ) -> Result<Vec<ProviderProjectCredit>, sqlx::Error> {
-    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(PROJECT_CREDITS_OF_PROVIDER).bind(provider).fetch_all(db).await?;
+    let rows: Vec<(i64, i64, i64)> =
+        sqlx::query_as(PROJECT_CREDITS_OF_PROVIDER).bind(provider).bind(provider).fetch_all(db).await?;
     Ok(rows
         .into_iter()
         .map(|(project_id, contributions, samples)| ProviderProjectCredit { project_id, contributions, samples })

@@ -285,7 +285,7 @@ pub enum Effect {
     /// `provider` passed a check: the shell adds it to the standing of its persistent identity.
     CheckPassed { provider: ProviderId },
     /// `provider` failed a check and is shut out: the shell records why, withdraws its credit and refuses it
-    /// (its connection is told with a `Detach` before this effect).
+    /// (its connection is told with a `Detach` after this effect).
     ShutOut { provider: ProviderId, reason: String },
 }
 
@@ -865,14 +865,16 @@ impl Core {
             }
             self.aggregator.discard();
         }
+        // Recorded (credit withdrawn, key and address refused) before the provider is told: whoever it tells
+        // finds the records done.
+        self.effects.push_back(Effect::ShutOut { provider, reason: reason.clone() });
         if let Some(p) = self.providers.remove(&provider) {
             for lease in p.leases {
                 self.drop_lease(lease);
             }
             metrics::gauge!("daig_providers_connected").decrement(1.0);
-            self.send(provider, ToProvider::Detach(Detach::ShutOut(reason.clone())));
+            self.send(provider, ToProvider::Detach(Detach::ShutOut(reason)));
         }
-        self.effects.push_back(Effect::ShutOut { provider, reason });
         self.fill_all(now_ms);
     }
 

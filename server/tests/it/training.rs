@@ -630,3 +630,42 @@ async fn one_client_address_holds_only_so_many_provider_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_follows_a_provider_key_across_its_connections() {
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 4, "k": 1,
+                          "epochs": 100, "max_staleness": 2});
+    let id = small_running(&app, &token, settings).await;
+    let mut connections = Vec::new();
+    for hello in [keyed(id, 21), keyed(id, 21), hello(Some(id))] {
+        let outcome = run_honest(addr, hello, Some(1)).await;
+        assert!(outcome.applied >= 1, "{outcome:?}");
+        connections.push(outcome.welcome.unwrap().provider_id.0 as i64);
+    }
+    // A contribution still being checked when its provider left is applied after: wait until the ledger settles.
+    let uri = format!("/api/projects/{id}/credits");
+    let mut credits = app.send(with_token(request(Method::GET, &uri), &token)).await.json();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let again = app.send(with_token(request(Method::GET, &uri), &token)).await.json();
+        if again == credits {
+            break;
+        }
+        credits = again;
+    }
+    let lines = credits["providers"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "the key's two connections are one provider: {credits}");
+    let keyed_line = lines.iter().find(|l| l["provider_id"] == connections[1]).expect("named by its latest connection");
+    assert!(keyed_line["contributions"].as_i64().unwrap() >= 2, "{credits}");
+    // Its ledger, asked by either connection, holds the work of both; the keyless one only its own.
+    for asked in &connections[..2] {
+        let mine = app.send(request(Method::GET, &format!("/api/providers/{asked}/credits"))).await.json();
+        assert_eq!(mine["contributions"], keyed_line["contributions"], "{mine}");
+    }
+    let keyless = lines.iter().find(|l| l["provider_id"] == connections[2]).expect("the keyless connection's line");
+    let other = app.send(request(Method::GET, &format!("/api/providers/{}/credits", connections[2]))).await.json();
+    assert_eq!(other["contributions"], keyless["contributions"], "{other}");
+}
