@@ -133,6 +133,10 @@ async fn the_contribute_page_trains_with_webgpu_and_with_the_cpu_fallback() {
     let metrics = server.metrics().await.unwrap();
     let failed = daig_tests::prometheus(&metrics, "daig_checks_total{outcome=\"failed\"}");
     assert_eq!(failed, 0.0, "an honest browser failed a check:\n{}", server.log_text());
+    // The spread the checks measured, by backend (BENCHMARKS.md records it).
+    for line in metrics.lines().filter(|l| l.starts_with("daig_check_relative_distance")) {
+        eprintln!("{line}");
+    }
     let verified: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM contributions c JOIN providers p ON p.id = c.provider_id
          WHERE c.project_id = ? AND p.backend = 'WebGpu' AND c.verified = 1",

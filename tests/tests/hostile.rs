@@ -265,4 +265,8 @@ async fn honest_gpu_and_cpu_providers_never_fail_a_check() {
         assert!(gpu > 0, "run {run}: the GPU provider's work was checked and applied");
     }
     eprintln!("{checked} checks passed, none failed");
+    // The spread the checks measured, by backend (BENCHMARKS.md records it).
+    for line in server.metrics().await.unwrap().lines().filter(|l| l.starts_with("daig_check_relative_distance")) {
+        eprintln!("{line}");
+    }
 }
