@@ -100,8 +100,8 @@ pub struct CoreConfig {
 /// Which contributions the core has recomputed before they count ([`Effect::Verify`]).
 ///
 /// A provider starts untrusted: each of its contributions is held until its check passes. After `trust_after`
-/// passed checks it is trusted, and a random share of its contributions is checked, `trust_after / (verified
-/// + 1)` and never less than `min_rate`; the others are applied at once. One failed check shuts it out.
+/// passed checks it is trusted, and a random share of its contributions is checked, `(trust_after / (verified
+/// + 1))²` and never less than `min_rate`; the others are applied at once. One failed check shuts it out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckPolicy {
     /// Off only where every provider is trusted by construction (benchmarks of other parts).
@@ -143,7 +143,9 @@ impl CheckPolicy {
         } else if verified < u64::from(self.trust_after) {
             1.0
         } else {
-            (f64::from(self.trust_after) / (verified + 1) as f64).max(self.min_rate)
+            // BOINC-style adaptive replication: the share falls fast once a record exists (to the floor after
+            // about 4 x trust_after checks), and the floor is what bounds what a trusted provider can slip in.
+            (f64::from(self.trust_after) / (verified + 1) as f64).powi(2).max(self.min_rate)
         }
     }
 
