@@ -286,6 +286,32 @@ pub fn prometheus(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The contributions to `project` from providers of `backend` (as their `Hello` named it: `Vulkan`, `WebGpu`,
+/// `Cpu`) that passed a check by recomputation before they were applied.
+///
+/// # Panics
+/// When the database cannot be read.
+pub async fn verified_contributions(server: &Server, project: i64, backend: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM contributions c JOIN providers p ON p.id = c.provider_id
+         WHERE c.project_id = ? AND p.backend = ? AND c.verified = 1",
+    )
+    .bind(project)
+    .bind(backend)
+    .fetch_one(&server.db().await.expect("the database"))
+    .await
+    .expect("a count")
+}
+
+/// Prints the spread between engines that the server's checks measured (`daig_check_relative_distance`, by
+/// backend), for BENCHMARKS.md; and the checks that failed, by `/metrics` text.
+pub fn report_check_spread(metrics: &str) -> f64 {
+    for line in metrics.lines().filter(|l| l.starts_with("daig_check_relative_distance")) {
+        eprintln!("{line}");
+    }
+    prometheus(metrics, "daig_checks_total{outcome=\"failed\"}")
+}
+
 /// A `daig-provider` process on the CPU, killed when dropped.
 pub struct Provider {
     child: Child,

@@ -130,21 +130,9 @@ async fn the_contribute_page_trains_with_webgpu_and_with_the_cpu_fallback() {
     assert!(count("WebGpu") >= 4 && count("Cpu") >= 4, "applied contributions per backend: {backends:?}");
     // No false positives: the browser's work (WebGPU on SwiftShader, and the CPU fallback) passes the server's
     // checks by recomputation; new providers have every contribution checked.
-    let metrics = server.metrics().await.unwrap();
-    let failed = daig_tests::prometheus(&metrics, "daig_checks_total{outcome=\"failed\"}");
+    let failed = daig_tests::report_check_spread(&server.metrics().await.unwrap());
     assert_eq!(failed, 0.0, "an honest browser failed a check:\n{}", server.log_text());
-    // The spread the checks measured, by backend (BENCHMARKS.md records it).
-    for line in metrics.lines().filter(|l| l.starts_with("daig_check_relative_distance")) {
-        eprintln!("{line}");
-    }
-    let verified: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM contributions c JOIN providers p ON p.id = c.provider_id
-         WHERE c.project_id = ? AND p.backend = 'WebGpu' AND c.verified = 1",
-    )
-    .bind(id)
-    .fetch_one(&server.db().await.unwrap())
-    .await
-    .unwrap();
+    let verified = daig_tests::verified_contributions(&server, id, "WebGpu").await;
     assert!(verified >= 3, "WebGPU contributions checked and applied: {verified}");
 }
 

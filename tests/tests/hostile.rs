@@ -254,19 +254,9 @@ async fn honest_gpu_and_cpu_providers_never_fail_a_check() {
         let failed = daig_tests::prometheus(&metrics, "daig_checks_total{outcome=\"failed\"}");
         assert_eq!(failed, 0.0, "run {run}: an honest provider failed a check:\n{}", server.log_text());
         checked = daig_tests::prometheus(&metrics, "daig_checks_total{outcome=\"passed\"}");
-        let gpu: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM contributions c JOIN providers p ON p.id = c.provider_id
-             WHERE c.project_id = ? AND p.backend = 'Vulkan' AND c.verified = 1",
-        )
-        .bind(id)
-        .fetch_one(&server.db().await.unwrap())
-        .await
-        .unwrap();
+        let gpu = daig_tests::verified_contributions(&server, id, "Vulkan").await;
         assert!(gpu > 0, "run {run}: the GPU provider's work was checked and applied");
     }
     eprintln!("{checked} checks passed, none failed");
-    // The spread the checks measured, by backend (BENCHMARKS.md records it).
-    for line in server.metrics().await.unwrap().lines().filter(|l| l.starts_with("daig_check_relative_distance")) {
-        eprintln!("{line}");
-    }
+    daig_tests::report_check_spread(&server.metrics().await.unwrap());
 }
