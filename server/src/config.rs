@@ -50,6 +50,17 @@ pub struct Args {
     /// takes more than `body_limit_bytes` [default: 2147483648, 2 GiB].
     #[arg(long, env = "DAIG_MAX_UPLOAD_BYTES", value_name = "BYTES")]
     pub max_upload_bytes: Option<u64>,
+    /// Dataset uploads one account sends at once; more are answered 429 `too_many_uploads` [default: 4].
+    #[arg(long, env = "DAIG_MAX_UPLOADS_PER_ACCOUNT", value_name = "N")]
+    pub max_uploads_per_account: Option<usize>,
+    /// Dataset uploads the server receives at once, all accounts together; uploads do not take the permits of
+    /// `concurrency_limit`, so that they cannot starve other requests [default: 64].
+    #[arg(long, env = "DAIG_MAX_UPLOADS", value_name = "N")]
+    pub max_uploads: Option<usize>,
+    /// How long an upload's body may send nothing before it is answered 408 `upload_stalled` and its file
+    /// removed, in milliseconds [default: 30000].
+    #[arg(long, env = "DAIG_UPLOAD_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub upload_idle_timeout_ms: Option<u64>,
     /// How often providers and the server exchange heartbeats, in milliseconds; a provider silent for three
     /// intervals is dropped and its leases return to the queue [default: 5000].
     #[arg(long, env = "DAIG_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
@@ -118,6 +129,9 @@ pub struct FileConfig {
     pub session_ttl_secs: Option<u64>,
     pub token_ttl_secs: Option<u64>,
     pub max_upload_bytes: Option<u64>,
+    pub max_uploads_per_account: Option<usize>,
+    pub max_uploads: Option<usize>,
+    pub upload_idle_timeout_ms: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
     pub max_provider_connections: Option<usize>,
     pub check_threads: Option<usize>,
@@ -155,6 +169,12 @@ pub struct Settings {
     pub token_ttl_secs: u64,
     /// Largest dataset upload, for the upload route only; every other route keeps `body_limit_bytes`.
     pub max_upload_bytes: u64,
+    /// Dataset uploads one account sends at once.
+    pub max_uploads_per_account: usize,
+    /// Dataset uploads received at once, all accounts together.
+    pub max_uploads: usize,
+    /// How long an upload's body may send nothing.
+    pub upload_idle_timeout_ms: u64,
     /// How often providers and the server exchange heartbeats.
     pub heartbeat_interval_ms: u64,
     /// Provider connections held at once.
@@ -215,6 +235,9 @@ impl Default for Settings {
             session_ttl_secs: 7 * 24 * 3600,
             token_ttl_secs: 365 * 24 * 3600,
             max_upload_bytes: 2 << 30,
+            max_uploads_per_account: 4,
+            max_uploads: 64,
+            upload_idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 5000,
             max_provider_connections: 20_000,
             check_threads: 1,
@@ -275,6 +298,15 @@ impl Settings {
             session_ttl_secs: args.session_ttl_secs.or(file.session_ttl_secs).unwrap_or(d.session_ttl_secs),
             token_ttl_secs: args.token_ttl_secs.or(file.token_ttl_secs).unwrap_or(d.token_ttl_secs),
             max_upload_bytes: args.max_upload_bytes.or(file.max_upload_bytes).unwrap_or(d.max_upload_bytes),
+            max_uploads_per_account: args
+                .max_uploads_per_account
+                .or(file.max_uploads_per_account)
+                .unwrap_or(d.max_uploads_per_account),
+            max_uploads: args.max_uploads.or(file.max_uploads).unwrap_or(d.max_uploads),
+            upload_idle_timeout_ms: args
+                .upload_idle_timeout_ms
+                .or(file.upload_idle_timeout_ms)
+                .unwrap_or(d.upload_idle_timeout_ms),
             heartbeat_interval_ms: args
                 .heartbeat_interval_ms
                 .or(file.heartbeat_interval_ms)
@@ -329,6 +361,12 @@ impl Settings {
         check((60..=10 * 365 * 24 * 3600).contains(&self.token_ttl_secs), "token_ttl_secs must be in 60..=315360000");
         check(!self.data_dir.as_os_str().is_empty(), "data_dir must not be empty");
         check((50..=600_000).contains(&self.heartbeat_interval_ms), "heartbeat_interval_ms must be in 50..=600000");
+        check((1..=1024).contains(&self.max_uploads_per_account), "max_uploads_per_account must be in 1..=1024");
+        check((1..=100_000).contains(&self.max_uploads), "max_uploads must be in 1..=100000");
+        check(
+            (100..=3_600_000).contains(&self.upload_idle_timeout_ms),
+            "upload_idle_timeout_ms must be in 100..=3600000",
+        );
         check(
             (1..=1_000_000).contains(&self.max_provider_connections),
             "max_provider_connections must be in 1..=1000000",

@@ -68,6 +68,12 @@ pub enum AppError {
     /// Too many attempts from this client; retry after the given time.
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The account sends as many dataset uploads at once as it may.
+    #[error("this account is already sending {max} uploads, the most it may send at once; wait for one to finish")]
+    TooManyUploads { max: usize },
+    /// An upload's body sent nothing for too long.
+    #[error("the upload sent nothing for {secs} s and was dropped; send it again")]
+    UploadStalled { secs: u64 },
     /// The client's address holds as many provider connections as one client may.
     #[error("this address already holds {max} provider connections, the most one client may hold at once")]
     TooManyConnections { max: usize },
@@ -122,7 +128,10 @@ impl AppError {
             Self::NotFound(_) | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::RateLimited { .. } | Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyConnections { .. } | Self::TooManyUploads { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::UploadStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Timeout | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -148,6 +157,8 @@ impl AppError {
             Self::Conflict { .. } => "conflict",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyConnections { .. } => "too_many_connections",
+            Self::TooManyUploads { .. } => "too_many_uploads",
+            Self::UploadStalled { .. } => "upload_stalled",
             Self::Timeout => "timeout",
             Self::Overloaded => "overloaded",
             Self::Internal(_) => "internal",
@@ -162,7 +173,7 @@ impl AppError {
             Self::InvalidDataset { part, reason } => Some(serde_json::json!({ "part": part, "reason": reason })),
             Self::Conflict { field, .. } => Some(serde_json::json!({ "field": field })),
             Self::RateLimited { retry_after_secs } => Some(serde_json::json!({ "retry_after_secs": retry_after_secs })),
-            Self::TooManyConnections { max } => Some(serde_json::json!({ "max": max })),
+            Self::TooManyConnections { max } | Self::TooManyUploads { max } => Some(serde_json::json!({ "max": max })),
             _ => None,
         }
     }
@@ -191,7 +202,7 @@ impl IntoResponse for AppError {
             Self::Overloaded | Self::Timeout => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::TooManyConnections { .. } => {
+            Self::TooManyConnections { .. } | Self::TooManyUploads { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
             }
             _ => {}

@@ -36,12 +36,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::{Extension, Router, middleware};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -56,9 +54,9 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The whole HTTP application: every route, the fallbacks, and the limit, metrics and trace layers.
 ///
-/// Layers, outermost first: tracing, metrics, caught panics (500 in the error shape), load shedding over the
-/// global concurrency limit (503 `overloaded`), the request timeout (503 `timeout`; not for dataset uploads),
-/// the body limit (413).
+/// Layers, outermost first: tracing, metrics, caught panics (500 in the error shape), the global concurrency
+/// limit (503 `overloaded` at once; dataset transfers have their own budgets), the request timeout (503
+/// `timeout`; not for dataset transfers), the body limit (413).
 pub fn app(state: AppState) -> Router {
     let (router, openapi) = api::router().split_for_parts();
     let openapi_json = openapi.to_pretty_json().unwrap_or_else(|e| {
@@ -67,10 +65,9 @@ pub fn app(state: AppState) -> Router {
         "{}".to_owned()
     });
     let limits = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(limits::handle_layer_error))
-        .load_shed()
-        // Router::layer wraps each route separately; one shared semaphore makes the limit global.
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(state.concurrency()))
+        // One shared semaphore, taken by a middleware: Router::layer wraps each route separately, and dataset
+        // transfers are bounded by their own budgets instead.
+        .layer(middleware::from_fn_with_state(state.clone(), limits::concurrency))
         .layer(middleware::from_fn_with_state(state.clone(), limits::timeout));
     // The provider socket is outside the request limits: it is long-lived and bounded by its own connection
     // limit (`max_provider_connections`).

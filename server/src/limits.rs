@@ -1,10 +1,12 @@
 //! Limits: the per-IP token bucket for log-in and sign-up ([`RateLimiter`], applied by the [`AuthRateLimit`]
-//! extractor before the body is read), and the answers of the tower layers that bound every request (timeout,
-//! global concurrency limit with load shedding, caught panics).
+//! extractor before the body is read), what each key holds at once ([`Slots`]: provider connections per
+//! address, uploads per account), and the middlewares and answers that bound every request (the global
+//! concurrency limit, the timeout, caught panics).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -13,7 +15,6 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
-use tower::BoxError;
 
 use crate::error::AppError;
 use crate::extract::ClientIp;
@@ -51,7 +52,7 @@ impl RateLimiter {
     /// [`AppError::RateLimited`] with the whole seconds until an attempt is available.
     pub fn check(&self, ip: IpAddr) -> Result<(), AppError> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= MAX_TRACKED_IPS {
             let (burst, per_sec) = (self.burst, self.per_sec);
             buckets.retain(|_, b| b.tokens + per_sec * now.duration_since(b.updated).as_secs_f64() < burst);
@@ -86,14 +87,69 @@ impl FromRequestParts<AppState> for AuthRateLimit {
     }
 }
 
-/// Turns the errors of the load-shed layer into responses in the error shape ([`timeout`] answers by itself).
-pub async fn handle_layer_error(error: BoxError) -> Response {
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        metrics::counter!("http_requests_refused_total", "reason" => "overloaded").increment(1);
-        AppError::Overloaded.into_response()
-    } else {
-        AppError::Internal(anyhow::anyhow!("middleware: {error}")).into_response()
+/// Counts what each key (a client address, an account) holds at once, under a bound given at each
+/// [`Slots::acquire`]; a [`Slot`] gives its place back when dropped.
+#[derive(Debug)]
+pub struct Slots<K: Eq + Hash + Clone> {
+    held: Arc<Mutex<HashMap<K, usize>>>,
+}
+
+impl<K: Eq + Hash + Clone> Default for Slots<K> {
+    fn default() -> Self {
+        Self { held: Arc::new(Mutex::new(HashMap::new())) }
     }
+}
+
+impl<K: Eq + Hash + Clone> Slots<K> {
+    /// A place for `key` if it holds fewer than `max`.
+    pub fn acquire(&self, key: &K, max: usize) -> Option<Slot<K>> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot { held: Arc::clone(&self.held), key: key.clone() })
+    }
+
+    /// How many places `key` holds.
+    pub fn count(&self, key: &K) -> usize {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).get(key).copied().unwrap_or(0)
+    }
+}
+
+/// One place of a key in [`Slots`], held until dropped.
+#[derive(Debug)]
+pub struct Slot<K: Eq + Hash + Clone> {
+    held: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The global concurrency limit, as a middleware: a request holds one of `concurrency_limit` permits until its
+/// response's head is ready, and is answered 503 `overloaded` at once when none is free. Dataset uploads and
+/// commits take none: they may last minutes, so they are bounded by their own budgets instead (per account and
+/// in all, see `api::datasets`), and silent ones cannot starve every other route.
+pub async fn concurrency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if is_dataset_transfer(&request) {
+        return next.run(request).await;
+    }
+    let Ok(_permit) = state.concurrency().try_acquire_owned() else {
+        metrics::counter!("http_requests_refused_total", "reason" => "overloaded").increment(1);
+        return AppError::Overloaded.into_response();
+    };
+    next.run(request).await
 }
 
 /// Answers a handler's panic with a 500 in the error shape, logging the panic message once.

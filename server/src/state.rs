@@ -8,7 +8,8 @@ use sqlx::SqlitePool;
 use tokio::sync::Semaphore;
 
 use crate::config::Settings;
-use crate::limits::RateLimiter;
+use crate::error::AppError;
+use crate::limits::{RateLimiter, Slot, Slots};
 use crate::store::{ObjectStore, StoreError};
 use crate::training::Training;
 
@@ -18,13 +19,18 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
+/// The key under which [`AppState::upload_slot`] counts every account's uploads (account ids are positive).
+const ALL_ACCOUNTS: i64 = -1;
+
 struct Inner {
     settings: Settings,
     db: SqlitePool,
     /// Log-in and sign-up attempts per client IP.
     auth_limiter: RateLimiter,
-    /// Shared by the per-route concurrency-limit layers so that the limit is global, not per route.
+    /// The global concurrency limit's permits (`limits::concurrency`).
     concurrency: Arc<Semaphore>,
+    /// Dataset uploads in flight, per account; `ALL_ACCOUNTS` counts them all together.
+    uploads: Slots<i64>,
     metrics: PrometheusHandle,
     /// Dataset shards, checkpoints and trained models.
     store: Arc<dyn ObjectStore>,
@@ -70,7 +76,17 @@ impl AppState {
         let ingesting = Mutex::new(HashSet::new());
         let training = Arc::new(Training::new(settings.max_provider_connections, settings.check_threads));
         Ok(Self {
-            inner: Arc::new(Inner { settings, db, auth_limiter, concurrency, metrics, store, ingesting, training }),
+            inner: Arc::new(Inner {
+                settings,
+                db,
+                auth_limiter,
+                concurrency,
+                uploads: Slots::default(),
+                metrics,
+                store,
+                ingesting,
+                training,
+            }),
         })
     }
 
@@ -87,6 +103,19 @@ impl AppState {
     /// The rate limiter for log-in and sign-up.
     pub fn auth_limiter(&self) -> &RateLimiter {
         &self.inner.auth_limiter
+    }
+
+    /// A place for one more dataset upload of account `user`, within `max_uploads_per_account` and, all accounts
+    /// together, `max_uploads`; held until dropped.
+    ///
+    /// # Errors
+    /// [`AppError::TooManyUploads`] for the account's budget, [`AppError::Overloaded`] for the server's.
+    pub fn upload_slot(&self, user: i64) -> Result<(Slot<i64>, Slot<i64>), AppError> {
+        let settings = &self.inner.settings;
+        let max = settings.max_uploads_per_account;
+        let own = self.inner.uploads.acquire(&user, max).ok_or(AppError::TooManyUploads { max })?;
+        let all = self.inner.uploads.acquire(&ALL_ACCOUNTS, settings.max_uploads).ok_or(AppError::Overloaded)?;
+        Ok((own, all))
     }
 
     /// The semaphore behind the global concurrency limit.

@@ -25,6 +25,7 @@
 use std::collections::HashSet;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -309,9 +310,15 @@ struct Pending {
         (status = 401, description = "No valid credentials", body = ErrorBody),
         (status = 403, description = "Session cookie without a matching X-CSRF-Token", body = ErrorBody),
         (status = 404, description = "No project with this id belongs to the caller", body = ErrorBody),
+        (status = 408, description = "The body sent nothing for `upload_idle_timeout_ms` (`upload_stalled`); \
+                                      nothing of it is kept", body = ErrorBody),
         (status = 409, description = "The project has been started, or its dataset is being changed by another \
                                       request", body = ErrorBody),
         (status = 413, description = "Larger than `max_upload_bytes`", body = ErrorBody),
+        (status = 429, description = "The account already sends `max_uploads_per_account` uploads \
+                                      (`too_many_uploads`)", body = ErrorBody),
+        (status = 503, description = "The server already receives `max_uploads` uploads (`overloaded`)",
+         body = ErrorBody),
         (status = 422, description = "Invalid query options (`invalid_query`, each option named in \
                                       `details.fields`), or the dataset does not fit the model or a file is \
                                       invalid (`invalid_dataset`; pickles are refused)", body = ErrorBody),
@@ -334,6 +341,8 @@ pub async fn upload_part(
     let format = parse_options(part, &pairs)?;
     let project = load_owned(&state, &user, id).await?;
     check_draft(&project)?;
+    // Uploads take no permit of the global concurrency limit: they are bounded here, per account and in all.
+    let _slots = state.upload_slot(user.id)?;
     let limit = state.settings().max_upload_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -343,9 +352,12 @@ pub async fn upload_part(
     tokio::fs::create_dir_all(&dir).await.map_err(internal("creating the uploads directory"))?;
     let file = format!("{}-{}.{}", part.name(), secret::random_secret()?, format.name());
     let path = dir.join(&file);
-    // The file is only part of the dataset once a manifest names it: until then, any failure removes it.
+    // The file is only part of the dataset once a manifest names it: until then, any failure removes it, and so
+    // does a client that goes away (the handler is dropped mid-way).
+    let mut unplaced = RemoveOnDrop(Some(path.clone()));
+    let idle = Duration::from_millis(state.settings().upload_idle_timeout_ms);
     let placed = async {
-        receive(body, &path, limit).await?;
+        receive(body, &path, limit, idle).await?;
         if let PartFormat::Npz { array } = &format {
             check_npz(&path, part, array.clone()).await?;
         }
@@ -387,9 +399,13 @@ pub async fn upload_part(
     }
     .await;
     let (guard, project) = match placed {
-        Ok(placed) => placed,
+        Ok(placed) => {
+            unplaced.0 = None;
+            placed
+        }
         Err(e) => {
             remove_file_quietly(&path).await;
+            unplaced.0 = None;
             return Err(e);
         }
     };
@@ -518,13 +534,30 @@ fn uploads_dir(state: &AppState, id: i64) -> PathBuf {
     keys::uploads_dir(state.settings(), id)
 }
 
-/// Streams `body` to `path`, refusing it once it passes `limit` bytes. The body's frames are gathered into
-/// [`UPLOAD_WRITE_BYTES`] before each write, so that a large upload costs few writes.
-async fn receive(mut body: Body, path: &FsPath, limit: u64) -> Result<(), AppError> {
+/// An upload's file, removed when dropped unless taken out: a handler dropped mid-upload (its client went away)
+/// leaves nothing behind.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Streams `body` to `path`, refusing it once it passes `limit` bytes or sends nothing for `idle`. The body's
+/// frames are gathered into [`UPLOAD_WRITE_BYTES`] before each write, so that a large upload costs few writes.
+async fn receive(mut body: Body, path: &FsPath, limit: u64, idle: Duration) -> Result<(), AppError> {
     let file = tokio::fs::File::create(path).await.map_err(internal("creating the upload file"))?;
     let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_WRITE_BYTES, file);
     let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
+            metrics::counter!("http_requests_refused_total", "reason" => "upload_stalled").increment(1);
+            return Err(AppError::UploadStalled { secs: idle.as_secs() });
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| AppError::BadRequest(format!("the upload was interrupted: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
         received += data.len() as u64;

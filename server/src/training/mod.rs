@@ -38,6 +38,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use self::core::LeaseIds;
 use crate::db;
+use crate::limits::{Slot, Slots};
 use crate::project::{Access, ProjectRow};
 use crate::state::AppState;
 use coordinator::{Command, Coordinator, Event};
@@ -143,7 +144,7 @@ pub struct Training {
     lease_ids: Arc<LeaseIds>,
     provider_connections: Arc<Semaphore>,
     /// Provider connections held per client address (see `connection::address_key`).
-    addresses: Arc<Mutex<HashMap<String, usize>>>,
+    addresses: Slots<String>,
     /// The server's CPU budget for checks by recomputation: one permit per thread, shared by every project.
     check_permits: Arc<Semaphore>,
 }
@@ -159,7 +160,7 @@ impl Training {
             changed: watch::channel(0).0,
             lease_ids: Arc::new(LeaseIds::starting_at(start)),
             provider_connections: Arc::new(Semaphore::new(max_connections)),
-            addresses: Arc::new(Mutex::new(HashMap::new())),
+            addresses: Slots::default(),
             check_permits: Arc::new(Semaphore::new(check_threads.max(1))),
         }
     }
@@ -180,14 +181,8 @@ impl Training {
     }
 
     /// A provider connection slot of client `address`, if it holds fewer than `max`; held until dropped.
-    pub fn address_slot(&self, address: &str, max: usize) -> Option<AddressSlot> {
-        let mut held = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = held.entry(address.to_owned()).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot { addresses: Arc::clone(&self.addresses), address: address.to_owned() })
+    pub fn address_slot(&self, address: &str, max: usize) -> Option<Slot<String>> {
+        self.addresses.acquire(&address.to_owned(), max)
     }
 
     /// Notified when projects start.
@@ -250,24 +245,6 @@ impl Training {
         let ids: Vec<i64> = self.lock().keys().copied().collect();
         for id in ids {
             self.stop(id, Command::Shutdown).await;
-        }
-    }
-}
-
-/// One provider connection of a client address, counted while it lives.
-pub struct AddressSlot {
-    addresses: Arc<Mutex<HashMap<String, usize>>>,
-    address: String,
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut held = self.addresses.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.address);
-            }
         }
     }
 }
