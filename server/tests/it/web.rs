@@ -246,3 +246,31 @@ async fn site_credit_goes_only_to_listed_origins_and_the_projects_own_site_key()
         assert_eq!(sites, vec![credited.map(str::to_owned)], "{origin:?}");
     }
 }
+
+#[tokio::test]
+async fn every_page_path_forbids_framing_and_the_dashboard_allows_only_its_own_inline_loader() {
+    let pages = tempfile::tempdir().unwrap();
+    let loader = "import init from '/app.js'; await init();";
+    write(pages.path(), "index.html", &format!(r#"<html><script type="module">{loader}</script></html>"#));
+    write(pages.path(), "contribute.html", "contribute");
+    write(pages.path(), "sites.html", "site owners");
+    let dir = pages.path().to_owned();
+    let app = TestApp::with(move |s| s.web_dir = dir).await;
+    let hash = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(loader.as_bytes()))
+    };
+    for path in ["/", "/projects/7", "/index.html", "/contribute", "/contribute.html", "/sites", "/sites.html"] {
+        let reply = app.send(request(Method::GET, path)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        let csp = reply.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_owned();
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(reply.headers[header::X_FRAME_OPTIONS], "DENY", "{path}");
+        assert_eq!(reply.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+        assert_eq!(reply.headers[header::REFERRER_POLICY], "no-referrer", "{path}");
+        let dashboard = ["/", "/projects/7", "/index.html"].contains(&path);
+        assert_eq!(csp.contains(&format!("'sha256-{hash}'")), dashboard, "{path}: {csp}");
+    }
+}
