@@ -299,14 +299,16 @@
       var url = SERVER + "/api/public/projects/" + encodeURIComponent(options.project) +
         (options.siteKey ? "?site_key=" + encodeURIComponent(options.siteKey) : "");
       fetch(url, { credentials: "omit" }).then(function (r) {
-        if (!r.ok) throw new Error("status " + r.status);
+        if (!r.ok) throw new Error(String(r.status));
         return r.json();
       }).then(function (p) {
         title = "Help train “" + p.name + "”";
         if (p.state === "finished" || p.state === "cancelled") renderRefused("This project is " + p.state + ".");
         else start();
-      }, function () {
-        renderRefused("This project does not accept contributions from this site.");
+      }, function (e) {
+        renderRefused(e && e.message === "404"
+          ? "This project is not open for contributions yet."
+          : "This project does not accept contributions from this site.");
       });
     } else {
       start();

@@ -43,15 +43,16 @@ pub struct SiteKeyQuery {
     pub site_key: Option<String>,
 }
 
-/// One project as visitors see it. A `site_key` project answers only with its key, and to browsers only on the
-/// sites it lists (CORS).
+/// One project as visitors see it. A public project answers once it has started (a draft is 404, as a project
+/// that does not exist); a `site_key` project answers only with its key, and to browsers only on the sites it
+/// lists (CORS).
 #[utoipa::path(get, path = "/api/public/projects/{id}", tag = "public",
     params(("id" = i64, Path, description = "The project's id"),
         ("site_key" = Option<String>, Query, description = "The project's site key (required for `site_key` projects)")),
     responses(
         (status = 200, description = "The project", body = PublicProject),
         (status = 403, description = "A browser on a site the project does not list", body = ErrorBody),
-        (status = 404, description = "No such project, or a `site_key` project asked without its key",
+        (status = 404, description = "No such project, a public draft, or a `site_key` project asked without its key",
          body = ErrorBody),
     )
 )]
@@ -64,6 +65,8 @@ pub async fn get_public_project(
     let row = db::projects::get(state.db(), id).await?.ok_or(AppError::NotFound("project"))?;
     let settings = row.settings()?;
     let allow_origin = match settings.access {
+        // A draft is its owner's until it starts: nobody else learns of it, not even that its id exists.
+        Access::Public if row.state()? == ProjectState::Draft => return Err(AppError::NotFound("project")),
         Access::Public => Some(HeaderValue::from_static("*")),
         Access::SiteKey => {
             if query.site_key.is_none() || query.site_key != row.site_key {

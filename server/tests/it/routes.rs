@@ -222,7 +222,9 @@ async fn build(
             request(method, &format!("/api/providers/{id}/credits"))
         }
         "/api/public/projects/{id}" => {
-            let id = app.small_project(token, json!({})).await;
+            // A started project: a public draft is nobody else's business (404).
+            let id = app.project_with_dataset(token).await;
+            assert_eq!(app.act(token, id, "start").await.status, StatusCode::OK);
             request(method, &format!("/api/public/projects/{id}"))
         }
         "/api/tokens/{id}" => {

@@ -126,6 +126,9 @@ async fn public_api_answers_cross_origin_only_for_listed_sites() {
     let ids: Vec<i64> = list.json()["projects"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, vec![public], "only public projects are listed");
 
+    let draft = app.small_project(&token, json!({})).await;
+    let hidden = app.send(from_origin(&format!("/api/public/projects/{draft}"), "http://anywhere.example")).await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND, "a public draft is not shown to anyone but its owner");
     let one = app.send(from_origin(&format!("/api/public/projects/{public}"), "http://anywhere.example")).await;
     assert_eq!((one.status, one.json()["needs_providers"].clone()), (StatusCode::OK, json!(true)));
     assert_eq!(one.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
