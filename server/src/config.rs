@@ -84,6 +84,9 @@ pub struct Args {
     /// address (its key is refused for good either way) [default: 3600].
     #[arg(long, env = "DAIG_SHUT_OUT_BAN_SECS", value_name = "SECS")]
     pub shut_out_ban_secs: Option<u64>,
+    /// How long a client has to send the head of an HTTP request (its request line and headers), in\nmilliseconds; a connection that takes longer is closed [default: 10000].
+    #[arg(long, env = "DAIG_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+    pub header_read_timeout_ms: Option<u64>,
     /// Keep objects in this local directory [default: <data_dir>/objects, or the file's `[store]` table].
     #[arg(long, env = "DAIG_STORE_ROOT", value_name = "DIR", conflicts_with = "store_s3_bucket")]
     pub store_root: Option<PathBuf>,
@@ -138,6 +141,7 @@ pub struct FileConfig {
     pub check_contributions: Option<bool>,
     pub max_provider_connections_per_address: Option<usize>,
     pub shut_out_ban_secs: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
     pub secure_cookies: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
     pub log: Option<String>,
@@ -187,6 +191,8 @@ pub struct Settings {
     pub max_provider_connections_per_address: usize,
     /// How long a shut-out provider's address is refused; 0 bans none.
     pub shut_out_ban_secs: u64,
+    /// How long a client has to send a request's head before its connection is closed.
+    pub header_read_timeout_ms: u64,
     /// Where objects (dataset shards, checkpoints, trained models) are kept.
     pub store: StoreConfig,
     /// Whether cookies carry `Secure` (the server is reached over HTTPS).
@@ -244,6 +250,7 @@ impl Default for Settings {
             check_contributions: true,
             max_provider_connections_per_address: 8,
             shut_out_ban_secs: 3600,
+            header_read_timeout_ms: 10_000,
             store: StoreConfig::Local { root: PathBuf::from("./daig-data/objects") },
             secure_cookies: false,
             trust_forwarded_for: false,
@@ -322,6 +329,10 @@ impl Settings {
                 .or(file.max_provider_connections_per_address)
                 .unwrap_or(d.max_provider_connections_per_address),
             shut_out_ban_secs: args.shut_out_ban_secs.or(file.shut_out_ban_secs).unwrap_or(d.shut_out_ban_secs),
+            header_read_timeout_ms: args
+                .header_read_timeout_ms
+                .or(file.header_read_timeout_ms)
+                .unwrap_or(d.header_read_timeout_ms),
             secure_cookies: args.secure_cookies.or(file.secure_cookies).unwrap_or(d.secure_cookies),
             trust_forwarded_for: args.trust_forwarded_for.or(file.trust_forwarded_for).unwrap_or(d.trust_forwarded_for),
             log: args.log.or(file.log).unwrap_or(d.log),
@@ -377,6 +388,7 @@ impl Settings {
             "max_provider_connections_per_address must be in 1..=1000000",
         );
         check(self.shut_out_ban_secs <= 365 * 24 * 3600, "shut_out_ban_secs must be in 0..=31536000");
+        check((100..=600_000).contains(&self.header_read_timeout_ms), "header_read_timeout_ms must be in 100..=600000");
         check(
             (1024..=1024 * 1024 * MIB as u64).contains(&self.max_upload_bytes),
             "max_upload_bytes must be in 1024..=1099511627776",

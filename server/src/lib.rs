@@ -32,14 +32,17 @@ pub mod telemetry;
 pub mod training;
 pub mod web;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::{Extension, Router, middleware};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
+use tokio::sync::watch;
+use tower::{ServiceBuilder, ServiceExt as _};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -75,7 +78,7 @@ pub fn app(state: AppState) -> Router {
     let pages = web::Pages::new(&state.settings().web_dir);
     router
         .layer(Extension(api::OpenApiJson(Arc::from(openapi_json))))
-        .fallback(move |request: axum::extract::Request| pages.clone().serve(request))
+        .fallback(move |request: Request| pages.clone().serve(request))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings().body_limit_bytes))
         .layer(limits)
@@ -91,6 +94,9 @@ async fn method_not_allowed() -> AppError {
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then finishes the requests in flight and returns.
+///
+/// Each connection is served by hyper with a timeout on reading a request's head (`header_read_timeout_ms`),
+/// and every request carries the peer's address as `ConnectInfo<SocketAddr>` (for `ClientIp`).
 ///
 /// # Errors
 /// The I/O error that stopped the server.
@@ -109,15 +115,59 @@ pub async fn run(
     });
     training::resume_running(&state).await;
     let training = Arc::clone(state.training_arc());
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Coordinators checkpoint and say goodbye to their providers before the listener closes.
-    let shutdown = async move {
-        shutdown.await;
-        training.shutdown().await;
-    };
-    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+    let header_timeout = Duration::from_millis(state.settings().header_read_timeout_ms);
+    let app = app(state);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // A client has this long to send a request's head; hyper's own default does nothing without a timer, which
+    // `axum::serve` does not set, so a client sending one header byte a minute held its connection for ever.
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // Connections hold a receiver each; shutdown tells them to finish and waits until all are dropped.
+    let (close_tx, close_rx) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for connections to close rather than spin.
+                    tracing::error!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let mut close = close_rx.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection.with_upgrades());
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = close.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::trace!(%peer, "connection ended: {e}");
+            }
+            drop(close);
+        });
+    }
+    // Coordinators checkpoint and say goodbye to their providers before the open connections finish.
+    training.shutdown().await;
+    drop(listener);
+    drop(close_rx);
+    let _ = close_tx.send(true);
+    close_tx.closed().await;
     upkeep.abort();
-    served
+    Ok(())
 }
 
 /// The `daig-server` program: loads the settings from the command line, environment and file, opens the database,
@@ -173,4 +223,14 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Errors of `accept` that concern one connection only (the peer went away before it was accepted).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }

@@ -169,3 +169,70 @@ async fn an_upload_whose_client_goes_away_leaves_no_file() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_finish_a_request_head_is_disconnected_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::with(|s| s.header_read_timeout_ms = 500).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(daig_server::run(listener, app.state.clone(), std::future::pending()));
+    // Every way of stalling before the head is complete: nothing sent, half a request line, a request line
+    // and some headers trickled, a head missing only its final blank line.
+    let stalls: [&[u8]; 4] = [
+        b"",
+        b"GET /api/hea",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n",
+    ];
+    let mut clients = Vec::new();
+    for stall in stalls {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(stall).await.unwrap();
+        clients.push((stall, stream));
+    }
+    // A trickler: one more header byte every 100 ms never completes the head either.
+    let trickler = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /api/health HTTP/1.1\r\n").await.unwrap();
+        let started = std::time::Instant::now();
+        for byte in b"X-Slow: ".iter().cycle() {
+            if stream.write_all(&[*byte]).await.is_err() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                break;
+            }
+        }
+        started.elapsed()
+    });
+    let started = std::time::Instant::now();
+    for (stall, mut stream) in clients {
+        let mut buf = [0u8; 1024];
+        // Closed by the server: end of stream (possibly after an error response) or a reset.
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a client stalled after {:?} still holds its connection",
+            String::from_utf8_lossy(stall)
+        );
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "closed after {:?}", started.elapsed());
+    let trickled = trickler.await.unwrap();
+    assert!(trickled < std::time::Duration::from_secs(5), "a trickling head held its connection for {trickled:?}");
+    // A client that sends its head in time is served over the same listener.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
