@@ -84,7 +84,20 @@ pub struct Args {
     /// address (its key is refused for good either way) [default: 3600].
     #[arg(long, env = "DAIG_SHUT_OUT_BAN_SECS", value_name = "SECS")]
     pub shut_out_ban_secs: Option<u64>,
-    /// How long a client has to send the head of an HTTP request (its request line and headers), in\nmilliseconds; a connection that takes longer is closed [default: 10000].
+    /// Frames one provider connection may send per second on average (bursts of twice as many pass); a
+    /// provider that sends more is dropped [default: 500].
+    #[arg(long, env = "DAIG_MAX_PROVIDER_FRAMES_PER_SEC", value_name = "N")]
+    pub max_provider_frames_per_sec: Option<u32>,
+    /// Memory for contributions being received from providers, all connections together, in bytes; a
+    /// contribution waits for its share (or its provider is dropped after provider_write_timeout_ms) [default: 1073741824].
+    #[arg(long, env = "DAIG_MAX_REASSEMBLY_BYTES", value_name = "BYTES")]
+    pub max_reassembly_bytes: Option<u64>,
+    /// How long one frame to a provider may take to send, in milliseconds: a provider that stops reading
+    /// for this long is dropped and its leases return to the queue [default: 20000].
+    #[arg(long, env = "DAIG_PROVIDER_WRITE_TIMEOUT_MS", value_name = "MS")]
+    pub provider_write_timeout_ms: Option<u64>,
+    /// How long a client has to send the head of an HTTP request (its request line and headers), in
+    /// milliseconds; a connection that takes longer is closed [default: 10000].
     #[arg(long, env = "DAIG_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
     pub header_read_timeout_ms: Option<u64>,
     /// Keep objects in this local directory [default: <data_dir>/objects, or the file's `[store]` table].
@@ -141,6 +154,9 @@ pub struct FileConfig {
     pub check_contributions: Option<bool>,
     pub max_provider_connections_per_address: Option<usize>,
     pub shut_out_ban_secs: Option<u64>,
+    pub max_provider_frames_per_sec: Option<u32>,
+    pub max_reassembly_bytes: Option<u64>,
+    pub provider_write_timeout_ms: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
     pub secure_cookies: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
@@ -191,6 +207,12 @@ pub struct Settings {
     pub max_provider_connections_per_address: usize,
     /// How long a shut-out provider's address is refused; 0 bans none.
     pub shut_out_ban_secs: u64,
+    /// Frames one provider connection may send per second on average.
+    pub max_provider_frames_per_sec: u32,
+    /// Memory for contributions being received, all connections together.
+    pub max_reassembly_bytes: u64,
+    /// How long a frame to a provider may take to send before the provider is dropped.
+    pub provider_write_timeout_ms: u64,
     /// How long a client has to send a request's head before its connection is closed.
     pub header_read_timeout_ms: u64,
     /// Where objects (dataset shards, checkpoints, trained models) are kept.
@@ -250,6 +272,9 @@ impl Default for Settings {
             check_contributions: true,
             max_provider_connections_per_address: 8,
             shut_out_ban_secs: 3600,
+            max_provider_frames_per_sec: 500,
+            max_reassembly_bytes: 1 << 30,
+            provider_write_timeout_ms: 20_000,
             header_read_timeout_ms: 10_000,
             store: StoreConfig::Local { root: PathBuf::from("./daig-data/objects") },
             secure_cookies: false,
@@ -329,6 +354,18 @@ impl Settings {
                 .or(file.max_provider_connections_per_address)
                 .unwrap_or(d.max_provider_connections_per_address),
             shut_out_ban_secs: args.shut_out_ban_secs.or(file.shut_out_ban_secs).unwrap_or(d.shut_out_ban_secs),
+            max_provider_frames_per_sec: args
+                .max_provider_frames_per_sec
+                .or(file.max_provider_frames_per_sec)
+                .unwrap_or(d.max_provider_frames_per_sec),
+            max_reassembly_bytes: args
+                .max_reassembly_bytes
+                .or(file.max_reassembly_bytes)
+                .unwrap_or(d.max_reassembly_bytes),
+            provider_write_timeout_ms: args
+                .provider_write_timeout_ms
+                .or(file.provider_write_timeout_ms)
+                .unwrap_or(d.provider_write_timeout_ms),
             header_read_timeout_ms: args
                 .header_read_timeout_ms
                 .or(file.header_read_timeout_ms)
@@ -388,6 +425,18 @@ impl Settings {
             "max_provider_connections_per_address must be in 1..=1000000",
         );
         check(self.shut_out_ban_secs <= 365 * 24 * 3600, "shut_out_ban_secs must be in 0..=31536000");
+        check(
+            (1..=1_000_000).contains(&self.max_provider_frames_per_sec),
+            "max_provider_frames_per_sec must be in 1..=1000000",
+        );
+        check(
+            (MIB as u64..=1 << 40).contains(&self.max_reassembly_bytes),
+            "max_reassembly_bytes must be in 1048576..=1099511627776",
+        );
+        check(
+            (100..=600_000).contains(&self.provider_write_timeout_ms),
+            "provider_write_timeout_ms must be in 100..=600000",
+        );
         check((100..=600_000).contains(&self.header_read_timeout_ms), "header_read_timeout_ms must be in 100..=600000");
         check(
             (1024..=1024 * 1024 * MIB as u64).contains(&self.max_upload_bytes),

@@ -74,7 +74,11 @@ impl AppState {
         let auth_limiter = RateLimiter::new(settings.auth_rate_burst, settings.auth_rate_per_minute);
         let concurrency = Arc::new(Semaphore::new(settings.concurrency_limit));
         let ingesting = Mutex::new(HashSet::new());
-        let training = Arc::new(Training::new(settings.max_provider_connections, settings.check_threads));
+        let training = Arc::new(Training::new(
+            settings.max_provider_connections,
+            settings.check_threads,
+            settings.max_reassembly_bytes,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,

@@ -12,7 +12,13 @@
 //! Every frame is checked before use: its size (the WebSocket layer caps messages at `MAX_FRAME_BYTES`), its
 //! decoding, its place in the sequence, a transfer's declared size against the model's parameter count. A
 //! broken frame ends the connection with `Goodbye(ProtocolError)`.
+//!
+//! What one connection can cost the server is bounded: frames it sends, by a token bucket
+//! (`max_provider_frames_per_sec`); frames to it, by `provider_write_timeout_ms` each (a provider that stops
+//! reading is dropped and its leases return); shards, streamed one chunk at a time; contributions, read only
+//! for a lease the connection holds open and only within the server-wide `max_reassembly_bytes`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,12 +29,14 @@ use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use daig_shared::wire::{
-    self, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, LeaseId, LeaseProgress, ProviderId, Reassembler,
-    SampleSelection, ShardHash, TransferId, TransferKind, transfer_frames,
+    self, Ack, AckOutcome, Chunk, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, LeaseId, LeaseProgress,
+    MAX_CHUNK_BYTES, ProviderId, Reassembler, RefusalReason, SampleSelection, ShardHash, TransferId, TransferKind,
+    TransferStart, transfer_frames,
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::coordinator::{Event, JoinRequest, Joined};
@@ -61,6 +69,48 @@ const MAX_TEXT: usize = 256;
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Messages queued from the coordinator to one connection; a connection this far behind is dropped.
 const QUEUE: usize = 256;
+/// How long the last frames to a provider (a goodbye, the close) may take: a provider that does not read
+/// them is not waited for.
+const CLOSING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A token bucket over the frames a provider sends: `rate` a second on average, bursts of twice that.
+#[derive(Debug)]
+struct FrameBudget {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl FrameBudget {
+    fn new(rate: u32) -> FrameBudget {
+        let rate = f64::from(rate.max(1));
+        FrameBudget { rate, tokens: 2.0 * rate, at: Instant::now() }
+    }
+
+    /// Takes one frame's token at `now`; `false` when the provider sends faster than its budget.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A contribution arriving for a lease this connection does not hold open (it ended: answered, cancelled or
+/// expired, or it never existed): its chunks are counted and dropped, never stored, and the provider is told
+/// once the last one has arrived.
+#[derive(Debug)]
+struct Skipped {
+    transfer_id: TransferId,
+    lease_id: LeaseId,
+    next_index: u32,
+    left_bytes: u64,
+}
 
 /// Upgrades to the provider protocol, within the connection limits: the server's, and the one of each client
 /// address.
@@ -168,6 +218,10 @@ struct Connection<S> {
     verified: u64,
     interval: Duration,
     next_transfer: u32,
+    /// How long one frame to the provider may take.
+    write_timeout: Duration,
+    /// The frames the provider may still send.
+    frames: FrameBudget,
 }
 
 impl<S: Socket> Connection<S> {
@@ -182,13 +236,16 @@ impl<S: Socket> Connection<S> {
             Ok(admitted) => admitted,
             Err(Stop(goodbye)) => {
                 if let Some((reason, detail)) = goodbye {
-                    let _ = send_frame(&mut socket, &Frame::Goodbye(Goodbye { reason, detail })).await;
+                    let goodbye = Frame::Goodbye(Goodbye { reason, detail });
+                    let _ = tokio::time::timeout(CLOSING_TIMEOUT, send_frame(&mut socket, &goodbye)).await;
                 }
-                let _ = socket.send(Message::Close(None)).await;
+                let _ = tokio::time::timeout(CLOSING_TIMEOUT, socket.send(Message::Close(None))).await;
                 return;
             }
         };
         let interval = Duration::from_millis(state.settings().heartbeat_interval_ms);
+        let write_timeout = Duration::from_millis(state.settings().provider_write_timeout_ms);
+        let frames = FrameBudget::new(state.settings().max_provider_frames_per_sec);
         let mut connection = Connection {
             origin: peer.origin,
             state,
@@ -198,18 +255,41 @@ impl<S: Socket> Connection<S> {
             verified,
             interval,
             next_transfer: 0,
+            write_timeout,
+            frames,
         };
         let stop = connection.serve().await;
         if let Some((reason, detail)) = stop.0 {
             tracing::debug!(provider = %connection.id, ?reason, "closing: {detail}");
-            let _ = connection.send(&Frame::Goodbye(Goodbye { reason, detail })).await;
+            let goodbye = Frame::Goodbye(Goodbye { reason, detail });
+            let _ = tokio::time::timeout(CLOSING_TIMEOUT, send_frame(&mut connection.socket, &goodbye)).await;
         }
-        let _ = connection.socket.send(Message::Close(None)).await;
+        let _ = tokio::time::timeout(CLOSING_TIMEOUT, connection.socket.send(Message::Close(None))).await;
         let _ = db::training::provider_disconnected(connection.state.db(), id, now_unix()).await;
     }
 
+    /// Sends one frame within the write timeout: a provider that does not read (its socket's buffers full) is
+    /// dropped rather than waited for, and its leases return to the queue.
     async fn send(&mut self, frame: &Frame<'_>) -> Result<(), Stop> {
-        send_frame(&mut self.socket, frame).await.map_err(|_| Stop(None))
+        match tokio::time::timeout(self.write_timeout, send_frame(&mut self.socket, frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop(None)),
+            Err(_) => {
+                metrics::counter!("daig_provider_connections_dropped_total", "why" => "write_timeout").increment(1);
+                tracing::info!(provider = %self.id, "dropping a provider that stopped reading");
+                Err(Stop(None))
+            }
+        }
+    }
+
+    /// Counts one received message against the provider's frame budget.
+    fn count_frame(&mut self) -> Result<(), Stop> {
+        if self.frames.take(Instant::now()) {
+            return Ok(());
+        }
+        metrics::counter!("daig_provider_connections_dropped_total", "why" => "frame_rate").increment(1);
+        let rate = self.state.settings().max_provider_frames_per_sec;
+        Err(Stop::protocol(format!("more than {rate} frames a second: slow down")))
     }
 
     /// Joins projects one after another until the provider or the server ends the connection.
@@ -370,6 +450,7 @@ impl<S: Socket> Connection<S> {
                 _ = beat.tick() => self.send(&Frame::Heartbeat(Heartbeat::default())).await?,
                 message = tokio::time::timeout_at(silent_until, self.socket.next()) => {
                     let bytes = incoming(message)?;
+                    self.count_frame()?;
                     let Some(bytes) = bytes else { continue };
                     silent_until = Instant::now() + 3 * self.interval;
                     match Frame::decode(&bytes).map_err(|e| Stop::protocol(e.to_string()))? {
@@ -397,6 +478,11 @@ impl<S: Socket> Connection<S> {
         let first = params.borrow_and_update().clone();
         self.send_params(&first).await?;
         let mut reassembler = Reassembler::new(param_bytes);
+        // The share of the server's reassembly budget the contribution being received holds.
+        let mut reserved: Option<OwnedSemaphorePermit> = None;
+        let mut skipped: Option<Skipped> = None;
+        // Heartbeats reach the coordinator at most four times an interval, however many the provider sends.
+        let mut next_beat_forwarded = Instant::now();
         let mut open: HashMap<LeaseId, u32> = HashMap::new();
         // Training data only by lease: the shards each open lease names, and those of the last few leases that
         // ended (a request may cross a lease's cancellation). Nothing else is sent, validation shards never.
@@ -444,11 +530,12 @@ impl<S: Socket> Connection<S> {
                 }
                 message = tokio::time::timeout_at(silent_until, self.socket.next()) => {
                     let bytes = match incoming(message) {
-                        Ok(Some(bytes)) => bytes,
-                        Ok(None) => continue,
+                        Ok(bytes) => bytes,
                         Err(Stop(None)) => return Ok(End::Closed),
                         Err(stop) => return Err(stop),
                     };
+                    self.count_frame()?;
+                    let Some(bytes) = bytes else { continue };
                     silent_until = Instant::now() + 3 * self.interval;
                     let frame = Frame::decode(&bytes).map_err(|e| Stop::protocol(format!("undecodable frame: {e}")))?;
                     match frame {
@@ -458,8 +545,12 @@ impl<S: Socket> Connection<S> {
                                     *steps = progress.steps_done;
                                 }
                             }
-                            let event = Event::Heartbeat { provider: self.id, leases: beat.leases };
-                            let _ = handle.events.send(event).await;
+                            let now = Instant::now();
+                            if now >= next_beat_forwarded {
+                                next_beat_forwarded = now + self.interval / 4;
+                                let event = Event::Heartbeat { provider: self.id, leases: beat.leases };
+                                let _ = handle.events.send(event).await;
+                            }
                         }
                         Frame::ShardRequest(request) => {
                             let leased = named.values().chain(ended.iter()).any(|s| s.contains(&request.shard));
@@ -473,17 +564,71 @@ impl<S: Socket> Connection<S> {
                             };
                             self.send_shard(request.shard, &object).await?;
                         }
-                        frame @ (Frame::TransferStart(_) | Frame::Chunk(_)) => {
-                            let done = reassembler.feed(&frame).map_err(|e| Stop::protocol(e.to_string()))?;
+                        Frame::TransferStart(start) => {
+                            let TransferKind::Contribution(info) = &start.kind else {
+                                return Err(Stop::protocol(format!(
+                                    "a provider sends only contributions, not {:?}",
+                                    start.kind
+                                )));
+                            };
+                            if let Some(skip) = &skipped {
+                                return Err(Stop::protocol(format!(
+                                    "transfer {} started while transfer {} is still open",
+                                    start.transfer_id, skip.transfer_id
+                                )));
+                            }
+                            if !open.contains_key(&info.lease_id) && start.total_bytes <= param_bytes {
+                                // Not for an open lease: nothing is stored, and the provider hears why at the end.
+                                metrics::counter!("daig_contributions_skipped_total").increment(1);
+                                if start.total_bytes == 0 {
+                                    self.refuse_closed_lease(info.lease_id).await?;
+                                } else {
+                                    skipped = Some(Skipped {
+                                        transfer_id: start.transfer_id,
+                                        lease_id: info.lease_id,
+                                        next_index: 0,
+                                        left_bytes: start.total_bytes,
+                                    });
+                                }
+                                continue;
+                            }
+                            if start.total_bytes <= param_bytes && reassembler.open_transfer().is_none() {
+                                reserved = Some(self.reserve(start.total_bytes).await?);
+                            }
+                            reassembler.start(&start).map_err(|e| Stop::protocol(e.to_string()))?;
+                        }
+                        Frame::Chunk(chunk) => {
+                            if let Some(skip) = skipped.as_mut().filter(|s| s.transfer_id == chunk.transfer_id) {
+                                let len = chunk.bytes.len() as u64;
+                                if chunk.index != skip.next_index || len == 0 || len > skip.left_bytes {
+                                    return Err(Stop::protocol(format!(
+                                        "chunk {} of transfer {} ({len} bytes) is out of sequence or past its end",
+                                        chunk.index, chunk.transfer_id
+                                    )));
+                                }
+                                skip.next_index += 1;
+                                skip.left_bytes -= len;
+                                if skip.left_bytes == 0 {
+                                    let lease_id = skip.lease_id;
+                                    skipped = None;
+                                    self.refuse_closed_lease(lease_id).await?;
+                                }
+                                continue;
+                            }
+                            let done = reassembler.push(&chunk).map_err(|e| Stop::protocol(e.to_string()))?;
                             let Some(transfer) = done else { continue };
                             let TransferKind::Contribution(info) = transfer.kind.clone() else {
                                 return Err(Stop::protocol("a provider sends only contributions"));
                             };
                             let delta = transfer.f32s().map_err(|e| Stop::protocol(e.to_string()))?;
+                            drop(transfer);
                             open.remove(&info.lease_id);
                             end_lease(&mut named, &mut ended, info.lease_id);
                             let event = Event::Contribution { provider: self.id, info, delta };
-                            if handle.events.send(event).await.is_err() {
+                            let sent = handle.events.send(event).await;
+                            // Handed over: the coordinator's bounded queue holds it from here.
+                            drop(reserved.take());
+                            if sent.is_err() {
                                 return Ok(End::Detached(Detach::Removed("training of the project stopped".into())));
                             }
                         }
@@ -506,19 +651,59 @@ impl<S: Socket> Connection<S> {
         Ok(())
     }
 
+    /// Streams a shard from the object store, one chunk in memory at a time.
     async fn send_shard(&mut self, hash: ShardHash, object: &ShardObject) -> Result<(), Stop> {
-        let bytes = match self.state.store().get(&object.key, object.size_bytes).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(shard = %hash, "cannot read a shard for a provider: {e}");
-                return Err(Stop(Some((GoodbyeReason::InternalError, "the server cannot read the shard".into()))));
-            }
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::error!(shard = %hash, "cannot read a shard for a provider: {e}");
+            Stop(Some((GoodbyeReason::InternalError, "the server cannot read the shard".into())))
         };
-        let id = self.transfer_id();
-        for frame in transfer_frames(id, TransferKind::Shard { shard: hash }, &bytes) {
-            self.send(&frame).await?;
+        let mut stream = self.state.store().get_stream(&object.key).await.map_err(|e| failed(&e))?;
+        if stream.size_bytes != object.size_bytes {
+            let e = format!("it has {} bytes, not the {} recorded", stream.size_bytes, object.size_bytes);
+            return Err(failed(&e));
+        }
+        let transfer_id = self.transfer_id();
+        let kind = TransferKind::Shard { shard: hash };
+        self.send(&Frame::TransferStart(TransferStart { transfer_id, kind, total_bytes: object.size_bytes })).await?;
+        let mut left = object.size_bytes;
+        let mut buffer = vec![0u8; usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK_BYTES)];
+        let mut index = 0;
+        while left > 0 {
+            let len = usize::try_from(left).unwrap_or(usize::MAX).min(MAX_CHUNK_BYTES);
+            stream.reader.read_exact(&mut buffer[..len]).await.map_err(|e| failed(&e))?;
+            self.send(&Frame::Chunk(Chunk { transfer_id, index, bytes: Cow::Borrowed(&buffer[..len]) })).await?;
+            index += 1;
+            left -= len as u64;
         }
         Ok(())
+    }
+
+    /// Memory for a contribution of `bytes` from the server's reassembly budget, waited for at most the write
+    /// timeout (the provider's chunks wait in its socket meanwhile).
+    async fn reserve(&mut self, bytes: u64) -> Result<OwnedSemaphorePermit, Stop> {
+        let budget = self.state.training().reassembly_budget();
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let wait = self.write_timeout;
+        match tokio::time::timeout(wait, budget.acquire_many_owned(permits)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                metrics::counter!("daig_provider_connections_dropped_total", "why" => "reassembly_budget").increment(1);
+                Err(Stop(Some((
+                    GoodbyeReason::Overloaded,
+                    "the server is receiving too many contributions at once: connect again later".into(),
+                ))))
+            }
+        }
+    }
+
+    /// Tells the provider that its contribution for `lease_id` was not taken: the lease is not open here.
+    async fn refuse_closed_lease(&mut self, lease_id: LeaseId) -> Result<(), Stop> {
+        let detail = format!(
+            "lease {lease_id} is not open on this connection (answered, cancelled or expired): its contribution \
+             was not read"
+        );
+        let outcome = AckOutcome::Refused { reason: RefusalReason::UnknownLease, detail };
+        self.send(&Frame::Ack(Ack { lease_id, outcome })).await
     }
 
     fn transfer_id(&mut self) -> TransferId {

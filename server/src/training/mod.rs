@@ -147,10 +147,12 @@ pub struct Training {
     addresses: Slots<String>,
     /// The server's CPU budget for checks by recomputation: one permit per thread, shared by every project.
     check_permits: Arc<Semaphore>,
+    /// Memory for contributions being reassembled, in bytes, all connections together.
+    reassembly: Arc<Semaphore>,
 }
 
 impl Training {
-    pub fn new(max_connections: usize, check_threads: usize) -> Training {
+    pub fn new(max_connections: usize, check_threads: usize, reassembly_bytes: u64) -> Training {
         // Lease ids stay unique across restarts: they start at the current time in microseconds.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -162,7 +164,15 @@ impl Training {
             provider_connections: Arc::new(Semaphore::new(max_connections)),
             addresses: Slots::default(),
             check_permits: Arc::new(Semaphore::new(check_threads.max(1))),
+            reassembly: Arc::new(Semaphore::new(
+                usize::try_from(reassembly_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
+            )),
         }
+    }
+
+    /// The bytes of memory that contributions being received may take, one permit a byte.
+    pub fn reassembly_budget(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.reassembly)
     }
 
     /// The permits a check by recomputation holds while it computes.

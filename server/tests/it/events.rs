@@ -73,8 +73,9 @@ async fn events_follow_training_and_a_pause_and_end_when_the_project_finishes() 
     let app = TestApp::new().await;
     let addr = serve(&app).await;
     let (_, token) = app.user_with_token("ada").await;
-    // 30 training samples in batches of 2, one contribution per update: 15 versions an epoch.
-    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 2, "k": 1, "epochs": 8});
+    // 30 training samples in batches of 2, one contribution per update: 15 versions an epoch, 900 in all, which
+    // take a few seconds over loopback.
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 2, "k": 1, "epochs": 60});
     let id = app.small_project(&token, settings).await;
     let (features, labels) = crate::support::small_dataset(40, 3);
     assert_eq!(app.upload(&token, id, "features", features).await.status, StatusCode::OK);

@@ -14,6 +14,7 @@ mod projects;
 mod routes;
 mod session;
 mod socket;
+mod socket_limits;
 mod support;
 mod tokens;
 mod training;

@@ -12,14 +12,14 @@ use crate::support::{TestApp, manifest_dir, request, with_token};
 use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, run_honest, run_honest_on, train_lease};
 
 /// The app of `app` also served on a real socket.
-async fn serve(app: &TestApp) -> SocketAddr {
+pub(crate) async fn serve(app: &TestApp) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(daig_server::run(listener, app.state.clone(), std::future::pending()));
     addr
 }
 
-async fn project(app: &TestApp, token: &str, id: i64) -> Value {
+pub(crate) async fn project(app: &TestApp, token: &str, id: i64) -> Value {
     let reply = app.send(with_token(request(Method::GET, &format!("/api/projects/{id}")), token)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     reply.json()
@@ -73,7 +73,7 @@ async fn assert_exactly_once(app: &TestApp, id: i64, epochs: i64, batch_size: i6
 }
 
 /// A project with the small model of the support module and 40 samples in shards of 10.
-async fn small_running(app: &TestApp, token: &str, settings: Value) -> i64 {
+pub(crate) async fn small_running(app: &TestApp, token: &str, settings: Value) -> i64 {
     let id = app.small_project(token, settings).await;
     let (features, labels) = crate::support::small_dataset(40, 3);
     assert_eq!(app.upload(token, id, "features", features).await.status, StatusCode::OK);
@@ -186,13 +186,7 @@ async fn leases_of_a_vanished_provider_are_leased_again() {
         }
     }
     drop(gone);
-    // The honest provider finishes the project: the four leases came back.
-    let outcome =
-        tokio::time::timeout(Duration::from_secs(120), run_honest(addr, hello(Some(id)), None)).await.unwrap();
-    assert_eq!(outcome.goodbye.unwrap().reason, GoodbyeReason::Normal);
-    wait_for_state(&app, &token, id, "finished", Duration::from_secs(10)).await;
-    assert_exactly_once(&app, id, 2, 4).await;
-    // The silent one was dropped after three heartbeat intervals.
+    // The silent one is dropped after three heartbeat intervals.
     let mut timed_out = false;
     loop {
         match silent.recv().await {
@@ -202,6 +196,12 @@ async fn leases_of_a_vanished_provider_are_leased_again() {
         }
     }
     assert!(timed_out, "the silent provider was told it timed out");
+    // The honest provider finishes the project: the four leases came back.
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(120), run_honest(addr, hello(Some(id)), None)).await.unwrap();
+    assert_eq!(outcome.goodbye.unwrap().reason, GoodbyeReason::Normal);
+    wait_for_state(&app, &token, id, "finished", Duration::from_secs(10)).await;
+    assert_exactly_once(&app, id, 2, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +283,11 @@ async fn training_data_is_sent_only_for_a_lease_and_validation_data_never() {
 }
 
 /// The next lease: one seen earlier by [`ack_of`], or the next to arrive (params and shards go to `honest`).
-async fn next_lease(client: &mut WireClient, honest: &mut Honest, outcome: &mut Outcome) -> daig_shared::wire::Lease {
+pub(crate) async fn next_lease(
+    client: &mut WireClient,
+    honest: &mut Honest,
+    outcome: &mut Outcome,
+) -> daig_shared::wire::Lease {
     if let Some(lease) = honest.leases.pop_front() {
         return lease;
     }

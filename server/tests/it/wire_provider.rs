@@ -92,6 +92,11 @@ impl WireClient {
         self.ws.send(Message::Binary(frame.encode().into())).await.expect("send");
     }
 
+    /// Sends any WebSocket message; an error once the server has closed the socket.
+    pub async fn send_message(&mut self, message: Message) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(message).await
+    }
+
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::Binary(bytes.into())).await.expect("send");
     }

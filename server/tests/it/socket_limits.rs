@@ -1,0 +1,217 @@
+//! The provider socket's resource bounds, over real WebSockets: a provider that stops reading is dropped and its
+//! leases return, a contribution is read only for a lease the connection holds open and within the server's
+//! reassembly budget, and a provider that sends frames too fast is dropped.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use daig_shared::wire::{
+    AckOutcome, ContributionInfo, Frame, GoodbyeReason, Heartbeat, LeaseId, RefusalReason, SampleSelection,
+    ShardRequest,
+};
+use serde_json::json;
+
+use crate::support::{TestApp, npy};
+use crate::training::{next_lease, project, serve, small_running};
+
+use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, train_lease};
+
+/// Reads until the goodbye (or the close), skipping everything else.
+async fn goodbye_of(client: &mut WireClient) -> Option<daig_shared::wire::Goodbye> {
+    loop {
+        match client.recv().await {
+            Incoming::Frame(Frame::Goodbye(goodbye)) => return Some(goodbye),
+            Incoming::Closed => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the ack of `lease`.
+async fn ack_for(client: &mut WireClient, lease: LeaseId) -> AckOutcome {
+    loop {
+        match client.recv().await {
+            Incoming::Frame(Frame::Ack(ack)) if ack.lease_id == lease => return ack.outcome,
+            Incoming::Frame(Frame::Goodbye(goodbye)) => panic!("dropped instead of an ack: {goodbye:?}"),
+            Incoming::Closed => panic!("closed instead of an ack"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_that_stops_reading_is_dropped_within_the_write_timeout_and_its_leases_return() {
+    let app = TestApp::with(|s| {
+        s.provider_write_timeout_ms = 500;
+        s.heartbeat_interval_ms = 60_000;
+    })
+    .await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    // Shards of 6 MB, so that a few requests fill every socket buffer between the server and a client.
+    let (n, width) = (2000, 784);
+    let model = json!({"input_shape": [width], "layers": [{"type": "dense", "units": 3}], "loss": "cross_entropy"});
+    let settings = json!({"samples_per_shard": n, "validation_fraction": 0.0, "batch_size": 50, "epochs": 50});
+    let body = json!({"name": "wide", "model": model, "settings": settings});
+    let id = app.create_project(&token, &body).await["id"].as_i64().unwrap();
+    let features: Vec<u8> = (0..n * width).flat_map(|i| ((i % 251) as f32).to_le_bytes()).collect();
+    let labels: Vec<u8> = (0..n as i64).flat_map(|i| (i % 3).to_le_bytes()).collect();
+    assert_eq!(app.upload(&token, id, "features", npy("<f4", &[n, width], &features)).await.status, StatusCode::OK);
+    assert_eq!(app.upload(&token, id, "labels", npy("<i8", &[n], &labels)).await.status, StatusCode::OK);
+    assert_eq!(app.act(&token, id, "start").await.status, StatusCode::OK);
+
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(hello(Some(id)))).await;
+    let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
+    let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+    let SampleSelection::Shards(parts) = &lease.samples else { panic!("shard selections") };
+    wait_live(&app, &token, id, 1, Duration::from_secs(10)).await;
+    // It asks for its shard again and again and reads nothing more.
+    for _ in 0..8 {
+        client.send(&Frame::ShardRequest(ShardRequest { shard: parts[0].shard })).await;
+    }
+    // Dropped within the write timeout (500 ms) of its socket filling up, not after three heartbeat intervals
+    // (three minutes here).
+    wait_live(&app, &token, id, 0, Duration::from_secs(20)).await;
+    // Its leases went back to the queue: a new provider gets the same batches' lease.
+    let mut other = WireClient::connect(addr).await;
+    other.send(&Frame::Hello(hello(Some(id)))).await;
+    let again = next_lease(&mut other, &mut Honest::default(), &mut Outcome::default()).await;
+    let SampleSelection::Shards(again_parts) = &again.samples else { panic!("shard selections") };
+    assert_eq!(again_parts[0].shard, parts[0].shard, "the dropped provider's batches are leased again first");
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_contribution_is_read_only_for_a_lease_the_connection_holds_open() {
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 4, "k": 1,
+                          "epochs": 50});
+    let id = small_running(&app, &token, settings).await;
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(hello(Some(id)))).await;
+    let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
+    let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+    let lease_id = lease.lease_id;
+    let (info, delta) = train_lease(&mut client, &mut honest, &mut outcome, lease).await;
+    // Every contribution for a lease that is not open here is refused without being read, and the provider
+    // stays connected (an honest one may cross a cancellation): a lease never issued, one of another
+    // connection, and one already answered.
+    let mut peer = WireClient::connect(addr).await;
+    peer.send(&Frame::Hello(hello(Some(id)))).await;
+    let peers = next_lease(&mut peer, &mut Honest::default(), &mut Outcome::default()).await;
+    client.contribute(info.clone(), &delta).await;
+    assert!(!matches!(ack_for(&mut client, lease_id).await, AckOutcome::Refused { .. }));
+    for stranger in [LeaseId(u64::MAX - 7), peers.lease_id, lease_id] {
+        client.contribute(ContributionInfo { lease_id: stranger, ..info.clone() }, &delta).await;
+        match ack_for(&mut client, stranger).await {
+            AckOutcome::Refused { reason: RefusalReason::UnknownLease, detail } => {
+                assert!(detail.contains("not open on this connection") && detail.contains("not read"), "{detail}");
+            }
+            other => panic!("a contribution for lease {stranger} (not open here) was taken: {other:?}"),
+        }
+    }
+    // Both providers are still connected: crossing a lease's end is no protocol error.
+    wait_live(&app, &token, id, 2, Duration::from_secs(10)).await;
+    // A transfer larger than the model, for an open lease or not, ends the connection: nothing that size is
+    // ever read.
+    let too_big = vec![0.0f32; delta.len() + 1];
+    let _ = client.try_contribute(ContributionInfo { lease_id: LeaseId(u64::MAX - 8), ..info }, &too_big).await;
+    let goodbye = goodbye_of(&mut client).await.expect("a goodbye");
+    assert_eq!(goodbye.reason, GoodbyeReason::ProtocolError, "{goodbye:?}");
+}
+
+/// Waits until project `id` shows `n` live providers (its view is refreshed a few times a second).
+async fn wait_live(app: &TestApp, token: &str, id: i64, n: usize, limit: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let view = project(app, token, id).await;
+        if view["providers"].as_array().map_or(0, Vec::len) == n {
+            return;
+        }
+        assert!(started.elapsed() < limit, "project {id} does not show {n} live providers: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_contribution_waits_for_the_reassembly_budget_and_is_refused_when_it_stays_spent() {
+    let app = TestApp::with(|s| {
+        s.max_reassembly_bytes = 1 << 20;
+        s.provider_write_timeout_ms = 1000;
+    })
+    .await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 4, "k": 1,
+                          "epochs": 50});
+    let id = small_running(&app, &token, settings).await;
+    let budget = app.state.training().reassembly_budget();
+    for release_after in [Some(Duration::from_millis(300)), None] {
+        let mut client = WireClient::connect(addr).await;
+        client.send(&Frame::Hello(hello(Some(id)))).await;
+        let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
+        let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+        let lease_id = lease.lease_id;
+        let (info, delta) = train_lease(&mut client, &mut honest, &mut outcome, lease).await;
+        // Other connections hold the whole budget.
+        let spent = budget.clone().acquire_many_owned(1 << 20).await.unwrap();
+        client.contribute(info, &delta).await;
+        match release_after {
+            Some(after) => {
+                tokio::time::sleep(after).await;
+                drop(spent);
+                assert!(!matches!(ack_for(&mut client, lease_id).await, AckOutcome::Refused { .. }));
+            }
+            None => {
+                let goodbye = goodbye_of(&mut client).await.expect("a goodbye");
+                assert_eq!(goodbye.reason, GoodbyeReason::Overloaded, "{goodbye:?}");
+                assert!(goodbye.detail.contains("too many contributions"), "{goodbye:?}");
+                drop(spent);
+            }
+        }
+    }
+    assert_eq!(budget.available_permits(), 1 << 20, "every reservation was given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_that_sends_frames_faster_than_its_budget_is_dropped_whatever_it_sends() {
+    use tokio_tungstenite::tungstenite::Message;
+    let app = TestApp::with(|s| s.max_provider_frames_per_sec = 20).await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let running = small_running(&app, &token, json!({"samples_per_shard": 10, "epochs": 50})).await;
+    let draft = app.small_project(&token, json!({})).await;
+    let heartbeat = Frame::Heartbeat(Heartbeat::default()).encode();
+    // Joined to a project or waiting for one; heartbeats, pings or anything else: the budget counts them all.
+    for project in [running, draft] {
+        for flood in ["heartbeats", "pings", "pongs"] {
+            let mut client = WireClient::connect(addr).await;
+            client.send(&Frame::Hello(hello(Some(project)))).await;
+            for _ in 0..200 {
+                let message = match flood {
+                    "heartbeats" => Message::Binary(heartbeat.clone().into()),
+                    "pings" => Message::Ping(vec![1, 2, 3].into()),
+                    _ => Message::Pong(vec![1].into()),
+                };
+                if client.send_message(message).await.is_err() {
+                    break;
+                }
+            }
+            let goodbye = goodbye_of(&mut client).await.expect("a goodbye");
+            assert_eq!(goodbye.reason, GoodbyeReason::ProtocolError, "{flood} to project {project}: {goodbye:?}");
+            assert!(goodbye.detail.contains("20 frames a second"), "{goodbye:?}");
+        }
+    }
+    // A provider within its budget is served as before.
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(hello(Some(running)))).await;
+    for _ in 0..10 {
+        client.send(&Frame::Heartbeat(Heartbeat::default())).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    next_lease(&mut client, &mut Honest::default(), &mut Outcome::default()).await;
+    wait_live(&app, &token, running, 1, Duration::from_secs(10)).await;
+}
