@@ -84,6 +84,10 @@ pub struct Args {
     /// address (its key is refused for good either way) [default: 3600].
     #[arg(long, env = "DAIG_SHUT_OUT_BAN_SECS", value_name = "SECS")]
     pub shut_out_ban_secs: Option<u64>,
+    /// Provider connections one client address (an IPv6 /64) may open per minute, in bursts of as many;
+    /// more are answered 429 with Retry-After, so that reconnecting cannot churn identities and rows [default: 60].
+    #[arg(long, env = "DAIG_PROVIDER_CONNECTS_PER_MINUTE", value_name = "N")]
+    pub provider_connects_per_minute: Option<u32>,
     /// Frames one provider connection may send per second on average (bursts of twice as many pass); a
     /// provider that sends more is dropped [default: 500].
     #[arg(long, env = "DAIG_MAX_PROVIDER_FRAMES_PER_SEC", value_name = "N")]
@@ -154,6 +158,7 @@ pub struct FileConfig {
     pub check_contributions: Option<bool>,
     pub max_provider_connections_per_address: Option<usize>,
     pub shut_out_ban_secs: Option<u64>,
+    pub provider_connects_per_minute: Option<u32>,
     pub max_provider_frames_per_sec: Option<u32>,
     pub max_reassembly_bytes: Option<u64>,
     pub provider_write_timeout_ms: Option<u64>,
@@ -207,6 +212,8 @@ pub struct Settings {
     pub max_provider_connections_per_address: usize,
     /// How long a shut-out provider's address is refused; 0 bans none.
     pub shut_out_ban_secs: u64,
+    /// Provider connections one client address may open per minute.
+    pub provider_connects_per_minute: u32,
     /// Frames one provider connection may send per second on average.
     pub max_provider_frames_per_sec: u32,
     /// Memory for contributions being received, all connections together.
@@ -272,6 +279,7 @@ impl Default for Settings {
             check_contributions: true,
             max_provider_connections_per_address: 8,
             shut_out_ban_secs: 3600,
+            provider_connects_per_minute: 60,
             max_provider_frames_per_sec: 500,
             max_reassembly_bytes: 1 << 30,
             provider_write_timeout_ms: 20_000,
@@ -354,6 +362,10 @@ impl Settings {
                 .or(file.max_provider_connections_per_address)
                 .unwrap_or(d.max_provider_connections_per_address),
             shut_out_ban_secs: args.shut_out_ban_secs.or(file.shut_out_ban_secs).unwrap_or(d.shut_out_ban_secs),
+            provider_connects_per_minute: args
+                .provider_connects_per_minute
+                .or(file.provider_connects_per_minute)
+                .unwrap_or(d.provider_connects_per_minute),
             max_provider_frames_per_sec: args
                 .max_provider_frames_per_sec
                 .or(file.max_provider_frames_per_sec)
@@ -425,6 +437,10 @@ impl Settings {
             "max_provider_connections_per_address must be in 1..=1000000",
         );
         check(self.shut_out_ban_secs <= 365 * 24 * 3600, "shut_out_ban_secs must be in 0..=31536000");
+        check(
+            (1..=1_000_000).contains(&self.provider_connects_per_minute),
+            "provider_connects_per_minute must be in 1..=1000000",
+        );
         check(
             (1..=1_000_000).contains(&self.max_provider_frames_per_sec),
             "max_provider_frames_per_sec must be in 1..=1000000",

@@ -27,6 +27,8 @@ struct Inner {
     db: SqlitePool,
     /// Log-in and sign-up attempts per client IP.
     auth_limiter: RateLimiter,
+    /// Provider connections opened per client address (an IPv6 address by its /64).
+    provider_connect_limiter: RateLimiter,
     /// The global concurrency limit's permits (`limits::concurrency`).
     concurrency: Arc<Semaphore>,
     /// Dataset uploads in flight, per account; `ALL_ACCOUNTS` counts them all together.
@@ -72,6 +74,8 @@ impl AppState {
         let store = crate::store::open(&settings.store).await?;
         let metrics = crate::telemetry::metrics_handle()?;
         let auth_limiter = RateLimiter::new(settings.auth_rate_burst, settings.auth_rate_per_minute);
+        let provider_connect_limiter =
+            RateLimiter::new(settings.provider_connects_per_minute, settings.provider_connects_per_minute);
         let concurrency = Arc::new(Semaphore::new(settings.concurrency_limit));
         let ingesting = Mutex::new(HashSet::new());
         let training = Arc::new(Training::new(
@@ -84,6 +88,7 @@ impl AppState {
                 settings,
                 db,
                 auth_limiter,
+                provider_connect_limiter,
                 concurrency,
                 uploads: Slots::default(),
                 metrics,
@@ -105,6 +110,11 @@ impl AppState {
     }
 
     /// The rate limiter for log-in and sign-up.
+    /// The limiter of provider connections opened per client address.
+    pub fn provider_connect_limiter(&self) -> &RateLimiter {
+        &self.inner.provider_connect_limiter
+    }
+
     pub fn auth_limiter(&self) -> &RateLimiter {
         &self.inner.auth_limiter
     }

@@ -45,6 +45,7 @@ pub const MOVE: &str = "UPDATE projects SET state = ?, updated_at = ? WHERE id =
 pub const TOUCH_DRAFT: &str = "UPDATE projects SET updated_at = ? WHERE id = ? AND state = 'draft'";
 pub const STATE: &str = "SELECT state FROM projects WHERE id = ?";
 pub const ADMISSION: &str = "SELECT state, site_key, settings_json FROM projects WHERE id = ?";
+pub const BY_SITE_KEY: &str = "SELECT id, state FROM projects WHERE site_key = ?";
 pub const MARK_FINISHED: &str =
     "UPDATE projects SET state = 'finished', updated_at = ? WHERE id = ? AND state = 'running'";
 
@@ -153,6 +154,11 @@ pub async fn admission(
     id: i64,
 ) -> Result<Option<(String, Option<String>, String)>, sqlx::Error> {
     sqlx::query_as(ADMISSION).bind(id).fetch_optional(db).await
+}
+
+/// The id and state of the project whose site key is `key`.
+pub async fn by_site_key(db: impl SqliteExecutor<'_>, key: &str) -> Result<Option<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(BY_SITE_KEY).bind(key).fetch_optional(db).await
 }
 
 /// Marks a running project finished.

@@ -19,6 +19,13 @@ pub const RECORD_METRICS: &str = "INSERT OR REPLACE INTO metrics (project_id, ve
      val_loss, val_accuracy, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
 pub const METRICS_HISTORY: &str = "SELECT version, epoch, samples, train_loss, val_loss, val_accuracy, at FROM metrics \
      WHERE project_id = ? ORDER BY version";
+/// Takes over a row of the same provider that is not connected: the same key (or, keyless, the same address), the
+/// same backend, adapter and site key, never shut out. So a provider that reconnects adds no row.
+pub const REUSE_PROVIDER: &str = "UPDATE providers SET connected_at = ?1, disconnected_at = NULL, address = ?2 \
+     WHERE id = (SELECT id FROM providers WHERE backend = ?3 AND adapter = ?4 AND site_key IS ?5 \
+     AND identity_id IS ?6 AND (identity_id IS NOT NULL OR address = ?2) AND disconnected_at IS NOT NULL \
+     AND shut_out_at IS NULL ORDER BY id LIMIT 1) AND disconnected_at IS NOT NULL RETURNING id";
+pub const ALL_PROVIDERS_DISCONNECTED: &str = "UPDATE providers SET disconnected_at = ? WHERE disconnected_at IS NULL";
 pub const REGISTER_PROVIDER: &str = "INSERT INTO providers (backend, adapter, site_key, connected_at, identity_id, \
      address) VALUES (?, ?, ?, ?, ?, ?) RETURNING id";
 pub const PROVIDER_DISCONNECTED: &str = "UPDATE providers SET disconnected_at = ? WHERE id = ?";
@@ -153,12 +160,25 @@ pub struct NewProvider<'a> {
     pub address: &'a str,
 }
 
-/// Registers a provider's connection; its id.
+/// Registers a provider's connection, in the row of its last connection if it has one that is free (see
+/// [`REUSE_PROVIDER`]); its id.
 pub async fn register_provider(
-    db: impl SqliteExecutor<'_>,
+    db: &sqlx::SqlitePool,
     provider: &NewProvider<'_>,
     now: i64,
 ) -> Result<i64, sqlx::Error> {
+    let reused: Option<i64> = sqlx::query_scalar(REUSE_PROVIDER)
+        .bind(now)
+        .bind(provider.address)
+        .bind(provider.backend)
+        .bind(provider.adapter)
+        .bind(provider.site_key)
+        .bind(provider.identity)
+        .fetch_optional(db)
+        .await?;
+    if let Some(id) = reused {
+        return Ok(id);
+    }
     sqlx::query_scalar(REGISTER_PROVIDER)
         .bind(provider.backend)
         .bind(provider.adapter)
@@ -168,6 +188,12 @@ pub async fn register_provider(
         .bind(provider.address)
         .fetch_one(db)
         .await
+}
+
+/// Marks every provider row disconnected, at start: no connection outlives the server that held it.
+pub async fn all_providers_disconnected(db: impl SqliteExecutor<'_>, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(ALL_PROVIDERS_DISCONNECTED).bind(now).execute(db).await?;
+    Ok(())
 }
 
 /// Records the end of a provider's connection.

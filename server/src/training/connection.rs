@@ -121,6 +121,10 @@ pub async fn ws_provider(
     ws: WebSocketUpgrade,
 ) -> Response {
     let origin = socket_origin(&headers);
+    if let Err(refusal) = state.provider_connect_limiter().check(network_of(ip)) {
+        metrics::counter!("daig_provider_connections_refused_total", "why" => "connect_rate").increment(1);
+        return refusal.into_response();
+    }
     let address = address_key(ip);
     let max = state.settings().max_provider_connections_per_address;
     let Some(slot) = state.training().address_slot(&address, max) else {
@@ -155,6 +159,18 @@ pub fn address_key(ip: IpAddr) -> String {
                 let s = v6.segments();
                 format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
             }
+        },
+    }
+}
+
+/// The address a client's connections are counted under for the connection rate: an IPv4 address (an IPv4-mapped
+/// one included) as itself, an IPv6 address as its /64, like [`address_key`].
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
         },
     }
 }
@@ -353,16 +369,22 @@ impl<S: Socket> Connection<S> {
                         }
                     }
                 }
-                None => {
-                    let mut list = training.public_by_need();
-                    if let Some(key) = &self.hello.site_key
-                        && let Some(own) = training.by_site_key(key)
-                    {
-                        self.check_origin(own.id, own.access, &own.sites)?;
-                        list.insert(0, own);
-                    }
-                    list
-                }
+                // A site key binds the provider to its site's project: it waits while that project is not
+                // running and never works for another (a site owner's visitors lend their devices to the site's
+                // project only).
+                None => match self.hello.site_key.clone() {
+                    Some(key) => match training.by_site_key(&key) {
+                        Some(own) => {
+                            self.check_origin(own.id, own.access, &own.sites)?;
+                            vec![own]
+                        }
+                        None => {
+                            self.check_site_key_waitable(&key).await?;
+                            Vec::new()
+                        }
+                    },
+                    None => training.public_by_need(),
+                },
             };
             for handle in candidates {
                 let (tx, rx) = mpsc::channel(QUEUE);
@@ -407,6 +429,17 @@ impl<S: Socket> Connection<S> {
             }
             Some((state, _, _)) => Err(Stop(Some((GoodbyeReason::Normal, format!("project {id} is {state}"))))),
             None => Err(Stop(Some((GoodbyeReason::UnknownProject, format!("there is no project {id}"))))),
+        }
+    }
+
+    /// A site key whose project is not running: wait if it may run later, else refuse.
+    async fn check_site_key_waitable(&mut self, key: &str) -> Result<(), Stop> {
+        let row = db::projects::by_site_key(self.state.db(), key)
+            .await
+            .map_err(|_| Stop(Some((GoodbyeReason::InternalError, "the server failed".into()))))?;
+        match row {
+            Some((id, _)) => self.check_waitable(id).await,
+            None => Err(Stop(Some((GoodbyeReason::Unauthorized, "no project has this site key".into())))),
         }
     }
 

@@ -12,7 +12,7 @@ use daig_shared::wire::{
 use serde_json::json;
 
 use crate::support::{TestApp, npy};
-use crate::training::{next_lease, project, serve, small_running};
+use crate::training::{client, keyed, next_lease, project, serve, small_running};
 
 use crate::wire_provider::{Honest, Incoming, Outcome, WireClient, hello, train_lease};
 
@@ -214,4 +214,98 @@ async fn a_provider_that_sends_frames_faster_than_its_budget_is_dropped_whatever
     }
     next_lease(&mut client, &mut Honest::default(), &mut Outcome::default()).await;
     wait_live(&app, &token, running, 1, Duration::from_secs(10)).await;
+}
+
+/// Connects from 127.0.0.`from`, says `hello`, waits for the welcome and leaves.
+async fn visit(addr: std::net::SocketAddr, from: u8, hello: daig_shared::wire::Hello) -> i64 {
+    let mut client = WireClient::connect_as(addr, client(from)).await.expect("upgraded");
+    client.send(&Frame::Hello(hello)).await;
+    let provider = loop {
+        match client.recv().await {
+            Incoming::Frame(Frame::Welcome(welcome)) => break welcome.provider_id.0 as i64,
+            Incoming::Frame(Frame::Goodbye(goodbye)) => panic!("refused: {goodbye:?}"),
+            Incoming::Closed => panic!("closed"),
+            _ => {}
+        }
+    };
+    client.goodbye().await;
+    provider
+}
+
+async fn provider_rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM providers").fetch_one(app.state.db()).await.unwrap()
+}
+
+/// Waits until every provider row says its connection ended.
+async fn all_disconnected(app: &TestApp) {
+    let started = std::time::Instant::now();
+    loop {
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM providers WHERE disconnected_at IS NULL")
+            .fetch_one(app.state.db())
+            .await
+            .unwrap();
+        if open == 0 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{open} connections still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_that_reconnects_keeps_its_row_and_only_concurrent_connections_add_rows() {
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = small_running(&app, &token, json!({"samples_per_shard": 10, "epochs": 50})).await;
+    // (the hello, the address it comes from): a key from two addresses is one provider; without a key, one
+    // address with one adapter is one provider.
+    let keyless = |adapter: &str| daig_shared::wire::Hello { adapter: adapter.into(), ..hello(Some(id)) };
+    let visitors = [(keyed(id, 1), 2), (keyed(id, 1), 3), (keyed(id, 2), 2), (keyless("a"), 4), (keyless("b"), 4)];
+    let mut first_ids = Vec::new();
+    for round in 0..4 {
+        for (hello, from) in &visitors {
+            let provider = visit(addr, *from, hello.clone()).await;
+            all_disconnected(&app).await;
+            if round == 0 {
+                first_ids.push(provider);
+            }
+        }
+    }
+    assert_eq!(provider_rows(&app).await, 4, "reconnections added rows");
+    // Two connections of one key at once are two providers.
+    let mut one = WireClient::connect_as(addr, client(2)).await.unwrap();
+    one.send(&Frame::Hello(keyed(id, 1))).await;
+    next_lease(&mut one, &mut Honest::default(), &mut Outcome::default()).await;
+    visit(addr, 2, keyed(id, 1)).await;
+    assert_eq!(provider_rows(&app).await, 5);
+    // A row that was shut out is never taken over.
+    sqlx::query("UPDATE providers SET shut_out_at = 1, shut_out_reason = 'test' WHERE adapter = 'a'")
+        .execute(app.state.db())
+        .await
+        .unwrap();
+    let again = visit(addr, 4, keyless("a")).await;
+    assert!(!first_ids.contains(&again), "a shut-out row was reused");
+    assert_eq!(provider_rows(&app).await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_address_that_opens_provider_connections_too_fast_is_answered_429() {
+    let app = TestApp::with(|s| s.provider_connects_per_minute = 5).await;
+    let addr = serve(&app).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(WireClient::connect_as(addr, client(9)).await.expect("within the rate"));
+    }
+    drop(held);
+    // Closed connections do not give the rate back: a reconnecting loop is as bounded as a parallel one.
+    match WireClient::connect_as(addr, client(9)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        Err(e) => panic!("refused otherwise: {e}"),
+        Ok(_) => panic!("a sixth connection within a minute was upgraded"),
+    }
+    WireClient::connect_as(addr, client(10)).await.expect("another address has its own rate");
 }

@@ -489,12 +489,12 @@ async fn pause_checkpoints_and_resume_continues_where_it_stopped() {
 }
 
 /// The Hello of a provider with persistent key `key` (one byte repeated).
-fn keyed(project: i64, key: u8) -> Hello {
+pub(crate) fn keyed(project: i64, key: u8) -> Hello {
     Hello { provider_key: Some(daig_shared::wire::ProviderKey([key; 32])), ..hello(Some(project)) }
 }
 
 /// Loopback address 127.0.0.`n`: another client.
-fn client(n: u8) -> std::net::Ipv4Addr {
+pub(crate) fn client(n: u8) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, 0, 0, n)
 }
 

@@ -3,6 +3,7 @@
 //! for `site_key` projects.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode, header};
 use daig_shared::wire::{Frame, GoodbyeReason};
@@ -221,9 +222,11 @@ async fn site_credit_goes_only_to_listed_origins_and_the_projects_own_site_key()
     let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "k": 1, "epochs": 100,
                           "max_staleness": 4, "sites": ["http://127.0.0.1:9000"]});
     let (id, _) = running(&app, &token, settings).await;
-    let forged = || {
+    // Each case on its own adapter: a provider that reconnects alike would take over its last row.
+    let forged = |case: &str| {
         let mut h = hello(Some(id));
         h.site_key = Some("site_anyone_can_claim".into());
+        h.adapter = format!("test provider, {case}");
         h
     };
     // (how it connects, the site its work is credited to)
@@ -237,7 +240,7 @@ async fn site_credit_goes_only_to_listed_origins_and_the_projects_own_site_key()
             Some(o) => WireClient::connect_from(addr, o).await,
             None => WireClient::connect(addr).await,
         };
-        let outcome = run_honest_on(client, forged(), Some(1)).await;
+        let outcome = run_honest_on(client, forged(origin.unwrap_or("no origin")), Some(1)).await;
         assert!(outcome.applied >= 1, "{origin:?}: {outcome:?}");
         let provider = outcome.welcome.as_ref().unwrap().provider_id.0 as i64;
         let sites: Vec<Option<String>> =
@@ -275,5 +278,66 @@ async fn every_page_path_forbids_framing_and_the_dashboard_allows_only_its_own_i
         assert_eq!(reply.headers[header::REFERRER_POLICY], "no-referrer", "{path}");
         let dashboard = ["/", "/projects/7", "/index.html"].contains(&path);
         assert_eq!(csp.contains(&format!("'sha256-{hash}'")), dashboard, "{path}: {csp}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_with_a_site_key_works_only_for_that_sites_project() {
+    // Heartbeats every second: the visitor below stays silent for two.
+    let app = TestApp::with(|s| s.heartbeat_interval_ms = 1000).await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let (public, _) = running(&app, &token, json!({"samples_per_shard": 10, "validation_fraction": 0.25})).await;
+    let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "access": "site_key"});
+    let (own, key) = running(&app, &token, settings).await;
+    let keyed = |key: Option<String>| {
+        let mut h = hello(None);
+        h.site_key = key;
+        h
+    };
+    // While the site's project is paused, its visitors wait: they are not lent to the public project.
+    assert_eq!(app.act(&token, own, "pause").await.status, StatusCode::OK);
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(keyed(key.clone()))).await;
+    let waited = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match client.recv().await {
+                Incoming::Frame(Frame::Heartbeat(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await;
+    match waited {
+        Err(_) => {}
+        Ok(Incoming::Frame(Frame::Welcome(w))) => panic!("a site's visitor was sent to project {}", w.project_id.0),
+        Ok(Incoming::Frame(other)) => panic!("the waiting visitor was sent {other:?}"),
+        Ok(_) => panic!("the waiting visitor was let go"),
+    }
+    // Once it resumes, they join it.
+    client.send(&Frame::Heartbeat(Default::default())).await;
+    assert_eq!(app.act(&token, own, "resume").await.status, StatusCode::OK);
+    loop {
+        match client.recv().await {
+            Incoming::Frame(Frame::Heartbeat(_)) => {}
+            Incoming::Frame(Frame::Welcome(w)) => {
+                assert_eq!(w.project_id.0, own as u64);
+                break;
+            }
+            _ => panic!("expected a welcome to the site's project"),
+        }
+    }
+    // A key no project has is refused; without a key a provider goes to the public project.
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(keyed(Some("site_nobody_has".into())))).await;
+    match client.recv().await {
+        Incoming::Frame(Frame::Goodbye(g)) => assert_eq!(g.reason, GoodbyeReason::Unauthorized, "{g:?}"),
+        _ => panic!("expected a goodbye"),
+    }
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(keyed(None))).await;
+    match client.recv().await {
+        Incoming::Frame(Frame::Welcome(w)) => assert_eq!(w.project_id.0, public as u64),
+        _ => panic!("expected a welcome to the public project"),
     }
 }
