@@ -4,9 +4,9 @@
 //! `f32` samples (open them with [`super::SampleSource::raw`]) and the label column, which is small, stays in
 //! memory under [`super::Limits::max_in_memory_bytes`].
 //!
-//! Bounds: a record (the header row too) longer than [`super::Limits::max_record_bytes`] is refused once that
-//! many bytes of it have been read, so memory holds at most that much of it plus the reader's
-//! [`READ_BUFFER_BYTES`]; the features written stop at [`super::Limits::max_array_bytes`].
+//! Bounds: a record (the header row too) longer than [`super::Limits::max_record_bytes`] is refused, naming its
+//! line, before more than that and the reader's [`READ_BUFFER_BYTES`] of it have been read, so memory never holds
+//! more of a record; the features written stop at [`super::Limits::max_array_bytes`].
 
 use std::cell::Cell;
 use std::io::{BufWriter, Read, Write};

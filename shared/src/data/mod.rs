@@ -285,9 +285,9 @@ pub struct Limits {
     pub max_array_bytes: u64,
     /// The largest array read whole into memory (labels, CSV label columns).
     pub max_in_memory_bytes: u64,
-    /// The longest CSV record (the header row included), in bytes: a longer one is refused as soon as this many
-    /// bytes of it have been read, so that memory holds at most this much of a record (plus the reader's
-    /// buffer). A server derives it from the model's feature count ([`csv::record_bytes_for`]).
+    /// The longest CSV record (the header row included), in bytes: a longer one is refused before more than this
+    /// and the reader's buffer ([`csv::READ_BUFFER_BYTES`]) of it have been read, so that memory never holds
+    /// more of a record. A server derives it from the model's feature count ([`csv::record_bytes_for`]).
     pub max_record_bytes: u64,
 }
 
