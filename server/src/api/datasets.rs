@@ -355,7 +355,7 @@ pub async fn upload_part(
     check_draft(&project)?;
     // Uploads take no permit of the global concurrency limit: they are bounded here, per account and in all.
     let _slots = state.upload_slot(user.id)?;
-    let limit = UploadLimit::of(&state, &project).await?;
+    let limit = DatasetBudget::of(&state, &project).await?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(declared) = declared {
         limit.check(declared)?;
@@ -563,17 +563,18 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// The most an upload may send: `max_upload_bytes`, and what the account's storage quota leaves.
-struct UploadLimit {
+/// What a dataset may take: an upload at most `max_upload_bytes`, and uploads and shards at most what the
+/// account's storage quota leaves.
+struct DatasetBudget {
     max_upload_bytes: u64,
     quota_bytes: u64,
     /// The committed shards of the account's other projects (this project's dataset is being replaced).
     used_bytes: u64,
 }
 
-impl UploadLimit {
+impl DatasetBudget {
     async fn of(state: &AppState, project: &ProjectRow) -> Result<Self, AppError> {
-        Ok(UploadLimit {
+        Ok(DatasetBudget {
             max_upload_bytes: state.settings().max_upload_bytes,
             quota_bytes: state.settings().max_dataset_bytes_per_account,
             used_bytes: db::datasets::stored_bytes_of_user_except(state.db(), project.user_id, project.id).await?,
@@ -616,7 +617,7 @@ fn data_limits(settings: &crate::config::Settings, requirements: &DataRequiremen
 
 /// Streams `body` to `path`, refusing it once it passes `limit` or sends nothing for `idle`. The body's frames
 /// are gathered into [`UPLOAD_WRITE_BYTES`] before each write, so that a large upload costs few writes.
-async fn receive(mut body: Body, path: &FsPath, limit: &UploadLimit, idle: Duration) -> Result<(), AppError> {
+async fn receive(mut body: Body, path: &FsPath, limit: &DatasetBudget, idle: Duration) -> Result<(), AppError> {
     let file = tokio::fs::File::create(path).await.map_err(internal("creating the upload file"))?;
     let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_WRITE_BYTES, file);
     let mut received = 0u64;
@@ -826,7 +827,7 @@ async fn commit(
     let prefix = keys::shard_generation_prefix(project.id, generation);
     let requirements = model.data_requirements();
     let limits = data_limits(state.settings(), &requirements);
-    let quota = UploadLimit::of(state, project).await?;
+    let quota = DatasetBudget::of(state, project).await?;
     let room = quota.room();
     let ingest_prefix = prefix.clone();
     // Shards are built on the blocking pool and stored by an async task as they come, a few at a time and within
@@ -973,7 +974,7 @@ async fn register(
     project: &ProjectRow,
     ingested: &Ingested,
     format: &str,
-    quota: &UploadLimit,
+    quota: &DatasetBudget,
 ) -> Result<(), AppError> {
     let project_id = project.id;
     let mut tx = state.db().begin().await?;
