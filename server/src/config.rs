@@ -53,6 +53,18 @@ pub struct Args {
     /// Dataset uploads one account sends at once; more are answered 429 `too_many_uploads` [default: 4].
     #[arg(long, env = "DAIG_MAX_UPLOADS_PER_ACCOUNT", value_name = "N")]
     pub max_uploads_per_account: Option<usize>,
+    /// Projects one account may have, in any state; creating another is answered 409 `project_quota`
+    /// [default: 100].
+    #[arg(long, env = "DAIG_MAX_PROJECTS_PER_ACCOUNT", value_name = "N")]
+    pub max_projects_per_account: Option<usize>,
+    /// Projects one account may run at once; starting or resuming another is answered 409 `running_quota`
+    /// [default: 4].
+    #[arg(long, env = "DAIG_MAX_RUNNING_PROJECTS_PER_ACCOUNT", value_name = "N")]
+    pub max_running_projects_per_account: Option<usize>,
+    /// Bytes of dataset shards one account may store, all its projects together; an upload or commit that would
+    /// pass it is answered 413 `storage_quota` and leaves nothing [default: 10737418240, 10 GiB].
+    #[arg(long, env = "DAIG_MAX_DATASET_BYTES_PER_ACCOUNT", value_name = "BYTES")]
+    pub max_dataset_bytes_per_account: Option<u64>,
     /// Dataset uploads the server receives at once, all accounts together; uploads do not take the permits of
     /// `concurrency_limit`, so that they cannot starve other requests [default: 64].
     #[arg(long, env = "DAIG_MAX_UPLOADS", value_name = "N")]
@@ -150,6 +162,9 @@ pub struct FileConfig {
     pub token_ttl_secs: Option<u64>,
     pub max_upload_bytes: Option<u64>,
     pub max_uploads_per_account: Option<usize>,
+    pub max_projects_per_account: Option<usize>,
+    pub max_running_projects_per_account: Option<usize>,
+    pub max_dataset_bytes_per_account: Option<u64>,
     pub max_uploads: Option<usize>,
     pub upload_idle_timeout_ms: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
@@ -196,6 +211,12 @@ pub struct Settings {
     pub max_upload_bytes: u64,
     /// Dataset uploads one account sends at once.
     pub max_uploads_per_account: usize,
+    /// Projects one account may have, in any state.
+    pub max_projects_per_account: usize,
+    /// Projects one account may have running at once.
+    pub max_running_projects_per_account: usize,
+    /// Bytes of committed dataset shards one account may store, all its projects together.
+    pub max_dataset_bytes_per_account: u64,
     /// Dataset uploads received at once, all accounts together.
     pub max_uploads: usize,
     /// How long an upload's body may send nothing.
@@ -271,6 +292,9 @@ impl Default for Settings {
             token_ttl_secs: 365 * 24 * 3600,
             max_upload_bytes: 2 << 30,
             max_uploads_per_account: 4,
+            max_projects_per_account: 100,
+            max_running_projects_per_account: 4,
+            max_dataset_bytes_per_account: 10 << 30,
             max_uploads: 64,
             upload_idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 5000,
@@ -342,6 +366,18 @@ impl Settings {
                 .max_uploads_per_account
                 .or(file.max_uploads_per_account)
                 .unwrap_or(d.max_uploads_per_account),
+            max_projects_per_account: args
+                .max_projects_per_account
+                .or(file.max_projects_per_account)
+                .unwrap_or(d.max_projects_per_account),
+            max_running_projects_per_account: args
+                .max_running_projects_per_account
+                .or(file.max_running_projects_per_account)
+                .unwrap_or(d.max_running_projects_per_account),
+            max_dataset_bytes_per_account: args
+                .max_dataset_bytes_per_account
+                .or(file.max_dataset_bytes_per_account)
+                .unwrap_or(d.max_dataset_bytes_per_account),
             max_uploads: args.max_uploads.or(file.max_uploads).unwrap_or(d.max_uploads),
             upload_idle_timeout_ms: args
                 .upload_idle_timeout_ms
@@ -423,6 +459,18 @@ impl Settings {
         check((50..=600_000).contains(&self.heartbeat_interval_ms), "heartbeat_interval_ms must be in 50..=600000");
         check((1..=1024).contains(&self.max_uploads_per_account), "max_uploads_per_account must be in 1..=1024");
         check((1..=100_000).contains(&self.max_uploads), "max_uploads must be in 1..=100000");
+        check(
+            (1..=1_000_000).contains(&self.max_projects_per_account),
+            "max_projects_per_account must be in 1..=1000000",
+        );
+        check(
+            (1..=10_000).contains(&self.max_running_projects_per_account),
+            "max_running_projects_per_account must be in 1..=10000",
+        );
+        check(
+            (1024..=1 << 50).contains(&self.max_dataset_bytes_per_account),
+            "max_dataset_bytes_per_account must be in 1024..=1125899906842624",
+        );
         check(
             (100..=3_600_000).contains(&self.upload_idle_timeout_ms),
             "upload_idle_timeout_ms must be in 100..=3600000",

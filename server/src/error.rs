@@ -71,6 +71,21 @@ pub enum AppError {
     /// The account sends as many dataset uploads at once as it may.
     #[error("this account is already sending {max} uploads, the most it may send at once; wait for one to finish")]
     TooManyUploads { max: usize },
+    /// The account has as many projects as it may have (`max_projects_per_account`).
+    #[error("this account has {max} projects, the most it may have (project quota); delete one to create another")]
+    ProjectQuota { max: usize },
+    /// The account runs as many projects at once as it may (`max_running_projects_per_account`).
+    #[error(
+        "this account already runs {max} projects, the most it may run at once (running quota); pause, cancel or \
+         let one finish first"
+    )]
+    RunningQuota { max: usize },
+    /// A dataset would take the account's stored datasets past `max_dataset_bytes_per_account`.
+    #[error(
+        "this dataset would take the account's stored datasets past {limit_bytes} bytes (storage quota; its other \
+         projects' datasets take {used_bytes}); delete a dataset or send a smaller one"
+    )]
+    StorageQuota { limit_bytes: u64, used_bytes: u64 },
     /// An upload's body sent nothing for too long.
     #[error("the upload sent nothing for {secs} s and was dropped; send it again")]
     UploadStalled { secs: u64 },
@@ -127,7 +142,8 @@ impl AppError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::ProjectQuota { .. } | Self::RunningQuota { .. } => StatusCode::CONFLICT,
+            Self::StorageQuota { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } | Self::TooManyConnections { .. } | Self::TooManyUploads { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -159,6 +175,9 @@ impl AppError {
             Self::TooManyConnections { .. } => "too_many_connections",
             Self::TooManyUploads { .. } => "too_many_uploads",
             Self::UploadStalled { .. } => "upload_stalled",
+            Self::ProjectQuota { .. } => "project_quota",
+            Self::RunningQuota { .. } => "running_quota",
+            Self::StorageQuota { .. } => "storage_quota",
             Self::Timeout => "timeout",
             Self::Overloaded => "overloaded",
             Self::Internal(_) => "internal",
@@ -174,6 +193,10 @@ impl AppError {
             Self::Conflict { field, .. } => Some(serde_json::json!({ "field": field })),
             Self::RateLimited { retry_after_secs } => Some(serde_json::json!({ "retry_after_secs": retry_after_secs })),
             Self::TooManyConnections { max } | Self::TooManyUploads { max } => Some(serde_json::json!({ "max": max })),
+            Self::ProjectQuota { max } | Self::RunningQuota { max } => Some(serde_json::json!({ "limit": max })),
+            Self::StorageQuota { limit_bytes, used_bytes } => {
+                Some(serde_json::json!({ "limit": limit_bytes, "used": used_bytes }))
+            }
             _ => None,
         }
     }
@@ -226,5 +249,46 @@ impl From<crate::store::StoreError> for AppError {
 impl From<tokio::task::JoinError> for AppError {
     fn from(e: tokio::task::JoinError) -> Self {
         Self::Internal(anyhow::Error::new(e).context("blocking task"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each quota's error: its status, its stable code, a message naming the quota and its limit, and the limit in
+    /// `details`.
+    #[test]
+    fn quota_errors_name_the_quota_and_its_limit() {
+        let cases = [
+            (
+                AppError::ProjectQuota { max: 100 },
+                StatusCode::CONFLICT,
+                "project_quota",
+                "this account has 100 projects, the most it may have (project quota); delete one to create another",
+                serde_json::json!({ "limit": 100 }),
+            ),
+            (
+                AppError::RunningQuota { max: 4 },
+                StatusCode::CONFLICT,
+                "running_quota",
+                "this account already runs 4 projects, the most it may run at once (running quota); pause, cancel \
+                 or let one finish first",
+                serde_json::json!({ "limit": 4 }),
+            ),
+            (
+                AppError::StorageQuota { limit_bytes: 10_737_418_240, used_bytes: 5 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "storage_quota",
+                "this dataset would take the account's stored datasets past 10737418240 bytes (storage quota; its \
+                 other projects' datasets take 5); delete a dataset or send a smaller one",
+                serde_json::json!({ "limit": 10_737_418_240u64, "used": 5 }),
+            ),
+        ];
+        for (error, status, code, message, details) in cases {
+            assert_eq!(error.status(), status, "{error}");
+            let body = serde_json::to_value(error.body()).unwrap();
+            assert_eq!(body, serde_json::json!({ "error": { "code": code, "message": message, "details": details } }));
+        }
     }
 }

@@ -464,6 +464,165 @@ fn csv_errors_name_the_row_and_column() {
     check_err(read_csv("a,b,label\n", &options), expect![[r#"not a valid CSV file: the file has no data rows"#]]);
 }
 
+/// An input that yields `prefix` and then `len` copies of `fill`, never holding more than one read's worth, and
+/// counts what it handed out.
+struct Endless<'a> {
+    prefix: &'a [u8],
+    fill: u8,
+    len: u64,
+    given: u64,
+}
+
+impl std::io::Read for Endless<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let total = self.prefix.len() as u64 + self.len;
+        let mut n = 0;
+        while n < buf.len() && self.given < total {
+            buf[n] = self.prefix.get(self.given as usize).copied().unwrap_or(self.fill);
+            n += 1;
+            self.given += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn csv_long_records_are_refused_before_they_are_held() {
+    let limits = Limits { max_record_bytes: daig_shared::data::csv::record_bytes_for(2), ..Limits::default() };
+    let bound = limits.max_record_bytes + daig_shared::data::csv::READ_BUFFER_BYTES as u64;
+    let long = 20 << 20;
+    // A long number, a long header name, an open quote swallowing the file, a wrong delimiter: each a record of
+    // 20 MiB on line 1 or 3.
+    let cases: [(&[u8], u8, u64); 4] = [
+        (b"a,b,label\n1,2,0\n1,2,", b'7', 3),
+        (b"a,b,", b'x', 1),
+        (b"a,b,label\n1,2,0\n\"", b'\n', 3),
+        (b"a;b;label\n", b';', 2),
+    ];
+    for (prefix, fill, line) in cases {
+        let mut input = Endless { prefix, fill, len: long, given: 0 };
+        let mut out = Vec::new();
+        let err = daig_shared::data::csv::read(&mut input, &CsvOptions::default(), &mut out, &limits).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "CSV row {line}: the record is longer than 770 bytes, the most a row of this model's columns may \
+                 take; is the delimiter right, or is a quote left open?"
+            ),
+            "{:?}",
+            String::from_utf8_lossy(prefix)
+        );
+        assert!(input.given <= prefix.len() as u64 + bound, "read {} bytes of a {long}-byte record", input.given);
+    }
+    // Records within the bound are read.
+    let fine = format!("a,b,label\n{},2,0\n", "0".repeat(700));
+    let mut out = Vec::new();
+    daig_shared::data::csv::read(fine.as_bytes(), &CsvOptions::default(), &mut out, &limits).unwrap();
+}
+
+#[test]
+fn csv_features_stop_at_the_array_limit() {
+    let limits = Limits { max_array_bytes: 80, ..Limits::default() };
+    let text: String =
+        std::iter::once("a,b,label\n".to_owned()).chain((0..100).map(|i| format!("{i},{i},0\n"))).collect();
+    let mut out = Vec::new();
+    check_err(
+        daig_shared::data::csv::read(text.as_bytes(), &CsvOptions::default(), &mut out, &limits),
+        expect!["the CSV, as float32 features up to row 12, is too large: 88 bytes, the limit is 80"],
+    );
+    assert!(out.len() <= 80, "{} bytes written", out.len());
+}
+
+/// A zip with one deflated entry `name` holding `bytes`, whose directory then says `declared` bytes instead of
+/// the real size when given (a lying directory: both the local header and the central directory are patched).
+fn deflated_zip(name: &str, bytes: &[u8], declared: Option<u32>) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file(name, options).unwrap();
+    zip.write_all(bytes).unwrap();
+    let mut out = zip.finish().unwrap().into_inner();
+    if let Some(declared) = declared {
+        let real = u32::try_from(bytes.len()).unwrap().to_le_bytes();
+        // The uncompressed size sits 22 bytes into a local header and 24 into a central directory header.
+        for (signature, at) in [(b"PK\x03\x04", 22), (b"PK\x01\x02", 24)] {
+            let start = out.windows(4).position(|w| w == signature).unwrap() + at;
+            assert_eq!(out[start..start + 4], real);
+            out[start..start + 4].copy_from_slice(&declared.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// A `.npy` header declaring `shape` of `descr` with no data after it.
+fn npy_header_only(descr: &str, shape: &str) -> Vec<u8> {
+    npy_with_dict(&format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"))
+}
+
+#[test]
+fn npz_bombs_are_refused_before_their_bodies_are_inflated() {
+    let limits = Limits { max_array_bytes: 1 << 20, ..Limits::default() };
+    let zeros = vec![0u8; 4 << 20];
+    // A header declaring far more than the limit, with data behind it to match.
+    let mut huge = npy_header_only("<f4", "(262144, 4)");
+    huge.extend_from_slice(&zeros[..4 << 20]);
+    let mut archive = NpzArchive::new(Cursor::new(deflated_zip("x.npy", &huge, None)), &Limits::default()).unwrap();
+    check_err(
+        NpzArchive::new(Cursor::new(deflated_zip("x.npy", &huge, None)), &limits).map(drop),
+        expect![
+            "the entry 'x.npy' as the archive's directory declares it is too large: 4194378 bytes, the limit is 1114124"
+        ],
+    );
+    assert_eq!(archive.entry("x").unwrap().info.shape, [262144, 4]);
+
+    // A header that declares a small array but whose entry inflates far past it: the directory, told the truth,
+    // disagrees with the header; told a lie, the stream is cut where the header ends.
+    let mut lying = npy_header_only("<f4", "(4, 4)");
+    lying.extend_from_slice(&zeros[..1 << 20]);
+    let mut archive = NpzArchive::new(Cursor::new(deflated_zip("x.npy", &lying, None)), &limits).unwrap();
+    check_err(
+        archive.entry("x"),
+        expect![
+            "the array 'x' (float32 of shape 4x4) is followed by 1048512 unexpected bytes; is the dtype or shape in the header wrong?"
+        ],
+    );
+    let header_and_data = u32::try_from(lying.len() - (1 << 20) + 64).unwrap();
+    let mut archive =
+        NpzArchive::new(Cursor::new(deflated_zip("x.npy", &lying, Some(header_and_data))), &limits).unwrap();
+    assert_eq!(archive.entry("x").unwrap().info.shape, [4, 4]);
+    let mut out = Vec::new();
+    let err = err_text(archive.spool("x", &mut out));
+    assert!(err.starts_with("not a valid .npz file: the entry 'x.npy'"), "{err}");
+    assert!(out.len() <= 64, "{} bytes spooled", out.len());
+    let err = err_text(archive.read_array("x"));
+    assert!(err.starts_with("not a valid .npz file: the entry 'x.npy'"), "{err}");
+
+    // A directory that declares more than the header and data: refused before the body is read.
+    let mut short = npy_header_only("<f4", "(4, 4)");
+    short.extend_from_slice(&zeros[..64]);
+    let mut archive = NpzArchive::new(Cursor::new(deflated_zip("x.npy", &short, Some(900_000))), &limits).unwrap();
+    let err = err_text(archive.entry("x"));
+    assert!(err.contains("followed by"), "{err}");
+}
+
+#[test]
+fn headers_are_checked_against_the_model_alone() {
+    let req = classes(3, &[4]);
+    daig_shared::data::check_features(&info(Dtype::F32, &[10, 4]), &req).unwrap();
+    check_err(
+        daig_shared::data::check_features(&info(Dtype::F32, &[10, 5]), &req),
+        expect![
+            "the data does not fit the model: the features have sample shape 5 (5 values) but the model's input is 4 (4 values)"
+        ],
+    );
+    daig_shared::data::check_labels(&info(Dtype::I64, &[10]), &req).unwrap();
+    check_err(
+        daig_shared::data::check_labels(&info(Dtype::F32, &[10]), &req),
+        expect![
+            "the data does not fit the model: the model's loss needs integer class labels (0 to 2) but these are float32; convert them, e.g. y.astype(np.int64)"
+        ],
+    );
+}
+
 // ---- IDX ----
 
 fn idx_bytes(dtype: Dtype, shape: &[usize], data_be: &[u8]) -> Vec<u8> {

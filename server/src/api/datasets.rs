@@ -19,6 +19,11 @@
 //! old shard objects deleted; a commit that fails leaves the old dataset as it was. Once the project has been
 //! started, uploads, commits and deletes are answered 409.
 //!
+//! Bounded: a `.npz` part's directory and array header are checked against the limits and the model at upload,
+//! and a commit checks every header against the model and the account's storage quota
+//! (`max_dataset_bytes_per_account`) before it inflates, spools or shards anything (see [`ingest`] for the memory
+//! it holds). An upload past the quota is refused on its `Content-Length`, or stopped once its body passes it.
+//!
 //! One change at a time: the last step of an upload (placing the manifest), a commit and a delete each hold the
 //! project's ingest mark ([`AppState::begin_ingest`]); a second change of the same project meanwhile is a 409.
 
@@ -34,8 +39,8 @@ use bytes::Bytes;
 use daig_shared::data::csv::{CsvOptions, LabelColumn};
 use daig_shared::data::npz::{self, NpzArchive};
 use daig_shared::data::{
-    self, DataError, DataRequirements, Labels, RawArray, SampleSource, ShardHeader, ShardPlan, ShardRole, check,
-    shard_dataset,
+    self, ArrayInfo, DataError, DataRequirements, Labels, RawArray, SampleSource, ShardHeader, ShardPlan, ShardRole,
+    check, shard_dataset,
 };
 use daig_shared::wire::ShardHash;
 use http_body_util::BodyExt as _;
@@ -59,6 +64,10 @@ const UPLOAD_WRITE_BYTES: usize = 1 << 20;
 /// Shards being stored at once while the next ones are built. Each store write ends with an fsync; overlapping
 /// them lets the file system batch its journal commits (and S3 take several requests at once).
 const SHARD_PUTS_IN_FLIGHT: usize = 4;
+
+/// The most bytes of built shards held in memory while they wait to be stored or are being stored, in KiB: a
+/// commit holds at most this much, or one shard where a shard is larger, plus the shard being built.
+const SHARD_KIB_IN_FLIGHT: u32 = 256 * 1024;
 
 /// A part of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,7 +323,10 @@ struct Pending {
                                       nothing of it is kept", body = ErrorBody),
         (status = 409, description = "The project has been started, or its dataset is being changed by another \
                                       request", body = ErrorBody),
-        (status = 413, description = "Larger than `max_upload_bytes`", body = ErrorBody),
+        (status = 413, description = "Larger than `max_upload_bytes` (`payload_too_large`), or than what the \
+                                      account's `max_dataset_bytes_per_account` leaves (`storage_quota`), said by \
+                                      `Content-Length` or found while it streams; nothing of it is kept",
+         body = ErrorBody),
         (status = 429, description = "The account already sends `max_uploads_per_account` uploads \
                                       (`too_many_uploads`)", body = ErrorBody),
         (status = 503, description = "The server already receives `max_uploads` uploads (`overloaded`)",
@@ -343,11 +355,14 @@ pub async fn upload_part(
     check_draft(&project)?;
     // Uploads take no permit of the global concurrency limit: they are bounded here, per account and in all.
     let _slots = state.upload_slot(user.id)?;
-    let limit = state.settings().max_upload_bytes;
+    let limit = DatasetBudget::of(&state, &project).await?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(AppError::PayloadTooLarge);
+    if let Some(declared) = declared {
+        limit.check(declared)?;
     }
+    let model = project.model()?;
+    let requirements = model.data_requirements();
+    let limits = data_limits(state.settings(), &requirements);
     let dir = uploads_dir(&state, project.id);
     tokio::fs::create_dir_all(&dir).await.map_err(internal("creating the uploads directory"))?;
     let file = format!("{}-{}.{}", part.name(), secret::random_secret()?, format.name());
@@ -357,9 +372,9 @@ pub async fn upload_part(
     let mut unplaced = RemoveOnDrop(Some(path.clone()));
     let idle = Duration::from_millis(state.settings().upload_idle_timeout_ms);
     let placed = async {
-        receive(body, &path, limit, idle).await?;
+        receive(body, &path, &limit, idle).await?;
         if let PartFormat::Npz { array } = &format {
-            check_npz(&path, part, array.clone()).await?;
+            check_npz(&path, part, array.clone(), requirements, limits).await?;
         }
         let Some(guard) = state.begin_ingest(project.id) else {
             return Err(busy());
@@ -433,6 +448,8 @@ pub async fn upload_part(
         (status = 404, description = "No project with this id belongs to the caller", body = ErrorBody),
         (status = 409, description = "A part is missing, the project has been started, or its dataset is being \
                                       changed by another request", body = ErrorBody),
+        (status = 413, description = "The shards would take the account past `max_dataset_bytes_per_account` \
+                                      (`storage_quota`); the uploads are removed", body = ErrorBody),
         (status = 422, description = "The dataset does not fit the model, or a file is invalid", body = ErrorBody),
     )
 )]
@@ -546,9 +563,61 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Streams `body` to `path`, refusing it once it passes `limit` bytes or sends nothing for `idle`. The body's
-/// frames are gathered into [`UPLOAD_WRITE_BYTES`] before each write, so that a large upload costs few writes.
-async fn receive(mut body: Body, path: &FsPath, limit: u64, idle: Duration) -> Result<(), AppError> {
+/// What a dataset may take: an upload at most `max_upload_bytes`, and uploads and shards at most what the
+/// account's storage quota leaves.
+struct DatasetBudget {
+    max_upload_bytes: u64,
+    quota_bytes: u64,
+    /// The committed shards of the account's other projects (this project's dataset is being replaced).
+    used_bytes: u64,
+}
+
+impl DatasetBudget {
+    async fn of(state: &AppState, project: &ProjectRow) -> Result<Self, AppError> {
+        Ok(DatasetBudget {
+            max_upload_bytes: state.settings().max_upload_bytes,
+            quota_bytes: state.settings().max_dataset_bytes_per_account,
+            used_bytes: db::datasets::stored_bytes_of_user_except(state.db(), project.user_id, project.id).await?,
+        })
+    }
+
+    /// The error for an upload of `bytes`, if it is one: 413 `payload_too_large` past `max_upload_bytes`, else 413
+    /// `storage_quota` past the quota.
+    fn check(&self, bytes: u64) -> Result<(), AppError> {
+        if bytes > self.max_upload_bytes {
+            return Err(AppError::PayloadTooLarge);
+        }
+        if bytes > self.room() {
+            return Err(self.exceeded());
+        }
+        Ok(())
+    }
+
+    fn exceeded(&self) -> AppError {
+        AppError::StorageQuota { limit_bytes: self.quota_bytes, used_bytes: self.used_bytes }
+    }
+
+    /// What may still be stored: the quota less what the account's other projects use.
+    fn room(&self) -> u64 {
+        self.quota_bytes.saturating_sub(self.used_bytes)
+    }
+}
+
+/// The reading limits for a dataset of a model that needs `requirements`: no array (inflated, spooled or stored as
+/// shards) larger than `max_upload_bytes`, whatever its compression, and no CSV record longer than a row of the
+/// model's columns may be ([`data::csv::record_bytes_for`]).
+fn data_limits(settings: &crate::config::Settings, requirements: &DataRequirements) -> data::Limits {
+    let features = requirements.sample_shape.iter().product::<usize>();
+    data::Limits {
+        max_array_bytes: settings.max_upload_bytes,
+        max_record_bytes: data::csv::record_bytes_for(features),
+        ..data::Limits::default()
+    }
+}
+
+/// Streams `body` to `path`, refusing it once it passes `limit` or sends nothing for `idle`. The body's frames
+/// are gathered into [`UPLOAD_WRITE_BYTES`] before each write, so that a large upload costs few writes.
+async fn receive(mut body: Body, path: &FsPath, limit: &DatasetBudget, idle: Duration) -> Result<(), AppError> {
     let file = tokio::fs::File::create(path).await.map_err(internal("creating the upload file"))?;
     let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_WRITE_BYTES, file);
     let mut received = 0u64;
@@ -561,9 +630,7 @@ async fn receive(mut body: Body, path: &FsPath, limit: u64, idle: Duration) -> R
         let frame = frame.map_err(|e| AppError::BadRequest(format!("the upload was interrupted: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
         received += data.len() as u64;
-        if received > limit {
-            return Err(AppError::PayloadTooLarge);
-        }
+        limit.check(received)?;
         file.write_all(&data).await.map_err(internal("writing the upload"))?;
     }
     file.flush().await.map_err(internal("writing the upload"))?;
@@ -571,26 +638,40 @@ async fn receive(mut body: Body, path: &FsPath, limit: u64, idle: Duration) -> R
     Ok(())
 }
 
-/// Checks that the `.npz` at `path` opens and holds the array for `part`: 422 naming the archive's arrays if not.
-async fn check_npz(path: &FsPath, part: Part, array: Option<String>) -> Result<(), AppError> {
+/// Checks that the `.npz` at `path` opens (its directory within `limits`) and holds the array for `part`, and
+/// that the array's `.npy` header fits the model, reading no more of the entry than its header: 422 naming the
+/// archive's arrays, or what does not fit, if not.
+async fn check_npz(
+    path: &FsPath,
+    part: Part,
+    array: Option<String>,
+    requirements: DataRequirements,
+    limits: data::Limits,
+) -> Result<(), AppError> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
+        let refused = |e: DataError| AppError::InvalidDataset { part: part.name(), reason: e.to_string() };
         let file = std::fs::File::open(&path).map_err(internal("opening the upload"))?;
-        let archive = NpzArchive::new(std::io::BufReader::new(file), &data::Limits::default())
-            .map_err(|e| AppError::InvalidDataset { part: part.name(), reason: e.to_string() })?;
-        match array {
-            Some(name) if !archive.names().contains(&name) => Err(AppError::InvalidQuery(vec![FieldError {
-                field: "array",
-                message: format!(
-                    "the archive has no array {name:?}; it has {}",
-                    archive.names().iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
-                ),
-            }])),
-            Some(_) => Ok(()),
-            None => npz_array(&archive, part, None)
-                .map(drop)
-                .map_err(|e| AppError::InvalidDataset { part: part.name(), reason: e.to_string() }),
+        let mut archive = NpzArchive::new(std::io::BufReader::new(file), &limits).map_err(refused)?;
+        let name = match array {
+            Some(name) if !archive.names().contains(&name) => {
+                return Err(AppError::InvalidQuery(vec![FieldError {
+                    field: "array",
+                    message: format!(
+                        "the archive has no array {name:?}; it has {}",
+                        archive.names().iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+                    ),
+                }]));
+            }
+            Some(name) => name,
+            None => npz_array(&archive, part, None).map_err(refused)?,
+        };
+        let entry = archive.entry(&name).map_err(refused)?;
+        match part {
+            Part::Features => data::check_features(&entry.info, &requirements),
+            Part::Labels => data::check_labels(&entry.info, &requirements),
         }
+        .map_err(refused)
     })
     .await?
 }
@@ -677,9 +758,11 @@ struct Ingested {
     validation_samples: usize,
 }
 
-/// Why ingestion failed: the data (a 422, uploads removed) or the server (a 500, uploads kept for a retry).
+/// Why ingestion failed: the data (a 422, uploads removed), the account's storage quota (a 413, uploads removed)
+/// or the server (a 500, uploads kept for a retry).
 enum IngestError {
     Invalid { part: &'static str, reason: String },
+    StorageQuota,
     Internal(anyhow::Error),
 }
 
@@ -743,13 +826,23 @@ async fn commit(
     sweep_shards(state, project.id, |key| registered.contains(key)).await;
     let prefix = keys::shard_generation_prefix(project.id, generation);
     let requirements = model.data_requirements();
+    let limits = data_limits(state.settings(), &requirements);
+    let quota = DatasetBudget::of(state, project).await?;
+    let room = quota.room();
     let ingest_prefix = prefix.clone();
-    // Shards are built on the blocking pool and stored by an async task as they come, a few at a time.
+    // Shards are built on the blocking pool and stored by an async task as they come, a few at a time and within
+    // SHARD_KIB_IN_FLIGHT.
     let (shards_tx, shards_rx) = tokio::sync::mpsc::channel(SHARD_PUTS_IN_FLIGHT);
     let storing = tokio::spawn(store_shards(Arc::clone(state.store()), shards_rx));
-    let built =
-        tokio::task::spawn_blocking(move || ingest(&shards_tx, &ingest_prefix, features, labels, &requirements, &plan))
-            .await?;
+    let sink = ShardSink {
+        tx: shards_tx,
+        budget: Arc::new(tokio::sync::Semaphore::new(SHARD_KIB_IN_FLIGHT as usize)),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let built = tokio::task::spawn_blocking(move || {
+        ingest(&sink, &ingest_prefix, features, labels, &requirements, &plan, &limits, room)
+    })
+    .await?;
     // Every put has ended once this returns, so that nothing is stored after a failed commit's clean-up.
     let stored = storing.await?;
     let result = match (built, stored) {
@@ -763,20 +856,21 @@ async fn commit(
             if let Err(cleanup) = state.store().delete_prefix(&prefix).await {
                 tracing::warn!("cannot delete the shards of a failed commit: {cleanup}");
             }
-            return Err(match e {
-                IngestError::Invalid { part, reason } => {
-                    for upload in uploads {
-                        remove_pending(&dir, upload).await;
-                    }
-                    let _ = tokio::fs::remove_dir(&dir).await;
-                    AppError::InvalidDataset { part, reason }
-                }
-                IngestError::Internal(e) => AppError::Internal(e),
-            });
+            let refused = match e {
+                IngestError::Invalid { part, reason } => AppError::InvalidDataset { part, reason },
+                IngestError::StorageQuota => quota.exceeded(),
+                IngestError::Internal(e) => return Err(AppError::Internal(e)),
+            };
+            // Refused data is not kept for a retry: a new upload starts clean.
+            for upload in uploads {
+                remove_pending(&dir, upload).await;
+            }
+            let _ = tokio::fs::remove_dir(&dir).await;
+            return Err(refused);
         }
     };
     let format = uploads[0].format.name();
-    if let Err(e) = register(state, project.id, &ingested, format).await {
+    if let Err(e) = register(state, project, &ingested, format, &quota).await {
         if let Err(cleanup) = state.store().delete_prefix(&prefix).await {
             tracing::warn!("cannot delete the shards of a failed commit: {cleanup}");
         }
@@ -802,11 +896,38 @@ async fn commit(
     })
 }
 
+/// A shard built and not yet stored, with its share of [`SHARD_KIB_IN_FLIGHT`].
+struct BuiltShard {
+    key: String,
+    bytes: Bytes,
+    held: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Where [`ingest`], on the blocking pool, sends the shards it builds.
+struct ShardSink {
+    tx: tokio::sync::mpsc::Sender<BuiltShard>,
+    /// [`SHARD_KIB_IN_FLIGHT`] permits, one per KiB of built shards held.
+    budget: Arc<tokio::sync::Semaphore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ShardSink {
+    /// Waits until the budget has room for `bytes` (all of it, for a shard larger than the budget), then hands
+    /// them to the storing task.
+    fn send(&self, key: String, bytes: Bytes) -> Result<(), IngestError> {
+        let kib = u32::try_from(bytes.len().div_ceil(1024)).unwrap_or(u32::MAX).min(SHARD_KIB_IN_FLIGHT);
+        let stopped = || IngestError::Internal(anyhow::anyhow!("the shards are no longer being stored"));
+        let held = self.runtime.block_on(Arc::clone(&self.budget).acquire_many_owned(kib)).map_err(|_| stopped())?;
+        // The storing task stops at a failed put, which the commit reports.
+        self.tx.blocking_send(BuiltShard { key, bytes, held }).map_err(|_| stopped())
+    }
+}
+
 /// Stores the shards that `shards` yields, up to [`SHARD_PUTS_IN_FLIGHT`] at once, until the sender is dropped
 /// or a put fails; returns once every put has ended, with the first failure.
 async fn store_shards(
     store: Arc<dyn ObjectStore>,
-    mut shards: tokio::sync::mpsc::Receiver<(String, Bytes)>,
+    mut shards: tokio::sync::mpsc::Receiver<BuiltShard>,
 ) -> Result<(), anyhow::Error> {
     let mut puts = tokio::task::JoinSet::new();
     let mut failure = None;
@@ -828,10 +949,13 @@ async fn store_shards(
         if failure.is_some() {
             break;
         }
-        let Some((key, bytes)) = shards.recv().await else { break };
+        let Some(BuiltShard { key, bytes, held }) = shards.recv().await else { break };
         let store = Arc::clone(&store);
         puts.spawn(async move {
-            store.put(&key, bytes).await.map(drop).map_err(|e| anyhow::Error::new(e).context("storing a shard"))
+            let stored = store.put(&key, bytes).await;
+            // The shard's bytes are gone once the put has ended: its share of the budget is free again.
+            drop(held);
+            stored.map(drop).map_err(|e| anyhow::Error::new(e).context("storing a shard"))
         });
     }
     // Closing the channel stops the builder at its next shard.
@@ -842,10 +966,24 @@ async fn store_shards(
     failure.map_or(Ok(()), Err)
 }
 
-/// Swaps the project's dataset and shard rows for the new ones in one transaction, while the project is a draft.
-async fn register(state: &AppState, project_id: i64, ingested: &Ingested, format: &str) -> Result<(), AppError> {
+/// Swaps the project's dataset and shard rows for the new ones in one transaction, while the project is a draft
+/// and the account's other datasets leave room for the new shards under `quota` (counted in the transaction, so
+/// that two commits of one account cannot both pass it).
+async fn register(
+    state: &AppState,
+    project: &ProjectRow,
+    ingested: &Ingested,
+    format: &str,
+    quota: &DatasetBudget,
+) -> Result<(), AppError> {
+    let project_id = project.id;
     let mut tx = state.db().begin().await?;
     lock_draft(&mut tx, project_id).await?;
+    let used_bytes = db::datasets::stored_bytes_of_user_except(&mut *tx, project.user_id, project_id).await?;
+    let new_bytes = ingested.shards.iter().map(|s| s.size_bytes as u64).sum::<u64>();
+    if used_bytes.saturating_add(new_bytes) > quota.quota_bytes {
+        return Err(AppError::StorageQuota { limit_bytes: quota.quota_bytes, used_bytes });
+    }
     let shape = serde_json::to_string(&ingested.sample_shape)
         .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("serialising the sample shape")))?;
     db::datasets::delete(&mut tx, project_id).await?;
@@ -891,14 +1029,25 @@ fn npz_array<R: std::io::Read + std::io::Seek>(
     }
 }
 
-/// Reads the labels part whole.
-fn read_labels(labels: &Pending, limits: &data::Limits) -> Result<RawArray, IngestError> {
-    let file = std::io::BufReader::new(open(&labels.path)?);
+/// Reads the labels part whole, once `fits` has passed its header: labels that cannot fit are not read.
+fn read_labels(
+    labels: &Pending,
+    limits: &data::Limits,
+    fits: impl Fn(&ArrayInfo) -> Result<(), DataError>,
+) -> Result<RawArray, IngestError> {
+    let mut file = std::io::BufReader::new(open(&labels.path)?);
     match &labels.format {
-        PartFormat::Npy => data::npy::read(file, limits),
-        PartFormat::Idx => data::idx::read(file, limits),
+        PartFormat::Npy => data::npy::read_header(&mut file, limits).and_then(|header| {
+            fits(&header.info)?;
+            data::read_array(header.info, file, limits)
+        }),
+        PartFormat::Idx => data::idx::read_header(&mut file, limits).and_then(|header| {
+            fits(&header.info)?;
+            data::read_array(header.info, file, limits)
+        }),
         PartFormat::Npz { array } => NpzArchive::new(file, limits).and_then(|mut archive| {
             let name = npz_array(&archive, Part::Labels, array.as_deref())?;
+            fits(&archive.entry(&name)?.info)?;
             archive.read_array(&name)
         }),
         PartFormat::Csv { .. } => {
@@ -935,42 +1084,64 @@ impl Drop for Spool {
     }
 }
 
-/// Reads, checks and shards the two parts, sending each shard to `store` (see [`store_shards`]) as it is made.
+/// Reads, checks and shards the two parts, sending each shard to `sink` (see [`store_shards`]) as it is made.
 /// Runs on the blocking pool.
+///
+/// Nothing is inflated, spooled or sharded before the headers are checked: the features' header (a `.npz` entry's
+/// read from its decompressing stream) against the model and against `room`, the bytes the account's storage quota
+/// leaves, then the labels' header against the features and the model, and only then the bodies. The shards stop
+/// at `room` bytes. Memory: one shard being built, plus the shards waiting to be stored or being stored, at most
+/// [`SHARD_KIB_IN_FLIGHT`] KiB (or one shard, where a shard is larger); a CSV record at most
+/// `limits.max_record_bytes` plus the CSV reader's buffer; the labels under `limits.max_in_memory_bytes`.
+#[expect(clippy::too_many_arguments, reason = "the commit's inputs, each used once")]
 fn ingest(
-    store: &tokio::sync::mpsc::Sender<(String, Bytes)>,
+    sink: &ShardSink,
     prefix: &str,
     features_part: Pending,
     labels_part: Option<Pending>,
     requirements: &DataRequirements,
     plan: &ShardPlan,
+    limits: &data::Limits,
+    room: u64,
 ) -> Result<Ingested, IngestError> {
-    let limits = data::Limits::default();
     // Not buffered: the shuffle reads samples at random, and a buffer would be refilled (and mostly wasted) at
     // every sample. Headers are read in a few small reads; the CSV reader buffers by itself.
     let file = open(&features_part.path)?;
+    // A mismatch with the model is the dataset's, as `check` reports it once both parts are read.
+    let fits = |info: &ArrayInfo| -> Result<(), IngestError> {
+        data::check_features(info, requirements)?;
+        // The shards hold at least the features.
+        if info.byte_len()? > room {
+            return Err(IngestError::StorageQuota);
+        }
+        Ok(())
+    };
     let mut csv_labels = None;
     let mut _spool = None;
     let mut features = match &features_part.format {
         format @ PartFormat::Csv { .. } => {
             let options = format.csv_options().unwrap_or_default();
             let (spool, mut out) = Spool::create(&features_part.path)?;
-            let read = data::csv::read(file, &options, &mut out, &limits)
+            let read = data::csv::read(file, &options, &mut out, limits)
                 .and_then(|csv| std::io::Write::flush(&mut out).map(|()| csv).map_err(DataError::from))
                 .map_err(invalid("features"))?;
+            fits(&read.features)?;
             csv_labels = Some(read.labels);
-            let source = SampleSource::raw(spool.reopen()?, read.features, 0, &limits);
+            let source = SampleSource::raw(spool.reopen()?, read.features, 0, limits);
             _spool = Some(spool);
-            source
+            source.map_err(invalid("features"))?
         }
-        PartFormat::Npy => SampleSource::npy(file, &limits),
-        PartFormat::Idx => SampleSource::idx(file, &limits),
+        PartFormat::Npy => SampleSource::npy(file, limits).map_err(invalid("features"))?,
+        PartFormat::Idx => SampleSource::idx(file, limits).map_err(invalid("features"))?,
         PartFormat::Npz { array } => {
-            let mut archive = NpzArchive::new(file, &limits).map_err(invalid("features"))?;
+            let mut archive = NpzArchive::new(file, limits).map_err(invalid("features"))?;
             let name = npz_array(&archive, Part::Features, array.as_deref()).map_err(invalid("features"))?;
-            if archive.entry(&name).map_err(invalid("features"))?.stored {
+            let entry = archive.entry(&name).map_err(invalid("features"))?;
+            // Checked on the header alone: an entry that cannot fit is never inflated.
+            fits(&entry.info)?;
+            if entry.stored {
                 // np.savez stores entries as they are: their samples are read in place.
-                archive.into_sample_source(&name)
+                archive.into_sample_source(&name).map_err(invalid("features"))?
             } else {
                 // A compressed entry cannot be read at random: spooled to raw samples first.
                 let (spool, mut out) = Spool::create(&features_part.path)?;
@@ -978,41 +1149,44 @@ fn ingest(
                     .spool(&name, &mut out)
                     .and_then(|info| std::io::Write::flush(&mut out).map(|()| info).map_err(DataError::from))
                     .map_err(invalid("features"))?;
-                let source = SampleSource::raw(spool.reopen()?, info, 0, &limits);
+                let source = SampleSource::raw(spool.reopen()?, info, 0, limits);
                 _spool = Some(spool);
-                source
+                source.map_err(invalid("features"))?
             }
         }
-    }
-    .map_err(invalid("features"))?;
+    };
+    let features_info = features.info().clone();
+    fits(&features_info)?;
     let labels: RawArray = match (csv_labels, &labels_part) {
         (Some(labels), _) => labels,
-        (None, Some(part)) => read_labels(part, &limits)?,
+        (None, Some(part)) => read_labels(part, limits, |info| check(&features_info, info, requirements))?,
         (None, None) => return Err(IngestError::Internal(anyhow::anyhow!("no labels to ingest"))),
     };
-    check(features.info(), &labels.info, requirements)?;
+    check(&features_info, &labels.info, requirements)?;
     let labels = Labels::from_array(&labels, &requirements.labels).map_err(invalid("labels"))?;
     let mut shards = Vec::new();
+    let mut stored_bytes = 0u64;
     let summary = shard_dataset(&mut features, &labels, plan, |role, bytes: Vec<u8>| {
         let (role, number) = match role {
             ShardRole::Train(n) => ("train", n),
             ShardRole::Validation(n) => ("validation", n),
         };
+        stored_bytes = stored_bytes.saturating_add(bytes.len() as u64);
+        if stored_bytes > room {
+            return Err(IngestError::StorageQuota);
+        }
         let key = keys::shard_key(prefix, role, number);
         let (header, _) = ShardHeader::decode(&bytes)?;
         let sha256 = ShardHash(Sha256::digest(&bytes).into()).to_string();
         let size_bytes = bytes.len();
-        store.blocking_send((key.clone(), Bytes::from(bytes))).map_err(|_| {
-            // The storing task stopped at a failed put, which the commit reports.
-            IngestError::Internal(anyhow::anyhow!("the shards are no longer being stored"))
-        })?;
+        sink.send(key.clone(), Bytes::from(bytes))?;
         shards.push(ShardRecord { role, number, key, sha256, sample_count: header.sample_count, size_bytes });
         Ok::<_, IngestError>(())
     })?;
     Ok(Ingested {
         shards,
-        feature_dtype: features.info().dtype.name().to_owned(),
-        sample_shape: features.info().sample_shape().to_vec(),
+        feature_dtype: features_info.dtype.name().to_owned(),
+        sample_shape: features_info.sample_shape().to_vec(),
         train_samples: summary.train_samples,
         validation_samples: summary.validation_samples,
     })

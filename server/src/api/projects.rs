@@ -86,6 +86,8 @@ fn parse_model(body: &CreateProject, model_errors: &mut Vec<SpecError>, fields: 
         (status = 201, description = "Created", body = ProjectView),
         (status = 401, description = "No valid credentials", body = ErrorBody),
         (status = 403, description = "Session cookie without a matching X-CSRF-Token", body = ErrorBody),
+        (status = 409, description = "The account has `max_projects_per_account` projects (`project_quota`)",
+         body = ErrorBody),
         (status = 422, description = "Every problem of the model (`details.model`, with layer and field) and of \
                                       the fields (`details.fields`)", body = ErrorBody),
     )
@@ -127,7 +129,10 @@ pub async fn create_project(
         flops_per_sample: i64::try_from(model.flops_forward).unwrap_or(i64::MAX),
         now: now_unix(),
     };
-    let id = db::projects::insert(state.db(), &new).await?;
+    let max_projects = state.settings().max_projects_per_account;
+    let Some(id) = db::projects::insert(state.db(), &new, max_projects).await? else {
+        return Err(AppError::ProjectQuota { max: max_projects });
+    };
     let row = load_owned(&state, &user, id).await?;
     Ok((StatusCode::CREATED, Json(view(&state, &row).await?)))
 }
@@ -291,10 +296,25 @@ async fn transition(state: &AppState, user: &CurrentUser, id: i64, action: Actio
     let to = action.apply(from, has_dataset).map_err(|message| AppError::Conflict { message, field: "state" })?;
     // Conditional on the state read, so that two moves at once cannot both succeed from the same state, and on the
     // dataset for a start, so that a dataset deleted meanwhile is not started without.
-    let moved =
-        db::projects::move_state(state.db(), row.id, from.as_str(), to.as_str(), action == Action::Start, now_unix())
-            .await?;
+    let max_running = state.settings().max_running_projects_per_account;
+    let quota = (to == ProjectState::Running).then_some(max_running);
+    let moved = db::projects::move_state(
+        state.db(),
+        row.id,
+        from.as_str(),
+        to.as_str(),
+        action == Action::Start,
+        quota,
+        now_unix(),
+    )
+    .await?;
     if !moved {
+        if quota.is_some()
+            && db::projects::count_running_of_user(state.db(), row.user_id).await?
+                >= i64::try_from(max_running).unwrap_or(i64::MAX)
+        {
+            return Err(AppError::RunningQuota { max: max_running });
+        }
         return Err(AppError::Conflict {
             message: "the project's state changed while this request ran; read it again and retry".into(),
             field: "state",
@@ -305,7 +325,8 @@ async fn transition(state: &AppState, user: &CurrentUser, id: i64, action: Actio
         Action::Start | Action::Resume => {
             if let Err(e) = crate::training::start(state, &row).await {
                 // Training cannot run: the project stays where it was.
-                db::projects::move_state(state.db(), row.id, to.as_str(), from.as_str(), false, now_unix()).await?;
+                db::projects::move_state(state.db(), row.id, to.as_str(), from.as_str(), false, None, now_unix())
+                    .await?;
                 return Err(e.into());
             }
         }
@@ -326,7 +347,9 @@ macro_rules! lifecycle_route {
                 (status = 401, description = "No valid credentials", body = ErrorBody),
                 (status = 403, description = "Session cookie without a matching X-CSRF-Token", body = ErrorBody),
                 (status = 404, description = "No project with this id belongs to the caller", body = ErrorBody),
-                (status = 409, description = "Not allowed from the project's state", body = ErrorBody),
+                (status = 409, description = "Not allowed from the project's state, or a start or resume past \
+                                              `max_running_projects_per_account` (`running_quota`)",
+                 body = ErrorBody),
             )
         )]
         pub async fn $name(

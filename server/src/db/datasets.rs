@@ -10,6 +10,8 @@ pub const SHARD_COUNTS: &str = "SELECT role, COUNT(*) FROM shards WHERE project_
 pub const SHARD_KEYS: &str = "SELECT object_key FROM shards WHERE project_id = ?";
 pub const SHARDS: &str = "SELECT role, number, object_key, sha256, sample_count, size_bytes FROM shards \
      WHERE project_id = ? ORDER BY role, number";
+pub const STORED_BYTES_OF_USER_EXCEPT: &str = "SELECT COALESCE(SUM(s.size_bytes), 0) FROM shards AS s \
+     JOIN projects AS p ON p.id = s.project_id WHERE p.user_id = ? AND p.id != ?";
 pub const DELETE_SHARDS: &str = "DELETE FROM shards WHERE project_id = ?";
 pub const DELETE: &str = "DELETE FROM datasets WHERE project_id = ?";
 pub const INSERT: &str = "INSERT INTO datasets (project_id, format, feature_dtype, sample_shape, train_samples, \
@@ -36,6 +38,17 @@ pub struct ShardRow {
     pub sha256: String,
     pub sample_count: i64,
     pub size_bytes: i64,
+}
+
+/// The bytes of the committed shards of `user_id`'s projects other than `project`: what counts against the
+/// account's storage quota while `project`'s dataset is replaced.
+pub async fn stored_bytes_of_user_except(
+    db: impl SqliteExecutor<'_>,
+    user_id: i64,
+    project: i64,
+) -> Result<u64, sqlx::Error> {
+    let bytes: i64 = sqlx::query_scalar(STORED_BYTES_OF_USER_EXCEPT).bind(user_id).bind(project).fetch_one(db).await?;
+    Ok(u64::try_from(bytes).unwrap_or(0))
 }
 
 /// Whether the project has a committed dataset.

@@ -36,12 +36,21 @@ pub const LIST_PUBLIC: &str = concat!(
     project_columns!(),
     " WHERE site_key IS NULL AND state IN ('running', 'paused') ORDER BY id DESC LIMIT 200"
 );
+/// Inserts only while the user has fewer projects than the last parameter: counted and inserted in one statement,
+/// so that two creations at once cannot both pass the quota.
 pub const INSERT: &str = "INSERT INTO projects (user_id, name, state, model_json, settings_json, site_key, \
-     param_count, flops_per_sample, created_at, updated_at) VALUES (?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?) RETURNING id";
+     param_count, flops_per_sample, created_at, updated_at) SELECT ?1, ?2, 'draft', ?3, ?4, ?5, ?6, ?7, ?8, ?8 \
+     WHERE (SELECT COUNT(*) FROM projects WHERE user_id = ?1) < ?9 RETURNING id";
 pub const SET_SETTINGS: &str = "UPDATE projects SET settings_json = ?, updated_at = ? WHERE id = ?";
 pub const DELETE: &str = "DELETE FROM projects WHERE id = ?";
-pub const MOVE: &str = "UPDATE projects SET state = ?, updated_at = ? WHERE id = ? AND state = ? \
-     AND (? = 0 OR EXISTS (SELECT 1 FROM datasets WHERE project_id = projects.id))";
+/// Moves a project, only from the state given, only with a dataset when asked, and only while its owner runs fewer
+/// projects than the last parameter (NULL for no limit): one statement, so that two starts at once cannot both
+/// pass the running quota.
+pub const MOVE: &str = "UPDATE projects SET state = ?1, updated_at = ?2 WHERE id = ?3 AND state = ?4 \
+     AND (?5 = 0 OR EXISTS (SELECT 1 FROM datasets WHERE project_id = projects.id)) \
+     AND (?6 IS NULL OR (SELECT COUNT(*) FROM projects AS p WHERE p.user_id = projects.user_id \
+     AND p.state = 'running') < ?6)";
+pub const COUNT_RUNNING_OF_USER: &str = "SELECT COUNT(*) FROM projects WHERE user_id = ? AND state = 'running'";
 pub const TOUCH_DRAFT: &str = "UPDATE projects SET updated_at = ? WHERE id = ? AND state = 'draft'";
 pub const STATE: &str = "SELECT state FROM projects WHERE id = ?";
 pub const ADMISSION: &str = "SELECT state, site_key, settings_json FROM projects WHERE id = ?";
@@ -91,8 +100,12 @@ pub struct NewProject<'a> {
     pub now: i64,
 }
 
-/// Stores a draft project; its id.
-pub async fn insert(db: impl SqliteExecutor<'_>, project: &NewProject<'_>) -> Result<i64, sqlx::Error> {
+/// Stores a draft project if its user has fewer than `max_projects`: its id, or `None` at the quota.
+pub async fn insert(
+    db: impl SqliteExecutor<'_>,
+    project: &NewProject<'_>,
+    max_projects: usize,
+) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(INSERT)
         .bind(project.user_id)
         .bind(project.name)
@@ -102,8 +115,8 @@ pub async fn insert(db: impl SqliteExecutor<'_>, project: &NewProject<'_>) -> Re
         .bind(project.param_count)
         .bind(project.flops_per_sample)
         .bind(project.now)
-        .bind(project.now)
-        .fetch_one(db)
+        .bind(i64::try_from(max_projects).unwrap_or(i64::MAX))
+        .fetch_optional(db)
         .await
 }
 
@@ -124,18 +137,33 @@ pub async fn delete(db: impl SqliteExecutor<'_>, id: i64) -> Result<(), sqlx::Er
     Ok(())
 }
 
-/// Moves the project from state `from` to `to`, only if it is still in `from` and, with `needs_dataset`, only if
-/// it has a dataset: whether it moved.
+/// Moves the project from state `from` to `to`, only if it is still in `from`, with `needs_dataset` only if it
+/// has a dataset, and with `max_running` only while its owner runs fewer projects: whether it moved.
 pub async fn move_state(
     db: impl SqliteExecutor<'_>,
     id: i64,
     from: &str,
     to: &str,
     needs_dataset: bool,
+    max_running: Option<usize>,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(MOVE).bind(to).bind(now).bind(id).bind(from).bind(needs_dataset).execute(db).await?;
+    let max_running = max_running.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+    let done = sqlx::query(MOVE)
+        .bind(to)
+        .bind(now)
+        .bind(id)
+        .bind(from)
+        .bind(needs_dataset)
+        .bind(max_running)
+        .execute(db)
+        .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// How many projects of `user_id` are running.
+pub async fn count_running_of_user(db: impl SqliteExecutor<'_>, user_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(COUNT_RUNNING_OF_USER).bind(user_id).fetch_one(db).await
 }
 
 /// Within a transaction, takes SQLite's write lock with a write that succeeds only while the project is a draft.

@@ -634,8 +634,10 @@ async fn the_npz_array_option_picks_the_array_of_each_part() {
     assert!(field["message"].as_str().unwrap().contains(r#"no array "y"; it has "answers", "good", "x""#), "{field}");
     assert_nothing_registered(&app, id).await;
 
-    // A part uploaded again replaces the file and its options together: the second choice is the one used.
-    assert_eq!(app.send(send("features", "format=npz&array=x")).await.status, StatusCode::OK);
+    // An array whose header does not fit the model is refused at upload, before its body is read.
+    let reply = app.send(send("features", "format=npz&array=x")).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_dataset"));
+    assert!(reply.text().contains("sample shape 5"), "{}", reply.text());
     assert_eq!(app.send(send("features", "format=npz&array=good")).await.status, StatusCode::OK);
     let reply = app.send(send("labels", "format=npz&array=answers")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());

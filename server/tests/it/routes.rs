@@ -56,7 +56,8 @@ enum Credential {
 async fn every_route_with_no_revoked_other_and_valid_credentials() {
     use Credential::{None, Other, Revoked, Valid};
     use StatusCode as S;
-    let app = TestApp::new().await;
+    // Every lifecycle route starts a project of the one account: more than the running quota's default.
+    let app = TestApp::with(|s| s.max_running_projects_per_account = 1000).await;
     let (session, valid) = app.user_with_token("ada").await;
     let revoked = app.create_token(&session, "to revoke").await;
     let reply = app.send(with_token(request(Method::DELETE, &format!("/api/tokens/{}", revoked["id"])), &valid)).await;

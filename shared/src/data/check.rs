@@ -38,6 +38,24 @@ pub enum LabelRequirement {
 ///
 /// [`DataError::Mismatch`] saying what the data has and what the model expects.
 pub fn check(features: &ArrayInfo, labels: &ArrayInfo, req: &DataRequirements) -> Result<(), DataError> {
+    check_features(features, req)?;
+    if labels.len() != features.len() || labels.shape.is_empty() {
+        return Err(DataError::Mismatch(format!(
+            "there are {} samples of features but {} labels",
+            features.len(),
+            labels.len()
+        )));
+    }
+    check_label_info(labels, &req.labels)
+}
+
+/// The part of [`check`] that needs only the features' header: samples, and a sample shape that fits the model's
+/// input. Called on a header before the array's body is read, so that data that cannot fit is never inflated.
+///
+/// # Errors
+///
+/// [`DataError::Mismatch`] saying what the features have and what the model expects.
+pub fn check_features(features: &ArrayInfo, req: &DataRequirements) -> Result<(), DataError> {
     if features.is_empty() {
         return Err(DataError::Mismatch("the features have no samples".into()));
     }
@@ -53,12 +71,18 @@ pub fn check(features: &ArrayInfo, labels: &ArrayInfo, req: &DataRequirements) -
             )));
         }
     }
-    if labels.len() != features.len() || labels.shape.is_empty() {
-        return Err(DataError::Mismatch(format!(
-            "there are {} samples of features but {} labels",
-            features.len(),
-            labels.len()
-        )));
+    Ok(())
+}
+
+/// The part of [`check`] that needs only the labels' header: their dtype and sample shape (not their count,
+/// which is compared with the features' by [`check`]).
+///
+/// # Errors
+///
+/// [`DataError::Mismatch`] saying what the labels are and what the model's loss needs.
+pub fn check_labels(labels: &ArrayInfo, req: &DataRequirements) -> Result<(), DataError> {
+    if labels.shape.is_empty() {
+        return Err(DataError::Mismatch("the labels have no samples axis".into()));
     }
     check_label_info(labels, &req.labels)
 }

@@ -3,8 +3,14 @@
 //! CSV cannot be read at random, so [`read`] streams it once: the features go to a writer as raw little-endian
 //! `f32` samples (open them with [`super::SampleSource::raw`]) and the label column, which is small, stays in
 //! memory under [`super::Limits::max_in_memory_bytes`].
+//!
+//! Bounds: a record (the header row too) longer than [`super::Limits::max_record_bytes`] is refused, naming its
+//! line, before more than that and the reader's [`READ_BUFFER_BYTES`] of it have been read, so memory never holds
+//! more of a record; the features written stop at [`super::Limits::max_array_bytes`].
 
+use std::cell::Cell;
 use std::io::{BufWriter, Read, Write};
+use std::rc::Rc;
 
 use super::{ArrayInfo, ByteOrder, DataError, Dtype, Limits, RawArray};
 
@@ -36,6 +42,54 @@ impl Default for CsvOptions {
     }
 }
 
+/// The most bytes a field may take in a file checked with [`record_bytes_for`]: far more than any number needs
+/// (`-1.2345678901234567e-308` is 24), enough for a column name.
+pub const MAX_FIELD_BYTES: u64 = 256;
+
+/// The CSV reader's buffer, in bytes: what it may hold beyond the record being read.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The longest record worth reading for a model of `features` input values: a label column and the features,
+/// each at most [`MAX_FIELD_BYTES`], plus a line end. A longer record cannot be a sample of the model.
+pub fn record_bytes_for(features: usize) -> u64 {
+    (features as u64).saturating_add(1).saturating_mul(MAX_FIELD_BYTES).saturating_add(2)
+}
+
+/// The input as the CSV reader sees it: a read fails once the record being read has passed the bound.
+struct RecordBound<R> {
+    inner: R,
+    /// Bytes handed to the CSV reader so far.
+    consumed: u64,
+    /// Where the next record starts and how far reading may go, as the read loop last set them.
+    window: Rc<Cell<(u64, u64)>>,
+}
+
+impl<R: Read> Read for RecordBound<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (_, end) = self.window.get();
+        let room = end.saturating_sub(self.consumed);
+        if room == 0 && !buf.is_empty() {
+            return Err(std::io::Error::other(RecordTooLong));
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.consumed += n as u64;
+        Ok(n)
+    }
+}
+
+/// The error [`RecordBound`] fails a read with.
+#[derive(Debug)]
+struct RecordTooLong;
+
+impl std::fmt::Display for RecordTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a CSV record is longer than the limit")
+    }
+}
+
+impl std::error::Error for RecordTooLong {}
+
 /// What [`read`] found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CsvData {
@@ -54,15 +108,25 @@ pub struct CsvData {
 /// [`DataError::Csv`] with the row and column of a cell that is not a finite number, a row with the wrong number
 /// of fields, or a label column that is missing; [`DataError::Option`] for a label given by name without a header;
 /// [`DataError::Malformed`] for a file with no data rows or no feature column; [`DataError::TooLarge`] when the
-/// labels exceed `limits.max_in_memory_bytes`; [`DataError::Io`] when reading or writing fails.
+/// labels exceed `limits.max_in_memory_bytes` or the features `limits.max_array_bytes`; [`DataError::Csv`] naming
+/// the line of a record longer than `limits.max_record_bytes`; [`DataError::Io`] when reading or writing fails.
 pub fn read(
     input: impl Read,
     options: &CsvOptions,
     features_out: impl Write,
     limits: &Limits,
 ) -> Result<CsvData, DataError> {
-    let mut reader =
-        ::csv::ReaderBuilder::new().has_headers(false).flexible(true).delimiter(options.delimiter).from_reader(input);
+    let slack = READ_BUFFER_BYTES as u64;
+    let window = Rc::new(Cell::new((0, limits.max_record_bytes.saturating_add(slack))));
+    let bounded = RecordBound { inner: input, consumed: 0, window: Rc::clone(&window) };
+    let mut reader = ::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(options.delimiter)
+        .buffer_capacity(READ_BUFFER_BYTES)
+        .from_reader(bounded);
+    let mut next_line = 1;
+    let mut written = 0u64;
     let mut out = BufWriter::new(features_out);
     let mut record = ::csv::StringRecord::new();
     let mut names: Option<Vec<String>> = None;
@@ -72,7 +136,30 @@ pub fn read(
     let mut all_integers = true;
     let mut row_bytes = Vec::new();
     let max_labels = limits.max_in_memory_bytes / 8;
-    while reader.read_record(&mut record).map_err(csv_error)? {
+    loop {
+        // The bytes the reader has buffered past the record are not part of it: the window starts where the
+        // record does, and what is read beyond `max_record_bytes` of it fails.
+        let more = reader.read_record(&mut record).map_err(|e| {
+            if is_too_long(&e) {
+                DataError::Csv {
+                    row: next_line,
+                    column: None,
+                    reason: format!(
+                        "the record is longer than {} bytes, the most a row of this model's columns may take; \
+                         is the delimiter right, or is a quote left open?",
+                        limits.max_record_bytes
+                    ),
+                }
+            } else {
+                csv_error(e)
+            }
+        })?;
+        if !more {
+            break;
+        }
+        let position = reader.position();
+        next_line = position.line();
+        window.set((position.byte(), position.byte().saturating_add(limits.max_record_bytes).saturating_add(slack)));
         let row = record.position().map_or(0, |p| p.line());
         if options.has_header && names.is_none() {
             names = Some(record.iter().map(|s| clean(s).to_owned()).collect());
@@ -129,6 +216,14 @@ pub fn read(
                 }
                 row_bytes.extend_from_slice(&value.to_le_bytes());
             }
+        }
+        written = written.saturating_add(row_bytes.len() as u64);
+        if written > limits.max_array_bytes {
+            return Err(DataError::TooLarge {
+                what: format!("the CSV, as float32 features up to row {row},"),
+                bytes: written,
+                limit: limits.max_array_bytes,
+            });
         }
         out.write_all(&row_bytes)?;
     }
@@ -196,6 +291,11 @@ fn column_name(i: usize, names: Option<&[String]>) -> String {
 fn not_a_number(row: u64, column: String, text: &str) -> DataError {
     let shown: String = text.chars().take(40).collect();
     DataError::Csv { row, column: Some(column), reason: format!("'{shown}' is not a finite number") }
+}
+
+/// Whether `e` is [`RecordBound`] refusing a long record.
+fn is_too_long(e: &::csv::Error) -> bool {
+    matches!(e.kind(), ::csv::ErrorKind::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<RecordTooLong>()))
 }
 
 fn csv_error(e: ::csv::Error) -> DataError {

@@ -37,6 +37,13 @@
 //! arithmetic, declared sizes are compared with the real length of a seekable input or with [`Limits`], and data
 //! read from a stream grows its buffer only as bytes actually arrive.
 //!
+//! Nothing is inflated or spooled before it is checked: a `.npz` archive's central directory is checked against
+//! [`Limits::max_array_bytes`] when it is opened, each entry's `.npy` header is read from the decompressing
+//! stream and checked (against the limits, and by the caller against the model, see [`check_features`] and
+//! [`check_labels`]) before its body is, and an entry never yields more bytes than its header declares. A CSV
+//! record is refused once it passes [`Limits::max_record_bytes`], before it is held whole, and the features
+//! spooled from a CSV stop at [`Limits::max_array_bytes`].
+//!
 //! # Shards
 //!
 //! The shard layout is described byte by byte in [`shard`].
@@ -53,7 +60,7 @@ mod source;
 use std::fmt;
 use std::io::{self, Read};
 
-pub use check::{DataRequirements, LabelRef, LabelRequirement, Labels, check};
+pub use check::{DataRequirements, LabelRef, LabelRequirement, Labels, check, check_features, check_labels};
 pub use normalize::{Normalization, RunningStats, to_f32};
 pub use shard::{
     ShardHeader, ShardLabel, ShardLabels, ShardPlan, ShardRole, ShardSummary, ShardView, ShardWriter, permutation,
@@ -278,11 +285,21 @@ pub struct Limits {
     pub max_array_bytes: u64,
     /// The largest array read whole into memory (labels, CSV label columns).
     pub max_in_memory_bytes: u64,
+    /// The longest CSV record (the header row included), in bytes: a longer one is refused before more than this
+    /// and the reader's buffer ([`csv::READ_BUFFER_BYTES`]) of it have been read, so that memory never holds
+    /// more of a record. A server derives it from the model's feature count ([`csv::record_bytes_for`]).
+    pub max_record_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_header_bytes: 64 * 1024, max_ndim: 32, max_array_bytes: 64 << 30, max_in_memory_bytes: 512 << 20 }
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_ndim: 32,
+            max_array_bytes: 64 << 30,
+            max_in_memory_bytes: 512 << 20,
+            max_record_bytes: 1 << 20,
+        }
     }
 }
 

@@ -54,7 +54,23 @@ impl<R: Read + Seek> NpzArchive<R> {
             return Err(DataError::Pickle("the file starts with the pickle opcode 0x80, not a zip header".into()));
         }
         reader.rewind()?;
-        let zip = zip::ZipArchive::new(reader).map_err(zip_error)?;
+        let mut zip = zip::ZipArchive::new(reader).map_err(zip_error)?;
+        // The directory's sizes are what the zip reader bounds each entry's output by: none may be over the
+        // limits, so that no entry is inflated past them whatever its data says.
+        let max_entry = max_entry_bytes(limits);
+        for i in 0..zip.len() {
+            let entry = zip.by_index_raw(i).map_err(zip_error)?;
+            if entry.size() > max_entry {
+                return Err(DataError::TooLarge {
+                    what: format!(
+                        "the entry '{}' as the archive's directory declares it",
+                        shown(&entry.name().map(|n| n.into_owned()).unwrap_or_default())
+                    ),
+                    bytes: entry.size(),
+                    limit: max_entry,
+                });
+            }
+        }
         Ok(NpzArchive { zip, limits: limits.clone() })
     }
 
@@ -115,15 +131,21 @@ impl<R: Read + Seek> NpzArchive<R> {
         let size = file.size();
         let header = super::npy::read_header(&mut file, &limits).map_err(|e| in_entry(e, name))?;
         check_entry_size(name, &header.info, header.data_offset, size)?;
-        super::read_array(header.info, file, &limits).map_err(|e| in_entry(e, name))
+        let mut body = Declared::new(file, header.info.byte_len()?);
+        let array = super::read_array(header.info, &mut body, &limits).map_err(|e| in_entry(e, name))?;
+        body.check(name)?;
+        Ok(array)
     }
 
     /// Streams the array `name`, stored or deflated, to `out` as raw little-endian samples (see
-    /// [`super::spool_to_raw`]) and returns what `out` then holds.
+    /// [`super::spool_to_raw`]) and returns what `out` then holds. The header is read and checked first, and the
+    /// body yields at most the bytes the header declares: an entry that inflates past them is refused. Check the
+    /// header against the model ([`NpzArchive::entry`], [`super::check_features`]) before calling this.
     ///
     /// # Errors
     ///
-    /// As [`NpzArchive::entry`] and [`super::spool_to_raw`]; a corrupt deflate stream is [`DataError::Io`].
+    /// As [`NpzArchive::entry`] and [`super::spool_to_raw`]; a corrupt deflate stream, or one that inflates past
+    /// its declared size, is [`DataError::Malformed`].
     pub fn spool(&mut self, name: &str, out: impl Write) -> Result<ArrayInfo, DataError> {
         let limits = self.limits.clone();
         let names = self.names();
@@ -131,7 +153,10 @@ impl<R: Read + Seek> NpzArchive<R> {
         let size = file.size();
         let header = super::npy::read_header(&mut file, &limits).map_err(|e| in_entry(e, name))?;
         check_entry_size(name, &header.info, header.data_offset, size)?;
-        super::spool_to_raw(&header.info, file, out, &limits).map_err(|e| in_entry(e, name))
+        let mut body = Declared::new(file, header.info.byte_len()?);
+        let info = super::spool_to_raw(&header.info, &mut body, out, &limits).map_err(|e| in_entry(e, name))?;
+        body.check(name)?;
+        Ok(info)
     }
 
     /// Turns a stored entry into a [`SampleSource`] that reads the archive in place.
@@ -207,8 +232,71 @@ fn check_entry_size(name: &str, info: &ArrayInfo, data_offset: u64, size: u64) -
     Ok(())
 }
 
+/// The most bytes an entry may declare: a `.npy` preamble (magic, version, header length), the longest header and
+/// the largest array.
+fn max_entry_bytes(limits: &Limits) -> u64 {
+    limits.max_array_bytes.saturating_add(limits.max_header_bytes as u64).saturating_add(12)
+}
+
+/// An entry's name as messages show it: at most 60 characters.
+fn shown(name: &str) -> String {
+    name.chars().take(60).collect()
+}
+
+/// An entry's body, cut at the bytes its header declares. The zip reader already refuses output past the size
+/// in the archive's directory, which must equal the header's ([`check_entry_size`]); this holds the bound
+/// whatever the zip reader does, and tells an entry that goes on apart from one that ends.
+struct Declared<R> {
+    inner: R,
+    /// Bytes the header still declares.
+    left: u64,
+    /// Whether the entry yielded a byte past the declared ones.
+    overflowed: bool,
+}
+
+impl<R: Read> Declared<R> {
+    fn new(inner: R, declared: u64) -> Self {
+        Declared { inner, left: declared, overflowed: false }
+    }
+
+    /// Refuses an entry that went past its declared size.
+    fn check(&self, name: &str) -> Result<(), DataError> {
+        if self.overflowed {
+            return Err(malformed(&format!(
+                "the entry '{name}.npy' inflates past the size its header declares; is it corrupt or crafted?"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Declared<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            // One byte to tell an entry that ends here from one that goes on; never more.
+            if !self.overflowed {
+                let mut probe = [0u8; 1];
+                self.overflowed = self.inner.read(&mut probe)? > 0;
+            }
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 fn in_entry(e: DataError, name: &str) -> DataError {
     match e {
+        // What the zip reader says of a corrupt deflate stream, a wrong checksum or output past the directory's
+        // size: the upload's fault, not the server's.
+        DataError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            malformed(&format!("the entry '{name}.npy' is corrupt: {e}"))
+        }
         DataError::Malformed { reason, .. } => malformed(&format!("the entry '{name}.npy': {reason}")),
         DataError::Unsupported { reason, .. } => {
             DataError::Unsupported { format: FORMAT, reason: format!("the entry '{name}.npy': {reason}") }
