@@ -71,6 +71,12 @@ pub enum AppError {
     /// The account sends as many dataset uploads at once as it may.
     #[error("this account is already sending {max} uploads, the most it may send at once; wait for one to finish")]
     TooManyUploads { max: usize },
+    /// The account holds as many live-update streams open as it may.
+    #[error(
+        "this account already has {max} live-update streams open, the most it may hold at once; close a project \
+         page or wait for a stream to end"
+    )]
+    TooManyStreams { max: usize },
     /// An upload's body sent nothing for too long.
     #[error("the upload sent nothing for {secs} s and was dropped; send it again")]
     UploadStalled { secs: u64 },
@@ -128,9 +134,10 @@ impl AppError {
             Self::NotFound(_) | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::RateLimited { .. } | Self::TooManyConnections { .. } | Self::TooManyUploads { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited { .. }
+            | Self::TooManyConnections { .. }
+            | Self::TooManyUploads { .. }
+            | Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UploadStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Timeout | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,6 +165,7 @@ impl AppError {
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyConnections { .. } => "too_many_connections",
             Self::TooManyUploads { .. } => "too_many_uploads",
+            Self::TooManyStreams { .. } => "too_many_streams",
             Self::UploadStalled { .. } => "upload_stalled",
             Self::Timeout => "timeout",
             Self::Overloaded => "overloaded",
@@ -173,7 +181,9 @@ impl AppError {
             Self::InvalidDataset { part, reason } => Some(serde_json::json!({ "part": part, "reason": reason })),
             Self::Conflict { field, .. } => Some(serde_json::json!({ "field": field })),
             Self::RateLimited { retry_after_secs } => Some(serde_json::json!({ "retry_after_secs": retry_after_secs })),
-            Self::TooManyConnections { max } | Self::TooManyUploads { max } => Some(serde_json::json!({ "max": max })),
+            Self::TooManyConnections { max } | Self::TooManyUploads { max } | Self::TooManyStreams { max } => {
+                Some(serde_json::json!({ "max": max }))
+            }
             _ => None,
         }
     }
@@ -202,7 +212,7 @@ impl IntoResponse for AppError {
             Self::Overloaded | Self::Timeout => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::TooManyConnections { .. } | Self::TooManyUploads { .. } => {
+            Self::TooManyConnections { .. } | Self::TooManyUploads { .. } | Self::TooManyStreams { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
             }
             _ => {}
@@ -226,5 +236,31 @@ impl From<crate::store::StoreError> for AppError {
 impl From<tokio::task::JoinError> for AppError {
     fn from(e: tokio::task::JoinError) -> Self {
         Self::Internal(anyhow::Error::new(e).context("blocking task"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use expect_test::expect;
+
+    use super::*;
+
+    #[test]
+    fn too_many_streams_names_the_limit_and_says_what_to_do() {
+        let error = AppError::TooManyStreams { max: 8 };
+        let response = AppError::TooManyStreams { max: 8 }.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "30");
+        expect![[r#"
+            {
+              "error": {
+                "code": "too_many_streams",
+                "message": "this account already has 8 live-update streams open, the most it may hold at once; close a project page or wait for a stream to end",
+                "details": {
+                  "max": 8
+                }
+              }
+            }"#]]
+        .assert_eq(&serde_json::to_string_pretty(&error.body()).unwrap());
     }
 }
