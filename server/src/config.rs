@@ -73,6 +73,14 @@ pub struct Args {
     /// removed, in milliseconds [default: 30000].
     #[arg(long, env = "DAIG_UPLOAD_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub upload_idle_timeout_ms: Option<u64>,
+    /// Live-update streams (`GET /api/projects/{id}/events`) one account holds open at once, one per open project
+    /// page; more are answered 429 `too_many_streams` [default: 8].
+    #[arg(long, env = "DAIG_MAX_EVENT_STREAMS_PER_ACCOUNT", value_name = "N")]
+    pub max_event_streams_per_account: Option<usize>,
+    /// Live-update streams the server holds open at once, all accounts together; streams take no permit of
+    /// `concurrency_limit` once they have started, so they are bounded here instead [default: 1024].
+    #[arg(long, env = "DAIG_MAX_EVENT_STREAMS", value_name = "N")]
+    pub max_event_streams: Option<usize>,
     /// How often providers and the server exchange heartbeats, in milliseconds; a provider silent for three
     /// intervals is dropped and its leases return to the queue [default: 5000].
     #[arg(long, env = "DAIG_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
@@ -167,6 +175,8 @@ pub struct FileConfig {
     pub max_dataset_bytes_per_account: Option<u64>,
     pub max_uploads: Option<usize>,
     pub upload_idle_timeout_ms: Option<u64>,
+    pub max_event_streams_per_account: Option<usize>,
+    pub max_event_streams: Option<usize>,
     pub heartbeat_interval_ms: Option<u64>,
     pub max_provider_connections: Option<usize>,
     pub check_threads: Option<usize>,
@@ -221,6 +231,10 @@ pub struct Settings {
     pub max_uploads: usize,
     /// How long an upload's body may send nothing.
     pub upload_idle_timeout_ms: u64,
+    /// Live-update streams one account holds open at once.
+    pub max_event_streams_per_account: usize,
+    /// Live-update streams held open at once, all accounts together.
+    pub max_event_streams: usize,
     /// How often providers and the server exchange heartbeats.
     pub heartbeat_interval_ms: u64,
     /// Provider connections held at once.
@@ -297,6 +311,8 @@ impl Default for Settings {
             max_dataset_bytes_per_account: 10 << 30,
             max_uploads: 64,
             upload_idle_timeout_ms: 30_000,
+            max_event_streams_per_account: 8,
+            max_event_streams: 1024,
             heartbeat_interval_ms: 5000,
             max_provider_connections: 20_000,
             check_threads: 1,
@@ -383,6 +399,11 @@ impl Settings {
                 .upload_idle_timeout_ms
                 .or(file.upload_idle_timeout_ms)
                 .unwrap_or(d.upload_idle_timeout_ms),
+            max_event_streams_per_account: args
+                .max_event_streams_per_account
+                .or(file.max_event_streams_per_account)
+                .unwrap_or(d.max_event_streams_per_account),
+            max_event_streams: args.max_event_streams.or(file.max_event_streams).unwrap_or(d.max_event_streams),
             heartbeat_interval_ms: args
                 .heartbeat_interval_ms
                 .or(file.heartbeat_interval_ms)
@@ -475,6 +496,11 @@ impl Settings {
             (100..=3_600_000).contains(&self.upload_idle_timeout_ms),
             "upload_idle_timeout_ms must be in 100..=3600000",
         );
+        check(
+            (1..=1024).contains(&self.max_event_streams_per_account),
+            "max_event_streams_per_account must be in 1..=1024",
+        );
+        check((1..=1_000_000).contains(&self.max_event_streams), "max_event_streams must be in 1..=1000000");
         check(
             (1..=1_000_000).contains(&self.max_provider_connections),
             "max_provider_connections must be in 1..=1000000",

@@ -86,6 +86,12 @@ pub enum AppError {
          projects' datasets take {used_bytes}); delete a dataset or send a smaller one"
     )]
     StorageQuota { limit_bytes: u64, used_bytes: u64 },
+    /// The account holds as many live-update streams open as it may.
+    #[error(
+        "this account already has {max} live-update streams open, the most it may hold at once; close a project \
+         page or wait for a stream to end"
+    )]
+    TooManyStreams { max: usize },
     /// An upload's body sent nothing for too long.
     #[error("the upload sent nothing for {secs} s and was dropped; send it again")]
     UploadStalled { secs: u64 },
@@ -144,9 +150,10 @@ impl AppError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } | Self::ProjectQuota { .. } | Self::RunningQuota { .. } => StatusCode::CONFLICT,
             Self::StorageQuota { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited { .. } | Self::TooManyConnections { .. } | Self::TooManyUploads { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited { .. }
+            | Self::TooManyConnections { .. }
+            | Self::TooManyUploads { .. }
+            | Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UploadStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Timeout | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -174,6 +181,7 @@ impl AppError {
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyConnections { .. } => "too_many_connections",
             Self::TooManyUploads { .. } => "too_many_uploads",
+            Self::TooManyStreams { .. } => "too_many_streams",
             Self::UploadStalled { .. } => "upload_stalled",
             Self::ProjectQuota { .. } => "project_quota",
             Self::RunningQuota { .. } => "running_quota",
@@ -192,7 +200,9 @@ impl AppError {
             Self::InvalidDataset { part, reason } => Some(serde_json::json!({ "part": part, "reason": reason })),
             Self::Conflict { field, .. } => Some(serde_json::json!({ "field": field })),
             Self::RateLimited { retry_after_secs } => Some(serde_json::json!({ "retry_after_secs": retry_after_secs })),
-            Self::TooManyConnections { max } | Self::TooManyUploads { max } => Some(serde_json::json!({ "max": max })),
+            Self::TooManyConnections { max } | Self::TooManyUploads { max } | Self::TooManyStreams { max } => {
+                Some(serde_json::json!({ "max": max }))
+            }
             Self::ProjectQuota { max } | Self::RunningQuota { max } => Some(serde_json::json!({ "limit": max })),
             Self::StorageQuota { limit_bytes, used_bytes } => {
                 Some(serde_json::json!({ "limit": limit_bytes, "used": used_bytes }))
@@ -225,7 +235,7 @@ impl IntoResponse for AppError {
             Self::Overloaded | Self::Timeout => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::TooManyConnections { .. } | Self::TooManyUploads { .. } => {
+            Self::TooManyConnections { .. } | Self::TooManyUploads { .. } | Self::TooManyStreams { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
             }
             _ => {}
@@ -254,6 +264,8 @@ impl From<tokio::task::JoinError> for AppError {
 
 #[cfg(test)]
 mod tests {
+    use expect_test::expect;
+
     use super::*;
 
     /// Each quota's error: its status, its stable code, a message naming the quota and its limit, and the limit in
@@ -290,5 +302,24 @@ mod tests {
             let body = serde_json::to_value(error.body()).unwrap();
             assert_eq!(body, serde_json::json!({ "error": { "code": code, "message": message, "details": details } }));
         }
+    }
+
+    #[test]
+    fn too_many_streams_names_the_limit_and_says_what_to_do() {
+        let error = AppError::TooManyStreams { max: 8 };
+        let response = AppError::TooManyStreams { max: 8 }.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "30");
+        expect![[r#"
+            {
+              "error": {
+                "code": "too_many_streams",
+                "message": "this account already has 8 live-update streams open, the most it may hold at once; close a project page or wait for a stream to end",
+                "details": {
+                  "max": 8
+                }
+              }
+            }"#]]
+        .assert_eq(&serde_json::to_string_pretty(&error.body()).unwrap());
     }
 }

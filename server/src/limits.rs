@@ -1,7 +1,7 @@
 //! Limits: the per-IP token bucket for log-in and sign-up ([`RateLimiter`], applied by the [`AuthRateLimit`]
 //! extractor before the body is read), what each key holds at once ([`Slots`]: provider connections per
-//! address, uploads per account), and the middlewares and answers that bound every request (the global
-//! concurrency limit, the timeout, caught panics).
+//! address, uploads and live-update streams per account), and the middlewares and answers that bound every
+//! request (the global concurrency limit, the timeout, caught panics).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -140,7 +140,9 @@ impl<K: Eq + Hash + Clone> Drop for Slot<K> {
 /// The global concurrency limit, as a middleware: a request holds one of `concurrency_limit` permits until its
 /// response's head is ready, and is answered 503 `overloaded` at once when none is free. Dataset uploads and
 /// commits take none: they may last minutes, so they are bounded by their own budgets instead (per account and
-/// in all, see `api::datasets`), and silent ones cannot starve every other route.
+/// in all, see `api::datasets`), and silent ones cannot starve every other route. A live-update stream gives its
+/// permit back once its head is sent; streams are bounded by their own budgets (per account and in all, see
+/// `api::events`).
 pub async fn concurrency(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if is_dataset_transfer(&request) {
         return next.run(request).await;

@@ -19,7 +19,8 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
-/// The key under which [`AppState::upload_slot`] counts every account's uploads (account ids are positive).
+/// The key under which [`AppState::upload_slot`] and [`AppState::stream_slot`] count every account's uploads and
+/// streams (account ids are positive).
 const ALL_ACCOUNTS: i64 = -1;
 
 struct Inner {
@@ -33,6 +34,8 @@ struct Inner {
     concurrency: Arc<Semaphore>,
     /// Dataset uploads in flight, per account; `ALL_ACCOUNTS` counts them all together.
     uploads: Slots<i64>,
+    /// Live-update streams open, per account; `ALL_ACCOUNTS` counts them all together.
+    streams: Slots<i64>,
     metrics: PrometheusHandle,
     /// Dataset shards, checkpoints and trained models.
     store: Arc<dyn ObjectStore>,
@@ -91,6 +94,7 @@ impl AppState {
                 provider_connect_limiter,
                 concurrency,
                 uploads: Slots::default(),
+                streams: Slots::default(),
                 metrics,
                 store,
                 ingesting,
@@ -130,6 +134,24 @@ impl AppState {
         let own = self.inner.uploads.acquire(&user, max).ok_or(AppError::TooManyUploads { max })?;
         let all = self.inner.uploads.acquire(&ALL_ACCOUNTS, settings.max_uploads).ok_or(AppError::Overloaded)?;
         Ok((own, all))
+    }
+
+    /// A place for one more live-update stream of account `user`, within `max_event_streams_per_account` and, all
+    /// accounts together, `max_event_streams`; held until dropped, that is as long as the stream lasts.
+    ///
+    /// # Errors
+    /// [`AppError::TooManyStreams`] for the account's budget, [`AppError::Overloaded`] for the server's.
+    pub fn stream_slot(&self, user: i64) -> Result<(Slot<i64>, Slot<i64>), AppError> {
+        let settings = &self.inner.settings;
+        let max = settings.max_event_streams_per_account;
+        let own = self.inner.streams.acquire(&user, max).ok_or(AppError::TooManyStreams { max })?;
+        let all = self.inner.streams.acquire(&ALL_ACCOUNTS, settings.max_event_streams).ok_or(AppError::Overloaded)?;
+        Ok((own, all))
+    }
+
+    /// How many live-update streams account `user` holds open.
+    pub fn streams_open(&self, user: i64) -> usize {
+        self.inner.streams.count(&user)
     }
 
     /// The semaphore behind the global concurrency limit.

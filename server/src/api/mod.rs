@@ -32,7 +32,8 @@ use crate::state::AppState;
         description = "Accounts, API tokens, sessions, projects and datasets of the DAIG management server. Every error is answered \
                        as `{\"error\": {\"code\", \"message\", \"details\"?}}` (schema `ErrorBody`)."
     ),
-    components(schemas(ErrorBody, ErrorDetail, FieldError)),
+    // `ProjectDelta` is the data of the live-update stream's `delta` events, which no JSON response names.
+    components(schemas(ErrorBody, ErrorDetail, FieldError, daig_shared::api::project::ProjectDelta)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "health", description = "Liveness, metrics and this document"),

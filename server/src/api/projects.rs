@@ -139,6 +139,13 @@ pub async fn create_project(
 
 /// The project as the API shows it: the stored row with the live status of a running coordinator.
 pub(crate) async fn view(state: &AppState, row: &ProjectRow) -> Result<ProjectView, AppError> {
+    let mut view = view_without_metrics(state, row).await?;
+    view.metrics = db::training::metrics_history(state.db(), row.id).await?;
+    Ok(view)
+}
+
+/// [`view`] with an empty metrics history, for a caller that reads the history's new points itself.
+pub(crate) async fn view_without_metrics(state: &AppState, row: &ProjectRow) -> Result<ProjectView, AppError> {
     let model = row.model()?;
     let dataset = load_dataset(state, row.id).await?;
     let live = state.training().get(row.id).map(|h| h.status.borrow().clone()).filter(|s| s.running);
@@ -168,7 +175,7 @@ pub(crate) async fn view(state: &AppState, row: &ProjectRow) -> Result<ProjectVi
             layers: model.spec.layers.len(),
         },
         dataset,
-        metrics: db::training::metrics_history(state.db(), row.id).await?,
+        metrics: Vec::new(),
         providers: live.map(|l| l.providers).unwrap_or_default(),
         created_at_unix: row.created_at,
         updated_at_unix: row.updated_at,

@@ -124,6 +124,7 @@ pub const ALL_STATEMENTS: &[(&str, &str)] = statements![
     training::INSERT_APPLIED_BATCH,
     training::RECORD_METRICS,
     training::METRICS_HISTORY,
+    training::METRICS_AFTER,
     training::REGISTER_PROVIDER,
     training::PROVIDER_DISCONNECTED,
     training::PROVIDER_EXISTS,

@@ -26,6 +26,8 @@ pub const REUSE_PROVIDER: &str = "UPDATE providers SET connected_at = ?1, discon
      AND identity_id IS ?6 AND (identity_id IS NOT NULL OR address = ?2) AND disconnected_at IS NOT NULL \
      AND shut_out_at IS NULL ORDER BY id LIMIT 1) AND disconnected_at IS NOT NULL RETURNING id";
 pub const ALL_PROVIDERS_DISCONNECTED: &str = "UPDATE providers SET disconnected_at = ? WHERE disconnected_at IS NULL";
+pub const METRICS_AFTER: &str = "SELECT version, epoch, samples, train_loss, val_loss, val_accuracy, at FROM metrics \
+     WHERE project_id = ? AND version > ? ORDER BY version";
 pub const REGISTER_PROVIDER: &str = "INSERT INTO providers (backend, adapter, site_key, connected_at, identity_id, \
      address) VALUES (?, ?, ?, ?, ?, ?) RETURNING id";
 pub const PROVIDER_DISCONNECTED: &str = "UPDATE providers SET disconnected_at = ? WHERE id = ?";
@@ -132,10 +134,25 @@ pub async fn mark_finished(db: impl SqliteExecutor<'_>, project: i64, now: i64) 
 
 /// The project's metrics history, oldest first.
 pub async fn metrics_history(db: impl SqliteExecutor<'_>, project: i64) -> Result<Vec<MetricPoint>, sqlx::Error> {
-    type Row = (i64, i64, i64, Option<f64>, Option<f64>, Option<f64>, i64);
-    let rows: Vec<Row> = sqlx::query_as(METRICS_HISTORY).bind(project).fetch_all(db).await?;
-    Ok(rows
-        .into_iter()
+    let rows: Vec<MetricRow> = sqlx::query_as(METRICS_HISTORY).bind(project).fetch_all(db).await?;
+    Ok(metric_points(rows))
+}
+
+/// The rows of the project's metrics history of versions above `after_version`, oldest first: what a
+/// live-update stream that sent the history up to that version sends next.
+pub async fn metrics_after(
+    db: impl SqliteExecutor<'_>,
+    project: i64,
+    after_version: i64,
+) -> Result<Vec<MetricPoint>, sqlx::Error> {
+    let rows: Vec<MetricRow> = sqlx::query_as(METRICS_AFTER).bind(project).bind(after_version).fetch_all(db).await?;
+    Ok(metric_points(rows))
+}
+
+type MetricRow = (i64, i64, i64, Option<f64>, Option<f64>, Option<f64>, i64);
+
+fn metric_points(rows: Vec<MetricRow>) -> Vec<MetricPoint> {
+    rows.into_iter()
         .map(|(version, epoch, samples, train_loss, val_loss, val_accuracy, at_unix)| MetricPoint {
             version,
             epoch,
@@ -145,7 +162,7 @@ pub async fn metrics_history(db: impl SqliteExecutor<'_>, project: i64) -> Resul
             val_accuracy,
             at_unix,
         })
-        .collect())
+        .collect()
 }
 
 /// A provider connection to register.

@@ -235,6 +235,7 @@ async fn a_client_that_does_not_finish_a_request_head_is_disconnected_after_the_
     let mut reply = String::new();
     stream.read_to_string(&mut reply).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
 
 // ---- Hostile datasets and the account quotas ----
 

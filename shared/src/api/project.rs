@@ -1,9 +1,11 @@
-//! Projects: their states and the moves between them, who may contribute (access and sites), and the request
-//! and response bodies of `/api/projects`.
+//! Projects: their states and the moves between them, who may contribute (access and sites), the request
+//! and response bodies of `/api/projects`, and the changes ([`ProjectDelta`]) that the live-update stream sends
+//! after its first full view.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub use super::settings::{Access, Aggregation, TrainingSettings};
+use super::training::{LiveProvider, MetricPoint};
 
 /// Longest project name, in characters.
 pub const NAME_MAX_CHARS: usize = 100;
@@ -162,7 +164,7 @@ pub struct CreateProject {
 }
 
 /// The model's size and cost.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelSummary {
     /// Trainable parameters.
@@ -175,7 +177,7 @@ pub struct ModelSummary {
 }
 
 /// A committed dataset.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatasetSummary {
     /// The features' upload format: `npy`, `npz`, `idx` or `csv`.
@@ -211,7 +213,7 @@ pub struct ProjectList {
 }
 
 /// A project in full.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectView {
     pub id: i64,
@@ -229,11 +231,129 @@ pub struct ProjectView {
     /// The committed dataset, `null` until one is.
     pub dataset: Option<DatasetSummary>,
     /// Validation loss and accuracy (and the training loss) over versions, oldest first.
-    pub metrics: Vec<super::training::MetricPoint>,
+    pub metrics: Vec<MetricPoint>,
     /// Providers training the project now.
-    pub providers: Vec<super::training::LiveProvider>,
+    pub providers: Vec<LiveProvider>,
     pub created_at_unix: i64,
     pub updated_at_unix: i64,
+}
+
+impl ProjectView {
+    /// Applies the changes of a [`ProjectDelta`]: the fields it carries replace these, and its metric points go
+    /// into the history in version order, each replacing a point of the same version if there is one.
+    pub fn apply(&mut self, delta: ProjectDelta) {
+        let ProjectDelta {
+            name,
+            state,
+            epoch,
+            version,
+            progress,
+            settings,
+            site_key,
+            model,
+            dataset,
+            providers,
+            updated_at_unix,
+            metrics,
+        } = delta;
+        replace(&mut self.name, name);
+        replace(&mut self.state, state);
+        replace(&mut self.epoch, epoch);
+        replace(&mut self.version, version);
+        replace(&mut self.progress, progress);
+        replace(&mut self.settings, settings);
+        replace(&mut self.site_key, site_key);
+        replace(&mut self.model, model);
+        replace(&mut self.dataset, dataset);
+        replace(&mut self.providers, providers);
+        replace(&mut self.updated_at_unix, updated_at_unix);
+        for point in metrics {
+            match self.metrics.binary_search_by_key(&point.version, |p| p.version) {
+                Ok(at) => self.metrics[at] = point,
+                Err(at) => self.metrics.insert(at, point),
+            }
+        }
+    }
+}
+
+fn replace<T>(field: &mut T, new: Option<T>) {
+    if let Some(new) = new {
+        *field = new;
+    }
+}
+
+/// What changed in a project since the previous event of its live-update stream (`event: delta` of
+/// `GET /api/projects/{id}/events`): each field of [`ProjectView`] that changed, with its new value, and absent
+/// when it did not (`id`, `created_at_unix` never change), and the metric points recorded since, never the
+/// history sent before. [`ProjectView::apply`] brings a view up to date with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProjectDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ProjectState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<TrainingSettings>,
+    /// The new site key when it changed; `null` when the project no longer has one.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub site_key: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSummary>,
+    /// The new dataset when it changed; `null` when the project no longer has one.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<DatasetSummary>))]
+    pub dataset: Option<Option<DatasetSummary>>,
+    /// The providers training the project now, all of them, when any changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<Vec<LiveProvider>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at_unix: Option<i64>,
+    /// The metric points recorded since the previous event, oldest first; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricPoint>,
+}
+
+impl ProjectDelta {
+    /// The fields that differ from `old` to `new`, with the values of `new`; the metrics are left to the caller,
+    /// who knows which points `old`'s receiver already has.
+    pub fn between(old: &ProjectView, new: &ProjectView) -> Self {
+        fn changed<T: PartialEq + Clone>(old: &T, new: &T) -> Option<T> {
+            (old != new).then(|| new.clone())
+        }
+        Self {
+            name: changed(&old.name, &new.name),
+            state: changed(&old.state, &new.state),
+            epoch: changed(&old.epoch, &new.epoch),
+            version: changed(&old.version, &new.version),
+            progress: changed(&old.progress, &new.progress),
+            settings: changed(&old.settings, &new.settings),
+            site_key: changed(&old.site_key, &new.site_key),
+            model: changed(&old.model, &new.model),
+            dataset: changed(&old.dataset, &new.dataset),
+            providers: changed(&old.providers, &new.providers),
+            updated_at_unix: changed(&old.updated_at_unix, &new.updated_at_unix),
+            metrics: Vec::new(),
+        }
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Reads a field that is present as `Some`, its value `null` included: with `default`, an absent field stays
+/// `None`, so that `Option<Option<T>>` tells "unchanged" (absent) from "now `null`".
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
 }
 
 /// A project's new list of sites.
@@ -296,5 +416,72 @@ mod tests {
         for state in [Draft, Running, Paused, Cancelled, Finished] {
             assert_eq!(ProjectState::parse(state.as_str()), Some(state));
         }
+    }
+
+    fn point(version: i64, val_loss: f64) -> MetricPoint {
+        MetricPoint {
+            version,
+            epoch: 0,
+            samples: version * 2,
+            train_loss: None,
+            val_loss: Some(val_loss),
+            val_accuracy: None,
+            at_unix: 0,
+        }
+    }
+
+    fn draft() -> ProjectView {
+        ProjectView {
+            id: 7,
+            name: "digits".into(),
+            state: ProjectState::Draft,
+            epoch: 0,
+            version: 0,
+            progress: 0.0,
+            settings: TrainingSettings::default(),
+            site_key: Some("key".into()),
+            model: ModelSummary {
+                params: 10,
+                flops_per_sample: 20,
+                input_shape: vec![4],
+                loss: "cross_entropy".into(),
+                layers: 1,
+            },
+            dataset: None,
+            metrics: vec![point(0, 2.0)],
+            providers: Vec::new(),
+            created_at_unix: 1,
+            updated_at_unix: 1,
+        }
+    }
+
+    #[test]
+    fn a_delta_carries_only_the_changed_fields_and_brings_a_view_up_to_date() {
+        let old = draft();
+        let mut new = old.clone();
+        new.state = ProjectState::Running;
+        new.version = 3;
+        new.site_key = None;
+        new.metrics.push(point(3, 1.5));
+        let mut delta = ProjectDelta::between(&old, &new);
+        delta.metrics = vec![point(3, 1.5)];
+        expect_test::expect![[r#"{"state":"running","version":3,"site_key":null,"metrics":[{"version":3,"epoch":0,"samples":6,"train_loss":null,"val_loss":1.5,"val_accuracy":null,"at_unix":0}]}"#]]
+        .assert_eq(&serde_json::to_string(&delta).unwrap());
+        let sent: ProjectDelta = serde_json::from_str(&serde_json::to_string(&delta).unwrap()).unwrap();
+        assert_eq!(sent, delta, "`site_key: null` is read back as a change, absent fields as none");
+        let mut view = old.clone();
+        view.apply(sent);
+        assert_eq!(view, new);
+        assert!(ProjectDelta::between(&new, &new).is_empty());
+        assert!(!delta.is_empty());
+    }
+
+    #[test]
+    fn applied_points_keep_the_history_in_version_order_without_duplicates() {
+        let mut view = draft();
+        view.metrics = vec![point(2, 1.0), point(4, 0.8)];
+        view.apply(ProjectDelta { metrics: vec![point(4, 0.7), point(3, 0.9), point(6, 0.5)], ..Default::default() });
+        let history: Vec<(i64, Option<f64>)> = view.metrics.iter().map(|p| (p.version, p.val_loss)).collect();
+        assert_eq!(history, [(2, Some(1.0)), (3, Some(0.9)), (4, Some(0.7)), (6, Some(0.5))]);
     }
 }

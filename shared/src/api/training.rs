@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A provider working on a project, as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LiveProvider {
     pub id: u64,
@@ -51,7 +51,7 @@ pub struct ShutOutView {
 }
 
 /// One row of a project's metrics history.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricPoint {
     pub version: i64,

@@ -1,10 +1,13 @@
 //! `/projects/{id}`: a project's state, progress with an estimate of the time left, loss and accuracy charts,
 //! its providers, throughput and credits, the lifecycle buttons, downloads and the embed snippet. After the
-//! first `GET`, updates arrive over server-sent events (`/api/projects/{id}/events`) and redraw the live parts.
+//! first `GET`, updates arrive over server-sent events (`/api/projects/{id}/events`) and redraw the live parts:
+//! each stream starts with the whole project (`project`), then sends what changed (`delta`: changed fields and the
+//! new metric points), which the page applies to the view it holds.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
-use daig_shared::api::project::{Action, DatasetSummary, ProjectState, ProjectView, SetSites};
+use daig_shared::api::project::{Action, DatasetSummary, ProjectDelta, ProjectState, ProjectView, SetSites};
 use daig_shared::api::training::{CheckpointList, LiveProvider, MetricPoint, ProjectCredits, ShutOutView, Standing};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -76,20 +79,41 @@ fn is_terminal(view: &ProjectView) -> bool {
 /// Opens the live updates for project `id`.
 fn subscribe(id: i64, generation: u64) {
     let Ok(source) = EventSource::new(&format!("/api/projects/{id}/events")) else { return };
+    // The project as the stream has told it: replaced by each `project` event (the first of every connection),
+    // brought up to date by each `delta`; a delta before any project (none is sent) is ignored.
+    let view: Rc<RefCell<Option<ProjectView>>> = Rc::default();
+    let shown = move |view: &ProjectView| {
+        dom::set_text("live", "Live");
+        update(view);
+        if is_terminal(view) {
+            app::close_events();
+        }
+    };
+    let current = Rc::clone(&view);
     let on_project = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
         if !app::is_current(generation) {
             return;
         }
         let Some(text) = event.data().as_string() else { return };
-        let Ok(view) = serde_json::from_str::<ProjectView>(&text) else { return };
-        dom::set_text("live", "Live");
-        update(&view);
-        if is_terminal(&view) {
-            app::close_events();
-        }
+        let Ok(new) = serde_json::from_str::<ProjectView>(&text) else { return };
+        shown(&new);
+        *current.borrow_mut() = Some(new);
     });
     let _ = source.add_event_listener_with_callback("project", on_project.as_ref().unchecked_ref());
     on_project.forget();
+    let on_delta = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        if !app::is_current(generation) {
+            return;
+        }
+        let Some(text) = event.data().as_string() else { return };
+        let Ok(delta) = serde_json::from_str::<ProjectDelta>(&text) else { return };
+        let mut view = view.borrow_mut();
+        let Some(view) = view.as_mut() else { return };
+        view.apply(delta);
+        shown(view);
+    });
+    let _ = source.add_event_listener_with_callback("delta", on_delta.as_ref().unchecked_ref());
+    on_delta.forget();
     let watched = source.clone();
     let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
         if !app::is_current(generation) {
