@@ -22,6 +22,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use daig_shared::api::project::{ProjectDelta, ProjectView};
+use daig_shared::api::training::MetricPoint;
 use futures_util::Stream;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -87,6 +88,7 @@ pub async fn project_events(
         id,
         last: None,
         last_point: i64::MIN,
+        last_sent: None,
         status: None,
         had_coordinator: false,
         started: now,
@@ -109,6 +111,9 @@ struct Watcher {
     last: Option<ProjectView>,
     /// The version of the newest metric point sent: the next delta carries the points after it.
     last_point: i64,
+    /// That point as sent: the point of the current version is recorded again when an evaluation at the same
+    /// version follows (an epoch's end), and is then sent again.
+    last_sent: Option<MetricPoint>,
     /// The running coordinator's status, while there is one.
     status: Option<watch::Receiver<LiveStatus>>,
     /// Whether a coordinator ran during this stream: when it is gone but the project is still `running`, the
@@ -166,7 +171,12 @@ impl Watcher {
             let event = match &self.last {
                 Some(last) if project.version >= last.version => {
                     let mut delta = ProjectDelta::between(last, &project);
-                    delta.metrics = db::training::metrics_after(self.state.db(), self.id, self.last_point).await?;
+                    let since = self.last_point.saturating_sub(1);
+                    let mut points = db::training::metrics_after(self.state.db(), self.id, since).await?;
+                    if points.first().is_some_and(|p| Some(p) == self.last_sent.as_ref()) {
+                        points.remove(0);
+                    }
+                    delta.metrics = points;
                     if delta.is_empty() { None } else { Some(("delta", json(&delta)?, delta.metrics.last().cloned())) }
                 }
                 // The first event, or training went back to an earlier checkpoint and the points after it are
@@ -175,6 +185,7 @@ impl Watcher {
                     project.metrics = db::training::metrics_history(self.state.db(), self.id).await?;
                     let event = ("project", json(&project)?, project.metrics.last().cloned());
                     self.last_point = i64::MIN;
+                    self.last_sent = None;
                     project.metrics = Vec::new();
                     Some(event)
                 }
@@ -187,6 +198,7 @@ impl Watcher {
                 self.last = Some(project);
                 if let Some(point) = newest_point {
                     self.last_point = point.version;
+                    self.last_sent = Some(point);
                 }
                 return Ok(Some(Event::default().event(name).retry(RETRY).data(data)));
             }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use daig_shared::api::project::{ProjectDelta, ProjectState, ProjectView};
+use daig_shared::api::training::MetricPoint;
 use futures_util::StreamExt as _;
 use serde_json::json;
 
@@ -41,7 +42,7 @@ struct EventStream {
     buffer: String,
     view: Option<ProjectView>,
     /// How many times each metric point (by version) was sent in this stream since its last `project` event.
-    points_sent: BTreeMap<i64, usize>,
+    points_sent: BTreeMap<i64, (usize, MetricPoint)>,
     /// `delta` events that carried metric points.
     deltas_with_points: usize,
 }
@@ -94,7 +95,7 @@ impl EventStream {
         match name.as_str() {
             "project" => {
                 let view: ProjectView = serde_json::from_str(&data).unwrap();
-                self.points_sent = view.metrics.iter().map(|p| (p.version, 1)).collect();
+                self.points_sent = view.metrics.iter().map(|p| (p.version, (1, p.clone()))).collect();
                 self.view = Some(view);
             }
             "delta" => {
@@ -103,14 +104,23 @@ impl EventStream {
                 if !delta.metrics.is_empty() {
                     self.deltas_with_points += 1;
                 }
+                // A point comes again only when it changed (the newest one, evaluated again at the same version).
                 for point in &delta.metrics {
-                    *self.points_sent.entry(point.version).or_default() += 1;
+                    match self.points_sent.get_mut(&point.version) {
+                        Some((_, sent)) if sent != point => {
+                            *sent = point.clone();
+                        }
+                        Some((times, _)) => *times += 1,
+                        None => {
+                            self.points_sent.insert(point.version, (1, point.clone()));
+                        }
+                    }
                 }
                 self.view.as_mut().expect("a delta follows the project").apply(delta);
             }
             other => panic!("unexpected event {other}: {data}"),
         }
-        let resent: Vec<_> = self.points_sent.iter().filter(|&(_, &n)| n > 1).collect();
+        let resent: Vec<_> = self.points_sent.iter().filter(|(_, (n, _))| *n > 1).map(|(v, (n, _))| (v, n)).collect();
         assert!(resent.is_empty(), "metric points sent again (version, times): {resent:?}");
         self.view.clone()
     }
