@@ -72,6 +72,7 @@ impl Sim {
             norm_bound_factor: Some(aggregate::DEFAULT_NORM_BOUND_FACTOR),
             has_validation: false,
             checks: CheckPolicy::off(),
+            eval_share: 0.1,
         };
         let shards = if shards == 0 {
             vec![TrainShard { number: 0, hash: ShardHash([1; 32]), samples: 60_000 }]

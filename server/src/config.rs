@@ -104,6 +104,28 @@ pub struct Args {
     /// address (its key is refused for good either way) [default: 3600].
     #[arg(long, env = "DAIG_SHUT_OUT_BAN_SECS", value_name = "SECS")]
     pub shut_out_ban_secs: Option<u64>,
+    /// Server memory a running project may take, as estimated at its start: 20 bytes per parameter
+    /// (parameters, optimiser state, update buffer, versions kept for checks) and its validation split as f32
+    /// (model budget) [default: 2147483648].
+    #[arg(long, env = "DAIG_MAX_PROJECT_MEMORY_BYTES", value_name = "BYTES")]
+    pub max_project_memory_bytes: Option<u64>,
+    /// Forward-pass floating-point operations per sample of a project's model, for a project to be created or
+    /// started here (model budget) [default: 2000000000].
+    #[arg(long, env = "DAIG_MAX_PROJECT_FLOPS_PER_SAMPLE", value_name = "N")]
+    pub max_project_flops_per_sample: Option<u64>,
+    /// Parameters of a project's model, for a project to be created or started here (model budget)
+    /// [default: 16777216].
+    #[arg(long, env = "DAIG_MAX_PROJECT_PARAMS", value_name = "N")]
+    pub max_project_params: Option<usize>,
+    /// CPU threads that evaluate validation splits, for all projects together: evaluations beyond them
+    /// wait their turn [default: 1].
+    #[arg(long, env = "DAIG_EVAL_THREADS", value_name = "N")]
+    pub eval_threads: Option<usize>,
+    /// The percentage of its wall-clock time a running project may spend evaluating its validation split
+    /// between epoch ends: after an evaluation that took t, the next waits at least t x (100/percent - 1), and
+    /// at least 500 ms [default: 10].
+    #[arg(long, env = "DAIG_EVAL_CPU_PERCENT", value_name = "PERCENT")]
+    pub eval_cpu_percent: Option<u32>,
     /// Provider connections one client address (an IPv6 /64) may open per minute, in bursts of as many;
     /// more are answered 429 with Retry-After, so that reconnecting cannot churn identities and rows [default: 60].
     #[arg(long, env = "DAIG_PROVIDER_CONNECTS_PER_MINUTE", value_name = "N")]
@@ -183,6 +205,11 @@ pub struct FileConfig {
     pub check_contributions: Option<bool>,
     pub max_provider_connections_per_address: Option<usize>,
     pub shut_out_ban_secs: Option<u64>,
+    pub max_project_memory_bytes: Option<u64>,
+    pub max_project_flops_per_sample: Option<u64>,
+    pub max_project_params: Option<usize>,
+    pub eval_threads: Option<usize>,
+    pub eval_cpu_percent: Option<u32>,
     pub provider_connects_per_minute: Option<u32>,
     pub max_provider_frames_per_sec: Option<u32>,
     pub max_reassembly_bytes: Option<u64>,
@@ -247,6 +274,16 @@ pub struct Settings {
     pub max_provider_connections_per_address: usize,
     /// How long a shut-out provider's address is refused; 0 bans none.
     pub shut_out_ban_secs: u64,
+    /// Server memory a running project may take, as estimated at its start.
+    pub max_project_memory_bytes: u64,
+    /// Forward-pass FLOPs per sample of a model a project may train here.
+    pub max_project_flops_per_sample: u64,
+    /// Parameters of a model a project may train here.
+    pub max_project_params: usize,
+    /// CPU threads that evaluate validation splits, all projects together.
+    pub eval_threads: usize,
+    /// The percentage of wall-clock time a project may spend on evaluations between epoch ends.
+    pub eval_cpu_percent: u32,
     /// Provider connections one client address may open per minute.
     pub provider_connects_per_minute: u32,
     /// Frames one provider connection may send per second on average.
@@ -319,6 +356,11 @@ impl Default for Settings {
             check_contributions: true,
             max_provider_connections_per_address: 8,
             shut_out_ban_secs: 3600,
+            max_project_memory_bytes: 2 << 30,
+            max_project_flops_per_sample: 2_000_000_000,
+            max_project_params: 16 << 20,
+            eval_threads: 1,
+            eval_cpu_percent: 10,
             provider_connects_per_minute: 60,
             max_provider_frames_per_sec: 500,
             max_reassembly_bytes: 1 << 30,
@@ -419,6 +461,17 @@ impl Settings {
                 .or(file.max_provider_connections_per_address)
                 .unwrap_or(d.max_provider_connections_per_address),
             shut_out_ban_secs: args.shut_out_ban_secs.or(file.shut_out_ban_secs).unwrap_or(d.shut_out_ban_secs),
+            max_project_memory_bytes: args
+                .max_project_memory_bytes
+                .or(file.max_project_memory_bytes)
+                .unwrap_or(d.max_project_memory_bytes),
+            max_project_flops_per_sample: args
+                .max_project_flops_per_sample
+                .or(file.max_project_flops_per_sample)
+                .unwrap_or(d.max_project_flops_per_sample),
+            max_project_params: args.max_project_params.or(file.max_project_params).unwrap_or(d.max_project_params),
+            eval_threads: args.eval_threads.or(file.eval_threads).unwrap_or(d.eval_threads),
+            eval_cpu_percent: args.eval_cpu_percent.or(file.eval_cpu_percent).unwrap_or(d.eval_cpu_percent),
             provider_connects_per_minute: args
                 .provider_connects_per_minute
                 .or(file.provider_connects_per_minute)
@@ -512,6 +565,17 @@ impl Settings {
         );
         check(self.shut_out_ban_secs <= 365 * 24 * 3600, "shut_out_ban_secs must be in 0..=31536000");
         check(
+            (MIB as u64..=1 << 40).contains(&self.max_project_memory_bytes),
+            "max_project_memory_bytes must be in 1048576..=1099511627776",
+        );
+        check(
+            (1..=50_000_000_000).contains(&self.max_project_flops_per_sample),
+            "max_project_flops_per_sample must be in 1..=50000000000",
+        );
+        check((1..=64 << 20).contains(&self.max_project_params), "max_project_params must be in 1..=67108864");
+        check((1..=1024).contains(&self.eval_threads), "eval_threads must be in 1..=1024");
+        check((1..=100).contains(&self.eval_cpu_percent), "eval_cpu_percent must be in 1..=100");
+        check(
             (1..=1_000_000).contains(&self.provider_connects_per_minute),
             "provider_connects_per_minute must be in 1..=1000000",
         );
@@ -539,6 +603,17 @@ impl Settings {
             problems.push(format!("log is not a valid filter: {e}"));
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// The model limits of projects created here: the defaults of [`daig_shared::model::Limits`], with the model
+    /// budget (`max_project_params`, `max_project_flops_per_sample`) where it is lower.
+    pub fn model_limits(&self) -> daig_shared::model::Limits {
+        let limits = daig_shared::model::Limits::default();
+        daig_shared::model::Limits {
+            max_params: limits.max_params.min(self.max_project_params),
+            max_flops_per_sample: limits.max_flops_per_sample.min(self.max_project_flops_per_sample),
+            ..limits
+        }
     }
 
     /// The SQLite database file inside the data directory.

@@ -80,6 +80,9 @@ pub enum AppError {
          let one finish first"
     )]
     RunningQuota { max: usize },
+    /// The project's model or memory is over the server's model budget (`max_project_*`).
+    #[error("this project cannot run here: {message} (model budget)")]
+    ModelBudget { message: String },
     /// A dataset would take the account's stored datasets past `max_dataset_bytes_per_account`.
     #[error(
         "this dataset would take the account's stored datasets past {limit_bytes} bytes (storage quota; its other \
@@ -148,7 +151,10 @@ impl AppError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::Missing(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict { .. } | Self::ProjectQuota { .. } | Self::RunningQuota { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. }
+            | Self::ProjectQuota { .. }
+            | Self::RunningQuota { .. }
+            | Self::ModelBudget { .. } => StatusCode::CONFLICT,
             Self::StorageQuota { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. }
             | Self::TooManyConnections { .. }
@@ -185,6 +191,7 @@ impl AppError {
             Self::UploadStalled { .. } => "upload_stalled",
             Self::ProjectQuota { .. } => "project_quota",
             Self::RunningQuota { .. } => "running_quota",
+            Self::ModelBudget { .. } => "model_budget",
             Self::StorageQuota { .. } => "storage_quota",
             Self::Timeout => "timeout",
             Self::Overloaded => "overloaded",

@@ -84,6 +84,7 @@ impl AppState {
         let training = Arc::new(Training::new(
             settings.max_provider_connections,
             settings.check_threads,
+            settings.eval_threads,
             settings.max_reassembly_bytes,
         ));
         Ok(Self {

@@ -26,8 +26,12 @@ use crate::state::AppState;
 use crate::store::StoreError;
 
 /// Validates the model part of a request, pushing model errors to `model_errors` and field errors to `fields`.
-fn parse_model(body: &CreateProject, model_errors: &mut Vec<SpecError>, fields: &mut Vec<FieldError>) -> Option<Model> {
-    let limits = model::Limits::default();
+fn parse_model(
+    body: &CreateProject,
+    limits: &model::Limits,
+    model_errors: &mut Vec<SpecError>,
+    fields: &mut Vec<FieldError>,
+) -> Option<Model> {
     let spec: Result<ModelSpec, _> = match (&body.model, &body.keras_model) {
         (Some(value), None) => {
             if body.loss.is_some() {
@@ -70,7 +74,7 @@ fn parse_model(body: &CreateProject, model_errors: &mut Vec<SpecError>, fields: 
             return None;
         }
     };
-    match spec.and_then(|spec| Model::new(spec, &limits)) {
+    match spec.and_then(|spec| Model::new(spec, limits)) {
         Ok(model) => Some(model),
         Err(errors) => {
             model_errors.extend(errors.0);
@@ -106,7 +110,7 @@ pub async fn create_project(
         });
     }
     let mut model_errors = Vec::new();
-    let model = parse_model(&body, &mut model_errors, &mut fields);
+    let model = parse_model(&body, &state.settings().model_limits(), &mut model_errors, &mut fields);
     fields.extend(body.settings.problems());
     let Some(model) = model.filter(|_| fields.is_empty() && model_errors.is_empty()) else {
         return Err(AppError::InvalidProject { model: model_errors, fields });
@@ -296,6 +300,42 @@ pub async fn delete_project(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Refuses to run a project whose model or memory is over this server's model budget (settings that may have
+/// changed since the project was created).
+async fn check_budget(state: &AppState, row: &ProjectRow) -> Result<(), AppError> {
+    let settings = state.settings();
+    let model = row.model()?;
+    let params = model.param_count();
+    let flops = model.flops_train() / 3;
+    let validation = db::datasets::validation_samples(state.db(), row.id).await?;
+    let sample = model.input_shape().elements().unwrap_or(usize::MAX) as u64;
+    let memory =
+        (params as u64).saturating_mul(20).saturating_add(validation.saturating_mul(sample + 1).saturating_mul(4));
+    let over = if params > settings.max_project_params {
+        Some(format!(
+            "its model has {params} parameters; this server trains at most {} (max_project_params)",
+            settings.max_project_params
+        ))
+    } else if flops > settings.max_project_flops_per_sample {
+        Some(format!(
+            "its model takes {flops} operations per sample; this server trains at most {} (max_project_flops_per_sample)",
+            settings.max_project_flops_per_sample
+        ))
+    } else if memory > settings.max_project_memory_bytes {
+        Some(format!(
+            "training it would take about {memory} bytes of server memory (20 per parameter and the validation split); \
+             this server gives a project at most {} (max_project_memory_bytes)",
+            settings.max_project_memory_bytes
+        ))
+    } else {
+        None
+    };
+    match over {
+        Some(message) => Err(AppError::ModelBudget { message }),
+        None => Ok(()),
+    }
+}
+
 async fn transition(state: &AppState, user: &CurrentUser, id: i64, action: Action) -> Result<ProjectView, AppError> {
     let row = load_owned(state, user, id).await?;
     let from = row.state()?;
@@ -305,6 +345,9 @@ async fn transition(state: &AppState, user: &CurrentUser, id: i64, action: Actio
     // dataset for a start, so that a dataset deleted meanwhile is not started without.
     let max_running = state.settings().max_running_projects_per_account;
     let quota = (to == ProjectState::Running).then_some(max_running);
+    if to == ProjectState::Running {
+        check_budget(state, &row).await?;
+    }
     let moved = db::projects::move_state(
         state.db(),
         row.id,
@@ -355,7 +398,10 @@ macro_rules! lifecycle_route {
                 (status = 403, description = "Session cookie without a matching X-CSRF-Token", body = ErrorBody),
                 (status = 404, description = "No project with this id belongs to the caller", body = ErrorBody),
                 (status = 409, description = "Not allowed from the project's state, or a start or resume past \
-                                              `max_running_projects_per_account` (`running_quota`)",
+                                              `max_running_projects_per_account` (`running_quota`) or of a \
+                                              project over the model budget: `max_project_params`, \
+                                              `max_project_flops_per_sample`, `max_project_memory_bytes` \
+                                              (`model_budget`)",
                  body = ErrorBody),
             )
         )]

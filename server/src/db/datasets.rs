@@ -2,6 +2,8 @@
 
 use sqlx::{SqliteConnection, SqliteExecutor};
 
+pub const VALIDATION_SAMPLES: &str =
+    "SELECT COALESCE(SUM(sample_count), 0) FROM shards WHERE project_id = ? AND role = 'validation'";
 pub const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM datasets WHERE project_id = ?)";
 pub const GET: &str = "SELECT format, feature_dtype, sample_shape, train_samples, validation_samples FROM datasets \
      WHERE project_id = ?";
@@ -121,4 +123,10 @@ pub async fn insert_shard(tx: &mut SqliteConnection, project: i64, shard: &Shard
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// The samples of project `id`'s validation split (0 without one).
+pub async fn validation_samples(db: impl SqliteExecutor<'_>, id: i64) -> Result<u64, sqlx::Error> {
+    let samples: i64 = sqlx::query_scalar(VALIDATION_SAMPLES).bind(id).fetch_one(db).await?;
+    Ok(u64::try_from(samples).unwrap_or(0))
 }

@@ -102,6 +102,7 @@ pub const ALL_STATEMENTS: &[(&str, &str)] = statements![
     projects::STATE,
     projects::ADMISSION,
     projects::BY_SITE_KEY,
+    datasets::VALIDATION_SAMPLES,
     training::REUSE_PROVIDER,
     training::ALL_PROVIDERS_DISCONNECTED,
     projects::MARK_FINISHED,

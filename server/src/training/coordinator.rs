@@ -151,6 +151,7 @@ impl Coordinator {
             aggregation: settings.aggregation,
             norm_bound_factor: settings.norm_bound_factor,
             has_validation: validation.is_some(),
+            eval_share: f64::from(state.settings().eval_cpu_percent) / 100.0,
             checks: if state.settings().check_contributions {
                 CheckPolicy::on(rand::random())
             } else {
@@ -407,17 +408,24 @@ impl Coordinator {
             return;
         };
         let model = Arc::clone(&self.model);
-        tokio::task::spawn_blocking(move || {
-            let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                validation.evaluate(&mut trainer, &request.params)
-            }));
-            // A panic must not leave the epoch waiting for its evaluation: it is answered as an error, with a
-            // new trainer in place of the one it may have left half-written.
-            let done = match evaluated {
-                Ok(result) => (Some(trainer), request, result),
-                Err(_) => (Some(Trainer::new(&model)), request, Err("the evaluation panicked".to_owned())),
-            };
-            let _ = tx.blocking_send(done);
+        // The server's evaluation threads (`eval_threads`) are shared by every project: an evaluation waits for
+        // one, and the wait counts in its cost (see `CoreConfig::eval_share`).
+        let permits = self.state.training().eval_permits();
+        tokio::spawn(async move {
+            let Ok(permit) = permits.acquire_owned().await else { return };
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    validation.evaluate(&mut trainer, &request.params)
+                }));
+                // A panic must not leave the epoch waiting for its evaluation: it is answered as an error, with
+                // a new trainer in place of the one it may have left half-written.
+                let done = match evaluated {
+                    Ok(result) => (Some(trainer), request, result),
+                    Err(_) => (Some(Trainer::new(&model)), request, Err("the evaluation panicked".to_owned())),
+                };
+                let _ = tx.blocking_send(done);
+            });
         });
     }
 

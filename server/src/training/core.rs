@@ -95,6 +95,9 @@ pub struct CoreConfig {
     pub has_validation: bool,
     /// Which contributions are checked by recomputation.
     pub checks: CheckPolicy,
+    /// The share of wall-clock time evaluations between epoch ends may take (`eval_cpu_percent` / 100): after one that
+    /// took `t`, the next waits `t * (1 / share - 1)`, and at least [`EVAL_INTERVAL_MS`].
+    pub eval_share: f64,
 }
 
 /// Which contributions the core has recomputed before they count ([`Effect::Verify`]).
@@ -389,6 +392,8 @@ pub struct Core {
     train_loss: (f64, u64),
     eval_running: bool,
     last_eval_ms: Option<u64>,
+    /// No periodic evaluation before this time: the evaluation budget (see [`CoreConfig::eval_share`]).
+    next_eval_ms: u64,
     /// The last version sent to evaluation: a periodic evaluation waits for a newer one.
     last_eval_version: Option<u64>,
     epoch_end: EpochEnd,
@@ -429,6 +434,7 @@ impl Core {
             train_loss: (0.0, 0),
             eval_running: false,
             last_eval_ms: None,
+            next_eval_ms: 0,
             last_eval_version: None,
             epoch_end: EpochEnd::None,
             last_update_ms: None,
@@ -911,6 +917,11 @@ impl Core {
     /// epoch ends (open leases cancelled, next plan, checkpoint) and training finishes or goes on.
     pub fn evaluated(&mut self, now_ms: u64, request: &EvalRequest, result: Result<Evaluation, String>) {
         self.eval_running = false;
+        // Its cost, queueing for an evaluation thread included, sets how long the next periodic one waits.
+        let took = now_ms.saturating_sub(self.last_eval_ms.unwrap_or(now_ms));
+        let share = self.config.eval_share.clamp(0.001, 1.0);
+        let rest = (took as f64 * (1.0 / share - 1.0)).min(u64::MAX as f64) as u64;
+        self.next_eval_ms = now_ms.saturating_add(rest.max(EVAL_INTERVAL_MS));
         let accuracy = result.as_ref().ok().and_then(|e| e.accuracy);
         self.record_eval(request.version, request.epoch, result);
         if self.stopped || self.finished {
@@ -1215,7 +1226,7 @@ impl Core {
         if !self.config.has_validation
             || self.eval_running
             || self.is_done()
-            || self.last_eval_ms.is_some_and(|t| now_ms.saturating_sub(t) < EVAL_INTERVAL_MS)
+            || now_ms < self.next_eval_ms
             || self.last_eval_version == Some(self.version)
         {
             return;

@@ -149,10 +149,12 @@ pub struct Training {
     check_permits: Arc<Semaphore>,
     /// Memory for contributions being reassembled, in bytes, all connections together.
     reassembly: Arc<Semaphore>,
+    /// The server's CPU budget for evaluations: one permit per thread, shared by every project.
+    eval_permits: Arc<Semaphore>,
 }
 
 impl Training {
-    pub fn new(max_connections: usize, check_threads: usize, reassembly_bytes: u64) -> Training {
+    pub fn new(max_connections: usize, check_threads: usize, eval_threads: usize, reassembly_bytes: u64) -> Training {
         // Lease ids stay unique across restarts: they start at the current time in microseconds.
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -164,10 +166,16 @@ impl Training {
             provider_connections: Arc::new(Semaphore::new(max_connections)),
             addresses: Slots::default(),
             check_permits: Arc::new(Semaphore::new(check_threads.max(1))),
+            eval_permits: Arc::new(Semaphore::new(eval_threads.max(1))),
             reassembly: Arc::new(Semaphore::new(
                 usize::try_from(reassembly_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
             )),
         }
+    }
+
+    /// The permits an evaluation of a validation split holds while it computes.
+    pub fn eval_permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.eval_permits)
     }
 
     /// The bytes of memory that contributions being received may take, one permit a byte.

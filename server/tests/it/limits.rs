@@ -637,3 +637,42 @@ async fn stored_dataset_bytes_per_account_are_bounded_by_the_storage_quota() {
             .await;
     assert!(!text.contains("storage_quota"), "{text}");
 }
+
+#[tokio::test]
+async fn a_model_over_the_servers_budget_is_refused_with_the_budget_named() {
+    // Parameters and operations per sample: refused when the project is created, with the limit named.
+    type Budget = fn(&mut daig_server::Settings);
+    let cases: [(Budget, &str); 2] = [
+        (|s| s.max_project_params = 50, "67 parameters, more than the limit of 50"),
+        (|s| s.max_project_flops_per_sample = 40, "more than the limit of 40"),
+    ];
+    for (budget, named) in cases {
+        let app = TestApp::with(budget).await;
+        let (_, token) = app.user_with_token("ada").await;
+        let body = json!({"name": "small", "model": crate::support::small_model()});
+        let reply =
+            app.send(crate::support::with_token(json_request(Method::POST, "/api/projects", &body), &token)).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text());
+        assert!(reply.text().contains(named), "{named}: {}", reply.text());
+    }
+    // Server memory, which depends on the dataset too: refused when the project starts, which stays a draft.
+    let app = TestApp::with(|s| s.max_project_memory_bytes = 1 << 20).await;
+    let (_, token) = app.user_with_token("ada").await;
+    let (n, width) = (800, 784);
+    let model = json!({"input_shape": [width], "layers": [{"type": "dense", "units": 3}], "loss": "cross_entropy"});
+    let body = json!({"name": "wide", "model": model, "settings": {"validation_fraction": 0.5}});
+    let id = app.create_project(&token, &body).await["id"].as_i64().unwrap();
+    let features: Vec<u8> = (0..n * width).flat_map(|i| ((i % 7) as f32).to_le_bytes()).collect();
+    let labels: Vec<u8> = (0..n as i64).flat_map(|i| (i % 3).to_le_bytes()).collect();
+    let npy = crate::support::npy;
+    assert_eq!(app.upload(&token, id, "features", npy("<f4", &[n, width], &features)).await.status, StatusCode::OK);
+    assert_eq!(app.upload(&token, id, "labels", npy("<i8", &[n], &labels)).await.status, StatusCode::OK);
+    let started = app.act(&token, id, "start").await;
+    assert_eq!((started.status, started.error_code().as_str()), (StatusCode::CONFLICT, "model_budget"));
+    let message = started.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("max_project_memory_bytes") && message.contains("1048576"), "{message}");
+    let view = app
+        .send(crate::support::with_token(crate::support::request(Method::GET, &format!("/api/projects/{id}")), &token))
+        .await;
+    assert_eq!(view.json()["state"], "draft");
+}

@@ -27,6 +27,7 @@ fn config(k: u32, max_staleness: u32, local_steps: u32, epochs: u32) -> CoreConf
         norm_bound_factor: Some(aggregate::DEFAULT_NORM_BOUND_FACTOR),
         has_validation: true,
         checks: CheckPolicy::off(),
+        eval_share: 0.1,
     }
 }
 
@@ -746,6 +747,48 @@ fn periodic_evaluations_wait_for_a_new_version() {
     world.drain();
     let versions: Vec<u64> = world.evaluations.iter().map(|e| e.version).collect();
     assert_eq!(versions, vec![1], "a new version is evaluated once");
+}
+
+#[test]
+fn evaluations_between_epoch_ends_take_at_most_their_share_of_the_time() {
+    // Evaluations that take 0.2, 1 and 4 s (queueing included) with a share of 10% and of 50%: the next one
+    // waits nine times (or once) as long, and never less than the floor.
+    for (share, took) in [(0.1, 200u64), (0.1, 1_000), (0.1, 4_000), (0.5, 1_000), (0.5, 10)] {
+        let mut world = World::new(CoreConfig { eval_share: share, ..config(1, 2, 1, 1) }, shards(&[4000]));
+        world.evaluate_all(0, 0.5);
+        world.join(0, 1, 0.0);
+        // A new version, then its evaluation is asked for at `asked` and answered `took` later.
+        let mut now = 1_000;
+        let mut lease = world.leases(1)[0].clone();
+        world.contribute(now, 1, &lease, 0, &[1.0; PARAMS]);
+        world.core.tick(now);
+        world.drain();
+        assert_eq!(world.evaluations.len(), 1, "share {share}: the new version is evaluated");
+        now += took;
+        world.evaluate_all(now, 0.5);
+        let answered = now;
+        let wait = ((took as f64 * (1.0 / share - 1.0)) as u64).max(EVAL_INTERVAL_MS);
+        // New versions keep coming; no evaluation is asked for before the wait is over, one is right after.
+        let mut version = 1;
+        loop {
+            now += 100;
+            lease = world.leases(1)[0].clone();
+            world.contribute(now, 1, &lease, version, &[1.0; PARAMS]);
+            version += 1;
+            world.core.tick(now);
+            world.drain();
+            if now < answered + wait {
+                assert!(
+                    world.evaluations.is_empty(),
+                    "share {share}, took {took}: evaluated {} ms after",
+                    now - answered
+                );
+            } else {
+                assert_eq!(world.evaluations.len(), 1, "share {share}, took {took}: no evaluation after the wait");
+                break;
+            }
+        }
+    }
 }
 
 #[test]
