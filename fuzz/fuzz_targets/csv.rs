@@ -16,11 +16,11 @@ fuzz_target!(|input: &[u8]| {
     let Some((&choice, data)) = input.split_first() else { return };
     let label = match (choice >> 1) & 3 {
         0 => LabelColumn::Last,
-        1 => LabelColumn::Index(usize::from(choice >> 3 & 7)),
+        1 => LabelColumn::Index(usize::from((choice >> 3) & 7)),
         2 => LabelColumn::Name("label".into()),
         _ => LabelColumn::Name("y".into()),
     };
-    let delimiter = [b',', b';', b'\t', b' '][usize::from(choice >> 6)];
+    let delimiter = b",;\t "[usize::from(choice >> 6)];
     let options = CsvOptions { has_header: choice & 1 == 1, label, delimiter };
     let limits = common::limits();
     let mut features = Vec::new();
