@@ -307,7 +307,7 @@ fn encoded_frames_match_snapshot() {
     .assert_eq(&listing);
 }
 
-/// The fuzz target's seed corpus: every sample frame and a small parameter transfer.
+/// The frame fuzz target's seeds (`fuzz/seeds/decode_frame`): every sample frame and a small parameter transfer.
 fn corpus_frames() -> Vec<(String, Frame<'static>)> {
     let mut frames: Vec<(String, Frame<'static>)> =
         sample_frames().into_iter().map(|(name, frame)| (name.to_owned(), frame)).collect();
@@ -318,7 +318,7 @@ fn corpus_frames() -> Vec<(String, Frame<'static>)> {
 
 #[test]
 fn fuzz_seed_corpus_matches_sample_frames() {
-    let dir = manifest_dir().join("fuzz/corpus/decode_frame");
+    let dir = manifest_dir().join("../fuzz/seeds/decode_frame");
     let update = std::env::var_os("UPDATE_EXPECT").is_some();
     if update {
         std::fs::create_dir_all(&dir).unwrap();

@@ -14,12 +14,16 @@
 //!   `training`, only distributed training's (speedup and statistical efficiency with native providers, aggregation
 //!   throughput, provider connections), and any further arguments go to its example (`cargo xtask bench training
 //!   connections --connections 10000`).
+//! - `cargo xtask fuzz [--runs N] [--max-time SECS] [TARGET...]`: the cargo-fuzz targets in `fuzz/`, one after
+//!   another, 10 million executions each unless told, with a summary of executions, speed, coverage and findings
+//!   (see [`fuzz`]). Not part of `test`.
 //!
 //! Set `CARGO_TARGET_DIR` to keep builds outside the checkout (`.ci/run` does). The checkout is found when xtask
 //! runs (`cargo locate-project --workspace` from the current directory, see [`paths`]), so one xtask binary in a
 //! shared target folder works on whichever clone it is run in.
 
 mod dashboard;
+mod fuzz;
 mod paths;
 
 use std::process::Command;
@@ -48,9 +52,10 @@ fn main() -> anyhow::Result<()> {
                 bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training|trust|browser]`")
             }
         },
+        "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|root|bench [server|training|trust [ARGS]|browser]>"
+                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|root|bench [server|training|trust [ARGS]|browser]|fuzz [--runs N] [TARGET...]>"
             );
             bail!("unknown task `{task}`")
         }

@@ -1,6 +1,6 @@
 //! Feeds arbitrary bytes to `Frame::decode` and the frames that decode to a `Reassembler`.
 //!
-//! The input is tried twice: whole, as one message (the seed corpus in `corpus/decode_frame/` holds valid
+//! The input is tried twice: whole, as one message (the seeds in `fuzz/seeds/decode_frame/` are valid
 //! frames, one per file), and as a sequence of messages, each after a 2-byte little-endian length, all fed
 //! to one reassembler so that transfers can span messages. Nothing may panic, and whatever decodes must
 //! encode to bytes that decode and encode to the same bytes.
