@@ -1245,3 +1245,25 @@ fn memory_child() {
 fn manifest_dir() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
 }
+
+/// Fuzzing finding 1 (BENCHMARKS.md): one-byte dtypes read with any byte-order mark (`>i1`, `<u1`, `|i1`, `=u1`,
+/// none) are recorded as little-endian, and write back to the same array.
+#[test]
+fn one_byte_npy_dtypes_have_no_byte_order_and_round_trip() {
+    for descr in [">i1", "<i1", "|i1", "=i1", "i1", ">u1", "<u1", "|u1", "=u1", "u1", ">b", "B"] {
+        let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (2, 3), }}");
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        let padded = (10 + header.len() + 1).div_ceil(64) * 64 - 10;
+        bytes.extend_from_slice(&u16::try_from(padded).unwrap().to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(10 + padded - 1, b' ');
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&[1, 2, 3, 250, 251, 252]);
+        let limits = Limits::default();
+        let array = npy::read(Cursor::new(&bytes), &limits).unwrap_or_else(|e| panic!("{descr}: {e}"));
+        assert_eq!(array.info.byte_order, ByteOrder::Little, "{descr}");
+        let mut written = Vec::new();
+        npy::write_raw(&mut written, &array.info, &array.data).unwrap();
+        assert_eq!(npy::read(Cursor::new(&written), &limits).unwrap(), array, "{descr} writes back as it read");
+    }
+}

@@ -189,9 +189,10 @@ pub fn parse_descr(descr: &str) -> Result<(Dtype, ByteOrder), DataError> {
         }
     };
     let byte_order = match (order, dtype.size()) {
+        // One-byte elements have no byte order: recorded as little-endian however the header spells it.
+        (_, 1) => ByteOrder::Little,
         ("<", _) => ByteOrder::Little,
         (">", _) => ByteOrder::Big,
-        ("|" | "=" | "", 1) => ByteOrder::Little,
         _ => {
             return Err(DataError::Unsupported {
                 format: FORMAT,
