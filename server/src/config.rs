@@ -104,6 +104,11 @@ pub struct Args {
     /// address (its key is refused for good either way) [default: 3600].
     #[arg(long, env = "DAIG_SHUT_OUT_BAN_SECS", value_name = "SECS")]
     pub shut_out_ban_secs: Option<u64>,
+    /// Operations a visitor's device may be asked for by its first lease of a project, before its speed is
+    /// known: one batch (batch_size samples x the model's training operations per sample). A project whose batch
+    /// costs more cannot start here (model budget) [default: 500000000000].
+    #[arg(long, env = "DAIG_MAX_FIRST_LEASE_FLOPS", value_name = "N")]
+    pub max_first_lease_flops: Option<u64>,
     /// Server memory a running project may take, as estimated at its start: 20 bytes per parameter
     /// (parameters, optimiser state, update buffer, versions kept for checks) and its validation split as f32
     /// (model budget) [default: 2147483648].
@@ -205,6 +210,7 @@ pub struct FileConfig {
     pub check_contributions: Option<bool>,
     pub max_provider_connections_per_address: Option<usize>,
     pub shut_out_ban_secs: Option<u64>,
+    pub max_first_lease_flops: Option<u64>,
     pub max_project_memory_bytes: Option<u64>,
     pub max_project_flops_per_sample: Option<u64>,
     pub max_project_params: Option<usize>,
@@ -274,6 +280,8 @@ pub struct Settings {
     pub max_provider_connections_per_address: usize,
     /// How long a shut-out provider's address is refused; 0 bans none.
     pub shut_out_ban_secs: u64,
+    /// Operations a first lease (one batch) may ask of a visitor's device.
+    pub max_first_lease_flops: u64,
     /// Server memory a running project may take, as estimated at its start.
     pub max_project_memory_bytes: u64,
     /// Forward-pass FLOPs per sample of a model a project may train here.
@@ -356,6 +364,7 @@ impl Default for Settings {
             check_contributions: true,
             max_provider_connections_per_address: 8,
             shut_out_ban_secs: 3600,
+            max_first_lease_flops: 500_000_000_000,
             max_project_memory_bytes: 2 << 30,
             max_project_flops_per_sample: 2_000_000_000,
             max_project_params: 16 << 20,
@@ -461,6 +470,10 @@ impl Settings {
                 .or(file.max_provider_connections_per_address)
                 .unwrap_or(d.max_provider_connections_per_address),
             shut_out_ban_secs: args.shut_out_ban_secs.or(file.shut_out_ban_secs).unwrap_or(d.shut_out_ban_secs),
+            max_first_lease_flops: args
+                .max_first_lease_flops
+                .or(file.max_first_lease_flops)
+                .unwrap_or(d.max_first_lease_flops),
             max_project_memory_bytes: args
                 .max_project_memory_bytes
                 .or(file.max_project_memory_bytes)
@@ -564,6 +577,10 @@ impl Settings {
             "max_provider_connections_per_address must be in 1..=1000000",
         );
         check(self.shut_out_ban_secs <= 365 * 24 * 3600, "shut_out_ban_secs must be in 0..=31536000");
+        check(
+            (1_000_000..=1 << 60).contains(&self.max_first_lease_flops),
+            "max_first_lease_flops must be in 1000000..=1152921504606846976",
+        );
         check(
             (MIB as u64..=1 << 40).contains(&self.max_project_memory_bytes),
             "max_project_memory_bytes must be in 1048576..=1099511627776",

@@ -309,6 +309,8 @@ async fn check_budget(state: &AppState, row: &ProjectRow) -> Result<(), AppError
     let flops = model.flops_train() / 3;
     let validation = db::datasets::validation_samples(state.db(), row.id).await?;
     let sample = model.input_shape().elements().unwrap_or(usize::MAX) as u64;
+    let batch = u64::from(row.settings()?.batch_size);
+    let first_lease = model.flops_train().saturating_mul(batch);
     let memory =
         (params as u64).saturating_mul(20).saturating_add(validation.saturating_mul(sample + 1).saturating_mul(4));
     let over = if params > settings.max_project_params {
@@ -320,6 +322,12 @@ async fn check_budget(state: &AppState, row: &ProjectRow) -> Result<(), AppError
         Some(format!(
             "its model takes {flops} operations per sample; this server trains at most {} (max_project_flops_per_sample)",
             settings.max_project_flops_per_sample
+        ))
+    } else if first_lease > settings.max_first_lease_flops {
+        Some(format!(
+            "one batch of {batch} samples takes {first_lease} operations to train, more than a visitor's device is \
+             asked for in its first lease, {} (max_first_lease_flops): use smaller batches",
+            settings.max_first_lease_flops
         ))
     } else if memory > settings.max_project_memory_bytes {
         Some(format!(
@@ -400,7 +408,7 @@ macro_rules! lifecycle_route {
                 (status = 409, description = "Not allowed from the project's state, or a start or resume past \
                                               `max_running_projects_per_account` (`running_quota`) or of a \
                                               project over the model budget: `max_project_params`, \
-                                              `max_project_flops_per_sample`, `max_project_memory_bytes` \
+                                              `max_project_flops_per_sample`, `max_project_memory_bytes`, `max_first_lease_flops` \
                                               (`model_budget`)",
                  body = ErrorBody),
             )

@@ -675,4 +675,21 @@ async fn a_model_over_the_servers_budget_is_refused_with_the_budget_named() {
         .send(crate::support::with_token(crate::support::request(Method::GET, &format!("/api/projects/{id}")), &token))
         .await;
     assert_eq!(view.json()["state"], "draft");
+    // A first lease (one batch) that would ask more of a visitor's device than the server allows; a smaller
+    // batch of the same model starts.
+    let app = TestApp::with(|s| s.max_first_lease_flops = 1_000_000).await;
+    let (_, token) = app.user_with_token("ada").await;
+    for (batch_size, allowed) in [(4096, false), (4, true)] {
+        let id = app.small_project(&token, json!({"batch_size": batch_size, "samples_per_shard": 10})).await;
+        let (features, labels) = crate::support::small_dataset(40, 3);
+        assert_eq!(app.upload(&token, id, "features", features).await.status, StatusCode::OK);
+        assert_eq!(app.upload(&token, id, "labels", labels).await.status, StatusCode::OK);
+        let started = app.act(&token, id, "start").await;
+        if allowed {
+            assert_eq!(started.status, StatusCode::OK, "{}", started.text());
+        } else {
+            assert_eq!((started.status, started.error_code().as_str()), (StatusCode::CONFLICT, "model_budget"));
+            assert!(started.text().contains("max_first_lease_flops"), "{}", started.text());
+        }
+    }
 }
