@@ -309,7 +309,7 @@ impl Probe {
                     };
                     latencies.samples.push(sent.elapsed());
                     latencies.failures += usize::from(!ok);
-                    if n % 5 == 0 {
+                    if n.is_multiple_of(5) {
                         rss_peak = rss_peak.max(crate::rss_mib(&status_file).unwrap_or(0.0));
                     }
                     n += 1;
@@ -351,7 +351,7 @@ struct Load {
     idle: Vec<tokio::task::JoinHandle<()>>,
     over_cap: tokio::task::JoinHandle<Vec<Result<(), String>>>,
     non_readers: Vec<tokio::task::JoinHandle<NonReader>>,
-    uploads: tokio::task::JoinHandle<Vec<tokio::task::JoinHandle<Result<(u16, String, Duration), String>>>>,
+    uploads: tokio::task::JoinHandle<Vec<UploadTask>>,
     streams: Vec<tokio::task::JoinHandle<()>>,
     stream_over_cap: tokio::task::JoinHandle<Option<(u16, String)>>,
     hostile_data: tokio::task::JoinHandle<anyhow::Result<HostileData>>,
@@ -496,9 +496,11 @@ impl Load {
         outcome.idle_first_connected = tally.idle_first_connected.load(Ordering::Relaxed);
         outcome.streams_opened = tally.streams_opened.load(Ordering::Relaxed);
         outcome.streams_first_opened = tally.streams_first_opened.load(Ordering::Relaxed);
-        let mut unexpected = tally.unexpected.lock().expect("not poisoned");
-        outcome.idle_unexpected = unexpected.remove("idle").unwrap_or_default();
-        outcome.streams_unexpected = unexpected.remove("streams").unwrap_or_default();
+        {
+            let mut unexpected = tally.unexpected.lock().expect("not poisoned");
+            outcome.idle_unexpected = unexpected.remove("idle").unwrap_or_default();
+            outcome.streams_unexpected = unexpected.remove("streams").unwrap_or_default();
+        }
         let metrics = server.metrics().await.unwrap_or_default();
         outcome.write_timeout_drops =
             crate::prometheus(&metrics, "daig_provider_connections_dropped_total{why=\"write_timeout\"}");
@@ -507,6 +509,9 @@ impl Load {
 }
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// A silent upload's task: the answer's status, error code and wait, or what went wrong.
+type UploadTask = tokio::task::JoinHandle<Result<(u16, String, Duration), String>>;
 
 /// A provider WebSocket from loopback address `source`, with a receive buffer of `recv_buffer` bytes if given;
 /// a refusal is `Err("<status> <error code>")`.
@@ -699,10 +704,7 @@ async fn finishing(stop: &mut watch::Receiver<bool>) -> bool {
 
 /// The silent uploads: [`MAX_UPLOADS`] from the first accounts, [`MAX_UPLOADS_PER_ACCOUNT`] each, so that those
 /// accounts are full; a second later the rest, from every account in turn. Their tasks.
-async fn silent_uploads(
-    server: SocketAddr,
-    accounts: &[(String, i64)],
-) -> Vec<tokio::task::JoinHandle<Result<(u16, String, Duration), String>>> {
+async fn silent_uploads(server: SocketAddr, accounts: &[(String, i64)]) -> Vec<UploadTask> {
     let mut tasks = Vec::new();
     for i in 0..SILENT_UPLOADS {
         if i == MAX_UPLOADS {
