@@ -3,10 +3,11 @@
 //!
 //! Each hash takes 19 MiB while it runs. On tokio's blocking pool, every request waiting for a hash got a thread
 //! of its own (up to 512), and sign-ups and log-ins from many addresses, each within its rate limit, made the
-//! server's memory grow by 19 MiB per request in flight (1.5 GiB for 80 at once in the abuse suite). Bounding
-//! them at once was not enough: the allocator keeps a freed 19 MiB block in the arena of the thread that used it,
-//! and the pool's threads use up to 16 arenas (430 MiB kept after 80 sign-ups). A few threads of their own keep
-//! a few blocks, reused. Hashing is bound by the CPU, so a few at once lose no throughput; requests wait in
+//! server's memory grow by 19 MiB per request in flight (1.5 GiB for 80 at once in the abuse suite, kept by the
+//! allocator after). Here at most [`HASHING_THREADS`] run at once, and the memory they leave does not grow with the
+//! load: glibc's allocator still keeps some freed blocks (measured: 256 MiB after 40 sign-ups at once on two
+//! cores, the same after 160; 22 MiB with `MALLOC_MMAP_THRESHOLD_=4194304`), which hashing into memory owned by
+//! each thread would avoid. Hashing is bound by the CPU, so a few at once lose no throughput; requests wait in
 //! order, each within the server's request timeout and concurrency limit, and one whose client has gone is not
 //! computed.
 
