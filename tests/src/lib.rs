@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
+pub mod abuse;
+
 /// The programs a [`Server`] and its [`Provider`]s run, and how the server is started.
 #[derive(Clone, Debug)]
 pub struct Programs {
@@ -413,9 +415,19 @@ impl Api {
     /// # Errors
     /// When a request fails or is refused.
     pub async fn sign_up(server: &Server, name: &str) -> anyhow::Result<Api> {
+        Api::sign_up_at(&server.url(""), name, None).await
+    }
+
+    /// Signs `name` up at the server at `base`, logs in and creates an API token, every request of this client
+    /// sent from `local` when given (a loopback address other than 127.0.0.1 looks like another client, with its
+    /// own log-in rate limit).
+    ///
+    /// # Errors
+    /// When a request fails or is refused.
+    pub async fn sign_up_at(base: &str, name: &str, local: Option<std::net::IpAddr>) -> anyhow::Result<Api> {
         install_tls();
-        let client = reqwest::Client::new();
-        let base = server.url("");
+        let client = reqwest::Client::builder().local_address(local).build()?;
+        let base = base.to_owned();
         let password = "correct horse battery";
         let user = json!({"username": name, "email": format!("{name}@example.org"), "password": password});
         let reply = client.post(format!("{base}/api/users")).json(&user).send().await?;

@@ -13,7 +13,8 @@
 //!   same run; with `server`, only the management server's (dataset upload and status requests over loopback); with
 //!   `training`, only distributed training's (speedup and statistical efficiency with native providers, aggregation
 //!   throughput, provider connections), and any further arguments go to its example (`cargo xtask bench training
-//!   connections --connections 10000`).
+//!   connections --connections 10000`); with `abuse`, only the abuse suite's (`/api/health` latency, peak memory and
+//!   training time with thousands of abusive clients, against an undisturbed run).
 //! - `cargo xtask fuzz [--runs N] [--max-time SECS] [TARGET...]`: the cargo-fuzz targets in `fuzz/`, one after
 //!   another, 10 million executions each unless told, with a summary of executions, speed, coverage and findings
 //!   (see [`fuzz`]). Not part of `test`.
@@ -47,15 +48,18 @@ fn main() -> anyhow::Result<()> {
             Some("server") => bench_server(),
             Some("training") => bench_training(&std::env::args().skip(3).collect::<Vec<_>>()),
             Some("trust") => bench_trust(&std::env::args().skip(3).collect::<Vec<_>>()),
+            Some("abuse") => bench_abuse(&std::env::args().skip(3).collect::<Vec<_>>()),
             Some("browser") => bench_browser(&std::env::args().skip(3).collect::<Vec<_>>()),
             Some(other) => {
-                bail!("unknown benchmark group `{other}`: use `cargo xtask bench [server|training|trust|browser]`")
+                bail!(
+                    "unknown benchmark group `{other}`: use `cargo xtask bench [server|training|trust|abuse|browser]`"
+                )
             }
         },
         "fuzz" => fuzz::fuzz(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|root|bench [server|training|trust [ARGS]|browser]|fuzz [--runs N] [TARGET...]>"
+                "usage: cargo xtask <test|test-browser|web [--dev]|serve [SERVER ARGS]|root|bench [server|training|trust [ARGS]|abuse [ARGS]|browser]|fuzz [--runs N] [TARGET...]>"
             );
             bail!("unknown task `{task}`")
         }
@@ -295,7 +299,17 @@ fn bench() -> anyhow::Result<()> {
     cargo(&["run", "--release", "--package", "daig-provider", "--example", "gpu_bench", "--", "--quick"])?;
     bench_server()?;
     bench_training(&[])?;
-    bench_trust(&[])
+    bench_trust(&[])?;
+    bench_abuse(&[])
+}
+
+/// The abuse suite's figures (`/api/health` latency, the server's peak memory and the training time, abused
+/// against undisturbed): the release binaries as processes, driven by the `abuse_bench` example; `args` go to it.
+fn bench_abuse(args: &[String]) -> anyhow::Result<()> {
+    cargo(&["build", "--release", "--package", "daig-server", "--package", "daig-provider"])?;
+    let mut run = vec!["run", "--release", "--package", "daig-tests", "--example", "abuse_bench", "--"];
+    run.extend(args.iter().map(String::as_str));
+    cargo(&run)
 }
 
 /// Untrusted providers' benchmarks (the Byzantine table, checks on against off): the release binaries and the
