@@ -116,5 +116,5 @@ fn assert_every_abusive_client_was_answered_or_dropped(outcome: &AbuseOutcome, t
     assert!(message.contains("the array 'x'") && message.contains("unexpected bytes"), "{message}");
     let (status, code, message) = &outcome.long_record;
     assert_eq!((*status, code.as_str()), (422, "invalid_dataset"), "{message}");
-    assert!(message.contains("CSV row 4: the record is longer than"), "{message}");
+    assert!(message.contains("CSV line 4 is longer than"), "{message}");
 }

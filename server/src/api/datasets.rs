@@ -372,7 +372,10 @@ pub async fn upload_part(
     let mut unplaced = RemoveOnDrop(Some(path.clone()));
     let idle = Duration::from_millis(state.settings().upload_idle_timeout_ms);
     let placed = async {
-        receive(body, &path, &limit, idle).await?;
+        // A CSV line longer than a record of the model's columns may be is refused while it arrives: a record
+        // holds at least one whole line, so the commit would refuse it anyway, after the whole file was spooled.
+        let max_line = matches!(format, PartFormat::Csv { .. }).then_some(limits.max_record_bytes);
+        receive(body, &path, &limit, idle, max_line).await?;
         if let PartFormat::Npz { array } = &format {
             check_npz(&path, part, array.clone(), requirements, limits).await?;
         }
@@ -615,12 +618,20 @@ fn data_limits(settings: &crate::config::Settings, requirements: &DataRequiremen
     }
 }
 
-/// Streams `body` to `path`, refusing it once it passes `limit` or sends nothing for `idle`. The body's frames
-/// are gathered into [`UPLOAD_WRITE_BYTES`] before each write, so that a large upload costs few writes.
-async fn receive(mut body: Body, path: &FsPath, limit: &DatasetBudget, idle: Duration) -> Result<(), AppError> {
+/// Streams `body` to `path`, refusing it once it passes `limit`, sends nothing for `idle`, or (a CSV part) holds a
+/// line longer than `max_line` bytes. The body's frames are gathered into [`UPLOAD_WRITE_BYTES`] before each
+/// write, so that a large upload costs few writes.
+async fn receive(
+    mut body: Body,
+    path: &FsPath,
+    limit: &DatasetBudget,
+    idle: Duration,
+    max_line: Option<u64>,
+) -> Result<(), AppError> {
     let file = tokio::fs::File::create(path).await.map_err(internal("creating the upload file"))?;
     let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_WRITE_BYTES, file);
     let mut received = 0u64;
+    let mut lines = LineBound { max: max_line, line: 1, len: 0 };
     loop {
         let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
             metrics::counter!("http_requests_refused_total", "reason" => "upload_stalled").increment(1);
@@ -631,11 +642,46 @@ async fn receive(mut body: Body, path: &FsPath, limit: &DatasetBudget, idle: Dur
         let Ok(data) = frame.into_data() else { continue };
         received += data.len() as u64;
         limit.check(received)?;
+        lines.check(&data)?;
         file.write_all(&data).await.map_err(internal("writing the upload"))?;
     }
     file.flush().await.map_err(internal("writing the upload"))?;
     file.get_ref().sync_all().await.map_err(internal("writing the upload"))?;
     Ok(())
+}
+
+/// The length of the line being received, against a bound.
+struct LineBound {
+    max: Option<u64>,
+    /// The line's number, from 1.
+    line: u64,
+    /// Its bytes so far.
+    len: u64,
+}
+
+impl LineBound {
+    /// Counts `data`, the next bytes of the body.
+    fn check(&mut self, data: &[u8]) -> Result<(), AppError> {
+        let Some(max) = self.max else { return Ok(()) };
+        for (i, segment) in data.split(|&b| b == b'\n').enumerate() {
+            if i > 0 {
+                self.line += 1;
+                self.len = 0;
+            }
+            self.len += segment.len() as u64;
+            if self.len > max {
+                return Err(AppError::InvalidDataset {
+                    part: "features",
+                    reason: format!(
+                        "CSV line {} is longer than {max} bytes, the most a row of the model's columns may take; \
+                         the upload was stopped there",
+                        self.line
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks that the `.npz` at `path` opens (its directory within `limits`) and holds the array for `part`, and

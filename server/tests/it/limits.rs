@@ -499,19 +499,18 @@ async fn a_csv_record_longer_than_the_model_allows_is_refused_naming_its_line() 
     let addr = serve(&app).await;
     let (_, ada) = app.user_with_token("ada").await;
     let id = app.small_project(&ada, json!({})).await;
-    // A header, two good rows, then 20 MiB on line 4 with no line end: sent as it is generated.
+    // A header, two good rows, then a line 4 announced as 20 MiB with no line end, of which only 1 MiB is sent
+    // before the client pauses: the server refuses it from what arrived, without waiting for (or storing) the rest.
     let head = b"a,b,c,d,label\n1,2,3,4,0\n5,6,7,8,1\n".to_vec();
     let long = 20u64 << 20;
     let chunk = vec![b'7'; 64 << 10];
-    let chunks = std::iter::once(head.clone()).chain(std::iter::repeat_n(chunk, (long >> 16) as usize));
+    let chunks = std::iter::once(head.clone()).chain(std::iter::repeat_n(chunk, 16));
     let text = stream_upload(addr, &ada, id, "features?format=csv", Some(head.len() as u64 + long), chunks).await;
     assert!(text.starts_with("HTTP/1.1 422"), "{text}");
     assert!(text.contains("invalid_dataset"), "{text}");
     // The model has 4 features: a record of the label and them takes at most 5 fields of 256 bytes and a line end.
     assert!(
-        text.contains(
-            "CSV row 4: the record is longer than 1282 bytes, the most a row of this model's columns may take"
-        ),
+        text.contains("CSV line 4 is longer than 1282 bytes, the most a row of the model's columns may take"),
         "{text}"
     );
     let left = files_under(&app.data_dir());
