@@ -27,6 +27,21 @@ async fn goodbye_of(client: &mut WireClient) -> Option<daig_shared::wire::Goodby
     }
 }
 
+/// A provider joined to project `id` with its first lease trained, not yet sent: the connection, the lease, and
+/// the contribution.
+async fn trained_contribution(
+    addr: std::net::SocketAddr,
+    id: i64,
+) -> (WireClient, LeaseId, ContributionInfo, Vec<f32>) {
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(hello(Some(id)))).await;
+    let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
+    let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
+    let lease_id = lease.lease_id;
+    let (info, delta) = train_lease(&mut client, &mut honest, &mut outcome, lease).await;
+    (client, lease_id, info, delta)
+}
+
 /// Reads until the ack of `lease`.
 async fn ack_for(client: &mut WireClient, lease: LeaseId) -> AckOutcome {
     loop {
@@ -90,12 +105,7 @@ async fn a_contribution_is_read_only_for_a_lease_the_connection_holds_open() {
     let settings = json!({"samples_per_shard": 10, "validation_fraction": 0.25, "batch_size": 4, "k": 1,
                           "epochs": 50});
     let id = small_running(&app, &token, settings).await;
-    let mut client = WireClient::connect(addr).await;
-    client.send(&Frame::Hello(hello(Some(id)))).await;
-    let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
-    let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
-    let lease_id = lease.lease_id;
-    let (info, delta) = train_lease(&mut client, &mut honest, &mut outcome, lease).await;
+    let (mut client, lease_id, info, delta) = trained_contribution(addr, id).await;
     // Every contribution for a lease that is not open here is refused without being read, and the provider
     // stays connected (an honest one may cross a cancellation): a lease never issued, one of another
     // connection, and one already answered.
@@ -150,12 +160,7 @@ async fn a_contribution_waits_for_the_reassembly_budget_and_is_refused_when_it_s
     let id = small_running(&app, &token, settings).await;
     let budget = app.state.training().reassembly_budget();
     for release_after in [Some(Duration::from_millis(300)), None] {
-        let mut client = WireClient::connect(addr).await;
-        client.send(&Frame::Hello(hello(Some(id)))).await;
-        let (mut honest, mut outcome) = (Honest::default(), Outcome::default());
-        let lease = next_lease(&mut client, &mut honest, &mut outcome).await;
-        let lease_id = lease.lease_id;
-        let (info, delta) = train_lease(&mut client, &mut honest, &mut outcome, lease).await;
+        let (mut client, lease_id, info, delta) = trained_contribution(addr, id).await;
         // Other connections hold the whole budget.
         let spent = budget.clone().acquire_many_owned(1 << 20).await.unwrap();
         client.contribute(info, &delta).await;
