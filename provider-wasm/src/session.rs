@@ -38,10 +38,10 @@ use daig_shared::data::ShardView;
 use daig_shared::model::{Limits, Model};
 use daig_shared::train::lease::{self, LeaseInputs};
 use daig_shared::wire::{
-    Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DEFAULT_MAX_TRANSFER_BYTES, Frame, Goodbye,
-    GoodbyeReason, Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, Normalisation, PROTOCOL_VERSION,
-    ProjectId, ProviderId, ProviderKey, Reassembler, SampleSelection, ShardHash, ShardRequest, TrainingInfo, Transfer,
-    TransferId, TransferKind, TransferStart, Welcome, f32s_from_le_bytes,
+    Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DEFAULT_MAX_TRANSFER_BYTES, DeviceCapacity, Frame,
+    Goodbye, GoodbyeReason, Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, Normalisation,
+    PROTOCOL_VERSION, ProjectId, ProviderId, ProviderKey, Reassembler, SampleSelection, ShardHash, ShardRequest,
+    TrainingInfo, Transfer, TransferId, TransferKind, TransferStart, Welcome, f32s_from_le_bytes,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -74,6 +74,8 @@ pub struct SessionConfig {
     pub project_id: Option<ProjectId>,
     /// The provider's persistent key, for [`Hello::provider_key`]: its standing and credit survive reconnects.
     pub provider_key: Option<ProviderKey>,
+    /// What the device can hold, for [`Hello::device`]; unstated by default.
+    pub device: DeviceCapacity,
     /// Shards the driver's persistent cache holds (native: the cache directory). The session asks for them
     /// with [`Event::LoadShard`] and lists them in its `Hello`.
     pub stored_shards: Vec<ShardHash>,
@@ -95,6 +97,7 @@ impl SessionConfig {
             site_key: None,
             project_id: None,
             provider_key: None,
+            device: DeviceCapacity::default(),
             stored_shards: Vec::new(),
             max_shard_bytes: DEFAULT_MAX_TRANSFER_BYTES,
             initial_heartbeat_interval_ms: 10_000,
@@ -397,6 +400,7 @@ impl Session {
             site_key: config.site_key.clone(),
             project_id: config.project_id,
             provider_key: config.provider_key,
+            device: config.device,
         };
         let stored = config.stored_shards.iter().filter(|h| !memory.contains(h)).copied().collect();
         let interval = u64::from(config.initial_heartbeat_interval_ms.max(1));
@@ -1164,6 +1168,7 @@ mod tests {
                 site_key: Some("site".into()),
                 project_id: Some(PROJECT),
                 provider_key: Some(ProviderKey([3; 32])),
+                device: DeviceCapacity::default(),
             })]
         );
     }

@@ -60,6 +60,8 @@ fn compare(gpu: Gpu, json: &str, batch: usize, steps: usize, samples: usize) -> 
     let config = LocalConfig { batch_size: batch, local_steps: steps, learning_rate: lr, dropout };
     let want = reference.train_local(&Batch { x: xs, y: labels }, &indices, &config).unwrap();
 
+    gpu.reset_allocation_counts();
+    let need = model.device_need(batch as u32, samples as u32);
     let mut trainer = GpuTrainer::new(gpu, model, batch).unwrap();
     trainer.load_params(&params).unwrap();
     trainer.load_shard(&x, &y).unwrap();
@@ -71,6 +73,15 @@ fn compare(gpu: Gpu, json: &str, batch: usize, steps: usize, samples: usize) -> 
         DropoutSeed { seed: dropout.seed, first_step: dropout.step },
     ))
     .unwrap();
+    // What the server holds a device's stated capacity against bounds what the engine allocated for a lease
+    // (every buffer ever created, so more than it held at once), and not by a wide margin.
+    let (allocated, largest) = (trainer.gpu().allocated_bytes(), trainer.gpu().largest_allocation());
+    assert!(allocated <= need.total_bytes, "{json}\nbatch {batch}: allocated {allocated} bytes, {need:?}");
+    assert!(
+        need.total_bytes <= allocated + allocated / 4,
+        "{json}\nbatch {batch}: allocated {allocated} bytes, {need:?}"
+    );
+    assert_eq!(largest, need.largest_buffer_bytes, "{json}\nbatch {batch}");
     assert_eq!(got.samples, want.samples);
     let err = max_relative_error(&got.delta, &want.delta);
     assert!(err <= 1e-4, "{json}\nbatch {batch}, {steps} steps: delta differs by {err:e}");

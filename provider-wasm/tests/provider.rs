@@ -400,3 +400,27 @@ async fn ctrl_c_says_goodbye_before_closing_while_holding_a_lease() {
     let log = exits_successfully(child, dir.path()).await;
     assert!(log.contains("daig-provider stopped"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_states_its_device_and_stops_when_a_project_does_not_fit_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = ["--project", "7", "--max-device-memory-mb", "3"];
+    let child = start_provider_on(listener.local_addr().unwrap(), dir.path(), "gpu", &args);
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept()).await.unwrap().unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let Some(Frame::Hello(hello)) = next_frame(&mut ws).await else { panic!("the first frame is not a Hello") };
+    // The memory its user allows, and the adapter's own buffer limit (lavapipe's in CI).
+    assert_eq!(hello.device.memory_bytes, 3 << 20);
+    assert!(hello.device.max_buffer_bytes >= 128 << 20, "{:?}", hello.device);
+    let detail =
+        "project 7: training this project needs 9000000 bytes of device memory; this device gives it at most 3145728";
+    send(&mut ws, [Frame::Goodbye(Goodbye { reason: GoodbyeReason::DeviceTooSmall, detail: detail.into() })]).await;
+    let _ = ws.close(None).await;
+    // It stops with the reason rather than asking again.
+    let mut child = child;
+    let status = tokio::task::spawn_blocking(move || wait(&mut child, Duration::from_secs(30))).await.unwrap();
+    let log = provider_log(dir.path());
+    assert!(status.is_some_and(|s| !s.success()), "exit {status:?}, log:\n{log}");
+    assert!(log.contains(&format!("this device cannot train the project: {detail}")), "{log}");
+}

@@ -115,3 +115,45 @@ async fn webgpu_passes_the_self_check_and_trains_on_the_gpu() {
         &params.iter().zip(&want).map(|(p, d)| p + d).collect::<Vec<_>>(),
     );
 }
+
+/// What a browser states in its `Hello`: the adapter's buffer limit and a quarter of the memory Chromium
+/// reports (`navigator.deviceMemory`, also in workers); without WebGPU, what wasm32 can address. And the engine
+/// here allocates no more for a lease than the need the server holds that statement against.
+#[wasm_bindgen_test]
+async fn the_browser_states_what_its_device_holds_and_the_engine_stays_within_its_need() {
+    use daig_provider::web::{MEMORY_SHARE, WASM_MEMORY_BYTES, device_capacity};
+
+    let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).unwrap();
+    let gib = js_sys::Reflect::get(&navigator, &"deviceMemory".into())
+        .unwrap()
+        .as_f64()
+        .expect("Chromium reports deviceMemory");
+    let reported = (gib * f64::from(1u32 << 30)) as u64 / MEMORY_SHARE;
+    assert!(reported > 0);
+    let gpu = if expect_webgpu() { Some(self_check(Gpu::new().await.unwrap()).await.unwrap()) } else { None };
+    let device = device_capacity(gpu.as_ref());
+    let Some(gpu) = gpu else {
+        assert_eq!(device.max_buffer_bytes, WASM_MEMORY_BYTES);
+        assert_eq!(device.memory_bytes, reported.min(WASM_MEMORY_BYTES));
+        return;
+    };
+    assert_eq!(device.memory_bytes, reported);
+    assert_eq!(device.max_buffer_bytes, gpu.max_buffer_bytes());
+    assert!(device.max_buffer_bytes >= 128 << 20, "WebGPU guarantees 128 MiB bindings: {device:?}");
+    let mut gpu = gpu;
+    for json in MODELS {
+        let model = Model::from_json(json, &Limits::default()).unwrap();
+        let (x, _, y) = data(&model, 6);
+        let params = init_params(&model, 2);
+        let need = model.device_need(3, 6);
+        gpu.reset_allocation_counts();
+        let mut trainer = GpuTrainer::new(gpu, model, 3).unwrap();
+        trainer.load_params(&params).unwrap();
+        trainer.load_shard(&x, &y).unwrap();
+        trainer.train(&[2, 4, 1], 3, 2, 0.1, DropoutSeed { seed: 5, first_step: 9 }).await.unwrap();
+        let allocated = trainer.gpu().allocated_bytes();
+        assert!(allocated <= need.total_bytes, "{json}: allocated {allocated} bytes, {need:?}");
+        assert_eq!(trainer.gpu().largest_allocation(), need.largest_buffer_bytes, "{json}");
+        gpu = trainer.into_gpu();
+    }
+}

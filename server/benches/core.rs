@@ -73,6 +73,7 @@ impl Sim {
             has_validation: false,
             checks: CheckPolicy::off(),
             eval_share: 0.1,
+            lease_secs: 5.0,
         };
         let shards = if shards == 0 {
             vec![TrainShard { number: 0, hash: ShardHash([1; 32]), samples: 60_000 }]

@@ -131,6 +131,11 @@ pub struct Args {
     /// at least 500 ms [default: 10].
     #[arg(long, env = "DAIG_EVAL_CPU_PERCENT", value_name = "PERCENT")]
     pub eval_cpu_percent: Option<u32>,
+    /// How long one lease should take a provider at its measured speed: leases of several batches are cut to
+    /// it (a provider whose speed is not measured yet gets one batch), and its deadline is a few times it
+    /// [default: 5].
+    #[arg(long, env = "DAIG_LEASE_SECONDS", value_name = "SECONDS")]
+    pub lease_seconds: Option<u32>,
     /// Provider connections one client address (an IPv6 /64) may open per minute, in bursts of as many;
     /// more are answered 429 with Retry-After, so that reconnecting cannot churn identities and rows [default: 60].
     #[arg(long, env = "DAIG_PROVIDER_CONNECTS_PER_MINUTE", value_name = "N")]
@@ -216,6 +221,7 @@ pub struct FileConfig {
     pub max_project_params: Option<usize>,
     pub eval_threads: Option<usize>,
     pub eval_cpu_percent: Option<u32>,
+    pub lease_seconds: Option<u32>,
     pub provider_connects_per_minute: Option<u32>,
     pub max_provider_frames_per_sec: Option<u32>,
     pub max_reassembly_bytes: Option<u64>,
@@ -292,6 +298,8 @@ pub struct Settings {
     pub eval_threads: usize,
     /// The percentage of wall-clock time a project may spend on evaluations between epoch ends.
     pub eval_cpu_percent: u32,
+    /// How long one lease should take a provider at its measured speed.
+    pub lease_seconds: u32,
     /// Provider connections one client address may open per minute.
     pub provider_connects_per_minute: u32,
     /// Frames one provider connection may send per second on average.
@@ -370,6 +378,7 @@ impl Default for Settings {
             max_project_params: 16 << 20,
             eval_threads: 1,
             eval_cpu_percent: 10,
+            lease_seconds: 5,
             provider_connects_per_minute: 60,
             max_provider_frames_per_sec: 500,
             max_reassembly_bytes: 1 << 30,
@@ -485,6 +494,7 @@ impl Settings {
             max_project_params: args.max_project_params.or(file.max_project_params).unwrap_or(d.max_project_params),
             eval_threads: args.eval_threads.or(file.eval_threads).unwrap_or(d.eval_threads),
             eval_cpu_percent: args.eval_cpu_percent.or(file.eval_cpu_percent).unwrap_or(d.eval_cpu_percent),
+            lease_seconds: args.lease_seconds.or(file.lease_seconds).unwrap_or(d.lease_seconds),
             provider_connects_per_minute: args
                 .provider_connects_per_minute
                 .or(file.provider_connects_per_minute)
@@ -592,6 +602,7 @@ impl Settings {
         check((1..=64 << 20).contains(&self.max_project_params), "max_project_params must be in 1..=67108864");
         check((1..=1024).contains(&self.eval_threads), "eval_threads must be in 1..=1024");
         check((1..=100).contains(&self.eval_cpu_percent), "eval_cpu_percent must be in 1..=100");
+        check((1..=600).contains(&self.lease_seconds), "lease_seconds must be in 1..=600");
         check(
             (1..=1_000_000).contains(&self.provider_connects_per_minute),
             "provider_connects_per_minute must be in 1..=1000000",

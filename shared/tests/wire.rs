@@ -6,11 +6,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use daig_shared::wire::{
-    Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DecodeError, Frame, Goodbye, GoodbyeReason,
-    Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, MAX_FRAME_BYTES, Normalisation, PROTOCOL_VERSION,
-    ParseShardHashError, PayloadError, ProjectId, ProviderId, ProviderKey, Reassembler, ReassemblyError, RefusalReason,
-    SampleSelection, ShardHash, ShardRequest, ShardSamples, TrainingInfo, Transfer, TransferId, TransferKind,
-    TransferStart, Welcome, f32s_from_le_bytes, f32s_to_le_bytes, peek_hello_version, transfer_frames,
+    Ack, AckOutcome, Backend, CancelLease, Chunk, ContributionInfo, DecodeError, DeviceCapacity, Frame, Goodbye,
+    GoodbyeReason, Heartbeat, Hello, Lease, LeaseId, LeaseProgress, MAX_CHUNK_BYTES, MAX_FRAME_BYTES, Normalisation,
+    PROTOCOL_VERSION, ParseShardHashError, PayloadError, ProjectId, ProviderId, ProviderKey, Reassembler,
+    ReassemblyError, RefusalReason, SampleSelection, ShardHash, ShardRequest, ShardSamples, TrainingInfo, Transfer,
+    TransferId, TransferKind, TransferStart, Welcome, f32s_from_le_bytes, f32s_to_le_bytes, peek_hello_version,
+    transfer_frames,
 };
 use expect_test::expect;
 use rand::{Rng, SeedableRng};
@@ -127,6 +128,7 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
                 site_key: Some("key".into()),
                 project_id: Some(ProjectId(7)),
                 provider_key: Some(ProviderKey([0x5a; 32])),
+                device: DeviceCapacity { max_buffer_bytes: 1 << 28, memory_bytes: 1 << 31 },
             }),
         ),
         (
@@ -140,6 +142,7 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
                 site_key: None,
                 project_id: None,
                 provider_key: None,
+                device: DeviceCapacity::default(),
             }),
         ),
         (
@@ -247,6 +250,7 @@ fn sample_frames() -> Vec<(&'static str, Frame<'static>)> {
             }),
         ),
         ("goodbye", Frame::Goodbye(Goodbye { reason: GoodbyeReason::Normal, detail: String::new() })),
+        ("goodbye_device", Frame::Goodbye(Goodbye { reason: GoodbyeReason::DeviceTooSmall, detail: "buffer".into() })),
         (
             "goodbye_version",
             Frame::Goodbye(Goodbye {
@@ -285,8 +289,8 @@ fn encoded_frames_match_snapshot() {
         out
     });
     expect![[r#"
-        hello                  000200036770750080bb4401a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf01036b65790107015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a
-        hello_minimal          000205000000000000000000
+        hello                  000300036770750080bb4401a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf01036b65790107015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a80808080018080808008
+        hello_minimal          0003050000000000000000000000
         welcome                01ac0207027b7d8a9b0620882701000000008180803b
         welcome_per_feature    0101020003010102020000803f000080bf020000003f00000040
         lease_indices          02090703000500017f8001f0a204040ad7233cb0ea01
@@ -302,7 +306,8 @@ fn encoded_frames_match_snapshot() {
         transfer_contribution  070302090380010000803e08
         chunk                  080300080000803f000000c0
         goodbye                090000
-        goodbye_version        09020206757064617465
+        goodbye_device         090a06627566666572
+        goodbye_version        09020306757064617465
     "#]]
     .assert_eq(&listing);
 }

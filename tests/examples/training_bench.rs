@@ -793,6 +793,7 @@ async fn simulated_provider(
         cached_shards: Vec::new(),
         site_key: None,
         provider_key: None,
+        device: daig_shared::wire::DeviceCapacity::default(),
         project_id: Some(ProjectId(project as u64)),
     };
     if let Err(e) = ws.send(Message::Binary(Frame::Hello(hello).encode().into())).await {

@@ -653,6 +653,7 @@ async fn non_reader(server: SocketAddr, source: Ipv4Addr, project: i64, mut stop
         site_key: None,
         project_id: Some(ProjectId(project as u64)),
         provider_key: None,
+        device: daig_shared::wire::DeviceCapacity::default(),
     };
     if let Err(e) = ws.send(Message::Binary(Frame::Hello(hello).encode().into())).await {
         return NonReader::Unexpected(format!("hello: {e}"));

@@ -160,6 +160,7 @@ async fn silent_socket(url: &str, project: i64, source: std::net::Ipv4Addr) {
         site_key: None,
         project_id: Some(ProjectId(project as u64)),
         provider_key: None,
+        device: daig_shared::wire::DeviceCapacity::default(),
     };
     ws.send(Message::Binary(Frame::Hello(hello).encode().into())).await.unwrap();
     while let Some(Ok(message)) = ws.next().await {

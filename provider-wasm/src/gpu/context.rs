@@ -2,6 +2,7 @@
 //! kernel and its parameters.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What went wrong on the GPU, in a form the provider can report to the server.
@@ -114,6 +115,10 @@ pub struct Gpu {
     /// The first error raised outside an error scope since it was last reported. wgpu's default
     /// handler panics; a provider must report instead.
     uncaptured: Arc<Mutex<Option<(bool, String)>>>,
+    /// Bytes of storage and read-back buffers created so far, and the largest one: what the tests hold
+    /// against [`Model::device_need`](daig_shared::model::Model::device_need).
+    allocated: AtomicU64,
+    largest: AtomicU64,
 }
 
 impl Gpu {
@@ -177,6 +182,8 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             lost,
             uncaptured,
+            allocated: AtomicU64::new(0),
+            largest: AtomicU64::new(0),
         })
     }
 
@@ -278,16 +285,44 @@ impl Gpu {
         self.queue.submit([encoder.finish()]);
     }
 
+    fn count(&self, size: u64) {
+        self.allocated.fetch_add(size, Ordering::Relaxed);
+        self.largest.fetch_max(size, Ordering::Relaxed);
+    }
+
+    /// Starts [`Gpu::allocated_bytes`] and [`Gpu::largest_allocation`] from zero.
+    pub fn reset_allocation_counts(&self) {
+        self.allocated.store(0, Ordering::Relaxed);
+        self.largest.store(0, Ordering::Relaxed);
+    }
+
+    /// Bytes of storage and read-back buffers created since the device was opened or the counts were reset
+    /// (freed ones included).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// The largest storage or read-back buffer created since the device was opened or the counts were reset.
+    pub fn largest_allocation(&self) -> u64 {
+        self.largest.load(Ordering::Relaxed)
+    }
+
+    /// The largest storage buffer the device allocates and binds.
+    pub fn max_buffer_bytes(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
     /// A storage buffer of `len` f32 values, zeroed.
     ///
     /// # Errors
     /// When the buffer is larger than the device allows.
     pub fn buffer(&self, label: &'static str, len: usize) -> Result<wgpu::Buffer, GpuError> {
         let size = len.max(1).checked_mul(4).map_or(u64::MAX, |b| b as u64);
-        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let max = self.max_buffer_bytes();
         if size > max {
             return Err(GpuError::TooLarge(label, size, max));
         }
+        self.count(size);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
@@ -355,6 +390,7 @@ impl Gpu {
         if size == 0 {
             return Ok(Vec::new());
         }
+        self.count(size);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,

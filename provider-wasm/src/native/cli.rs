@@ -43,6 +43,10 @@ struct Args {
     /// The most disk space the shard cache takes, in MiB.
     #[arg(long, default_value_t = 4096)]
     cache_max_mb: u64,
+    /// The most GPU memory (or, on the CPU, main memory) one project's training may take, in MiB: the server
+    /// sends this provider only projects that fit [default: no limit besides the adapter's buffer size].
+    #[arg(long)]
+    max_device_memory_mb: Option<u64>,
     /// Exit after this many contributions were applied (for tests and benchmarks).
     #[arg(long)]
     max_contributions: Option<u64>,
@@ -87,6 +91,7 @@ pub fn main() -> ExitCode {
         provider_key,
         cache_dir,
         cache_max_bytes: args.cache_max_mb.saturating_mul(1 << 20),
+        device_memory_bytes: args.max_device_memory_mb.unwrap_or(0).saturating_mul(1 << 20),
         max_contributions: args.max_contributions,
         quiet: args.quiet,
         tamper: None,

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use daig_shared::wire::{
-    AckOutcome, DEFAULT_MAX_TRANSFER_BYTES, GoodbyeReason, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProjectId, ProviderKey,
+    AckOutcome, DEFAULT_MAX_TRANSFER_BYTES, DeviceCapacity, GoodbyeReason, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    ProjectId, ProviderKey,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
@@ -56,6 +57,9 @@ pub struct Options {
     pub provider_key: Option<ProviderKey>,
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
+    /// The most device memory one project's training may take, stated in `Hello` (0: unstated); the
+    /// server lets the provider join only projects that fit it and the adapter's buffer limit.
+    pub device_memory_bytes: u64,
     /// Exit after this many applied contributions.
     pub max_contributions: Option<u64>,
     /// No progress line.
@@ -255,6 +259,10 @@ impl Provider {
             site_key: self.options.site_key.clone(),
             project_id: self.options.project,
             provider_key: self.options.provider_key,
+            device: DeviceCapacity {
+                max_buffer_bytes: self.probe.max_buffer_bytes,
+                memory_bytes: self.options.device_memory_bytes,
+            },
             stored_shards: self.cache.list(),
             max_shard_bytes: DEFAULT_MAX_TRANSFER_BYTES,
             initial_heartbeat_interval_ms: INITIAL_HEARTBEAT_MS,
@@ -438,6 +446,9 @@ impl Provider {
             }
             (Initiator::Server, GoodbyeReason::ShutOut) => {
                 Outcome::Fatal(anyhow!("the server shut this provider out: {detail}"))
+            }
+            (Initiator::Server, GoodbyeReason::DeviceTooSmall) => {
+                Outcome::Fatal(anyhow!("this device cannot train the project: {detail}"))
             }
             (Initiator::Server, GoodbyeReason::UnsupportedVersion { supported }) => Outcome::Fatal(anyhow!(
                 "the server speaks protocol version {supported} and this provider version {PROTOCOL_VERSION}; \

@@ -34,6 +34,8 @@ pub enum BackendChoice {
 pub struct Probe {
     pub backend: wire::Backend,
     pub adapter: String,
+    /// The adapter's largest storage buffer, for `Hello`; 0 on the CPU (no such limit).
+    pub max_buffer_bytes: u64,
 }
 
 /// A message from the training thread.
@@ -114,7 +116,11 @@ impl Trainer {
 /// and the probe.
 fn open(choice: BackendChoice) -> anyhow::Result<(Option<Gpu>, String, Probe)> {
     let cpu = |reason: String| {
-        let probe = Probe { backend: wire::Backend::Cpu, adapter: format!("CPU reference trainer ({reason})") };
+        let probe = Probe {
+            backend: wire::Backend::Cpu,
+            adapter: format!("CPU reference trainer ({reason})"),
+            max_buffer_bytes: 0,
+        };
         Ok((None, reason, probe))
     };
     if choice == BackendChoice::Cpu {
@@ -129,7 +135,11 @@ fn open(choice: BackendChoice) -> anyhow::Result<(Option<Gpu>, String, Probe)> {
     };
     match checked {
         Ok(gpu) => {
-            let probe = Probe { backend: wire_backend(&gpu.adapter), adapter: gpu.adapter.name.clone() };
+            let probe = Probe {
+                backend: wire_backend(&gpu.adapter),
+                adapter: gpu.adapter.name.clone(),
+                max_buffer_bytes: gpu.max_buffer_bytes(),
+            };
             Ok((Some(gpu), String::new(), probe))
         }
         Err(e) if choice == BackendChoice::Gpu => bail!("--backend gpu, but {e}"),

@@ -29,6 +29,7 @@ use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, DedicatedWorkerGlobalScope, MessageEvent, WebSocket};
 
 use self::cache::ShardCache;
+pub use self::trainer::{MEMORY_SHARE, WASM_MEMORY_BYTES, device_capacity};
 use self::trainer::{Probe, Report, Trainer};
 use crate::backoff::Backoff;
 use crate::session::{Closed, Event, Initiator, Session, SessionConfig, ShardMemory};
@@ -297,6 +298,7 @@ impl Worker {
         config.site_key = self.options.site_key.clone();
         config.project_id = self.options.project;
         config.provider_key = self.options.provider_key;
+        config.device = probe.device;
         config.stored_shards = self.cache.as_ref().map(|c| c.list()).unwrap_or_default();
         config.max_shard_bytes = DEFAULT_MAX_TRANSFER_BYTES;
         config.initial_heartbeat_interval_ms = INITIAL_HEARTBEAT_MS;
@@ -403,6 +405,7 @@ impl Worker {
                 self.figures.message = format!("the server ended the session ({reason:?}): {detail}");
                 if *reason == GoodbyeReason::Unauthorized
                     || *reason == GoodbyeReason::ShutOut
+                    || *reason == GoodbyeReason::DeviceTooSmall
                     || matches!(reason, GoodbyeReason::UnsupportedVersion { .. })
                     || (*reason == GoodbyeReason::Normal && self.options.project.is_some())
                 {

@@ -22,6 +22,8 @@ pub struct Probe {
     pub gpu: bool,
     pub backend: wire::Backend,
     pub adapter: String,
+    /// What the device can hold, for `Hello`.
+    pub device: wire::DeviceCapacity,
 }
 
 /// A message from the training task.
@@ -69,8 +71,18 @@ impl Trainer {
             Err(e) => (None, e.to_string()),
         };
         let probe = match &gpu {
-            Some(gpu) => Probe { gpu: true, backend: wire::Backend::WebGpu, adapter: describe(&gpu.adapter) },
-            None => Probe { gpu: false, backend: wire::Backend::Cpu, adapter: format!("CPU ({cpu_reason})") },
+            Some(gpu) => Probe {
+                gpu: true,
+                backend: wire::Backend::WebGpu,
+                adapter: describe(&gpu.adapter),
+                device: device_capacity(Some(gpu)),
+            },
+            None => Probe {
+                gpu: false,
+                backend: wire::Backend::Cpu,
+                adapter: format!("CPU ({cpu_reason})"),
+                device: device_capacity(None),
+            },
         };
         let (commands, rx) = mpsc::unbounded();
         let connection = Rc::new(Cell::new(0));
@@ -91,6 +103,31 @@ impl Trainer {
     /// Marks `connection` as the current one: queued jobs of earlier connections are skipped.
     pub fn set_connection(&self, connection: u64) {
         self.connection.set(connection);
+    }
+}
+
+/// The share of the memory the browser reports that one project's training may take: the tab shares it with
+/// the page, the browser and everything else the visitor runs.
+pub const MEMORY_SHARE: u64 = 4;
+/// What the CPU fallback may hold: wasm32 addresses 4 GiB, and the page needs some of it.
+pub const WASM_MEMORY_BYTES: u64 = 2 << 30;
+
+/// What this browser states it can hold: the WebGPU adapter's buffer limit, and a quarter of the memory
+/// the browser reports (`navigator.deviceMemory`, in GiB, rounded down and capped at 8 by Chromium; absent in
+/// Firefox and Safari, which leaves it unstated on the GPU).
+pub fn device_capacity(gpu: Option<&Gpu>) -> wire::DeviceCapacity {
+    let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok();
+    let gib = navigator
+        .and_then(|n| js_sys::Reflect::get(&n, &"deviceMemory".into()).ok())
+        .and_then(|m| m.as_f64())
+        .filter(|m| m.is_finite() && *m > 0.0);
+    let reported = gib.map_or(0, |g| (g * f64::from(1u32 << 30)) as u64 / MEMORY_SHARE);
+    match gpu {
+        Some(gpu) => wire::DeviceCapacity { max_buffer_bytes: gpu.max_buffer_bytes(), memory_bytes: reported },
+        None => wire::DeviceCapacity {
+            max_buffer_bytes: WASM_MEMORY_BYTES,
+            memory_bytes: if reported == 0 { WASM_MEMORY_BYTES } else { reported.min(WASM_MEMORY_BYTES) },
+        },
     }
 }
 

@@ -361,6 +361,7 @@ impl<S: Socket> Connection<S> {
                                 ))));
                             }
                             self.check_origin(id, handle.access, &handle.sites)?;
+                            self.check_device(&handle)?;
                             vec![handle]
                         }
                         None => {
@@ -376,6 +377,7 @@ impl<S: Socket> Connection<S> {
                     Some(key) => match training.by_site_key(&key) {
                         Some(own) => {
                             self.check_origin(own.id, own.access, &own.sites)?;
+                            self.check_device(&own)?;
                             vec![own]
                         }
                         None => {
@@ -383,7 +385,11 @@ impl<S: Socket> Connection<S> {
                             Vec::new()
                         }
                     },
-                    None => training.public_by_need(),
+                    // Only projects the device can train; while none fits, it waits like a provider with no project.
+                    None => {
+                        let device = self.hello.device;
+                        training.public_by_need().into_iter().filter(|p| device.refuses(&p.need).is_none()).collect()
+                    }
                 },
             };
             for handle in candidates {
@@ -454,6 +460,15 @@ impl<S: Socket> Connection<S> {
             SocketOrigin::Site(origin) if listed(origin) => Some(own_key.cloned().unwrap_or_else(|| origin.clone())),
             SocketOrigin::Site(_) => None,
             SocketOrigin::None | SocketOrigin::SameOrigin => own_key.cloned(),
+        }
+    }
+
+    /// Refuses a provider whose device says it cannot hold the project's training: a visitor's tab is never
+    /// handed a model it cannot allocate.
+    fn check_device(&self, handle: &ProjectHandle) -> Result<(), Stop> {
+        match self.hello.device.refuses(&handle.need) {
+            None => Ok(()),
+            Some(why) => Err(Stop(Some((GoodbyeReason::DeviceTooSmall, format!("project {}: {why}", handle.id))))),
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use daig_shared::model::Model;
+use daig_shared::model::{DeviceNeed, Model};
 use daig_shared::params::init_params;
 use daig_shared::train::{Evaluation, Optimizer, Trainer};
 use daig_shared::wire::{
@@ -67,6 +67,8 @@ pub struct Joined {
 /// What [`Coordinator::start`] hands back to the registry.
 pub struct Started {
     pub events: mpsc::Sender<Event>,
+    /// What training the project takes on a provider's device.
+    pub need: DeviceNeed,
     pub status: watch::Receiver<LiveStatus>,
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -152,6 +154,7 @@ impl Coordinator {
             norm_bound_factor: settings.norm_bound_factor,
             has_validation: validation.is_some(),
             eval_share: f64::from(state.settings().eval_cpu_percent) / 100.0,
+            lease_secs: f64::from(state.settings().lease_seconds),
             checks: if state.settings().check_contributions {
                 CheckPolicy::on(rand::random())
             } else {
@@ -167,6 +170,8 @@ impl Coordinator {
             applied: trainer.applied,
             samples_applied: trainer.samples_applied,
         };
+        let largest_shard = data.train.iter().map(|s| s.samples).max().unwrap_or(0);
+        let need = model.device_need(settings.batch_size, largest_shard);
         let core = Core::new(config, data.train.clone(), restore, state.training().lease_ids());
         let (params_tx, _) = watch::channel(core.snapshot());
         let (status_tx, status_rx) = watch::channel(core.status());
@@ -210,7 +215,7 @@ impl Coordinator {
             started: Instant::now(),
         };
         let task = tokio::spawn(coordinator.run(events_rx, eval_rx, check_rx));
-        Ok(Started { events: events_tx, status: status_rx, task })
+        Ok(Started { events: events_tx, need, status: status_rx, task })
     }
 
     /// Milliseconds since the coordinator started: the core's clock.

@@ -40,8 +40,6 @@ use daig_shared::api::training::Standing;
 
 /// Leases a provider holds at once: one to train, one queued so that it never waits for a round trip.
 pub const LEASE_DEPTH: usize = 2;
-/// How long a lease should take at the provider's measured speed; leases of several batches are cut to it.
-const TARGET_LEASE_SECS: f64 = 5.0;
 /// A lease's deadline: this many times its expected duration, and at least [`MIN_DEADLINE_MS`].
 const DEADLINE_FACTOR: f64 = 6.0;
 const MIN_DEADLINE_MS: u64 = 20_000;
@@ -98,6 +96,9 @@ pub struct CoreConfig {
     /// The share of wall-clock time evaluations between epoch ends may take (`eval_cpu_percent` / 100): after one that
     /// took `t`, the next waits `t * (1 / share - 1)`, and at least [`EVAL_INTERVAL_MS`].
     pub eval_share: f64,
+    /// How long a lease should take at the provider's measured speed (`lease_seconds`); leases of several
+    /// batches are cut to it.
+    pub lease_secs: f64,
 }
 
 /// Which contributions the core has recomputed before they count ([`Effect::Verify`]).
@@ -1018,7 +1019,9 @@ impl Core {
             }
             let batch = f64::from(self.config.batch_size.max(1));
             let max_units = match p.speed {
-                Some(speed) => ((speed * TARGET_LEASE_SECS / batch).floor() as u32).clamp(1, self.config.local_steps),
+                Some(speed) => {
+                    ((speed * self.config.lease_secs / batch).floor() as u32).clamp(1, self.config.local_steps)
+                }
                 None => 1,
             };
             let speculate = self.config.checks.trusts(p.verified);

@@ -33,6 +33,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use daig_shared::model::DeviceNeed;
 use daig_shared::wire::{Ack, CancelLease, Lease};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
@@ -110,6 +111,8 @@ pub struct ProjectHandle {
     pub site_key: Option<String>,
     /// The origins that may embed a `site_key` project (canonical, see `api::projects::parse_origin`).
     pub sites: Vec<String>,
+    /// What its training takes on a provider's device: providers whose device says it holds less are not let in.
+    pub need: DeviceNeed,
 }
 
 /// Where a provider's socket was opened, from its `Origin` header: what the Origin checks of `site_key` projects
@@ -284,6 +287,7 @@ pub async fn start(state: &AppState, row: &ProjectRow) -> Result<(), TrainingErr
         access: settings.access,
         site_key: row.site_key.clone(),
         sites: settings.canonical_sites(),
+        need: started.need,
     });
     drop(started.task);
     Ok(())

@@ -314,3 +314,123 @@ async fn an_address_that_opens_provider_connections_too_fast_is_answered_429() {
     }
     WireClient::connect_as(addr, client(10)).await.expect("another address has its own rate");
 }
+
+/// The next frame that is not a heartbeat, or `None` when `wait` passes without one (the provider answers
+/// nothing meanwhile, which a heartbeat interval of a second allows for two).
+async fn next_besides_heartbeats(client: &mut WireClient, wait: Duration) -> Option<Incoming> {
+    tokio::time::timeout(wait, async {
+        loop {
+            match client.recv().await {
+                Incoming::Frame(Frame::Heartbeat(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// Waits until project `id`'s published status (what the server chooses projects by) lists `n` providers.
+async fn providers_reach(app: &TestApp, id: i64, n: usize) {
+    let handle = app.state.training().get(id).expect("a running project");
+    let reached = tokio::time::timeout(Duration::from_secs(30), async {
+        while handle.status.borrow().providers.len() < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert!(reached.await.is_ok(), "project {id} never listed {n} providers");
+}
+
+/// A provider joins only projects that its device says it can hold, whichever of the two figures falls short
+/// and however it asks: by project, by site key, or letting the server choose (then it is sent to a project that
+/// fits, or waits for one, never to one that does not). A figure exactly at the need fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_never_joins_a_project_its_device_cannot_hold() {
+    use daig_shared::model::{Limits, Model};
+    use daig_shared::wire::DeviceCapacity;
+
+    use crate::web::running;
+
+    let app = TestApp::with(|s| s.heartbeat_interval_ms = 1000).await;
+    let addr = serve(&app).await;
+    let (_, token) = app.user_with_token("ada").await;
+    // The same model at two sizes of minibatch and shard (30 training samples each).
+    let settings = |batch: u32, per_shard: u32| json!({"batch_size": batch, "samples_per_shard": per_shard, "validation_fraction": 0.25});
+    let (small, _) = running(&app, &token, settings(2, 10)).await;
+    let (large, _) = running(&app, &token, settings(16, 30)).await;
+    let mut site_settings = settings(16, 30);
+    site_settings["access"] = json!("site_key");
+    let (site, key) = running(&app, &token, site_settings).await;
+    let model = Model::from_json(&crate::support::small_model().to_string(), &Limits::default()).unwrap();
+    let (small_need, large_need) = (model.device_need(2, 10), model.device_need(16, 30));
+    assert!(
+        small_need.largest_buffer_bytes < large_need.largest_buffer_bytes
+            && small_need.total_bytes < large_need.total_bytes
+    );
+
+    let short_buffer = DeviceCapacity { max_buffer_bytes: small_need.largest_buffer_bytes, memory_bytes: 0 };
+    let short_memory = DeviceCapacity { max_buffer_bytes: 0, memory_bytes: small_need.total_bytes };
+    let mut joined_small = Vec::new();
+    for device in [short_buffer, short_memory] {
+        let with = |project: Option<i64>, site_key: Option<String>| {
+            let mut h = hello(project);
+            h.device = device;
+            h.site_key = site_key;
+            h
+        };
+        // Named projects and the site's own: refused with the figure that falls short.
+        for (project, site_key) in [(Some(large), None), (None, key.clone()), (Some(site), key.clone())] {
+            let mut client = WireClient::connect(addr).await;
+            client.send(&Frame::Hello(with(project, site_key.clone()))).await;
+            match client.recv().await {
+                Incoming::Frame(Frame::Goodbye(g)) => {
+                    assert_eq!(g.reason, GoodbyeReason::DeviceTooSmall, "{device:?}: {g:?}");
+                    let figure = if device.max_buffer_bytes > 0 { "a buffer of" } else { "bytes of device memory" };
+                    assert!(g.detail.contains(figure), "{device:?}: {}", g.detail);
+                }
+                _ => panic!("{device:?}: a device too small for {project:?} / {site_key:?} was not refused"),
+            }
+        }
+        // The small project fits exactly; the client stays, so that the small project has more providers.
+        let mut client = WireClient::connect(addr).await;
+        client.send(&Frame::Hello(with(Some(small), None))).await;
+        match next_besides_heartbeats(&mut client, Duration::from_secs(30)).await {
+            Some(Incoming::Frame(Frame::Welcome(w))) => assert_eq!(w.project_id.0, small as u64),
+            _ => panic!("{device:?}: a device that holds the small project was not welcomed to it"),
+        }
+        joined_small.push(client);
+        providers_reach(&app, small, joined_small.len()).await;
+        // Left to choose, the server sends it to the small project although the large one needs providers more.
+        let mut client = WireClient::connect(addr).await;
+        client.send(&Frame::Hello(with(None, None))).await;
+        match next_besides_heartbeats(&mut client, Duration::from_secs(30)).await {
+            Some(Incoming::Frame(Frame::Welcome(w))) => assert_eq!(w.project_id.0, small as u64, "{device:?}"),
+            _ => panic!("{device:?}: no welcome to the project that fits"),
+        }
+        joined_small.push(client);
+        providers_reach(&app, small, joined_small.len()).await;
+    }
+    // A device that states nothing goes where providers are needed most: the filter above made the difference.
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(hello(None))).await;
+    match next_besides_heartbeats(&mut client, Duration::from_secs(30)).await {
+        Some(Incoming::Frame(Frame::Welcome(w))) => assert_eq!(w.project_id.0, large as u64),
+        _ => panic!("no welcome for a provider that states no capacity"),
+    }
+    // While no project fits, a provider waits rather than being sent to one that does not.
+    assert_eq!(app.act(&token, small, "pause").await.status, StatusCode::OK);
+    let mut client = WireClient::connect(addr).await;
+    client.send(&Frame::Hello(daig_shared::wire::Hello { device: short_memory, ..hello(None) })).await;
+    if let Some(other) = next_besides_heartbeats(&mut client, Duration::from_secs(2)).await {
+        match other {
+            Incoming::Frame(Frame::Welcome(w)) => panic!("sent to project {} that it cannot hold", w.project_id.0),
+            _ => panic!("a waiting provider was sent something else"),
+        }
+    }
+    client.send(&Frame::Heartbeat(Heartbeat::default())).await;
+    assert_eq!(app.act(&token, small, "resume").await.status, StatusCode::OK);
+    match next_besides_heartbeats(&mut client, Duration::from_secs(30)).await {
+        Some(Incoming::Frame(Frame::Welcome(w))) => assert_eq!(w.project_id.0, small as u64),
+        _ => panic!("the waiting provider was not welcomed once a project that fits resumed"),
+    }
+}

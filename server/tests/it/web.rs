@@ -96,7 +96,7 @@ async fn serve(app: &TestApp) -> SocketAddr {
 }
 
 /// A running project with the small model and dataset.
-async fn running(app: &TestApp, token: &str, settings: Value) -> (i64, Option<String>) {
+pub(crate) async fn running(app: &TestApp, token: &str, settings: Value) -> (i64, Option<String>) {
     let id = app.small_project(token, settings).await;
     let (features, labels) = crate::support::small_dataset(40, 3);
     assert_eq!(app.upload(token, id, "features", features).await.status, StatusCode::OK);

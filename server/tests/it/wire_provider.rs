@@ -37,6 +37,7 @@ pub fn hello(project: Option<i64>) -> Hello {
         site_key: None,
         project_id: project.map(|p| ProjectId(p as u64)),
         provider_key: None,
+        device: daig_shared::wire::DeviceCapacity::default(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! Validation never panics and reports every problem it can find at once, each as a [`SpecError`] that
 //! names the layer and the field: "layer 3 (conv2d): kernel_size 7 is larger than its 5x5 input".
 
+mod device;
 pub mod keras;
 pub mod spec;
 
@@ -15,6 +16,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::device::DeviceNeed;
 pub use self::spec::{Activation, FieldKind, Layer, LayerField, LayerKind, Loss, ModelSpec, Padding, Shape, Size2};
 use crate::data::{DataRequirements, LabelRequirement};
 use crate::params::ParamLayout;

@@ -197,6 +197,41 @@ pub struct Hello {
     /// its config directory) so that its standing and credit survive reconnects; `None` starts it as new. The
     /// server keeps only a hash of it.
     pub provider_key: Option<ProviderKey>,
+    /// What the provider's device can hold; the server lets it join only projects whose training fits.
+    pub device: DeviceCapacity,
+}
+
+/// What a provider's device says it can hold for one project's training, in bytes; 0 leaves a figure
+/// unstated (no limit is applied for it).
+///
+/// The server compares it with the project's [`DeviceNeed`](crate::model::DeviceNeed) before a provider
+/// joins: a browser states its WebGPU adapter's buffer limit and a share of the memory it reports, a native
+/// provider its adapter's buffer limit and whatever memory its user allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCapacity {
+    /// The largest buffer the device can allocate and bind for storage.
+    pub max_buffer_bytes: u64,
+    /// The memory it gives one project's training, all buffers together.
+    pub memory_bytes: u64,
+}
+
+impl DeviceCapacity {
+    /// Why `need` does not fit this device, in words for the provider's user; `None` when it fits.
+    pub fn refuses(&self, need: &crate::model::DeviceNeed) -> Option<String> {
+        if self.max_buffer_bytes > 0 && need.largest_buffer_bytes > self.max_buffer_bytes {
+            Some(format!(
+                "training this project needs a buffer of {} bytes; this device allows at most {}",
+                need.largest_buffer_bytes, self.max_buffer_bytes
+            ))
+        } else if self.memory_bytes > 0 && need.total_bytes > self.memory_bytes {
+            Some(format!(
+                "training this project needs {} bytes of device memory; this device gives it at most {}",
+                need.total_bytes, self.memory_bytes
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// A provider's persistent key: 32 random bytes it generated once and keeps to itself.
@@ -434,4 +469,7 @@ pub enum GoodbyeReason {
     /// Server to provider: a contribution failed its check by recomputation (it was not the computation its
     /// lease asked for), so the provider is shut out; the detail says how it differed. Not worth retrying.
     ShutOut,
+    /// Server to provider: the project's training does not fit what the provider's device says it can hold
+    /// ([`DeviceCapacity`]); the detail says which figure. Not worth retrying for that project.
+    DeviceTooSmall,
 }

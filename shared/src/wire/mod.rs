@@ -61,8 +61,8 @@ mod transfer;
 
 pub use codec::{DecodeError, peek_hello_version};
 pub use messages::{
-    Ack, AckOutcome, Backend, CancelLease, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease, LeaseId,
-    LeaseProgress, Normalisation, ParseShardHashError, ProjectId, ProviderId, ProviderKey, RefusalReason,
+    Ack, AckOutcome, Backend, CancelLease, DeviceCapacity, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease,
+    LeaseId, LeaseProgress, Normalisation, ParseShardHashError, ProjectId, ProviderId, ProviderKey, RefusalReason,
     SampleSelection, ShardHash, ShardRequest, ShardSamples, TrainingInfo, Welcome,
 };
 pub use payload::{PayloadError, f32s_from_le_bytes, f32s_to_le_bytes};
@@ -72,7 +72,7 @@ pub use transfer::{
 };
 
 /// The version of this protocol, sent first in [`Hello`]; a server accepts only its own.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest payload one [`Chunk`] carries: 1 MiB.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;

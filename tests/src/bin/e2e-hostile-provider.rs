@@ -140,6 +140,7 @@ fn main() -> ExitCode {
                 provider_key: None,
                 cache_dir: args.dir.join(format!("cache-{i}")),
                 cache_max_bytes: 1 << 30,
+                device_memory_bytes: 0,
                 max_contributions: None,
                 quiet: true,
                 tamper: Some(Arc::new(tamper)),

@@ -150,6 +150,7 @@ fn hello(project: Option<u64>) -> Hello {
         site_key: None,
         project_id: project.map(ProjectId),
         provider_key: None,
+        device: daig_shared::wire::DeviceCapacity::default(),
     }
 }
 

@@ -28,6 +28,7 @@ fn config(k: u32, max_staleness: u32, local_steps: u32, epochs: u32) -> CoreConf
         has_validation: true,
         checks: CheckPolicy::off(),
         eval_share: 0.1,
+        lease_secs: 5.0,
     }
 }
 
