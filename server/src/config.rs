@@ -755,6 +755,50 @@ mod tests {
     }
 
     #[test]
+    fn every_resource_limit_refuses_zero_naming_itself() {
+        let limits = [
+            "body_limit_bytes",
+            "request_timeout_ms",
+            "concurrency_limit",
+            "session_ttl_secs",
+            "token_ttl_secs",
+            "heartbeat_interval_ms",
+            "max_uploads_per_account",
+            "max_uploads",
+            "max_projects_per_account",
+            "max_running_projects_per_account",
+            "max_dataset_bytes_per_account",
+            "upload_idle_timeout_ms",
+            "max_event_streams_per_account",
+            "max_event_streams",
+            "max_provider_connections",
+            "check_threads",
+            "max_provider_connections_per_address",
+            "max_first_lease_flops",
+            "max_project_memory_bytes",
+            "max_project_flops_per_sample",
+            "max_project_params",
+            "eval_threads",
+            "eval_cpu_percent",
+            "lease_seconds",
+            "provider_connects_per_minute",
+            "max_provider_frames_per_sec",
+            "max_reassembly_bytes",
+            "provider_write_timeout_ms",
+            "header_read_timeout_ms",
+            "max_upload_bytes",
+        ];
+        for name in limits {
+            let file: FileConfig = toml::from_str(&format!("{name} = 0")).unwrap();
+            let Err(ConfigError::Invalid(problems)) = Settings::from_layers(Args::default(), file) else {
+                panic!("{name} = 0 was accepted");
+            };
+            assert_eq!(problems.len(), 1, "{name}: {problems:?}");
+            assert!(problems[0].starts_with(&format!("{name} must be in ")), "{name}: {problems:?}");
+        }
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let err = toml::from_str::<FileConfig>("listne = \"0.0.0.0:1\"").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");

@@ -307,6 +307,13 @@ fn leases_are_sized_by_measured_speed_never_by_a_providers_claim() {
     world.contribute(40, 1, &first[0], 0, &[0.1; PARAMS]);
     let next = world.leases(1).into_iter().find(|l| first.iter().all(|f| f.lease_id != l.lease_id)).unwrap();
     assert_eq!((next.local_steps, next.deadline_ms), (4, MIN_DEADLINE_MS));
+    // A shorter lease budget (`lease_seconds`) cuts it shorter: 80 ms of 100 samples/s is 2 batches.
+    let mut world = World::new(CoreConfig { lease_secs: 0.08, ..config(1, 2, 4, 1) }, shards(&[64]));
+    world.join(0, 1, 0.0);
+    let first = world.leases(1);
+    world.contribute(40, 1, &first[0], 0, &[0.1; PARAMS]);
+    let next = world.leases(1).into_iter().find(|l| first.iter().all(|f| f.lease_id != l.lease_id)).unwrap();
+    assert_eq!(next.local_steps, 2);
 }
 
 #[test]
