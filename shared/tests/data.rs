@@ -11,7 +11,7 @@ use daig_shared::data::npz::NpzArchive;
 use daig_shared::data::{
     ArrayInfo, ByteOrder, DataError, DataRequirements, Dtype, LabelRef, LabelRequirement, Labels, Limits,
     Normalization, RawArray, RunningStats, SampleSource, ShardHeader, ShardLabel, ShardLabels, ShardPlan, ShardRole,
-    ShardView, ShardWriter, check, idx, npy, permutation, shard_dataset, split, to_f32,
+    ShardView, ShardWriter, check, idx, npy, permutation, shard_dataset, shard_dataset_into, split, to_f32,
 };
 use expect_test::{Expect, expect};
 
@@ -1055,6 +1055,41 @@ fn shard_dataset_emits_every_sample_once() {
     }
     assert_eq!(seen.len(), n);
     assert_eq!(train_order, permutation(n, 5).unwrap()[..82], "shards follow the seeded permutation");
+
+    // Written to outputs as they are read: the same bytes, and no write larger than a sample, a header or a
+    // shard's labels (a shard is never built whole in memory on the way to its output).
+    struct Recording {
+        out: Cursor<Vec<u8>>,
+        largest_write: usize,
+    }
+    impl Write for Recording {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.largest_write = self.largest_write.max(buf.len());
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl std::io::Seek for Recording {
+        fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.out.seek(to)
+        }
+    }
+    let mut source = SampleSource::npy(Cursor::new(file.clone()), &Limits::default()).unwrap();
+    let mut streamed = Vec::new();
+    let open = |_: ShardRole, header: &ShardHeader| {
+        assert!(header.shard_bytes().unwrap() > 0);
+        Ok::<_, DataError>(Recording { out: Cursor::new(Vec::new()), largest_write: 0 })
+    };
+    let finish = |role, header: &ShardHeader, written: Recording| {
+        assert!(written.largest_write <= (header.sample_count * 4).max(64), "{}", written.largest_write);
+        assert_eq!(written.out.get_ref().len() as u64, header.shard_bytes().unwrap());
+        streamed.push((role, written.out.into_inner()));
+        Ok(())
+    };
+    shard_dataset_into(&mut source, &labels, &plan, open, finish).unwrap();
+    assert_eq!(streamed, shards);
 
     let short = Labels::Classes { count: 3, values: vec![0; 5] };
     let mut source = SampleSource::npy(Cursor::new(file.clone()), &Limits::default()).unwrap();

@@ -35,12 +35,11 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use bytes::Bytes;
 use daig_shared::data::csv::{CsvOptions, LabelColumn};
 use daig_shared::data::npz::{self, NpzArchive};
 use daig_shared::data::{
     self, ArrayInfo, DataError, DataRequirements, Labels, RawArray, SampleSource, ShardHeader, ShardPlan, ShardRole,
-    check, shard_dataset,
+    check, shard_dataset_into,
 };
 use daig_shared::wire::ShardHash;
 use http_body_util::BodyExt as _;
@@ -65,8 +64,9 @@ const UPLOAD_WRITE_BYTES: usize = 1 << 20;
 /// them lets the file system batch its journal commits (and S3 take several requests at once).
 const SHARD_PUTS_IN_FLIGHT: usize = 4;
 
-/// The most bytes of built shards held in memory while they wait to be stored or are being stored, in KiB: a
-/// commit holds at most this much, or one shard where a shard is larger, plus the shard being built.
+/// The most bytes of built shards (files beside the uploads) that wait to be stored or are being stored, in KiB:
+/// a commit's builder waits while this much is queued (or one shard, where a shard is larger), so that it cannot
+/// run ahead of a slow store by more.
 const SHARD_KIB_IN_FLIGHT: u32 = 256 * 1024;
 
 /// A part of a dataset.
@@ -792,7 +792,7 @@ struct ShardRecord {
     key: String,
     sha256: String,
     sample_count: usize,
-    size_bytes: usize,
+    size_bytes: u64,
 }
 
 /// What ingestion produced.
@@ -942,30 +942,30 @@ async fn commit(
     })
 }
 
-/// A shard built and not yet stored, with its share of [`SHARD_KIB_IN_FLIGHT`].
+/// A shard built and not yet stored: its file (removed when dropped), with its share of [`SHARD_KIB_IN_FLIGHT`].
 struct BuiltShard {
     key: String,
-    bytes: Bytes,
+    file: tempfile::TempPath,
     held: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Where [`ingest`], on the blocking pool, sends the shards it builds.
 struct ShardSink {
     tx: tokio::sync::mpsc::Sender<BuiltShard>,
-    /// [`SHARD_KIB_IN_FLIGHT`] permits, one per KiB of built shards held.
+    /// [`SHARD_KIB_IN_FLIGHT`] permits, one per KiB of built shards queued.
     budget: Arc<tokio::sync::Semaphore>,
     runtime: tokio::runtime::Handle,
 }
 
 impl ShardSink {
-    /// Waits until the budget has room for `bytes` (all of it, for a shard larger than the budget), then hands
-    /// them to the storing task.
-    fn send(&self, key: String, bytes: Bytes) -> Result<(), IngestError> {
-        let kib = u32::try_from(bytes.len().div_ceil(1024)).unwrap_or(u32::MAX).min(SHARD_KIB_IN_FLIGHT);
+    /// Waits until the budget has room for a shard of `size` bytes (all of it, for a shard larger than the budget),
+    /// then hands its file to the storing task.
+    fn send(&self, key: String, file: tempfile::TempPath, size: u64) -> Result<(), IngestError> {
+        let kib = u32::try_from(size.div_ceil(1024)).unwrap_or(u32::MAX).min(SHARD_KIB_IN_FLIGHT);
         let stopped = || IngestError::Internal(anyhow::anyhow!("the shards are no longer being stored"));
         let held = self.runtime.block_on(Arc::clone(&self.budget).acquire_many_owned(kib)).map_err(|_| stopped())?;
         // The storing task stops at a failed put, which the commit reports.
-        self.tx.blocking_send(BuiltShard { key, bytes, held }).map_err(|_| stopped())
+        self.tx.blocking_send(BuiltShard { key, file, held }).map_err(|_| stopped())
     }
 }
 
@@ -995,12 +995,14 @@ async fn store_shards(
         if failure.is_some() {
             break;
         }
-        let Some(BuiltShard { key, bytes, held }) = shards.recv().await else { break };
+        let Some(BuiltShard { key, file, held }) = shards.recv().await else { break };
         let store = Arc::clone(&store);
         puts.spawn(async move {
-            let stored = store.put(&key, bytes).await;
-            // The shard's bytes are gone once the put has ended: its share of the budget is free again.
-            drop(held);
+            // Streamed from its file: a shard is never held in memory whole.
+            let stored = store.put_file(&key, &file).await;
+            // The shard's file is gone once the put has ended: its share of the budget is free again.
+            let removed = tokio::task::spawn_blocking(move || drop(file)).await;
+            drop((held, removed));
             stored.map(drop).map_err(|e| anyhow::Error::new(e).context("storing a shard"))
         });
     }
@@ -1026,7 +1028,7 @@ async fn register(
     let mut tx = state.db().begin().await?;
     lock_draft(&mut tx, project_id).await?;
     let used_bytes = db::datasets::stored_bytes_of_user_except(&mut *tx, project.user_id, project_id).await?;
-    let new_bytes = ingested.shards.iter().map(|s| s.size_bytes as u64).sum::<u64>();
+    let new_bytes = ingested.shards.iter().map(|s| s.size_bytes).sum::<u64>();
     if used_bytes.saturating_add(new_bytes) > quota.quota_bytes {
         return Err(AppError::StorageQuota { limit_bytes: quota.quota_bytes, used_bytes });
     }
@@ -1130,14 +1132,29 @@ impl Drop for Spool {
     }
 }
 
+/// The SHA-256 of `file` read from its start, as lowercase hex (a shard's hash, [`ShardHash`]).
+fn hash_from_start(file: &mut std::fs::File) -> std::io::Result<String> {
+    use std::io::{Read as _, Seek as _};
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => return Ok(ShardHash(hasher.finalize().into()).to_string()),
+            n => hasher.update(&buffer[..n]),
+        }
+    }
+}
+
 /// Reads, checks and shards the two parts, sending each shard to `sink` (see [`store_shards`]) as it is made.
 /// Runs on the blocking pool.
 ///
 /// Nothing is inflated, spooled or sharded before the headers are checked: the features' header (a `.npz` entry's
 /// read from its decompressing stream) against the model and against `room`, the bytes the account's storage quota
 /// leaves, then the labels' header against the features and the model, and only then the bodies. The shards stop
-/// at `room` bytes. Memory: one shard being built, plus the shards waiting to be stored or being stored, at most
-/// [`SHARD_KIB_IN_FLIGHT`] KiB (or one shard, where a shard is larger); a CSV record at most
+/// at `room` bytes, checked before each shard is written. Each shard is written to a file beside the uploads a
+/// sample at a time and stored from it (streamed); at most [`SHARD_KIB_IN_FLIGHT`] KiB of them wait (or one
+/// shard, where a shard is larger). Memory: one sample and one shard's labels; a CSV record at most
 /// `limits.max_record_bytes` plus the CSV reader's buffer; the labels under `limits.max_in_memory_bytes`.
 #[expect(clippy::too_many_arguments, reason = "the commit's inputs, each used once")]
 fn ingest(
@@ -1210,25 +1227,35 @@ fn ingest(
     };
     check(&features_info, &labels.info, requirements)?;
     let labels = Labels::from_array(&labels, &requirements.labels).map_err(invalid("labels"))?;
+    let dir = features_part.path.parent().unwrap_or(FsPath::new("."));
     let mut shards = Vec::new();
     let mut stored_bytes = 0u64;
-    let summary = shard_dataset(&mut features, &labels, plan, |role, bytes: Vec<u8>| {
+    let create = |_: ShardRole, header: &ShardHeader| {
+        let size = header.shard_bytes()?;
+        stored_bytes = stored_bytes.saturating_add(size);
+        if stored_bytes > room {
+            return Err(IngestError::StorageQuota);
+        }
+        // Removed when dropped, whichever way the commit ends.
+        tempfile::Builder::new()
+            .prefix(".shard-")
+            .tempfile_in(dir)
+            .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("creating a shard file")))
+    };
+    let finish = |role: ShardRole, header: &ShardHeader, mut file: tempfile::NamedTempFile| {
         let (role, number) = match role {
             ShardRole::Train(n) => ("train", n),
             ShardRole::Validation(n) => ("validation", n),
         };
-        stored_bytes = stored_bytes.saturating_add(bytes.len() as u64);
-        if stored_bytes > room {
-            return Err(IngestError::StorageQuota);
-        }
         let key = keys::shard_key(prefix, role, number);
-        let (header, _) = ShardHeader::decode(&bytes)?;
-        let sha256 = ShardHash(Sha256::digest(&bytes).into()).to_string();
-        let size_bytes = bytes.len();
-        sink.send(key.clone(), Bytes::from(bytes))?;
+        let size_bytes = header.shard_bytes()?;
+        let sha256 = hash_from_start(file.as_file_mut())
+            .map_err(|e| IngestError::Internal(anyhow::Error::new(e).context("reading a shard file back")))?;
+        sink.send(key.clone(), file.into_temp_path(), size_bytes)?;
         shards.push(ShardRecord { role, number, key, sha256, sample_count: header.sample_count, size_bytes });
         Ok::<_, IngestError>(())
-    })?;
+    };
+    let summary = shard_dataset_into(&mut features, &labels, plan, create, finish)?;
     Ok(Ingested {
         shards,
         feature_dtype: features_info.dtype.name().to_owned(),

@@ -64,7 +64,7 @@ pub use check::{DataRequirements, LabelRef, LabelRequirement, Labels, check, che
 pub use normalize::{Normalization, RunningStats, to_f32};
 pub use shard::{
     ShardHeader, ShardLabel, ShardLabels, ShardPlan, ShardRole, ShardSummary, ShardView, ShardWriter, permutation,
-    shard_dataset, split,
+    shard_dataset, shard_dataset_into, split,
 };
 pub use source::{SampleSource, read_array, spool_to_raw};
 

@@ -32,7 +32,7 @@
 //! because a validation set can be large as well; its shards are numbered from 0 like the training ones. Only one
 //! shard is in memory at a time.
 
-use std::io::{Read, Seek, Write};
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -100,6 +100,15 @@ struct Sizes {
 }
 
 impl ShardHeader {
+    /// The bytes of the whole shard this header describes (header, features and labels).
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardHeader::encode`]: a header that declares nothing or sizes that overflow.
+    pub fn shard_bytes(&self) -> Result<u64, DataError> {
+        Ok(self.sizes()?.total as u64)
+    }
+
     /// Checks the header and computes its sizes with checked arithmetic.
     fn sizes(&self) -> Result<Sizes, DataError> {
         let label_shape = self.labels.shape();
@@ -513,14 +522,11 @@ pub fn split(n: usize, validation_fraction: f64) -> Result<(usize, usize), DataE
 }
 
 /// Shuffles, splits and cuts a dataset into shards, calling `emit` with each shard's role and bytes as soon as it
-/// is complete. Only one shard is held in memory; features are read from `features` in file order within a
-/// shard, and converted to little-endian.
+/// is complete: [`shard_dataset_into`] with each shard built in memory, one at a time.
 ///
 /// # Errors
 ///
-/// [`DataError::Mismatch`] when `labels` has a different sample count, [`DataError::Option`] for an invalid
-/// plan, [`DataError`]s from reading `features`, and whatever `emit` returns (converted from `DataError` for the
-/// first three).
+/// As [`shard_dataset_into`].
 pub fn shard_dataset<R, E, F>(
     features: &mut SampleSource<R>,
     labels: &Labels,
@@ -531,6 +537,36 @@ where
     R: Read + Seek,
     E: From<DataError>,
     F: FnMut(ShardRole, Vec<u8>) -> Result<(), E>,
+{
+    shard_dataset_into(
+        features,
+        labels,
+        plan,
+        |_, _| Ok(Cursor::new(Vec::new())),
+        |role, _, out: Cursor<Vec<u8>>| emit(role, out.into_inner()),
+    )
+}
+
+/// Shuffles, splits and cuts a dataset into shards, each written to an output that `create` opens for it and
+/// handed to `finish` (with its header) as soon as it is complete. A shard is written as it is read, one sample
+/// at a time: nothing of it is held in memory besides its labels. Features are read from `features` in file
+/// order within a shard (forward seeks only) and written to their slots, converted to little-endian.
+///
+/// # Errors
+///
+/// [`DataError::Mismatch`] when `labels` has a different sample count, [`DataError::Option`] for an invalid
+/// plan, [`DataError`]s from reading `features` or writing a shard, and whatever `create` and `finish` return.
+pub fn shard_dataset_into<R, W, E>(
+    features: &mut SampleSource<R>,
+    labels: &Labels,
+    plan: &ShardPlan,
+    mut create: impl FnMut(ShardRole, &ShardHeader) -> Result<W, E>,
+    mut finish: impl FnMut(ShardRole, &ShardHeader, W) -> Result<(), E>,
+) -> Result<ShardSummary, E>
+where
+    R: Read + Seek,
+    W: Write + Seek,
+    E: From<DataError>,
 {
     let n = features.info().len();
     if labels.len() != n {
@@ -558,10 +594,11 @@ where
     for (part, is_train) in [(train_order, true), (validation_order, false)] {
         for (number, chunk) in part.chunks(plan.samples_per_shard).enumerate() {
             let header = ShardHeader { sample_count: chunk.len(), ..template.clone() };
-            let bytes = build_shard(features, labels, &header, chunk)?;
             // Fewer shards than samples, and samples fit in u32.
             let role = if is_train { ShardRole::Train(number as u32) } else { ShardRole::Validation(number as u32) };
-            emit(role, bytes)?;
+            let mut out = create(role, &header)?;
+            build_shard(features, labels, &header, chunk, &mut out)?;
+            finish(role, &header, out)?;
             if is_train {
                 summary.train_shards += 1;
             } else {
@@ -572,36 +609,45 @@ where
     Ok(summary)
 }
 
-fn build_shard<R: Read + Seek>(
+/// Writes one shard to `out` (from its start): the header, each sample at its slot, then the labels in slot order.
+fn build_shard<R: Read + Seek, W: Write + Seek>(
     features: &mut SampleSource<R>,
     labels: &Labels,
     header: &ShardHeader,
     indices: &[u32],
-) -> Result<Vec<u8>, DataError> {
+    out: &mut W,
+) -> Result<(), DataError> {
     let sizes = header.sizes()?;
-    let mut bytes = Vec::with_capacity(sizes.total);
-    header.encode(&mut bytes)?;
-    bytes.resize(sizes.header + sizes.features, 0);
+    let mut head = Vec::with_capacity(sizes.header);
+    header.encode(&mut head)?;
+    out.write_all(&head)?;
     // Read in file order, so that a shard's samples are fetched with forward seeks only.
     let mut by_position: Vec<(u32, usize)> = indices.iter().enumerate().map(|(slot, &i)| (i, slot)).collect();
     by_position.sort_unstable();
+    let mut sample = vec![0u8; sizes.sample_bytes];
     for (index, slot) in by_position {
         let start = sizes.header + slot * sizes.sample_bytes;
-        features.read_samples_le(index as usize, &mut bytes[start..start + sizes.sample_bytes])?;
+        features.read_samples_le(index as usize, &mut sample)?;
+        out.seek(SeekFrom::Start(start as u64))?;
+        out.write_all(&sample)?;
     }
+    let mut tail = Vec::with_capacity(sizes.labels);
     for &index in indices {
         match labels.get(index as usize) {
-            Some(LabelRef::Class(c)) => bytes.extend_from_slice(&c.to_le_bytes()),
-            Some(LabelRef::Values(v)) => bytes.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            Some(LabelRef::Class(c)) => tail.extend_from_slice(&c.to_le_bytes()),
+            Some(LabelRef::Values(v)) => tail.extend(v.iter().flat_map(|x| x.to_le_bytes())),
             None => return Err(DataError::Mismatch(format!("no label for sample {index}"))),
         }
     }
-    if bytes.len() != sizes.total {
+    if sizes.header + sizes.features + tail.len() != sizes.total {
         return Err(DataError::Shard(format!(
             "built {} bytes where the header declares {}; the labels do not match the header",
-            bytes.len(),
+            sizes.header + sizes.features + tail.len(),
             sizes.total
         )));
     }
-    Ok(bytes)
+    out.seek(SeekFrom::Start((sizes.header + sizes.features) as u64))?;
+    out.write_all(&tail)?;
+    out.flush()?;
+    Ok(())
 }
