@@ -116,6 +116,7 @@ pub async fn run(
     if let Err(e) = db::training::all_providers_disconnected(state.db(), db::now_unix()).await {
         tracing::warn!("cannot mark the last run's provider connections ended: {e}");
     }
+    api::datasets::sweep_uploads(&state).await;
     training::resume_running(&state).await;
     let training = Arc::clone(state.training_arc());
     let header_timeout = Duration::from_millis(state.settings().header_read_timeout_ms);

@@ -554,6 +554,48 @@ fn uploads_dir(state: &AppState, id: i64) -> PathBuf {
     keys::uploads_dir(state.settings(), id)
 }
 
+/// Removes what a server that stopped mid-way (killed, or its machine lost) left in the uploads directory:
+/// every file that no manifest names (an upload in progress, a spool, a shard being built, a manifest being
+/// written), and the directories of projects that no longer exist or keep nothing. Run at start, before any
+/// request is served; pending parts, named by their manifests, are kept. Returns the files removed.
+pub async fn sweep_uploads(state: &AppState) -> usize {
+    let root = state.settings().uploads_dir();
+    let Ok(mut projects) = tokio::fs::read_dir(&root).await else { return 0 };
+    let mut removed = 0;
+    while let Ok(Some(entry)) = projects.next_entry().await {
+        let dir = entry.path();
+        if !entry.file_type().await.is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let exists = match entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) {
+            Some(id) => db::projects::get(state.db(), id).await.map_or(true, |row| row.is_some()),
+            None => false,
+        };
+        // Of a project that exists, a manifest that cannot be read keeps everything: nothing is removed on a guess.
+        let keep: HashSet<PathBuf> = match pending(&dir).await {
+            _ if !exists => HashSet::new(),
+            Ok(parts) => parts.iter().flat_map(|p| [p.path.clone(), manifest_path(&dir, p.part)]).collect(),
+            Err(e) => {
+                tracing::warn!("keeping {} as it is: {e}", dir.display());
+                continue;
+            }
+        };
+        let Ok(mut files) = tokio::fs::read_dir(&dir).await else { continue };
+        while let Ok(Some(file)) = files.next_entry().await {
+            if !keep.contains(&file.path()) && file.file_type().await.is_ok_and(|t| t.is_file()) {
+                remove_file_quietly(&file.path()).await;
+                removed += 1;
+            }
+        }
+        // Only if empty.
+        let _ = tokio::fs::remove_dir(&dir).await;
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed files left in the uploads directory by an earlier run");
+    }
+    removed
+}
+
 /// An upload's file, removed when dropped unless taken out: a handler dropped mid-upload (its client went away)
 /// leaves nothing behind.
 struct RemoveOnDrop(Option<PathBuf>);

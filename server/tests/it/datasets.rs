@@ -706,3 +706,41 @@ async fn the_upload_options_are_documented_in_the_openapi_document() {
     assert_eq!(query, ["format", "array", "label_column", "label_index", "delimiter", "header"]);
     assert!(doc["paths"]["/api/projects/{id}/dataset"]["delete"].is_object());
 }
+
+/// What a server killed mid-upload or mid-commit leaves in the uploads directory (files no manifest names,
+/// of any name, and whole directories of deleted projects) is removed at the next start; a pending part and its
+/// manifest are kept, and commit as before.
+#[tokio::test]
+async fn leftovers_of_an_earlier_run_are_swept_and_pending_parts_kept() {
+    let app = TestApp::new().await;
+    let (_, token) = app.user_with_token("ada").await;
+    let id = app.small_project(&token, json!({"samples_per_shard": 10, "validation_fraction": 0.25})).await;
+    let (features, labels) = small_dataset(40, 3);
+    assert_eq!(app.upload(&token, id, "features", features).await.status, StatusCode::OK);
+    let uploads = app.data_dir().join("uploads");
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let pending = names(&uploads.join(id.to_string()));
+    assert_eq!(pending.len(), 2, "the features and their manifest: {pending:?}");
+    let strays = [".shard-a1b2c3", "labels-x1y2.npy", "features-x1y2.raw", ".labels.json.tmp", "anything"];
+    for stray in strays {
+        std::fs::write(uploads.join(id.to_string()).join(stray), b"left over").unwrap();
+    }
+    std::fs::create_dir_all(uploads.join("9999")).unwrap();
+    std::fs::write(uploads.join("9999").join("features.json"), b"{}").unwrap();
+    std::fs::create_dir_all(uploads.join("not-a-project")).unwrap();
+    std::fs::write(uploads.join("not-a-project").join("x"), b"?").unwrap();
+
+    let removed = daig_server::api::datasets::sweep_uploads(&app.state).await;
+    assert_eq!(removed, strays.len() + 2);
+    assert_eq!(names(&uploads), vec![id.to_string()]);
+    assert_eq!(names(&uploads.join(id.to_string())), pending);
+    let committed = app.upload(&token, id, "labels", labels).await;
+    assert_eq!(committed.status, StatusCode::OK, "{}", committed.text());
+    assert_eq!(committed.json()["dataset"]["train_samples"], 30, "{}", committed.text());
+}
