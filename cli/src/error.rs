@@ -154,13 +154,13 @@ mod tests {
                 {"layer": null, "layer_type": null, "field": "loss", "message": "unknown loss"},
                 {"message": "no layers"}
             ],
-            "fields": [{"field": "settings.k", "message": "must be in 1..=1024, not 0"}]
+            "fields": [{"field": "settings.k", "message": "must be between 1 and 1024, not 0"}]
         });
         let text = api(422, details).render();
         assert_eq!(
             text,
             "error: some fields are invalid\n  - model layer 1 (dense), units: must be at least 1\n  - model loss: \
-             unknown loss\n  - model: no layers\n  - settings.k: must be in 1..=1024, not 0\n"
+             unknown loss\n  - model: no layers\n  - settings.k: must be between 1 and 1024, not 0\n"
         );
     }
 

@@ -89,14 +89,20 @@ pub fn epoch(project: &Project) -> String {
     }
 }
 
+/// `n` and its noun, `one` or `many` as English needs: "1 provider", "2 providers", "0 entries".
+pub fn count(n: impl Into<i128>, one: &str, many: &str) -> String {
+    let n = n.into();
+    if n == 1 { format!("1 {one}") } else { format!("{} {many}", int(n)) }
+}
+
 /// One line about a dataset.
 pub fn dataset(d: &Dataset) -> String {
     format!(
-        "{} training + {} validation samples ({} + {} shards), {} {} of shape {}",
+        "{} training + {} validation samples ({} + {}), {} {} of shape {}",
         int(d.train_samples),
         int(d.validation_samples),
-        d.train_shards,
-        d.validation_shards,
+        count(d.train_shards, "shard", "shards"),
+        count(d.validation_shards, "shard", "shards"),
         d.format,
         d.feature_dtype,
         shape(&d.sample_shape)
@@ -134,7 +140,7 @@ pub fn provider(p: &Provider) -> String {
         let _ = write!(line, ", {rate:.0} samples/s");
     }
     if let Some(applied) = p.contributions_applied {
-        let _ = write!(line, ", {} contributions applied", int(applied));
+        let _ = write!(line, ", {} applied", count(applied, "contribution", "contributions"));
     }
     if let Some(since) = p.connected_at_unix {
         let _ = write!(line, ", since {}", utc(since));
@@ -151,9 +157,9 @@ pub fn project(p: &Project, detailed: bool) -> String {
         let m = &p.model;
         let _ = writeln!(
             out,
-            "  model:     {} layers, {} parameters, {} FLOPs per sample, input {}, loss {}",
-            m.layers,
-            int(m.params),
+            "  model:     {}, {}, {} FLOPs per sample, input {}, loss {}",
+            count(m.layers, "layer", "layers"),
+            count(m.params, "parameter", "parameters"),
             int(m.flops_per_sample),
             shape(&m.input_shape),
             m.loss
@@ -169,7 +175,9 @@ pub fn project(p: &Project, detailed: bool) -> String {
         None => out.push_str("  dataset:   none yet (upload one with `daig upload`)\n"),
     }
     match p.metrics.last() {
-        Some(m) => _ = writeln!(out, "  metrics:   {} ({} entries)", metric(m), p.metrics.len()),
+        Some(m) => {
+            _ = writeln!(out, "  metrics:   {} ({})", metric(m), count(p.metrics.len() as u64, "entry", "entries"))
+        }
         None => out.push_str("  metrics:   none yet\n"),
     }
     let _ = writeln!(out, "  providers: {}", p.providers.len());
@@ -200,11 +208,11 @@ pub fn watch_message(p: &Project) -> String {
     let loss = latest.and_then(|m| m.val_loss).map_or_else(|| "-".to_owned(), |l| format!("{l:.4}"));
     let accuracy = latest.and_then(|m| m.val_accuracy).map_or_else(|| "-".to_owned(), |a| format!("{:.2}%", a * 100.0));
     format!(
-        "{} | {} | version {} | val loss {loss} | val acc {accuracy} | {} providers",
+        "{} | {} | version {} | val loss {loss} | val acc {accuracy} | {}",
         p.state,
         epoch(p),
         p.version,
-        p.providers.len()
+        count(p.providers.len() as u64, "provider", "providers")
     )
 }
 
@@ -275,5 +283,17 @@ mod tests {
             watch_message(&project),
             "running | epoch 2/10 | version 40 | val loss 0.3123 | val acc 91.25% | 2 providers"
         );
+    }
+
+    #[test]
+    fn counts_are_singular_only_for_one() {
+        assert_eq!(count(1, "provider", "providers"), "1 provider");
+        assert_eq!(count(0, "provider", "providers"), "0 providers");
+        assert_eq!(count(12_000u64, "entry", "entries"), "12,000 entries");
+        let one: Project = serde_json::from_value(serde_json::json!({
+            "state": "running", "epoch": 0, "version": 1, "settings": {"epochs": 1}, "metrics": [], "providers": [{}]
+        }))
+        .unwrap();
+        assert!(watch_message(&one).ends_with("| 1 provider"), "{}", watch_message(&one));
     }
 }

@@ -130,6 +130,15 @@ pub async fn upload(ctx: &Context, args: UploadArgs) -> Result<(), CliError> {
     }
 
     let client = ctx.client()?;
+    // Asked first, so that a project that is not there (or is another user's) is said so, rather than the
+    // server's early answer cutting the body off mid-stream ("broken pipe").
+    let (_, project): (Value, Project) = client.get(&format!("/api/projects/{}", args.id)).await?;
+    if project.state != "draft" {
+        return Err(CliError::Usage(format!(
+            "project {} is {}: its dataset can change only while it is a draft",
+            args.id, project.state
+        )));
+    }
     let mut status = DatasetStatus::default();
     let mut value = Value::Null;
     for (part, path, format) in &parts {

@@ -255,6 +255,13 @@ fn cli_walks_a_project_from_sign_up_to_download() {
     assert!(stdout.contains("running | epoch 0/3"), "{stdout}");
     assert!(stdout.contains(": cancelled"), "{stdout}");
 
+    // A project that is no longer a draft takes no dataset: said before anything is sent.
+    let (features, labels) = (features.to_str().unwrap(), labels.to_str().unwrap());
+    let run = daig.run(&["upload", id_arg, "--features", features, "--labels", labels]);
+    let stderr = run.fails(2);
+    let said = format!("project {id} is cancelled: its dataset can change only while it is a draft");
+    assert!(stderr.contains(&said), "{stderr}");
+
     let out = daig.run(&["project", "list"]);
     assert!(out.ok().contains("mnist") && out.stdout.contains("cancelled"), "{out:#?}");
     assert_eq!(daig.run(&["--json", "project", "list"]).json()["projects"].as_array().unwrap().len(), 1);
@@ -312,8 +319,8 @@ fn cli_create_prints_every_problem_the_server_lists() {
         "  - model layer 0 (dense), units: ",
         "  - model layer 1 (conv2d): ",
         "  - name: must be 1 to 100 characters",
-        "  - settings.batch_size: must be in 1..=4096, not 0",
-        "  - settings.epochs: must be in 1..=10000, not 0",
+        "  - settings.batch_size: must be between 1 and 4096, not 0",
+        "  - settings.epochs: must be between 1 and 10000, not 0",
         "  - settings.validation_fraction: must be a number from 0 to 0.5, not 0.9",
     ] {
         assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
@@ -377,7 +384,8 @@ fn cli_treats_another_users_project_as_missing() {
     let ada = Daig::signed_up(&server, "ada");
     let bob = Daig::signed_up(&server, "bob");
     let id = ada.create_mlp(&[]).to_string();
-    let features = bob.write("x.npy", &npy::to_vec(&[1, 784], &[0f32; 784]).unwrap());
+    // Large enough that the server answers before the body could all be sent.
+    let features = bob.write("x.npy", &npy::to_vec(&[4096, 784], &vec![0f32; 4096 * 784]).unwrap());
     let features = features.to_str().unwrap();
     for args in [
         vec!["project", "show", &id],

@@ -39,7 +39,7 @@ pub enum AppError {
     #[error("the project is invalid: {} problem(s), listed in details", .model.len() + .fields.len())]
     InvalidProject { model: Vec<daig_shared::model::SpecError>, fields: Vec<FieldError> },
     /// An uploaded dataset was refused: `part` is `features`, `labels` or `dataset` (the two together).
-    #[error("the {part} were refused: {reason}")]
+    #[error("the {part} {} refused: {reason}", if *.part == "dataset" { "was" } else { "were" })]
     InvalidDataset { part: &'static str, reason: String },
     /// No credentials, or credentials that are unknown, revoked or expired.
     #[error("{0}")]
@@ -274,6 +274,15 @@ mod tests {
     use expect_test::expect;
 
     use super::*;
+
+    /// A refused part reads as English whichever part it is: "the features were", "the dataset was".
+    #[test]
+    fn a_refused_dataset_part_is_named_in_a_sentence() {
+        let refused = |part| AppError::InvalidDataset { part, reason: "no".into() }.to_string();
+        assert_eq!(refused("features"), "the features were refused: no");
+        assert_eq!(refused("labels"), "the labels were refused: no");
+        assert_eq!(refused("dataset"), "the dataset was refused: no");
+    }
 
     /// Each quota's error: its status, its stable code, a message naming the quota and its limit, and the limit in
     /// `details`.

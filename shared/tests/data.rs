@@ -998,7 +998,10 @@ fn split_sizes() {
     assert_eq!(split(8000, 0.1).unwrap(), (7200, 800));
     assert_eq!(split(10, 0.0).unwrap(), (10, 0));
     assert_eq!(split(3, 0.5).unwrap(), (1, 2));
-    check_err(split(10, 1.0), expect![[r#"invalid option: the validation fraction must be in [0, 1), not 1"#]]);
+    check_err(
+        split(10, 1.0),
+        expect![[r#"invalid option: the validation fraction must be at least 0 and below 1, not 1"#]],
+    );
     check_err(
         split(1, 0.6),
         expect![[r#"invalid option: a validation fraction of 0.6 leaves none of the 1 samples for training"#]],

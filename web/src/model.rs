@@ -306,7 +306,7 @@ mod tests {
                 {"layer": 1, "layer_type": "dense", "field": "units", "message": "units must be even"},
                 {"layer": null, "layer_type": null, "field": "loss", "message": "unknown loss"},
                 {"layer": 1, "layer_type": "dense", "field": null, "message": "second"}],
-            "fields": [{"field": "settings.epochs", "message": "must be in 1..=10000, not 0"}]});
+            "fields": [{"field": "settings.epochs", "message": "must be between 1 and 10000, not 0"}]});
         let p = sort_problems(&serde_json::from_value(details).unwrap());
         assert_eq!(
             p.layers[&1],

@@ -45,7 +45,7 @@ pub async fn create_token(
     if !(MIN_TTL_SECS..=max_ttl_secs).contains(&ttl_secs) {
         errors.push(FieldError {
             field: "expires_in_secs",
-            message: format!("must be in {MIN_TTL_SECS}..={max_ttl_secs}"),
+            message: format!("must be between {MIN_TTL_SECS} and {max_ttl_secs} seconds, not {ttl_secs}"),
         });
     }
     if !errors.is_empty() {

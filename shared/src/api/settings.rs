@@ -132,8 +132,10 @@ impl TrainingSettings {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let (lo, hi) = (lo as u64, hi as u64);
             if !(lo..=hi).contains(&value) {
-                problems
-                    .push(FieldError { field: info.field, message: format!("must be in {lo}..={hi}, not {value}") });
+                problems.push(FieldError {
+                    field: info.field,
+                    message: format!("must be between {lo} and {hi}, not {value}"),
+                });
             }
         }
         if !(0.0..=0.5).contains(&self.validation_fraction) {

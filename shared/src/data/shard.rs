@@ -509,7 +509,9 @@ pub fn permutation(n: usize, seed: u64) -> Result<Vec<u32>, DataError> {
 /// [`DataError::Option`] when `fraction` is not in `0.0..1.0` or leaves no training sample.
 pub fn split(n: usize, validation_fraction: f64) -> Result<(usize, usize), DataError> {
     if !(0.0..1.0).contains(&validation_fraction) {
-        return Err(DataError::Option(format!("the validation fraction must be in [0, 1), not {validation_fraction}")));
+        return Err(DataError::Option(format!(
+            "the validation fraction must be at least 0 and below 1, not {validation_fraction}"
+        )));
     }
     // Below n, since the fraction is below 1, up to rounding that the `min` catches.
     let validation = ((n as f64 * validation_fraction).round() as usize).min(n);

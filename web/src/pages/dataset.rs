@@ -93,7 +93,8 @@ pub async fn upload(id: i64) -> Result<DatasetSummary, String> {
                 dom::set_text(&text_id, "failed");
                 let message = match e.details_as::<Refusal>() {
                     Some(refusal) if e.code == "invalid_dataset" => {
-                        format!("The {part} were refused: {}", refusal.reason)
+                        let verb = if part == "dataset" { "was" } else { "were" };
+                        format!("The {part} {verb} refused: {}", refusal.reason)
                     }
                     _ => e.describe(),
                 };
