@@ -85,7 +85,7 @@ impl Engine {
             Ok(gpu) if gpu.adapter.software && policy == AdapterPolicy::HardwareOnly => {
                 return Engine::cpu(
                     model,
-                    format!("{} is a software adapter, slower than training on the CPU", gpu.adapter.name),
+                    gpu.adapter.slower_than_the_cpu(),
                 );
             }
             Ok(gpu) => self_check(gpu).await,

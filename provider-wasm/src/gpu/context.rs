@@ -45,6 +45,27 @@ pub struct AdapterSummary {
     pub software: bool,
 }
 
+impl AdapterSummary {
+    /// A name for people: the adapter's own, else its driver's, else what it is ("an unnamed WebGPU adapter":
+    /// browsers may report an empty description, SwiftShader among them).
+    pub fn label(&self) -> String {
+        let backend = match self.backend.as_str() {
+            "BrowserWebGpu" => "WebGPU",
+            other => other,
+        };
+        match (self.name.trim(), self.driver.trim()) {
+            ("", "") => format!("an unnamed {backend} adapter"),
+            ("", driver) => driver.to_owned(),
+            (name, _) => name.to_owned(),
+        }
+    }
+
+    /// Why the engine trains on the CPU rather than on this (software) adapter.
+    pub fn slower_than_the_cpu(&self) -> String {
+        format!("{} is a software adapter, slower than training on the CPU", self.label())
+    }
+}
+
 /// How a kernel uses one of its bindings (all in group 0, numbered in order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
@@ -457,5 +478,29 @@ impl Gpu {
             return Err(e.into());
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdapterSummary;
+
+    #[test]
+    fn an_adapter_always_has_a_name_for_people() {
+        let adapter = |name: &str, driver: &str, backend: &str| AdapterSummary {
+            name: name.into(),
+            backend: backend.into(),
+            driver: driver.into(),
+            software: true,
+        };
+        assert_eq!(adapter("llvmpipe (LLVM 19)", "Mesa", "Vulkan").label(), "llvmpipe (LLVM 19)");
+        assert_eq!(adapter(" ", "SwiftShader driver", "BrowserWebGpu").label(), "SwiftShader driver");
+        // What Chromium's SwiftShader may report: nothing at all.
+        let unnamed = adapter("", "", "BrowserWebGpu");
+        assert_eq!(unnamed.label(), "an unnamed WebGPU adapter");
+        assert_eq!(
+            unnamed.slower_than_the_cpu(),
+            "an unnamed WebGPU adapter is a software adapter, slower than training on the CPU"
+        );
     }
 }

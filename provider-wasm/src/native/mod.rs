@@ -570,7 +570,7 @@ fn describe_probe(probe: &Probe) -> String {
 
 fn describe_backend(backend: &Backend) -> String {
     match backend {
-        Backend::Gpu(adapter) => format!("GPU {} ({})", adapter.name, adapter.backend),
+        Backend::Gpu(adapter) => format!("GPU {} ({})", adapter.label(), adapter.backend),
         Backend::Cpu { reason } => format!("CPU reference trainer ({reason})"),
     }
 }

@@ -128,7 +128,7 @@ fn open(choice: BackendChoice) -> anyhow::Result<(Option<Gpu>, String, Probe)> {
     }
     let checked = match pollster::block_on(Gpu::new()) {
         Ok(gpu) if gpu.adapter.software && choice == BackendChoice::Auto => {
-            return cpu(format!("{} is a software adapter, slower than training on the CPU", gpu.adapter.name));
+            return cpu(gpu.adapter.slower_than_the_cpu());
         }
         Ok(gpu) => pollster::block_on(self_check(gpu)),
         Err(e) => Err(e),
@@ -137,7 +137,7 @@ fn open(choice: BackendChoice) -> anyhow::Result<(Option<Gpu>, String, Probe)> {
         Ok(gpu) => {
             let probe = Probe {
                 backend: wire_backend(&gpu.adapter),
-                adapter: gpu.adapter.name.clone(),
+                adapter: gpu.adapter.label(),
                 max_buffer_bytes: gpu.max_buffer_bytes(),
             };
             Ok((Some(gpu), String::new(), probe))

@@ -61,7 +61,7 @@ impl Trainer {
         let policy = if software { AdapterPolicy::Any } else { AdapterPolicy::HardwareOnly };
         let (gpu, cpu_reason) = match Gpu::new().await {
             Ok(gpu) if gpu.adapter.software && !software => {
-                let reason = format!("{} is a software adapter, slower than training on the CPU", gpu.adapter.name);
+                let reason = gpu.adapter.slower_than_the_cpu();
                 (None, reason)
             }
             Ok(gpu) => match self_check(gpu).await {
@@ -194,6 +194,6 @@ async fn serve(
 
 /// An adapter for people: browsers may hide its name.
 pub(super) fn describe(adapter: &crate::gpu::AdapterSummary) -> String {
-    let name = if adapter.name.is_empty() { "unnamed adapter" } else { adapter.name.as_str() };
-    if adapter.software { format!("{name} (software)") } else { name.to_owned() }
+    let name = adapter.label();
+    if adapter.software { format!("{name} (software)") } else { name }
 }
