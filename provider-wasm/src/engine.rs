@@ -83,10 +83,7 @@ impl Engine {
     pub async fn from_gpu(gpu: Result<Gpu, GpuError>, model: Model, max_batch: usize, policy: AdapterPolicy) -> Engine {
         let gpu = match gpu {
             Ok(gpu) if gpu.adapter.software && policy == AdapterPolicy::HardwareOnly => {
-                return Engine::cpu(
-                    model,
-                    gpu.adapter.slower_than_the_cpu(),
-                );
+                return Engine::cpu(model, gpu.adapter.slower_than_the_cpu());
             }
             Ok(gpu) => self_check(gpu).await,
             Err(e) => Err(e),

@@ -174,6 +174,32 @@ pub async fn run(
     Ok(())
 }
 
+/// What a person who just started the server opens next: the dashboard, the contribute page and the embed
+/// instructions, at the address it listens on (this machine's loopback when it listens on every interface).
+pub fn where_to_go(addr: std::net::SocketAddr, web_dir: &std::path::Path) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let host = if addr.ip().is_unspecified() {
+        let loopback: IpAddr = if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+        SocketAddr::new(loopback, addr.port())
+    } else {
+        addr
+    };
+    let base = format!("http://{host}");
+    let mut out = format!(
+        "DAIG is running.\n  \
+         dashboard (sign up, create a project)   {base}/\n  \
+         contribute this machine's GPU           {base}/contribute\n  \
+         embed the provider in your own site     {base}/sites\n"
+    );
+    if !web_dir.join("index.html").is_file() {
+        out.push_str(&format!(
+            "  (no pages in {}: build them with `cargo xtask web`, or start with `cargo xtask serve`)\n",
+            web_dir.display()
+        ));
+    }
+    out
+}
+
 /// The `daig-server` program: loads the settings from the command line, environment and file, opens the database,
 /// binds, and serves until Ctrl-C or SIGTERM. The binary is this function; the end-to-end tests (`tests/`) run
 /// a copy of the binary that calls it too.
@@ -189,9 +215,12 @@ pub fn server_main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listen = settings.listen;
         let data_dir = settings.data_dir.clone();
+        let web_dir = settings.web_dir.clone();
         let state = AppState::new(settings).await?;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), "serving the DAIG API");
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data_dir = %data_dir.display(), "serving the DAIG API");
+        print!("{}", where_to_go(addr, &web_dir));
         let db = state.db().clone();
         run(listener, state, shutdown_signal()).await.context("server")?;
         // Waits for open connections to finish and checkpoints the write-ahead log into the database file.
