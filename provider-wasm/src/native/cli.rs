@@ -55,7 +55,22 @@ struct Args {
     quiet: bool,
 }
 
+/// Mesa's implicit device-select layer connects to a Wayland display to rank GPUs, and libwayland prints
+/// "error: XDG_RUNTIME_DIR is invalid or not set" on every headless machine. The provider chooses its adapter
+/// itself, so the layer is turned off (`NODEVICE_SELECT=1`) unless the user set that variable.
+fn quiet_vulkan_layers() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: called first thing in `main`, before the runtime or any other thread exists, so nothing reads
+        // the environment concurrently.
+        #[expect(unsafe_code, reason = "set_var before any thread is started")]
+        unsafe {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
+    quiet_vulkan_layers();
     let args = Args::parse();
     let default_level = if args.quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
