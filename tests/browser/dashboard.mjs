@@ -272,6 +272,23 @@ try {
     await page.locator('#project[data-state="finished"]').waitFor();
   });
 
+  await step("the site owners' page names this server, and a phone sees its snippets whole", async () => {
+    const phone = await newPage({ viewport: { width: 375, height: 812 } });
+    await phone.goto(`${base}/sites`);
+    const snippet = (await phone.locator('main pre code').first().innerText()).trim();
+    check(snippet.includes(`<script src="${base}/embed.js"`), `the snippet reads ${JSON.stringify(snippet)}`);
+    const all = await text(phone, 'main');
+    check(!all.includes('SERVER'), 'the page still says SERVER');
+    check(all.includes(`connect-src ${base} ${base.replace(/^http/, 'ws')};`), 'the CSP directives do not name this server');
+    const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 1, `the page is ${overflow}px wider than the phone`);
+    const clipped = await phone.evaluate(() => [...document.querySelectorAll('pre')].filter((p) => p.scrollWidth > p.clientWidth + 1).length);
+    check(clipped === 0, `${clipped} snippet(s) scroll sideways on a phone`);
+    await shot(phone, 'sites-phone');
+    await phone.context().close();
+    current = page;
+  });
+
   check(pageErrors.length === 0, `uncaught errors in the pages: ${pageErrors.join('; ')}`);
   fs.writeFileSync(path.join(artifacts, 'results.json'), JSON.stringify(results, null, 2));
   await browser.close();
