@@ -81,11 +81,16 @@ pub fn shape(dims: &[u64]) -> String {
     format!("[{}]", dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
 }
 
-/// `epoch 2/10`, or `epoch 2` when the settings do not say how many.
+/// `epoch 2/10` (counted from 1, as the dashboard shows it: `epoch_shown`), or `epoch 2` when the settings do
+/// not say how many.
 pub fn epoch(project: &Project) -> String {
+    let started = project.state != "draft";
     match project.epochs() {
-        Some(epochs) => format!("epoch {}/{epochs}", project.epoch),
-        None => format!("epoch {}", project.epoch),
+        Some(epochs) => {
+            let epochs = u32::try_from(epochs).unwrap_or(u32::MAX);
+            format!("epoch {}/{epochs}", daig_shared::api::project::epoch_shown(project.epoch, epochs, started))
+        }
+        None => format!("epoch {}", daig_shared::api::project::epoch_shown(project.epoch, u32::MAX, started)),
     }
 }
 
@@ -281,7 +286,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             watch_message(&project),
-            "running | epoch 2/10 | version 40 | val loss 0.3123 | val acc 91.25% | 2 providers"
+            "running | epoch 3/10 | version 40 | val loss 0.3123 | val acc 91.25% | 2 providers"
         );
     }
 

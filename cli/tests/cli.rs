@@ -252,7 +252,7 @@ fn cli_walks_a_project_from_sign_up_to_download() {
     let out = watch.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("running | epoch 0/3"), "{stdout}");
+    assert!(stdout.contains("running | epoch 1/3"), "{stdout}");
     assert!(stdout.contains(": cancelled"), "{stdout}");
 
     // A project that is no longer a draft takes no dataset: said before anything is sent.

@@ -72,7 +72,7 @@
         h.textContent = p.name;
         var info = document.createElement("p");
         info.textContent = p.params.toLocaleString() + " parameters, " + p.layers + " layers · epoch " + (p.epoch + 1) +
-          " · " + Math.round(p.progress * 100) + "% done · " + p.providers + " providers";
+          " · " + Math.round(p.progress * 100) + "% done · " + p.providers + (p.providers === 1 ? " provider" : " providers");
         var button = document.createElement("button");
         button.type = "button";
         button.className = "primary";

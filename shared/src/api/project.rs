@@ -192,6 +192,13 @@ pub struct DatasetSummary {
     pub validation_shards: i64,
 }
 
+/// The epoch a person is shown, counted from 1 wherever DAIG shows one (dashboard, CLI, contribute page):
+/// the epoch in progress (`epoch` counts those completed), the last once all `epochs` are done, and 0 before
+/// training has started.
+pub fn epoch_shown(epoch: i64, epochs: u32, started: bool) -> i64 {
+    if started { epoch.saturating_add(1).clamp(1, i64::from(epochs).max(1)) } else { 0 }
+}
+
 /// A project in a list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -398,6 +405,15 @@ pub struct PublicProjects {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn epochs_are_shown_from_one_and_never_past_the_last() {
+        use super::epoch_shown;
+        assert_eq!(epoch_shown(0, 10, false), 0, "a draft has not started");
+        assert_eq!(epoch_shown(0, 10, true), 1, "the first epoch, in progress");
+        assert_eq!(epoch_shown(9, 10, true), 10);
+        assert_eq!(epoch_shown(10, 10, true), 10, "all done: the last");
+    }
+
     use super::*;
 
     #[test]

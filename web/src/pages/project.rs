@@ -334,7 +334,8 @@ fn update(view: &ProjectView) {
         let _ = p.set_attribute("data-state", state.as_str());
         let _ = p.set_attribute("data-version", &version.to_string());
     }
-    dom::set_text("epoch", &format!("{} of {}", view.epoch, epochs));
+    let shown = daig_shared::api::project::epoch_shown(view.epoch, view.settings.epochs, state != ProjectState::Draft);
+    dom::set_text("epoch", &format!("{shown} of {epochs}"));
     dom::set_text("version", &version.to_string());
     if let Some(bar) = dom::by_id("progress") {
         let _ = bar.set_attribute("value", &format!("{:.4}", progress.clamp(0.0, 1.0)));
