@@ -145,6 +145,20 @@ try {
     await shot(page, 'project-draft');
   });
 
+  await step("a draft's page stays Live while its idle stream is renewed", async () => {
+    // The server ends an idle draft's stream every few seconds and the browser reopens it within one: the page
+    // must not flicker to "Reconnecting…" each time.
+    await page.evaluate(() => {
+      window.liveTexts = [];
+      const live = document.getElementById('live');
+      new MutationObserver(() => window.liveTexts.push(live.textContent)).observe(live, { childList: true, characterData: true, subtree: true });
+    });
+    await page.waitForTimeout(13_000);
+    const texts = await page.evaluate(() => window.liveTexts);
+    check(!texts.some((t) => t.includes('Reconnecting')), `the live indicator read ${JSON.stringify(texts)}`);
+    check((await text(page, '#live')) === 'Live', 'the draft is not shown as live');
+  });
+
   await step('start it and watch the chart advance live, without reloading', async () => {
     // Every change the page makes to itself is recorded, so that training that ends quickly is still seen moving.
     await page.evaluate(() => {

@@ -76,6 +76,9 @@ fn is_terminal(view: &ProjectView) -> bool {
     matches!(view.state, ProjectState::Finished | ProjectState::Cancelled)
 }
 
+/// How long a reopening stream may take before the page says it is reconnecting.
+const RECONNECT_GRACE_MS: i32 = 3000;
+
 /// Opens the live updates for project `id`.
 fn subscribe(id: i64, generation: u64) {
     let Ok(source) = EventSource::new(&format!("/api/projects/{id}/events")) else { return };
@@ -122,8 +125,19 @@ fn subscribe(id: i64, generation: u64) {
         // CLOSED means the browser gave up (the server refused); CONNECTING means it retries by itself.
         if watched.ready_state() == EventSource::CLOSED {
             dom::set_text("live", "Live updates stopped; reload the page to retry");
-        } else {
-            dom::set_text("live", "Reconnecting…");
+            return;
+        }
+        // The server ends a quiet stream on purpose (an idle draft's every few seconds) and the browser reopens
+        // it within about a second: only a stream still not open after a while is shown as reconnecting.
+        let later = watched.clone();
+        let check = Closure::once_into_js(move || {
+            if app::is_current(generation) && later.ready_state() != EventSource::OPEN {
+                dom::set_text("live", "Reconnecting…");
+            }
+        });
+        if let Some(window) = web_sys::window() {
+            let _ =
+                window.set_timeout_with_callback_and_timeout_and_arguments_0(check.unchecked_ref(), RECONNECT_GRACE_MS);
         }
     });
     let _ = source.add_event_listener_with_callback("error", on_error.as_ref().unchecked_ref());
