@@ -303,6 +303,42 @@ try {
     current = page;
   });
 
+  await step('a running project with no provider says it waits, and where providers come from', async () => {
+    // A site-key project (the idle native provider does not join it), made through the API as the page's user.
+    const id = await page.evaluate(async () => {
+      const csrf = decodeURIComponent((document.cookie.match(/(?:^|; )daig_csrf=([^;]*)/) || [])[1] || '');
+      const send = (method, url, body, type) => fetch(url, { method, body, headers: { 'content-type': type, 'x-csrf-token': csrf } });
+      const npy = (descr, shape, data) => {
+        let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(', ')},), }`;
+        header += ' '.repeat(63 - ((10 + header.length) % 64)) + '\n';
+        const head = new Uint8Array([0x93, ...new TextEncoder().encode('NUMPY'), 1, 0, header.length & 255, header.length >> 8, ...new TextEncoder().encode(header)]);
+        const out = new Uint8Array(head.length + data.byteLength);
+        out.set(head);
+        out.set(new Uint8Array(data.buffer), head.length);
+        return out;
+      };
+      const model = { input_shape: [4], layers: [{ type: 'dense', units: 3 }], loss: 'cross_entropy' };
+      const settings = { access: 'site_key', samples_per_shard: 10, validation_fraction: 0.25 };
+      const created = await (await send('POST', '/api/projects', JSON.stringify({ name: 'waiting', model, settings }), 'application/json')).json();
+      const features = npy('<f4', [40, 4], Float32Array.from({ length: 160 }, (_, i) => i / 10));
+      const labels = npy('<i8', [40], BigInt64Array.from({ length: 40 }, (_, i) => BigInt(i % 3)));
+      await send('PUT', `/api/projects/${created.id}/dataset/features?format=npy`, features, 'application/octet-stream');
+      await send('PUT', `/api/projects/${created.id}/dataset/labels?format=npy`, labels, 'application/octet-stream');
+      const started = await send('POST', `/api/projects/${created.id}/start`, null, 'application/json');
+      if (!started.ok) throw new Error(`start answered ${started.status}: ${await started.text()}`);
+      return created.id;
+    });
+    await page.goto(`${base}/projects/${id}`);
+    await page.locator('#project[data-state="running"]').waitFor();
+    await page.locator('#waiting').waitFor();
+    const waiting = await text(page, '#waiting');
+    check(/Waiting for providers/.test(waiting) && waiting.includes('site key'), `the waiting panel reads ${JSON.stringify(waiting)}`);
+    check(waiting.includes(`daig-provider --server ${base} --project ${id}`), `no native command in ${JSON.stringify(waiting)}`);
+    const progress = await text(page, '#progress-text');
+    check(/waiting for providers/.test(progress) && !/estimating/.test(progress), `the progress reads ${JSON.stringify(progress)}`);
+    await shot(page, 'project-waiting');
+  });
+
   check(pageErrors.length === 0, `uncaught errors in the pages: ${pageErrors.join('; ')}`);
   fs.writeFileSync(path.join(artifacts, 'results.json'), JSON.stringify(results, null, 2));
   await browser.close();

@@ -178,6 +178,8 @@ async fn a_requestor_trains_mnist_from_the_dashboard_and_downloads_the_model() {
         "project-finished-phone-dark",
         "other-users-project",
         "login-wrong-password",
+        "sites-phone",
+        "project-waiting",
     ] {
         let shot = artifacts.join(format!("{page}.png"));
         assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "screenshot {} is missing", shot.display());

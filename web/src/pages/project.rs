@@ -358,6 +358,7 @@ fn update(view: &ProjectView) {
     let metrics = view.metrics.as_slice();
     let train_samples = view.dataset.as_ref().map_or(0.0, |d| d.train_samples as f64);
     let eta = match state {
+        ProjectState::Running if view.providers.is_empty() => " · waiting for providers".to_owned(),
         ProjectState::Running => format::eta_secs(metrics, train_samples, epochs).map_or_else(
             || " · estimating time left…".to_owned(),
             |s| format!(" · about {} left", format::duration(s)),
@@ -399,7 +400,7 @@ fn update(view: &ProjectView) {
             format!("{} samples/s", format::count(throughput.round() as u64))
         },
     );
-    dom::replace("providers", providers_table(providers, state));
+    dom::replace("providers", providers_table(providers, view));
     dom::replace("dataset-summary", dataset_summary(view.dataset.as_ref()));
 
     let (state_changed, version_changed, fetch_side) = SEEN.with(|s| {
@@ -445,15 +446,59 @@ fn dataset_summary(dataset: Option<&DatasetSummary>) -> El {
     ))
 }
 
-fn providers_table(providers: &[LiveProvider], state: ProjectState) -> El {
+/// What a running project with no provider needs: where to send people, ready to copy.
+fn waiting_for_providers(view: &ProjectView) -> El {
+    let id = view.id;
+    let origin = web_sys::window().and_then(|w| w.location().origin().ok()).unwrap_or_default();
+    let link = format!("{origin}/contribute?project={id}");
+    let mut waiting = el("div").id("waiting").class("waiting").child(
+        el("p")
+            .child(el("strong").text("Waiting for providers."))
+            .child(el("span").text(" Training goes on as soon as one connects.")),
+    );
+    waiting = if view.site_key.is_some() {
+        waiting.child(el("p").text(
+            "Its site key lets only its sites' visitors train it: embed the snippet under \"Embed on your site\" in \
+             one of them.",
+        ))
+    } else {
+        let copied = link.clone();
+        waiting.child(el("p").text("Open this link in a browser with a GPU (this one works too), or share it:")).child(
+            el("div")
+                .class("row")
+                .child(
+                    el("input")
+                        .id("contribute-link")
+                        .attr("readonly", "")
+                        .attr("aria-label", "Contribute link")
+                        .attr("value", &link),
+                )
+                .child(el("a").attr("href", &link).attr("target", "_blank").text("Open"))
+                .child(el("button").id("copy-contribute-link").attr("type", "button").text("Copy").on(
+                    "click",
+                    move |_| {
+                        if let Some(window) = web_sys::window() {
+                            let _ = window.navigator().clipboard().write_text(&copied);
+                            dom::set_text("copy-contribute-link", "Copied");
+                        }
+                    },
+                )),
+        )
+    };
+    waiting.child(
+        el("p")
+            .child(el("span").text("Or run a native provider: "))
+            .child(el("code").text(&format!("daig-provider --server {origin} --project {id}"))),
+    )
+}
+
+fn providers_table(providers: &[LiveProvider], view: &ProjectView) -> El {
+    let state = view.state;
     if providers.is_empty() {
-        let text = if state == ProjectState::Running {
-            "No provider is working on it right now. Training goes on as soon as one connects: open the contribute \
-             page, or run daig-provider."
-        } else {
-            "No providers: the project is not running."
-        };
-        return el("p").text(text);
+        if state == ProjectState::Running {
+            return waiting_for_providers(view);
+        }
+        return el("p").text("No providers: the project is not running.");
     }
     let head = el("tr").children(
         ["Provider", "Backend", "Samples/s", "Contributions", "Checks", "Standing", "Site"]
