@@ -84,13 +84,21 @@ async function text(page, selector) {
 try {
   const page = await newPage();
 
-  await step('a visitor is sent to the log-in page, and the first Tab reaches the skip link', async () => {
+  await step('a visitor is told what DAIG is, and the first Tab reaches the skip link', async () => {
     await page.goto(`${base}/`);
-    await page.waitForURL(/\/login\?next=/);
-    await page.locator('h1', { hasText: 'Log in' }).waitFor();
+    await page.locator('#landing').waitFor();
+    for (const href of ['/contribute', '/sites', '/signup', '/login']) {
+      check(await page.locator(`#landing a[href="${href}"]`).count() === 1, `the landing page has no link to ${href}`);
+    }
+    check(/GPU/.test(await text(page, '#landing')), 'the landing page does not say what DAIG is');
     await page.keyboard.press('Tab');
     const focused = await page.evaluate(() => document.activeElement?.textContent);
     check(focused === 'Skip to content', `the first Tab focused ${JSON.stringify(focused)}, not the skip link`);
+    await shot(page, 'landing');
+    // A page that needs an account leads to the log-in form, and back after it.
+    await page.goto(`${base}/tokens`);
+    await page.waitForURL(/\/login\?next=/);
+    await page.locator('h1', { hasText: 'Log in' }).waitFor();
     await shot(page, 'login');
   });
 

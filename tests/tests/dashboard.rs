@@ -166,6 +166,7 @@ async fn a_requestor_trains_mnist_from_the_dashboard_and_downloads_the_model() {
     assert_eq!(tensors.names().len(), 4, "two dense layers' kernels and biases");
 
     for page in [
+        "landing",
         "login",
         "projects-empty",
         "new-project-invalid-model",

@@ -194,6 +194,12 @@ pub fn render_current() {
     render_nav();
     let (path, _) = location();
     let route = Route::parse(&path);
+    let Some(main) = dom::by_id("main") else { return };
+    // A visitor who is not signed in is told what DAIG is, rather than sent to a log-in form.
+    if route == Route::Projects && user().is_none() {
+        pages::landing::render(&main);
+        return;
+    }
     if route.needs_login() && user().is_none() {
         let next = js_sys::encode_uri_component(&path);
         redirect(&format!("/login?next={next}"));
@@ -203,7 +209,6 @@ pub fn render_current() {
         redirect("/");
         return;
     }
-    let Some(main) = dom::by_id("main") else { return };
     match route {
         Route::Projects => pages::projects::render(&main),
         Route::Login => pages::auth::render_login(&main),

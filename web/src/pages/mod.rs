@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod dataset;
+pub mod landing;
 pub mod new_project;
 pub mod project;
 pub mod projects;
