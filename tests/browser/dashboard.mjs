@@ -219,6 +219,18 @@ try {
     await download.saveAs(file);
     results.model_path = file;
     results.model_filename = download.suggestedFilename();
+    // The summary says what it achieved, and the metrics download as CSV, every point of the chart.
+    const summary = await text(page, '#summary');
+    check(/^Finished: validation accuracy \d+\.\d\d%, validation loss \d\.\d{4}, after [\d,]+ samples in /.test(summary),
+      `the summary reads ${JSON.stringify(summary)}`);
+    const [metrics] = await Promise.all([page.waitForEvent('download'), page.locator('#download-metrics').click()]);
+    const csvFile = path.join(artifacts, 'metrics.csv');
+    await metrics.saveAs(csvFile);
+    const rows = fs.readFileSync(csvFile, 'utf8').trim().split('\n');
+    check(rows[0] === 'version,epoch,samples,train_loss,val_loss,val_accuracy,at_unix', `the CSV starts ${JSON.stringify(rows[0])}`);
+    const points = Number(await page.locator('#loss-chart path.s2').getAttribute('data-points'));
+    check(rows.length - 1 >= points && points > 0, `${rows.length - 1} CSV rows for ${points} chart points`);
+    check(metrics.suggestedFilename() === `project-${projectId}-metrics.csv`, `the CSV is named ${metrics.suggestedFilename()}`);
   });
 
   await step('API tokens: create one, see it once, revoke it', async () => {

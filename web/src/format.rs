@@ -15,6 +15,42 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
+/// The metrics history as CSV, one row per point, oldest first; an absent figure is an empty field.
+pub fn metrics_csv(metrics: &[MetricPoint]) -> String {
+    let mut out = String::from("version,epoch,samples,train_loss,val_loss,val_accuracy,at_unix\n");
+    let field = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+    for m in metrics {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            m.version,
+            m.epoch,
+            m.samples,
+            field(m.train_loss),
+            field(m.val_loss),
+            field(m.val_accuracy),
+            m.at_unix
+        ));
+    }
+    out
+}
+
+/// What a finished project achieved, from its metrics: the last validation accuracy and loss, the samples
+/// trained and how long it took from the first point to the last. `None` without a point.
+pub fn finished_summary(metrics: &[MetricPoint]) -> Option<String> {
+    let (first, last) = (metrics.first()?, metrics.last()?);
+    let mut parts = Vec::new();
+    if let Some(accuracy) = metrics.iter().rev().find_map(|m| m.val_accuracy) {
+        parts.push(format!("validation accuracy {:.2}%", accuracy * 100.0));
+    }
+    if let Some(loss) = metrics.iter().rev().find_map(|m| m.val_loss) {
+        parts.push(format!("validation loss {loss:.4}"));
+    }
+    let samples = u64::try_from(last.samples).unwrap_or(0);
+    let took = duration((last.at_unix - first.at_unix) as f64);
+    let figures = if parts.is_empty() { String::new() } else { format!("{}, ", parts.join(", ")) };
+    Some(format!("Finished: {figures}after {} samples in {took}.", count(samples)))
+}
+
 /// Seconds left to train, from the metrics history: the sample rate over the last minute of points, and the
 /// samples still to apply (`train_samples * epochs`, less those applied). `None` without enough history.
 pub fn eta_secs(metrics: &[MetricPoint], train_samples: f64, epochs: f64) -> Option<f64> {
@@ -80,6 +116,31 @@ pub fn bytes(n: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_export_as_csv_and_sum_up_when_finished() {
+        let point = |version: i64, val_accuracy: Option<f64>, at_unix: i64| MetricPoint {
+            version,
+            epoch: version / 10,
+            samples: version * 32,
+            train_loss: Some(0.5),
+            val_loss: val_accuracy.map(|a| 1.0 - a),
+            val_accuracy,
+            at_unix,
+        };
+        let metrics = [point(0, Some(0.1), 1000), point(10, None, 1030), point(20, Some(0.975), 1125)];
+        let csv = metrics_csv(&metrics);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], "version,epoch,samples,train_loss,val_loss,val_accuracy,at_unix");
+        assert_eq!(lines[2], "10,1,320,0.5,,,1030");
+        assert_eq!(lines[3], "20,2,640,0.5,0.025000000000000022,0.975,1125");
+        assert_eq!(
+            finished_summary(&metrics).unwrap(),
+            "Finished: validation accuracy 97.50%, validation loss 0.0250, after 640 samples in 2 min 5 s."
+        );
+        assert_eq!(finished_summary(&[]), None);
+    }
 
     #[test]
     fn durations_read_well() {

@@ -175,7 +175,8 @@ fn build(view: &ProjectView) {
                 .class("progress-row")
                 .child(progress_bar("progress", "Training progress", 0.0))
                 .child(el("span").id("progress-text")),
-        );
+        )
+        .child(el("p").id("summary").class("summary"));
     let charts =
         el("section").attr("aria-labelledby", "charts-h").child(el("h2").id("charts-h").text("Learning")).child(
             el("div")
@@ -367,6 +368,8 @@ fn update(view: &ProjectView) {
         _ => String::new(),
     };
     dom::set_text("progress-text", &format!("{:.0}%{eta}", progress * 100.0));
+    let summary = if state == ProjectState::Finished { format::finished_summary(&view.metrics) } else { None };
+    dom::set_text("summary", summary.as_deref().unwrap_or(""));
 
     // Charts.
     let series = |value: fn(&MetricPoint) -> Option<f64>, name: &str, class: &'static str| Series {
@@ -427,6 +430,11 @@ fn update(view: &ProjectView) {
         app::announce(&format!("Project is {}", state.as_str()));
     }
     let _ = version_changed;
+    // After the downloads are rebuilt: the CSV is the history as it stands now.
+    if let Some(link) = dom::by_id("download-metrics") {
+        let csv = String::from(js_sys::encode_uri_component(&format::metrics_csv(&view.metrics)));
+        let _ = link.set_attribute("href", &format!("data:text/csv;charset=utf-8,{csv}"));
+    }
     if fetch_side {
         let generation = app::generation();
         wasm_bindgen_futures::spawn_local(async move { side_data(id, generation).await });
@@ -634,15 +642,25 @@ fn downloads(id: i64, state: ProjectState) -> El {
     } else {
         el("li").text("The trained model can be downloaded once training finishes.")
     };
-    list.child(model).child(
-        el("li").child(
-            el("a")
-                .id("download-spec")
-                .attr("href", &format!("/api/projects/{id}/model/spec"))
-                .attr("download", &format!("project-{id}-model.json"))
-                .text("Model spec (DAIG JSON)"),
-        ),
-    )
+    list.child(model)
+        .child(
+            el("li").child(
+                el("a")
+                    .id("download-spec")
+                    .attr("href", &format!("/api/projects/{id}/model/spec"))
+                    .attr("download", &format!("project-{id}-model.json"))
+                    .text("Model spec (DAIG JSON)"),
+            ),
+        )
+        .child(
+            el("li").child(
+                el("a")
+                    .id("download-metrics")
+                    .attr("href", "data:text/csv;charset=utf-8,")
+                    .attr("download", &format!("project-{id}-metrics.csv"))
+                    .text("Metrics (CSV)"),
+            ),
+        )
 }
 
 fn draft_dataset(id: i64, state: ProjectState, missing: bool) -> El {
