@@ -120,8 +120,15 @@ try {
     await page.locator('h1', { hasText: 'New project' }).waitFor();
     await page.getByLabel('Project name').fill('mnist');
     await page.locator('#layer-1-units').fill('0');
-    await page.getByRole('button', { name: 'Create project' }).click();
+    // Submitted from the keyboard: focus lands on the error summary, in view.
+    await page.getByLabel('Project name').press('Enter');
     await page.locator('#layer-1-errors li').first().waitFor();
+    const focus = await page.evaluate(() => {
+      const a = document.activeElement;
+      const box = a.getBoundingClientRect();
+      return { id: a.id, inView: box.top >= 0 && box.bottom <= window.innerHeight };
+    });
+    check(focus.id === 'project-alert' && focus.inView, `after the failed submit focus is on ${JSON.stringify(focus)}`);
     const error = await text(page, '#layer-1-errors');
     check(error.includes('units must be at least 1'), `layer 1 shows ${JSON.stringify(error)}`);
     check((await page.locator('#layer-0-errors li').count()) === 0, 'layer 0 shows no error');

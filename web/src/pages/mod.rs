@@ -38,9 +38,10 @@ pub fn not_found(main: &Element) {
     );
 }
 
-/// An empty alert box with `id`, filled by [`show_error`].
+/// An empty alert box with `id`, filled by [`show_error`]; focusable, so that a failed submit can move focus
+/// (and the view) to it.
 pub fn alert_box(id: &str) -> El {
-    el("div").id(id).class("alert").attr("role", "alert")
+    el("div").id(id).class("alert").attr("role", "alert").attr("tabindex", "-1")
 }
 
 /// Shows `error` in the alert box `id`.

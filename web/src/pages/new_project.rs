@@ -583,6 +583,7 @@ async fn submit() {
     let keras = dom::checked("model-source-keras");
     let Some(mut body) = body() else {
         show_message("project-alert", "The project was not created: fix the problems shown below.");
+        dom::focus("project-alert");
         return;
     };
     if keras {
@@ -614,6 +615,8 @@ async fn submit() {
             } else {
                 super::show_error("project-alert", &e);
             }
+            // Focus (and the view) goes to the summary, not back to the top of the page.
+            dom::focus("project-alert");
             return;
         }
     };
