@@ -42,8 +42,8 @@ use daig_shared::model::{Limits, Model};
 use daig_shared::params::{from_safetensors, init_params};
 use daig_shared::train::{Batch, DropoutKey, Labels, Method, Optimizer, OptimizerConfig, Schedule, Trainer};
 use daig_shared::wire::{
-    AckOutcome, Backend, ContributionInfo, Frame, Heartbeat, Hello, LeaseId, PROTOCOL_VERSION, ProjectId, Reassembler,
-    SampleSelection, TransferId, TransferKind, transfer_frames,
+    AckOutcome, Backend, ContributionInfo, Frame, Heartbeat, Hello, LeaseId, ProjectId, Reassembler, SampleSelection,
+    TransferId, TransferKind, transfer_frames,
 };
 use daig_tests::{Api, Programs, Provider, Server, cpu_secs, mnist_model, open_db, prometheus, rss_mib};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -785,17 +785,7 @@ async fn simulated_provider(
         }
     }
     let mut ws = ws.expect("connected or returned");
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        backend: Backend::Cpu,
-        adapter: "simulated provider".into(),
-        samples_per_sec: 0.0,
-        cached_shards: Vec::new(),
-        site_key: None,
-        provider_key: None,
-        device: daig_shared::wire::DeviceCapacity::default(),
-        project_id: Some(ProjectId(project as u64)),
-    };
+    let hello = Hello::new(Backend::Cpu, "simulated provider", Some(ProjectId(project as u64)));
     if let Err(e) = ws.send(Message::Binary(Frame::Hello(hello).encode().into())).await {
         counters.ended(format!("send Hello: {e}"));
         return latencies_us;

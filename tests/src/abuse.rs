@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use daig_shared::wire::{
-    Backend, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, PROTOCOL_VERSION, ProjectId, SampleSelection,
-    ShardRequest,
+    Backend, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, ProjectId, SampleSelection, ShardRequest,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -644,17 +643,7 @@ async fn non_reader(server: SocketAddr, source: Ipv4Addr, project: i64, mut stop
         Ok(ws) => ws,
         Err(e) => return NonReader::Unexpected(e),
     };
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        backend: Backend::Cpu,
-        adapter: "non-reader".into(),
-        samples_per_sec: 0.0,
-        cached_shards: Vec::new(),
-        site_key: None,
-        project_id: Some(ProjectId(project as u64)),
-        provider_key: None,
-        device: daig_shared::wire::DeviceCapacity::default(),
-    };
+    let hello = Hello::new(Backend::Cpu, "non-reader", Some(ProjectId(project as u64)));
     if let Err(e) = ws.send(Message::Binary(Frame::Hello(hello).encode().into())).await {
         return NonReader::Unexpected(format!("hello: {e}"));
     }

@@ -143,7 +143,7 @@ async fn hostile_providers_are_shut_out_earn_nothing_and_change_nothing() {
 /// A socket that joins `project` of the server at `url` from loopback address `source`, then only answers
 /// heartbeats.
 async fn silent_socket(url: &str, project: i64, source: std::net::Ipv4Addr) {
-    use daig_shared::wire::{Backend, Frame, Heartbeat, Hello, PROTOCOL_VERSION, ProjectId};
+    use daig_shared::wire::{Backend, Frame, Heartbeat, Hello, ProjectId};
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
     let addr: std::net::SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
@@ -151,17 +151,7 @@ async fn silent_socket(url: &str, project: i64, source: std::net::Ipv4Addr) {
     socket.bind(std::net::SocketAddr::from((source, 0))).unwrap();
     let stream = socket.connect(addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws/provider"), stream).await.unwrap();
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        backend: Backend::WebGpu,
-        adapter: "silent".into(),
-        samples_per_sec: 0.0,
-        cached_shards: Vec::new(),
-        site_key: None,
-        project_id: Some(ProjectId(project as u64)),
-        provider_key: None,
-        device: daig_shared::wire::DeviceCapacity::default(),
-    };
+    let hello = Hello::new(Backend::WebGpu, "silent", Some(ProjectId(project as u64)));
     ws.send(Message::Binary(Frame::Hello(hello).encode().into())).await.unwrap();
     while let Some(Ok(message)) = ws.next().await {
         let Message::Binary(bytes) = message else { continue };

@@ -572,8 +572,8 @@ pub async fn sweep_uploads(state: &AppState) -> usize {
             None => false,
         };
         // Of a project that exists, a manifest that cannot be read keeps everything: nothing is removed on a guess.
-        let keep: HashSet<PathBuf> = match pending(&dir).await {
-            _ if !exists => HashSet::new(),
+        let parts = if exists { pending(&dir).await } else { Ok(Vec::new()) };
+        let keep: HashSet<PathBuf> = match parts {
             Ok(parts) => parts.iter().flat_map(|p| [p.path.clone(), manifest_path(&dir, p.part)]).collect(),
             Err(e) => {
                 tracing::warn!("keeping {} as it is: {e}", dir.display());

@@ -10,9 +10,8 @@ use daig_shared::model::{Limits, Model};
 use daig_shared::train::Trainer;
 use daig_shared::train::lease::{self, LeaseWork};
 use daig_shared::wire::{
-    AckOutcome, Backend, ContributionInfo, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease, PROTOCOL_VERSION,
-    ProjectId, Reassembler, SampleSelection, ShardHash, ShardRequest, TransferId, TransferKind, Welcome,
-    transfer_frames,
+    AckOutcome, Backend, ContributionInfo, Frame, Goodbye, GoodbyeReason, Heartbeat, Hello, Lease, ProjectId,
+    Reassembler, SampleSelection, ShardHash, ShardRequest, TransferId, TransferKind, Welcome, transfer_frames,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
@@ -28,17 +27,7 @@ pub struct WireClient {
 
 /// A Hello as an honest CPU provider sends it.
 pub fn hello(project: Option<i64>) -> Hello {
-    Hello {
-        protocol_version: PROTOCOL_VERSION,
-        backend: Backend::Cpu,
-        adapter: "test provider".into(),
-        samples_per_sec: 0.0,
-        cached_shards: Vec::new(),
-        site_key: None,
-        project_id: project.map(|p| ProjectId(p as u64)),
-        provider_key: None,
-        device: daig_shared::wire::DeviceCapacity::default(),
-    }
+    Hello::new(Backend::Cpu, "test provider", project.map(|p| ProjectId(p as u64)))
 }
 
 /// What a session produced.

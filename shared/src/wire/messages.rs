@@ -201,6 +201,25 @@ pub struct Hello {
     pub device: DeviceCapacity,
 }
 
+impl Hello {
+    /// The `Hello` of this protocol version from a provider on `backend` (described as `adapter`) asking for
+    /// `project` (or any): no measured speed, cached shard, site key or persistent key, and no device capacity
+    /// stated. Set the other fields with struct update syntax.
+    pub fn new(backend: Backend, adapter: impl Into<String>, project: Option<ProjectId>) -> Hello {
+        Hello {
+            protocol_version: super::PROTOCOL_VERSION,
+            backend,
+            adapter: adapter.into(),
+            samples_per_sec: 0.0,
+            cached_shards: Vec::new(),
+            site_key: None,
+            project_id: project,
+            provider_key: None,
+            device: DeviceCapacity::default(),
+        }
+    }
+}
+
 /// What a provider's device says it can hold for one project's training, in bytes; 0 leaves a figure
 /// unstated (no limit is applied for it).
 ///

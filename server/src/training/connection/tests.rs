@@ -141,17 +141,7 @@ impl Provider {
 }
 
 fn hello(project: Option<u64>) -> Hello {
-    Hello {
-        protocol_version: PROTOCOL_VERSION,
-        backend: Backend::Cpu,
-        adapter: "test".into(),
-        samples_per_sec: 0.0,
-        cached_shards: Vec::new(),
-        site_key: None,
-        project_id: project.map(ProjectId),
-        provider_key: None,
-        device: daig_shared::wire::DeviceCapacity::default(),
-    }
+    Hello::new(Backend::Cpu, "test", project.map(ProjectId))
 }
 
 /// Frames only a server sends, and a second `Hello`: a provider sending any of them breaks the protocol.
